@@ -1,0 +1,73 @@
+//! Reading request bodies, queries and ids with limits, every failure as problem+json.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::Problem;
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Problem> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_big {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than the limit of {limit} bytes"))
+        } else {
+            Problem::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
+        }
+    })
+}
+
+/// The media type of the request, lowercased, without parameters.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// Whether a media type is JSON.
+pub(crate) fn is_json(mt: &str) -> bool {
+    mt == "application/json" || (mt.starts_with("application/") && mt.ends_with("+json"))
+}
+
+/// Parses a JSON body into `T`, naming the failing field.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let path = if path == "." { String::new() } else { path };
+        Problem::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the request body is not valid: {inner}"))
+            .with_errors(vec![weft_flow::FieldError::new(path, inner.to_string())])
+    })
+}
+
+/// Requires a JSON content type (or none) on a body that is not empty.
+pub(crate) fn require_json(headers: &HeaderMap, bytes: &[u8]) -> Result<(), Problem> {
+    match media_type(headers) {
+        Some(mt) if !is_json(&mt) && !bytes.is_empty() => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type: application/json, got '{mt}'"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a query string into `T`, naming the failing parameter.
+pub(crate) fn parse_query<T: DeserializeOwned>(q: Option<&str>) -> Result<T, Problem> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.unwrap_or("").as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        Problem::invalid(if path == "." { "query" } else { &path }, inner)
+    })
+}
+
+/// Parses a typed id from a path segment.
+pub(crate) fn parse_id<T: std::str::FromStr<Err = weft_types::IdError>>(field: &str, s: &str) -> Result<T, Problem> {
+    s.parse::<T>().map_err(|e| Problem::invalid(field, e.to_string()))
+}

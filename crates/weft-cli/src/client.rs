@@ -1,0 +1,380 @@
+//! Client commands: talk to a Weft server's HTTP API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::ClientArgs;
+
+/// `weft flow …`.
+#[derive(Subcommand, Debug)]
+pub enum FlowCmd {
+    /// Create the flow in FILE or save a new version of it; publishes it unless --draft.
+    Apply {
+        /// Flow file (YAML or JSON).
+        file: PathBuf,
+        /// Save without publishing.
+        #[arg(long)]
+        draft: bool,
+    },
+    /// Check a flow file locally without saving it.
+    Validate {
+        /// Flow file (YAML or JSON).
+        file: PathBuf,
+    },
+    /// List flows.
+    List {
+        /// Page size.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one flow.
+    Show {
+        /// Flow name or id.
+        flow: String,
+    },
+    /// Publish a version (default: the latest).
+    Publish {
+        /// Flow name or id.
+        flow: String,
+        /// Version number.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Print the JSON Schema of flow files.
+    Schema,
+}
+
+/// `weft run …`.
+#[derive(Subcommand, Debug)]
+pub enum RunCmd {
+    /// Start a run of a flow's published version.
+    Start {
+        /// Flow name or id.
+        flow: String,
+        /// Input document (JSON).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Idempotency key: the same key starts no second run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+/// `weft runs …`.
+#[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this flow (name or id).
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs created at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show a run with its steps.
+    Show {
+        /// Run id.
+        run: String,
+    },
+    /// Print a run's log lines.
+    Logs {
+        /// Run id.
+        run: String,
+        /// Keep printing new lines until the run ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        run: String,
+    },
+}
+
+/// `weft connectors …`.
+#[derive(Subcommand, Debug)]
+pub enum ConnectorsCmd {
+    /// List connectors and their actions.
+    List,
+}
+
+struct Api {
+    http: reqwest::Client,
+    args: ClientArgs,
+}
+
+impl Api {
+    fn new(args: ClientArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).no_proxy().build()?;
+        Ok(Self { http, args })
+    }
+
+    fn ws(&self, path: &str) -> String {
+        format!("{}/api/v1/workspaces/{}{}", self.args.url.trim_end_matches('/'), self.args.workspace, path)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let key = self.args.key.as_deref().ok_or_else(|| anyhow!("no API key: pass --key or set WEFT_API_KEY"))?;
+        let resp = req.bearer_auth(key).send().await.map_err(|e| anyhow!("cannot reach Weft at {}: {}", self.args.url, root_cause(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            let detail = v.get("detail").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            let fields: Vec<String> = v
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| Some(format!("{}: {}", e.get("path")?.as_str()?, e.get("message")?.as_str()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if fields.len() > 1 {
+                bail!("{} ({status}): {}", detail.split(':').next().unwrap_or("request failed"), fields.join("; "));
+            }
+            bail!("{detail} ({status})");
+        }
+        Ok(v)
+    }
+
+    async fn get(&self, url: String) -> anyhow::Result<Value> {
+        self.send(self.http.get(url)).await
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn print_flow(f: &Value) {
+    let published = f.get("published_version").and_then(Value::as_i64).map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+    println!("flow {} ({})", s(f, "name"), s(f, "id"));
+    println!("  version {} (published: {published})", f.get("version").and_then(Value::as_i64).unwrap_or(0));
+    if let Some(url) = f.get("hook_url").and_then(Value::as_str) {
+        println!("  hook_id  {}", s(f, "hook_id"));
+        println!("  hook_url {url}");
+    }
+}
+
+pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    match cmd {
+        FlowCmd::Schema => {
+            print_json(&weft_flow::json_schema());
+            return Ok(());
+        }
+        FlowCmd::Validate { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let res = weft_flow::parse_text(&text).and_then(|d| weft_flow::compile(&d, &LocalCatalog).map(|c| (d, c)));
+            match res {
+                Ok((d, c)) => {
+                    if json_out {
+                        print_json(&json!({"valid": true, "name": d.name, "steps": c.steps.len()}));
+                    } else {
+                        println!("{} is valid: flow '{}' with {} steps ({} trigger)", file.display(), d.name, c.steps.len(), c.trigger.name());
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if json_out {
+                        print_json(&json!({"valid": false, "errors": e.field_errors()}));
+                    }
+                    bail!("{} is invalid: {e}", file.display());
+                }
+            }
+        }
+        _ => {}
+    }
+    let api = Api::new(args)?;
+    let out = match cmd {
+        FlowCmd::Apply { file, draft } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Parse locally first: errors name the file and need no round trip.
+            let def = weft_flow::parse_text(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let url = api.ws(&format!("/flows{}", if draft { "?draft=true" } else { "" }));
+            api.send(api.http.post(url).json(&def)).await?
+        }
+        FlowCmd::List { limit, cursor } => {
+            let mut url = api.ws("/flows?");
+            if let Some(l) = limit {
+                url.push_str(&format!("limit={l}&"));
+            }
+            if let Some(c) = cursor {
+                url.push_str(&format!("cursor={}&", enc(&c)));
+            }
+            let v = api.get(url).await?;
+            if !json_out {
+                for f in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                    let published = f.get("published_version").and_then(Value::as_i64).map(|v| format!("v{v}")).unwrap_or_else(|| "draft".into());
+                    println!("{:<32} {:<36} {published}", s(f, "name"), s(f, "id"));
+                }
+                if let Some(c) = v.get("next_cursor").and_then(Value::as_str) {
+                    println!("(more: --cursor {c})");
+                }
+                return Ok(());
+            }
+            v
+        }
+        FlowCmd::Show { flow } => api.get(api.ws(&format!("/flows/{}", enc(&flow)))).await?,
+        FlowCmd::Publish { flow, version } => {
+            let body = match version {
+                Some(v) => json!({"version": v}),
+                None => json!({}),
+            };
+            api.send(api.http.post(api.ws(&format!("/flows/{}/publish", enc(&flow)))).json(&body)).await?
+        }
+        FlowCmd::Schema | FlowCmd::Validate { .. } => Value::Null,
+    };
+    if json_out { print_json(&out) } else { print_flow(&out) }
+    Ok(())
+}
+
+struct LocalCatalog;
+impl weft_flow::ActionCatalog for LocalCatalog {
+    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
+        weft_connectors::find_action(connector, action).is_some_and(|a| version.is_none_or(|v| v == a.version))
+    }
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub(crate) async fn run(cmd: RunCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let api = Api::new(args)?;
+    let RunCmd::Start { flow, input, idempotency_key } = cmd;
+    let input: Value = serde_json::from_str(&input).map_err(|e| anyhow!("--input is not valid JSON: {e}"))?;
+    let mut req = api.http.post(api.ws(&format!("/flows/{}/runs", enc(&flow)))).json(&json!({"input": input}));
+    if let Some(k) = idempotency_key {
+        req = req.header("idempotency-key", k);
+    }
+    let v = api.send(req).await?;
+    if json_out {
+        print_json(&v);
+    } else {
+        let dup = if v.get("duplicate").and_then(Value::as_bool) == Some(true) { " (duplicate: already started)" } else { "" };
+        println!("started run {}{dup}", s(&v, "run_id"));
+    }
+    Ok(())
+}
+
+fn print_run(r: &Value) {
+    println!("run {}  {}", s(r, "id"), s(r, "status"));
+    println!("  flow {} v{}", s(r, "flow"), r.get("flow_version").and_then(Value::as_i64).unwrap_or(0));
+    println!("  created {}  finished {}", s(r, "created_at"), s(r, "finished_at"));
+    if let Some(e) = r.get("error").and_then(Value::as_str) {
+        println!("  error: {e}");
+    }
+    for st in r.get("steps").and_then(Value::as_array).into_iter().flatten() {
+        let attempts = st.get("attempts").and_then(Value::as_i64).unwrap_or(0);
+        println!("  - {:<24} {:<10} attempts={attempts}", s(st, "id"), s(st, "status"));
+        if let Some(e) = st.get("error").and_then(Value::as_str) {
+            println!("      error: {e}");
+        }
+    }
+    if let Some(o) = r.get("output").filter(|o| !o.is_null()) {
+        println!("  output: {o}");
+    }
+}
+
+pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let api = Api::new(args)?;
+    match cmd {
+        RunsCmd::List { flow, status, since, limit, cursor } => {
+            let mut q = Vec::new();
+            for (k, v) in [("flow", flow), ("status", status), ("since", since), ("cursor", cursor), ("limit", limit.map(|l| l.to_string()))] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            let v = api.get(api.ws(&format!("/runs?{}", q.join("&")))).await?;
+            if json_out {
+                print_json(&v);
+            } else {
+                for r in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                    println!("{}  {:<10} {:<24} {}", s(r, "id"), s(r, "status"), s(r, "flow"), s(r, "created_at"));
+                }
+                if let Some(c) = v.get("next_cursor").and_then(Value::as_str) {
+                    println!("(more: --cursor {c})");
+                }
+            }
+        }
+        RunsCmd::Show { run } => {
+            let v = api.get(api.ws(&format!("/runs/{}", enc(&run)))).await?;
+            if json_out { print_json(&v) } else { print_run(&v) }
+        }
+        RunsCmd::Cancel { run } => {
+            let v = api.send(api.http.post(api.ws(&format!("/runs/{}/cancel", enc(&run))))).await?;
+            if json_out { print_json(&v) } else { println!("run {} is {}", s(&v, "id"), s(&v, "status")) }
+        }
+        RunsCmd::Logs { run, follow } => {
+            let mut after = 0i64;
+            loop {
+                let v = api.get(api.ws(&format!("/runs/{}/logs?after={after}", enc(&run)))).await?;
+                for l in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                    after = l.get("seq").and_then(Value::as_i64).unwrap_or(after);
+                    if json_out {
+                        println!("{l}");
+                    } else {
+                        let step = l.get("step").and_then(Value::as_str).map(|s| format!("[{s}] ")).unwrap_or_default();
+                        println!("{} {:<5} {step}{}", s(l, "ts"), s(l, "level"), s(l, "message"));
+                    }
+                }
+                let status = s(&v, "run_status").to_string();
+                let done = matches!(status.as_str(), "succeeded" | "failed" | "cancelled");
+                if !follow || (done && v.get("items").and_then(Value::as_array).is_none_or(|a| a.is_empty())) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn connectors(cmd: ConnectorsCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let ConnectorsCmd::List = cmd;
+    let api = Api::new(args)?;
+    let url = format!("{}/api/v1/connectors", api.args.url.trim_end_matches('/'));
+    let v = api.get(url).await?;
+    if api.args.json {
+        print_json(&v);
+    } else {
+        for c in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+            println!("{}.{}@{}  {}", s(c, "connector"), s(c, "action"), s(c, "version"), s(c, "description"));
+        }
+    }
+    Ok(())
+}

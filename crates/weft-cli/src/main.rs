@@ -1,0 +1,126 @@
+//! `weft`: the one binary. Server (`serve`), client commands against a server's API, operator
+//! commands on the store, and the hidden `sandbox-worker` the server spawns for expressions.
+
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Weft: durable integration and workflow automation.
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where a client command sends its requests.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the Weft server.
+    #[arg(long, env = "WEFT_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// API key (`wft_…`).
+    #[arg(long, env = "WEFT_API_KEY", global = true, hide_env_values = true)]
+    pub key: Option<String>,
+    /// Workspace slug.
+    #[arg(long, env = "WEFT_WORKSPACE", default_value = "default", global = true)]
+    pub workspace: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Where operator commands find the store.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Directory for the embedded store (SQLite + files).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (instead of the embedded store).
+    #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server: API, webhook intake, workers and scheduler.
+    Serve(serve::ServeArgs),
+    /// Manage flows.
+    Flow {
+        #[command(subcommand)]
+        cmd: client::FlowCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start runs.
+    Run {
+        #[command(subcommand)]
+        cmd: client::RunCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Inspect and operate runs.
+    Runs {
+        #[command(subcommand)]
+        cmd: client::RunsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the available connectors.
+    Connectors {
+        #[command(subcommand)]
+        cmd: client::ConnectorsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Operator commands acting on the store directly.
+    Admin {
+        #[command(subcommand)]
+        cmd: serve::AdminCmd,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Internal: serve sandboxed expression evaluations on stdin/stdout.
+    #[command(hide = true)]
+    SandboxWorker {
+        /// Address-space limit in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory_mib: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::SandboxWorker { memory_mib } = cli.cmd {
+        // No runtime, no logging: the worker is a plain loop under rlimits.
+        weft_sandbox::worker_main(memory_mib * 1024 * 1024)?;
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(args) => serve::serve(args).await,
+            Cmd::Flow { cmd, client } => client::flow(cmd, client).await,
+            Cmd::Run { cmd, client } => client::run(cmd, client).await,
+            Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
+            Cmd::Connectors { cmd, client } => client::connectors(cmd, client).await,
+            Cmd::Admin { cmd, store } => serve::admin(cmd, store).await,
+            Cmd::SandboxWorker { .. } => Ok(()),
+        }
+    })
+}

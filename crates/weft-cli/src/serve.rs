@@ -1,0 +1,267 @@
+//! `weft serve` and the operator commands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use weft_connectors::{GuardedClient, NetPolicy};
+use weft_engine::{Engine, EngineOptions};
+use weft_sandbox::{SandboxOptions, SandboxPool};
+use weft_store::{SqliteOptions, Store};
+use weft_types::{Clock, Scope, SystemClock};
+
+use crate::StoreArgs;
+
+/// Which parts of Weft this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// API, intake, workers and scheduler.
+    All,
+    /// HTTP API and webhook intake only.
+    Api,
+    /// Execution, timers and polling only.
+    Worker,
+}
+
+/// Options of `weft serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Which parts to run.
+    #[arg(long, env = "WEFT_ROLE", value_enum, default_value_t = Role::All)]
+    role: Role,
+    /// Apply the flow files in this directory at start (to the default workspace).
+    #[arg(long, env = "WEFT_FLOWS")]
+    flows: Option<PathBuf>,
+    /// Let actions reach loopback and private addresses (for local testing).
+    #[arg(long, env = "WEFT_ALLOW_PRIVATE_NETWORK")]
+    allow_private_network: bool,
+    /// Networks actions may reach even though they are private (CIDR, repeatable or comma-separated).
+    #[arg(long, env = "WEFT_ALLOW_NETWORKS", value_delimiter = ',')]
+    allow_network: Vec<String>,
+    /// Base URL used in printed hook URLs (default: http://LISTEN).
+    #[arg(long, env = "WEFT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "WEFT_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most runs executing at once in this process.
+    #[arg(long, env = "WEFT_MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Sandbox worker processes for expressions.
+    #[arg(long, env = "WEFT_SANDBOX_WORKERS", default_value_t = 2)]
+    sandbox_workers: usize,
+    /// Time limit of one sandboxed expression, in milliseconds.
+    #[arg(long, env = "WEFT_EXPR_TIMEOUT_MS", default_value_t = 5000)]
+    expr_timeout_ms: u64,
+    /// Memory limit of a sandbox worker, in MiB.
+    #[arg(long, env = "WEFT_SANDBOX_MEMORY_MIB", default_value_t = 512)]
+    sandbox_memory_mib: u64,
+    /// How long a delivery id / Idempotency-Key blocks a second run, in seconds.
+    #[arg(long, env = "WEFT_DEDUPE_WINDOW_SECS", default_value_t = 86_400)]
+    dedupe_window_secs: u64,
+    /// Log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `weft admin …`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Apply pending store migrations and exit.
+    Migrate,
+}
+
+/// `weft admin tenant …`.
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant with its `default` workspace and owner; prints the owner's API key once.
+    Create {
+        /// Tenant name.
+        #[arg(long)]
+        name: String,
+        /// Owner's email.
+        #[arg(long)]
+        owner_email: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    if args.database_url.is_some() {
+        bail!("PostgreSQL (--database-url) is not available in this version of Weft yet; omit it to use the embedded store in --data-dir");
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    Store::open(SqliteOptions { path: args.data_dir.join("weft.db"), readers: 4 })
+        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))
+}
+
+/// Takes the data directory's lock: one serving process per embedded store.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("weft.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(_) => bail!("another Weft process is serving the data directory {}; stop it or use another --data-dir", dir.display()),
+    }
+}
+
+pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()> {
+    let s = open_store(&store)?;
+    match cmd {
+        AdminCmd::Migrate => {
+            println!("store is at the latest schema ({})", s.path().display());
+        }
+        AdminCmd::Tenant { cmd: TenantCmd::Create { name, owner_email, json } } => {
+            if name.trim().is_empty() || name.len() > 100 {
+                bail!("--name must be 1-100 characters");
+            }
+            if !owner_email.contains('@') || owner_email.len() > 254 {
+                bail!("--owner-email '{owner_email}' is not an email address");
+            }
+            let b = s.create_tenant(&name, &owner_email, SystemClock.now_ms()).await?;
+            if json {
+                println!("{}", serde_json::json!({"tenant_id": b.tenant.to_string(), "workspace_id": b.workspace.to_string(), "workspace": "default", "api_key": b.owner_key}));
+            } else {
+                println!("created tenant '{name}' ({}) with workspace 'default'", b.tenant);
+                println!("owner API key (shown once): {}", b.owner_key);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+async fn apply_dir(engine: &Engine, scope: Scope, dir: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --flows directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let def = weft_flow::parse_text(&text).with_context(|| format!("{}", f.display()))?;
+        let rec = engine.apply_flow(scope, def, false).await.with_context(|| format!("{}", f.display()))?;
+        tracing::info!(file = %f.display(), flow = %rec.name, version = rec.latest_version, "applied flow");
+    }
+    Ok(())
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let store = open_store(&args.store)?;
+    let _lock = lock_data_dir(&args.store.data_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut allow = Vec::new();
+    for n in &args.allow_network {
+        allow.push(n.parse().with_context(|| format!("--allow-network '{n}' is not a CIDR network like 10.0.0.0/8"))?);
+    }
+    let http = GuardedClient::new(NetPolicy { allow_private: args.allow_private_network, allow })?;
+    let sandbox = SandboxPool::new(SandboxOptions {
+        program: std::env::current_exe().context("cannot find the weft executable for the sandbox")?,
+        args: vec!["sandbox-worker".into(), "--memory-mib".into(), args.sandbox_memory_mib.to_string()],
+        workers: args.sandbox_workers,
+        timeout: Duration::from_millis(args.expr_timeout_ms),
+        memory_bytes: args.sandbox_memory_mib * 1024 * 1024,
+    });
+    let owner = format!("proc-{}-{}", std::process::id(), weft_types::random_secret().get(..8).unwrap_or("0"));
+    let engine = Engine::new(EngineOptions {
+        store: store.clone(),
+        clock: clock.clone(),
+        sandbox,
+        http,
+        owner,
+        max_in_flight: args.max_in_flight,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_secs(1),
+        dedupe_window: Duration::from_secs(args.dedupe_window_secs),
+        execute: args.role != Role::Api,
+    });
+
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen)).trim_end_matches('/').to_string();
+    let boot = store.bootstrap_if_empty(clock.now_ms()).await?;
+    let scope = store.default_scope().await?;
+    if let (Some(_), Some(scope)) = (&boot, scope) {
+        let def = weft_flow::parse_text(include_str!("../../../examples/hello.yaml"))?;
+        engine.apply_flow(scope, def, false).await?;
+    }
+    if let (Some(dir), Some(scope)) = (&args.flows, scope) {
+        apply_dir(&engine, scope, dir).await?;
+    }
+    engine.start(true).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    println!("Weft is serving on http://{local} (data: {})", args.store.data_dir.display());
+    if let Some(b) = &boot {
+        println!("Owner API key (shown once, keep it): {}", b.owner_key);
+        println!("  export WEFT_API_KEY={}", b.owner_key);
+    }
+    if let Some(scope) = scope {
+        if let Ok(hello) = engine.get_flow(scope, "hello").await {
+            println!("Try the example flow:");
+            println!("  curl -s -X POST {public_url}/hooks/{} -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", hello.hook_id);
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let app = weft_api::router(engine.clone(), weft_api::ApiOptions { public_url, max_body_bytes: args.max_body_bytes });
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term_fut = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! { _ = ctrl_c => {}, _ = term_fut => {} }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutting down");
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    engine.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}

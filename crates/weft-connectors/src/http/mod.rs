@@ -1,0 +1,7 @@
+//! Outbound HTTP: the network guard and the `http.request` action.
+
+mod action;
+mod guard;
+
+pub use action::{DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, MAX_TIMEOUT, http_request};
+pub use guard::{GuardedClient, MAX_REDIRECTS, NetError, NetPolicy, PolicyError, is_forbidden};

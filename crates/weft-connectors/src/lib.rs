@@ -1,0 +1,12 @@
+//! Weft connectors: the guarded outbound HTTP client and the built-in actions.
+
+pub mod catalog;
+pub mod error;
+pub mod http;
+
+pub use catalog::{ActionInfo, builtin_actions, find_action, run_action};
+pub use error::ActionError;
+pub use http::{GuardedClient, NetError, NetPolicy, PolicyError, http_request, is_forbidden};
+
+/// The reqwest version used by [`GuardedClient::execute`], for building requests.
+pub use reqwest;

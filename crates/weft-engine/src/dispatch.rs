@@ -1,0 +1,85 @@
+//! Claiming work: the dispatcher loop and the lease keeper.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::Inner;
+
+/// Most runs claimed in one store call.
+const CLAIM_BATCH: usize = 256;
+
+/// Claims ready runs while there is capacity, and sleeps until woken, polled or stopped.
+pub(crate) async fn dispatcher(inner: Arc<Inner>) {
+    let lease = inner.opts.lease.as_millis() as i64;
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let free = inner.opts.max_in_flight.saturating_sub(inner.in_flight.load(Ordering::SeqCst));
+        if free == 0 {
+            tokio::select! {
+                _ = inner.capacity.notified() => {},
+                _ = inner.shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let want = free.min(CLAIM_BATCH);
+        let claimed = match inner.opts.store.claim_runs(&inner.opts.owner, inner.now(), lease, want).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming runs failed; retrying in 1s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = inner.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        let n = claimed.len();
+        for c in claimed {
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            let inner2 = inner.clone();
+            tokio::spawn(async move {
+                crate::executor::execute(inner2.clone(), c).await;
+                if inner2.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    inner2.idle.notify_waiters();
+                }
+                inner2.capacity.notify_one();
+            });
+        }
+        if n == want {
+            continue;
+        }
+        tokio::select! {
+            _ = inner.wake.notified() => {},
+            _ = inner.opts.clock.sleep(inner.opts.poll_interval) => {},
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps this process's leases fresh and returns expired ones (dead processes') to the queue.
+pub(crate) async fn lease_keeper(inner: Arc<Inner>) {
+    let every = inner.opts.lease / 3;
+    loop {
+        tokio::select! {
+            _ = inner.opts.clock.sleep(every) => {},
+            _ = inner.shutdown.cancelled() => return,
+        }
+        let now = inner.now();
+        if inner.in_flight.load(Ordering::SeqCst) > 0 {
+            if let Err(e) = inner.opts.store.renew_leases(&inner.opts.owner, now + inner.opts.lease.as_millis() as i64).await {
+                tracing::warn!(error = %e, "renewing leases failed");
+            }
+        }
+        match inner.opts.store.reclaim_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(runs = n, "returned runs with expired leases to the queue");
+                inner.wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "reclaiming expired leases failed"),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Flow lifecycle (validate, save, publish, schedule) and the ways runs start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use weft_flow::{ActionCatalog, CompiledFlow, FlowDef, TriggerKind};
+use weft_store::{FlowRecord, HookTarget, Inserted, NewRun, StoreError};
+use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope};
+
+use crate::{Engine, EngineError, Inner, WebhookResponse};
+
+/// The connector registry as the flow validator sees it.
+pub(crate) struct Catalog;
+
+impl ActionCatalog for Catalog {
+    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
+        weft_connectors::find_action(connector, action).is_some_and(|a| version.is_none_or(|v| v == a.version))
+    }
+}
+
+/// A flow named by id (`flw_…`) or by name.
+pub type FlowRef = str;
+
+/// Compiled flow versions and resolved hook ids, cached in memory.
+#[derive(Default)]
+pub(crate) struct FlowCache {
+    compiled: Mutex<HashMap<(FlowId, i64), Arc<CompiledFlow>>>,
+    hooks: Mutex<HashMap<HookId, (HookTarget, std::time::Instant)>>,
+}
+
+/// How long a resolved hook id is trusted before it is read again (other processes may publish).
+const HOOK_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 10_000;
+
+/// A webhook accepted by intake.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The run (new, or the one that absorbed the duplicate).
+    pub run_id: RunId,
+    /// True when this delivery was seen before.
+    pub duplicate: bool,
+    /// Resolves when a `respond` step answers (only for flows that have one).
+    pub respond: Option<(oneshot::Receiver<WebhookResponse>, Duration)>,
+}
+
+impl Inner {
+    /// The compiled form of a flow version (compiled once, then cached).
+    pub(crate) async fn compiled(&self, scope: Scope, flow: FlowId, version: i64) -> Result<Arc<CompiledFlow>, EngineError> {
+        if let Some(c) = self.flows.compiled.lock().ok().and_then(|m| m.get(&(flow, version)).cloned()) {
+            return Ok(c);
+        }
+        let v = self.opts.store.flow_version(scope, flow, version).await?;
+        let def = weft_flow::from_value(v.definition)?;
+        let compiled = Arc::new(weft_flow::compile(&def, &Catalog)?);
+        if let Ok(mut m) = self.flows.compiled.lock() {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert((flow, version), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        self.opts.clock.now_ms()
+    }
+}
+
+impl Engine {
+    /// Validates and compiles a definition without saving it.
+    pub fn validate(&self, def: &FlowDef) -> Result<CompiledFlow, EngineError> {
+        Ok(weft_flow::compile(def, &Catalog)?)
+    }
+
+    /// Creates the flow or saves a new version; publishes it unless `draft`.
+    pub async fn apply_flow(&self, scope: Scope, def: FlowDef, draft: bool) -> Result<FlowRecord, EngineError> {
+        let compiled = weft_flow::compile(&def, &Catalog)?;
+        let value = serde_json::to_value(&def).map_err(|e| EngineError::Conflict(format!("cannot store the flow: {e}")))?;
+        let now = self.inner.now();
+        let rec = self.inner.opts.store.save_flow(scope, &def.name, value, !draft, now).await?;
+        if let Ok(mut m) = self.inner.flows.compiled.lock() {
+            m.insert((rec.id, rec.latest_version), Arc::new(compiled.clone()));
+        }
+        if !draft {
+            self.after_publish(scope, &rec, &compiled).await?;
+        }
+        Ok(rec)
+    }
+
+    /// Publishes an existing version.
+    pub async fn publish(&self, scope: Scope, flow: &FlowRef, version: Option<i64>) -> Result<FlowRecord, EngineError> {
+        let rec = self.get_flow(scope, flow).await?;
+        let version = version.unwrap_or(rec.latest_version);
+        let compiled = self.inner.compiled(scope, rec.id, version).await.map_err(|e| match e {
+            EngineError::NotFound(_) => EngineError::NotFound("flow version"),
+            other => other,
+        })?;
+        let rec = self.inner.opts.store.publish(scope, rec.id, version, self.inner.now()).await.map_err(|e| match e {
+            StoreError::NotFound => EngineError::NotFound("flow version"),
+            other => other.into(),
+        })?;
+        self.after_publish(scope, &rec, &compiled).await?;
+        Ok(rec)
+    }
+
+    async fn after_publish(&self, scope: Scope, rec: &FlowRecord, compiled: &CompiledFlow) -> Result<(), EngineError> {
+        if let Ok(mut h) = self.inner.flows.hooks.lock() {
+            h.remove(&rec.hook_id);
+        }
+        let next = compiled.trigger.next_tick_after(self.inner.now());
+        self.inner.opts.store.set_schedule(scope, rec.id, next).await?;
+        self.inner.schedule_wake.notify_one();
+        Ok(())
+    }
+
+    /// A flow by id or name.
+    pub async fn get_flow(&self, scope: Scope, flow: &FlowRef) -> Result<FlowRecord, EngineError> {
+        self.inner.opts.store.get_flow(scope, flow).await.map_err(|e| match e {
+            StoreError::NotFound => EngineError::NotFound("flow"),
+            other => other.into(),
+        })
+    }
+
+    /// Deletes a flow (its runs stay in history).
+    pub async fn delete_flow(&self, scope: Scope, flow: &FlowRef) -> Result<(), EngineError> {
+        let rec = self.get_flow(scope, flow).await?;
+        self.inner.opts.store.delete_flow(scope, rec.id).await?;
+        if let Ok(mut h) = self.inner.flows.hooks.lock() {
+            h.remove(&rec.hook_id);
+        }
+        Ok(())
+    }
+
+    /// Starts a run of the published version by hand, with `input` as the trigger body.
+    pub async fn start_run(&self, scope: Scope, flow: &FlowRef, input: Value, dedupe_key: Option<String>) -> Result<Inserted, EngineError> {
+        let rec = self.get_flow(scope, flow).await?;
+        let Some(version) = rec.published_version else {
+            return Err(EngineError::Conflict(format!("flow '{}' has no published version; publish one first", rec.name)));
+        };
+        let now = self.inner.now();
+        let trigger = json!({"kind": "manual", "body": input, "received_at": weft_types::rfc3339(now)});
+        let inserted = self
+            .inner
+            .opts
+            .store
+            .insert_run(NewRun {
+                scope,
+                id: RunId::new(),
+                flow_id: rec.id,
+                flow_name: rec.name,
+                flow_version: version,
+                trigger,
+                dedupe_key,
+                dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
+                now,
+            })
+            .await?;
+        self.wake();
+        Ok(inserted)
+    }
+
+    /// System (intake): where a hook id leads, cached briefly.
+    pub async fn resolve_hook(&self, hook: HookId) -> Result<Option<HookTarget>, EngineError> {
+        if let Some((t, at)) = self.inner.flows.hooks.lock().ok().and_then(|m| m.get(&hook).cloned()) {
+            if at.elapsed() < HOOK_TTL {
+                return Ok(Some(t));
+            }
+        }
+        let target = self.inner.opts.store.lookup_hook(hook).await?;
+        if let (Some(t), Ok(mut m)) = (&target, self.inner.flows.hooks.lock()) {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(hook, (t.clone(), std::time::Instant::now()));
+        }
+        Ok(target)
+    }
+
+    /// Intake: durably stores a webhook event as a queued run of the hook's published version.
+    /// Returns only after the commit. `NotFound` for unknown or unpublished hooks.
+    pub async fn accept_webhook(&self, hook: HookId, event: Value, dedupe_key: Option<String>) -> Result<Accepted, EngineError> {
+        let target = self.resolve_hook(hook).await?.ok_or(EngineError::NotFound("hook"))?;
+        let version = target.published_version.ok_or(EngineError::NotFound("hook"))?;
+        let compiled = self.inner.compiled(target.scope, target.flow_id, version).await?;
+        let TriggerKind::Webhook { respond_timeout } = compiled.trigger else {
+            return Err(EngineError::NotFound("hook"));
+        };
+        let run_id = RunId::new();
+        let respond = if compiled.has_respond() {
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut m) = self.inner.responders.lock() {
+                m.insert(run_id, tx);
+            }
+            Some((rx, respond_timeout))
+        } else {
+            None
+        };
+        let res = self
+            .inner
+            .opts
+            .store
+            .insert_run(NewRun {
+                scope: target.scope,
+                id: run_id,
+                flow_id: target.flow_id,
+                flow_name: target.flow_name,
+                flow_version: version,
+                trigger: event,
+                dedupe_key,
+                dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
+                now: self.inner.now(),
+            })
+            .await;
+        let inserted = match res {
+            Ok(i) => i,
+            Err(e) => {
+                self.forget_responder(run_id);
+                return Err(e.into());
+            }
+        };
+        if inserted.duplicate {
+            self.forget_responder(run_id);
+            return Ok(Accepted { run_id: inserted.run_id, duplicate: true, respond: None });
+        }
+        self.wake();
+        Ok(Accepted { run_id, duplicate: false, respond })
+    }
+
+    /// Drops the waiter for a run's `respond` step (intake gave up waiting).
+    pub fn forget_responder(&self, run: RunId) {
+        if let Ok(mut m) = self.inner.responders.lock() {
+            m.remove(&run);
+        }
+    }
+
+    /// Cancels a run; a run executing here is told to stop at once.
+    pub async fn cancel_run(&self, scope: Scope, run: RunId) -> Result<RunStatus, EngineError> {
+        let status = self.inner.opts.store.cancel_run(scope, run, self.inner.now()).await.map_err(|e| match e {
+            StoreError::NotFound => EngineError::NotFound("run"),
+            other => other.into(),
+        })?;
+        self.signal_cancel(run);
+        Ok(status)
+    }
+}

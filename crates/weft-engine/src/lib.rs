@@ -1,0 +1,228 @@
+//! The Weft engine: turns accepted events into durable runs and executes them.
+//!
+//! Built as Options → [`Engine`] (a cheap, cloneable handle) → background tasks started by
+//! [`Engine::start`] and stopped by [`Engine::shutdown`]. All time goes through the injected
+//! [`Clock`], all storage through the [`Store`], all outbound HTTP through the guarded client.
+
+mod dispatch;
+mod eval;
+mod executor;
+mod flows;
+pub mod retry;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use weft_connectors::GuardedClient;
+use weft_sandbox::SandboxPool;
+use weft_store::{Store, StoreError};
+use weft_types::{Clock, RunId};
+
+pub use flows::FlowRef;
+
+/// Options for building an [`Engine`].
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// The store.
+    pub store: Store,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Expression sandbox.
+    pub sandbox: SandboxPool,
+    /// Outbound HTTP.
+    pub http: GuardedClient,
+    /// This process's lease owner id.
+    pub owner: String,
+    /// Most runs executing at once in this process.
+    pub max_in_flight: usize,
+    /// Lease length on claimed runs.
+    pub lease: Duration,
+    /// How often to look for work not announced in-process (other processes, missed wake-ups).
+    pub poll_interval: Duration,
+    /// How long a delivery id / Idempotency-Key blocks a second run.
+    pub dedupe_window: Duration,
+    /// Whether this process executes runs (role `worker` or `all`).
+    pub execute: bool,
+}
+
+/// Why an engine call failed; each variant maps to one API error kind.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The object does not exist (in this scope).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The flow definition is invalid.
+    #[error(transparent)]
+    Invalid(#[from] weft_flow::FlowError),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => EngineError::NotFound("object"),
+            StoreError::Conflict(m) => EngineError::Conflict(m),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+/// The synchronous answer a `respond` step gives to the webhook that started its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body: a string is sent as text, anything else as JSON.
+    pub body: Value,
+}
+
+/// Counters for tests, benchmarks and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Runs finished (any terminal status) by this process.
+    pub runs_finished: AtomicU64,
+    /// Runs that succeeded.
+    pub runs_succeeded: AtomicU64,
+    /// Runs that failed.
+    pub runs_failed: AtomicU64,
+    /// Step attempts that were retried.
+    pub step_retries: AtomicU64,
+}
+
+/// Handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("owner", &self.inner.opts.owner).finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: EngineOptions,
+    pub(crate) wake: Notify,
+    pub(crate) capacity: Notify,
+    pub(crate) schedule_wake: Notify,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
+    pub(crate) responders: Mutex<HashMap<RunId, oneshot::Sender<WebhookResponse>>>,
+    pub(crate) flows: flows::FlowCache,
+    pub(crate) counters: Counters,
+    pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(crate) idle: Notify,
+}
+
+impl Engine {
+    /// A stopped engine; call [`Engine::start`] to run background work.
+    pub fn new(opts: EngineOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                wake: Notify::new(),
+                capacity: Notify::new(),
+                schedule_wake: Notify::new(),
+                in_flight: AtomicUsize::new(0),
+                shutdown: CancellationToken::new(),
+                cancels: Mutex::default(),
+                responders: Mutex::default(),
+                flows: flows::FlowCache::default(),
+                counters: Counters::default(),
+                tasks: Mutex::default(),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// The store behind the engine.
+    pub fn store(&self) -> &Store {
+        &self.inner.opts.store
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.opts.clock
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Runs executing now in this process.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts the dispatcher, lease keeper and scheduler. With `exclusive`, first returns every run
+    /// a dead process left `running` to the queue (only safe when no other process shares the store).
+    pub async fn start(&self, exclusive: bool) -> Result<(), EngineError> {
+        let store = &self.inner.opts.store;
+        if exclusive {
+            let n = store.reclaim_all_except(&self.inner.opts.owner).await?;
+            if n > 0 {
+                tracing::info!(runs = n, "resuming runs left running by a stopped process");
+            }
+        }
+        let mut tasks = Vec::new();
+        if self.inner.opts.execute {
+            tasks.push(tokio::spawn(dispatch::dispatcher(self.inner.clone())));
+            tasks.push(tokio::spawn(dispatch::lease_keeper(self.inner.clone())));
+            tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));
+        }
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.extend(tasks);
+        }
+        Ok(())
+    }
+
+    /// Stops claiming work, waits up to `deadline` for runs in flight, then hands the rest back.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.inner.shutdown.cancel();
+        let wait_idle = async {
+            while self.inner.in_flight.load(Ordering::SeqCst) > 0 {
+                let notified = self.inner.idle.notified();
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait_idle).await;
+        let tasks = self.inner.tasks.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.inner.opts.store.release_leases(&self.inner.opts.owner).await {
+            tracing::warn!(error = %e, "could not hand back leases at shutdown");
+        }
+    }
+
+    /// Tells the dispatcher new work was committed.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Asks a run executing in this process to stop (after the store marked it cancelled).
+    pub fn signal_cancel(&self, run: RunId) {
+        if let Some(t) = self.inner.cancels.lock().ok().and_then(|m| m.get(&run).cloned()) {
+            t.cancel();
+        }
+    }
+}

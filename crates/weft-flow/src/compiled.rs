@@ -1,0 +1,153 @@
+//! The executable form of a flow version: expressions compiled once, dependencies resolved.
+
+use std::time::Duration;
+
+use weft_expr::{Expr, TValue};
+
+use crate::FlowDef;
+
+/// A validated flow, ready for the engine. Built once per flow version.
+#[derive(Debug, Clone)]
+pub struct CompiledFlow {
+    /// The definition as written.
+    pub def: FlowDef,
+    /// How runs start.
+    pub trigger: TriggerKind,
+    /// Steps in written order.
+    pub steps: Vec<CompiledStep>,
+    /// Run-level time limit.
+    pub run_timeout: Option<Duration>,
+    /// `vars` as a JSON object.
+    pub vars: serde_json::Value,
+}
+
+impl CompiledFlow {
+    /// Index of the step with this id.
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+    /// Whether any step answers the webhook synchronously.
+    pub fn has_respond(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.kind, StepKind::Respond { .. }))
+    }
+}
+
+/// The compiled trigger.
+#[derive(Debug, Clone)]
+pub enum TriggerKind {
+    /// `POST /hooks/{hook_id}`.
+    Webhook {
+        /// How long intake waits for a `respond` step.
+        respond_timeout: Duration,
+    },
+    /// Cron schedule.
+    Schedule {
+        /// Parsed pattern.
+        cron: Box<croner::Cron>,
+        /// Time zone the pattern is read in.
+        tz: chrono_tz::Tz,
+    },
+    /// CLI/API start.
+    Manual,
+}
+
+impl TriggerKind {
+    /// The first tick strictly after `after_ms` (epoch ms), for schedules.
+    pub fn next_tick_after(&self, after_ms: i64) -> Option<i64> {
+        let TriggerKind::Schedule { cron, tz } = self else { return None };
+        let start = chrono::DateTime::from_timestamp_millis(after_ms)?.with_timezone(tz);
+        cron.find_next_occurrence(&start, false).ok().map(|t| t.timestamp_millis())
+    }
+    /// Short name: `webhook`, `schedule`, `manual`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TriggerKind::Webhook { .. } => "webhook",
+            TriggerKind::Schedule { .. } => "schedule",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
+/// Retry policy with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Total attempts including the first.
+    pub max_attempts: u32,
+    /// First delay.
+    pub initial: Duration,
+    /// Multiplier.
+    pub backoff: f64,
+    /// Cap on one delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry.
+    pub fn none() -> Self {
+        Self { max_attempts: 1, initial: Duration::from_secs(1), backoff: 2.0, max: Duration::from_secs(300) }
+    }
+    /// Default for actions: 3 attempts, 1s doubling up to 5m.
+    pub fn action_default() -> Self {
+        Self { max_attempts: 3, ..Self::none() }
+    }
+}
+
+/// One executable step.
+#[derive(Debug, Clone)]
+pub struct CompiledStep {
+    /// Step id.
+    pub id: String,
+    /// Indexes of the steps that must finish first.
+    pub deps: Vec<usize>,
+    /// `if:` condition.
+    pub condition: Option<Expr>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Per-attempt time limit.
+    pub timeout: Option<Duration>,
+    /// Failure does not fail the run.
+    pub continue_on_error: bool,
+    /// What it does.
+    pub kind: StepKind,
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// jq over the context.
+    Transform(Expr),
+    /// A connector action.
+    Action {
+        /// Connector name, e.g. `http`.
+        connector: String,
+        /// Action name, e.g. `request`.
+        action: String,
+        /// Pinned version, if written.
+        version: Option<String>,
+        /// Input with templates.
+        input: TValue,
+    },
+    /// Synchronous webhook answer.
+    Respond {
+        /// Status (template or number).
+        status: TValue,
+        /// Header object.
+        headers: TValue,
+        /// Body.
+        body: TValue,
+    },
+    /// Fail the run.
+    Fail(TValue),
+}
+
+impl StepKind {
+    /// Kind name as written in flows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Transform(_) => "transform",
+            StepKind::Action { .. } => "action",
+            StepKind::Respond { .. } => "respond",
+            StepKind::Fail(_) => "fail",
+        }
+    }
+}

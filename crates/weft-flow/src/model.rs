@@ -1,0 +1,243 @@
+//! The flow file as users write it (YAML or JSON). `weft flow schema` prints the JSON Schema of [`FlowDef`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A flow definition: a trigger and the steps it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowDef {
+    /// Unique name within the workspace: letters, digits, `-`, `_`, `.`; at most 100 characters.
+    pub name: String,
+    /// Free text shown in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How runs start; exactly one form.
+    pub trigger: TriggerDef,
+    /// Constants available to expressions as `.vars`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<Map<String, Value>>,
+    /// Run-level time limit, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Steps, run in the order written unless `needs:` says otherwise.
+    pub steps: Vec<StepDef>,
+}
+
+/// A duration: a string such as `500ms`, `30s`, `5m`, `1h30m`, `2d`, or a number of seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    /// Seconds.
+    Seconds(f64),
+    /// Text with units.
+    Text(String),
+}
+
+/// How runs start. Exactly one key is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDef {
+    /// Started by `POST /hooks/{hook_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTrigger>,
+    /// Started when polling a connector finds new items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<Map<String, Value>>,
+    /// Started on a cron schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleTrigger>,
+    /// Started from the CLI or API with an input document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<ManualTrigger>,
+    /// Started by another flow's output or an internal event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Map<String, Value>>,
+}
+
+/// Webhook trigger options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTrigger {
+    /// Connector that verifies the signature and names the event (e.g. `github`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<String>,
+    /// Credential holding the signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Event names to accept, e.g. `issues.opened`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// How long intake waits for a `respond` step before answering 202 (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond_timeout: Option<DurationSpec>,
+}
+
+/// Cron schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTrigger {
+    /// Cron pattern (5 or 6 fields, or `@hourly`-style aliases).
+    pub cron: String,
+    /// IANA time zone, e.g. `Europe/Paris` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// Manual trigger options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualTrigger {}
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDef {
+    /// Total attempts including the first (1 = no retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// First backoff delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<DurationSpec>,
+    /// Multiplier between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<f64>,
+    /// Largest delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<DurationSpec>,
+}
+
+/// A `wait` step: a duration or `{until: JQ}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WaitDef {
+    /// Wait this long.
+    For(DurationSpec),
+    /// Wait until the timestamp the expression yields.
+    Until {
+        /// jq yielding an RFC 3339 time or epoch seconds.
+        until: String,
+    },
+}
+
+/// One step. Exactly one of the kind keys (`transform`, `action`, `code`, `switch`, `for_each`,
+/// `wait`, `approval`, `wait_for_event`, `subflow`, `respond`, `fail`) is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    /// Unique id; outputs are at `.steps.<id>.output`.
+    pub id: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Steps that must finish first (default: the previous step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<Vec<String>>,
+    /// jq condition; false skips the step.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDef>,
+    /// Per-attempt time limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// A failure is recorded but the run goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_error: Option<bool>,
+    /// Steps to run when this step fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<Vec<String>>,
+    /// Rate limit override for the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Map<String, Value>>,
+
+    /// jq transform of the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<String>,
+    /// Connector action `connector.action[@version]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Input of an action or sub-flow; strings may hold `{{ jq }}` templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Credential name for the action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Sandboxed JavaScript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// jq whose value selects a case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// Cases of a `switch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<Map<String, Value>>,
+    /// jq list to iterate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// Nested steps of a `for_each`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Value>>,
+    /// Parallel items of a `for_each`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Durable wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitDef>,
+    /// Human approval (resumed by a signal named after the step id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Map<String, Value>>,
+    /// Wait for a named event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_event: Option<Map<String, Value>>,
+    /// Another flow to call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subflow: Option<String>,
+    /// Synchronous answer to the webhook that started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondDef>,
+    /// Fail the run with this message (may hold templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+}
+
+/// The webhook answer of a `respond` step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondDef {
+    /// HTTP status (default 200); may be a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+    /// Response headers; values may be templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Map<String, Value>>,
+    /// Body (JSON, or a string); may hold templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+impl StepDef {
+    /// The kind keys that are set, in declaration order.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        let mut add = |set: bool, name: &'static str| {
+            if set {
+                k.push(name)
+            }
+        };
+        add(self.transform.is_some(), "transform");
+        add(self.action.is_some(), "action");
+        add(self.code.is_some(), "code");
+        add(self.switch.is_some(), "switch");
+        add(self.for_each.is_some(), "for_each");
+        add(self.wait.is_some(), "wait");
+        add(self.approval.is_some(), "approval");
+        add(self.wait_for_event.is_some(), "wait_for_event");
+        add(self.subflow.is_some(), "subflow");
+        add(self.respond.is_some(), "respond");
+        add(self.fail.is_some(), "fail");
+        k
+    }
+}

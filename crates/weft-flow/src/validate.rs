@@ -1,0 +1,389 @@
+//! Semantic validation: every rule a parsed flow must meet, each error naming its field path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_expr::{Expr, TValue};
+
+use crate::compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind};
+use crate::duration::parse_duration;
+use crate::model::{DurationSpec, FlowDef, StepDef};
+use crate::{FieldError, FlowError};
+
+/// Most steps a flow may have.
+pub const MAX_STEPS: usize = 500;
+
+/// The actions a flow may call; implemented by the connector registry.
+pub trait ActionCatalog {
+    /// Whether `connector.action` (at `version`, if given) exists.
+    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool;
+}
+
+struct Ctx {
+    errors: Vec<FieldError>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(FieldError::new(path, msg));
+    }
+    fn expr(&mut self, path: &str, src: &str) -> Option<Expr> {
+        match Expr::compile(src) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.err(path, format!("expression does not compile: {e}"));
+                None
+            }
+        }
+    }
+    fn tvalue(&mut self, path: &str, v: &Value) -> Option<TValue> {
+        match TValue::compile(v) {
+            Ok(t) => Some(t),
+            Err(errs) => {
+                for (p, e) in errs {
+                    self.err(format!("{path}{}", pointer_to_path(&p)), format!("template does not compile: {e}"));
+                }
+                None
+            }
+        }
+    }
+    fn duration(&mut self, path: &str, d: &DurationSpec) -> Option<Duration> {
+        match parse_duration(d) {
+            Ok(d) => Some(d),
+            Err(m) => {
+                self.err(path, m);
+                None
+            }
+        }
+    }
+}
+
+/// `/a/0/b` → `.a[0].b`.
+fn pointer_to_path(p: &str) -> String {
+    p.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.bytes().all(|b| b.is_ascii_digit()) { format!("[{s}]") } else { format!(".{s}") })
+        .collect()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_step_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// Validates `def` and compiles it; every problem found is reported, each with its path.
+pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlow, FlowError> {
+    let mut cx = Ctx { errors: Vec::new() };
+    if !valid_name(&def.name) {
+        cx.err("name", "must be 1-100 characters: letters, digits, '-', '_' or '.', starting with a letter or digit");
+    }
+    let trigger = compile_trigger(def, &mut cx);
+    let run_timeout = def.timeout.as_ref().and_then(|t| cx.duration("timeout", t));
+    if def.steps.is_empty() {
+        cx.err("steps", "a flow needs at least one step");
+    }
+    if def.steps.len() > MAX_STEPS {
+        cx.err("steps", format!("a flow may have at most {MAX_STEPS} steps"));
+    }
+
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in def.steps.iter().enumerate() {
+        if !valid_step_id(&s.id) {
+            cx.err(
+                format!("steps[{i}].id"),
+                "must be 1-64 characters: letters, digits, '-' or '_', starting with a letter or '_'",
+            );
+        }
+        if let Some(prev) = index.insert(s.id.as_str(), i) {
+            cx.err(format!("steps[{i}].id"), format!("duplicate step id '{}' (also used by steps[{prev}])", s.id));
+            index.insert(s.id.as_str(), prev);
+        }
+    }
+
+    let mut steps = Vec::with_capacity(def.steps.len());
+    for (i, s) in def.steps.iter().enumerate() {
+        if let Some(step) = compile_step(i, s, &index, catalog, &mut cx) {
+            steps.push(step);
+        }
+    }
+    if cx.errors.is_empty() {
+        check_cycles(&steps, &mut cx);
+    }
+    if !cx.errors.is_empty() {
+        return Err(FlowError::Invalid(cx.errors));
+    }
+    let Some(trigger) = trigger else {
+        return Err(FlowError::Invalid(vec![FieldError::new("trigger", "no usable trigger")]));
+    };
+    Ok(CompiledFlow {
+        def: def.clone(),
+        trigger,
+        steps,
+        run_timeout,
+        vars: Value::Object(def.vars.clone().unwrap_or_default()),
+    })
+}
+
+fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
+    let t = &def.trigger;
+    let set: Vec<&str> = [
+        (t.webhook.is_some(), "webhook"),
+        (t.poll.is_some(), "poll"),
+        (t.schedule.is_some(), "schedule"),
+        (t.manual.is_some(), "manual"),
+        (t.event.is_some(), "event"),
+    ]
+    .into_iter()
+    .filter_map(|(on, n)| on.then_some(n))
+    .collect();
+    if set.len() != 1 {
+        cx.err(
+            "trigger",
+            format!(
+                "exactly one trigger form is required (webhook, poll, schedule, manual or event); found {}",
+                if set.is_empty() { "none".to_string() } else { set.join(", ") }
+            ),
+        );
+        return None;
+    }
+    if let Some(w) = &t.webhook {
+        if w.connector.is_some() {
+            cx.err("trigger.webhook.connector", "connector-verified webhooks are not available in this version of Weft yet; remove `connector` to accept unsigned webhooks");
+        }
+        if w.credential.is_some() {
+            cx.err("trigger.webhook.credential", "credentials are not available in this version of Weft yet");
+        }
+        if w.events.is_some() {
+            cx.err("trigger.webhook.events", "event filters need a `connector`, which is not available in this version of Weft yet");
+        }
+        let respond_timeout = match &w.respond_timeout {
+            Some(d) => cx.duration("trigger.webhook.respond_timeout", d)?,
+            None => Duration::from_secs(10),
+        };
+        if respond_timeout > Duration::from_secs(60) {
+            cx.err("trigger.webhook.respond_timeout", "must be at most 60s");
+        }
+        return Some(TriggerKind::Webhook { respond_timeout });
+    }
+    if let Some(s) = &t.schedule {
+        let cron = match s.cron.parse::<croner::Cron>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                cx.err("trigger.schedule.cron", format!("'{}' is not a valid cron pattern: {e}", s.cron));
+                None
+            }
+        };
+        let tz = match s.timezone.as_deref().unwrap_or("UTC").parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                cx.err(
+                    "trigger.schedule.timezone",
+                    format!("'{}' is not an IANA time zone (e.g. UTC, Europe/Paris)", s.timezone.as_deref().unwrap_or("")),
+                );
+                None
+            }
+        };
+        return Some(TriggerKind::Schedule { cron: Box::new(cron?), tz: tz? });
+    }
+    if t.manual.is_some() {
+        return Some(TriggerKind::Manual);
+    }
+    let form = if t.poll.is_some() { "poll" } else { "event" };
+    cx.err(format!("trigger.{form}"), format!("`{form}` triggers are not available in this version of Weft yet"));
+    None
+}
+
+fn compile_step(
+    i: usize,
+    s: &StepDef,
+    index: &HashMap<&str, usize>,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Option<CompiledStep> {
+    let p = format!("steps[{i}]");
+    let before = cx.errors.len();
+
+    let deps: Vec<usize> = match &s.needs {
+        None => if i == 0 { vec![] } else { vec![i - 1] },
+        Some(needs) => {
+            let mut deps = Vec::new();
+            for (j, n) in needs.iter().enumerate() {
+                match index.get(n.as_str()) {
+                    Some(&k) if k == i => cx.err(format!("{p}.needs[{j}]"), "a step cannot need itself"),
+                    Some(&k) => deps.push(k),
+                    None => cx.err(format!("{p}.needs[{j}]"), format!("no step has the id '{n}'")),
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            deps
+        }
+    };
+    let condition = s.condition.as_deref().and_then(|c| cx.expr(&format!("{p}.if"), c));
+    let timeout = s.timeout.as_ref().and_then(|t| cx.duration(&format!("{p}.timeout"), t));
+    for (field, set) in [("on_error", s.on_error.is_some()), ("rate_limit", s.rate_limit.is_some()), ("credential", s.credential.is_some())] {
+        if set {
+            cx.err(format!("{p}.{field}"), format!("`{field}` is not available in this version of Weft yet"));
+        }
+    }
+
+    let kinds = s.kinds();
+    if kinds.len() != 1 {
+        cx.err(
+            p.clone(),
+            if kinds.is_empty() {
+                "a step needs exactly one kind key: transform, action, code, switch, for_each, wait, approval, wait_for_event, subflow, respond or fail".to_string()
+            } else {
+                format!("a step has exactly one kind key; found {}", kinds.join(", "))
+            },
+        );
+        return None;
+    }
+    let kind_name = kinds[0];
+    if s.input.is_some() && !matches!(kind_name, "action" | "subflow") {
+        cx.err(format!("{p}.input"), "`input` belongs to `action` and `subflow` steps");
+    }
+    if (s.cases.is_some()) && kind_name != "switch" {
+        cx.err(format!("{p}.cases"), "`cases` belongs to `switch` steps");
+    }
+    if (s.steps.is_some() || s.concurrency.is_some()) && kind_name != "for_each" {
+        cx.err(format!("{p}.steps"), "`steps` and `concurrency` belong to `for_each` steps");
+    }
+
+    let mut retry = RetryPolicy::none();
+    let kind = match kind_name {
+        "transform" => s.transform.as_deref().and_then(|t| cx.expr(&format!("{p}.transform"), t)).map(StepKind::Transform),
+        "action" => {
+            retry = RetryPolicy::action_default();
+            compile_action(&p, s, catalog, cx)
+        }
+        "respond" => {
+            let r = s.respond.clone().unwrap_or_default();
+            let status = cx.tvalue(&format!("{p}.respond.status"), &r.status.unwrap_or(Value::from(200)));
+            if let Some(Value::Number(n)) = &s.respond.as_ref().and_then(|r| r.status.clone()) {
+                if !n.as_u64().is_some_and(|n| (200..=599).contains(&n)) {
+                    cx.err(format!("{p}.respond.status"), "must be an HTTP status between 200 and 599");
+                }
+            }
+            let headers = cx.tvalue(&format!("{p}.respond.headers"), &Value::Object(r.headers.unwrap_or_default()));
+            let body = cx.tvalue(&format!("{p}.respond.body"), &r.body.unwrap_or(Value::Null));
+            Some(StepKind::Respond { status: status?, headers: headers?, body: body? })
+        }
+        "fail" => s.fail.as_deref().and_then(|m| cx.tvalue(&format!("{p}.fail"), &Value::String(m.to_string()))).map(StepKind::Fail),
+        other => {
+            cx.err(format!("{p}.{other}"), format!("`{other}` steps are not available in this version of Weft yet"));
+            None
+        }
+    };
+    if let Some(r) = &s.retry {
+        retry = compile_retry(&p, r, retry, cx);
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(CompiledStep {
+        id: s.id.clone(),
+        deps,
+        condition,
+        retry,
+        timeout,
+        continue_on_error: s.continue_on_error.unwrap_or(false),
+        kind: kind?,
+    })
+}
+
+fn compile_action(p: &str, s: &StepDef, catalog: &dyn ActionCatalog, cx: &mut Ctx) -> Option<StepKind> {
+    let spec = s.action.as_deref().unwrap_or_default();
+    let (name, version) = match spec.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (spec, None),
+    };
+    let Some((connector, action)) = name.split_once('.') else {
+        cx.err(format!("{p}.action"), format!("'{spec}' must be written connector.action, e.g. http.request"));
+        return None;
+    };
+    if let Some(v) = version {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            cx.err(format!("{p}.action"), format!("'{v}' is not a version (use e.g. http.request@1.0.0)"));
+            return None;
+        }
+    }
+    if !catalog.has_action(connector, action, version) {
+        cx.err(
+            format!("{p}.action"),
+            format!("unknown action '{name}'{}; `weft connectors list` shows the available ones", version.map(|v| format!(" at version {v}")).unwrap_or_default()),
+        );
+        return None;
+    }
+    let input = cx.tvalue(&format!("{p}.input"), s.input.as_ref().unwrap_or(&Value::Object(Default::default())))?;
+    Some(StepKind::Action { connector: connector.into(), action: action.into(), version: version.map(Into::into), input })
+}
+
+fn compile_retry(p: &str, r: &crate::model::RetryDef, mut base: RetryPolicy, cx: &mut Ctx) -> RetryPolicy {
+    if let Some(n) = r.max_attempts {
+        if n == 0 || n > 100 {
+            cx.err(format!("{p}.retry.max_attempts"), "must be between 1 and 100");
+        }
+        base.max_attempts = n;
+    } else if base.max_attempts == 1 {
+        base.max_attempts = 3;
+    }
+    if let Some(d) = &r.initial {
+        if let Some(d) = cx.duration(&format!("{p}.retry.initial"), d) {
+            base.initial = d;
+        }
+    }
+    if let Some(b) = r.backoff {
+        if !(1.0..=10.0).contains(&b) {
+            cx.err(format!("{p}.retry.backoff"), "must be between 1.0 and 10.0");
+        }
+        base.backoff = b;
+    }
+    if let Some(d) = &r.max {
+        if let Some(d) = cx.duration(&format!("{p}.retry.max"), d) {
+            base.max = d;
+        }
+    }
+    if base.max < base.initial {
+        cx.err(format!("{p}.retry.max"), "must not be shorter than `initial`");
+    }
+    base
+}
+
+/// Kahn's algorithm over `needs`; reports the steps on a cycle.
+fn check_cycles(steps: &[CompiledStep], cx: &mut Ctx) {
+    let n = steps.len();
+    let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, s) in steps.iter().enumerate() {
+        for &d in &s.deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut seen = 0;
+    while let Some(i) = ready.pop() {
+        seen += 1;
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if seen != n {
+        let cyc: Vec<&str> = (0..n).filter(|&i| indegree[i] > 0).map(|i| steps[i].id.as_str()).collect();
+        let first = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+        cx.err(format!("steps[{first}].needs"), format!("`needs` forms a cycle through steps: {}", cyc.join(", ")));
+    }
+}

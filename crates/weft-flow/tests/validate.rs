@@ -1,0 +1,144 @@
+//! Data-driven validation cases: each flow text and the field paths its errors must name.
+#![allow(clippy::unwrap_used)]
+
+use weft_flow::{ActionCatalog, FlowError, compile, parse_text};
+
+struct Catalog;
+impl ActionCatalog for Catalog {
+    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
+        connector == "http" && action == "request" && version.is_none_or(|v| v == "1.0.0")
+    }
+}
+
+/// Asserts the flow is rejected with errors at exactly these paths (in any order).
+fn check_err(text: &str, paths: &[&str]) {
+    let res = parse_text(text).and_then(|d| compile(&d, &Catalog).map(|_| ()));
+    let err = match res {
+        Ok(()) => panic!("expected errors at {paths:?}, flow was accepted:\n{text}"),
+        Err(e) => e,
+    };
+    let mut got: Vec<String> = err.field_errors().into_iter().map(|e| e.path).collect();
+    got.sort();
+    let mut want: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "errors: {err}\nflow:\n{text}");
+}
+
+fn check_ok(text: &str) -> weft_flow::CompiledFlow {
+    match parse_text(text).and_then(|d| compile(&d, &Catalog)) {
+        Ok(c) => c,
+        Err(e) => panic!("expected valid flow, got: {e}\n{text}"),
+    }
+}
+
+const HEAD: &str = "name: f\ntrigger:\n  manual: {}\n";
+
+#[test]
+fn accepts_the_product_example_shape() {
+    let c = check_ok(
+        "name: order-to-sink\ntrigger:\n  webhook: {}\nsteps:\n  - id: shape\n    transform: '{id: .trigger.body.id, total: (.trigger.body.price * .trigger.body.qty)}'\n  - id: send\n    action: http.request\n    input:\n      method: POST\n      url: \"http://127.0.0.1:9/x\"\n      body: \"{{ .steps.shape.output }}\"\n      headers:\n        x-who: \"n={{ .steps.shape.output.id }}\"\n    retry: { max_attempts: 5, initial: 1s, backoff: 2.0, max: 5m }\n",
+    );
+    assert_eq!(c.steps.len(), 2);
+    assert_eq!(c.steps[1].deps, vec![0]);
+    assert_eq!(c.steps[1].retry.max_attempts, 5);
+}
+
+#[test]
+fn json_flows_parse_too() {
+    check_ok(r#"{"name":"j","trigger":{"manual":{}},"steps":[{"id":"a","transform":"."}]}"#);
+}
+
+#[test]
+fn needs_make_a_dag() {
+    let c = check_ok(&format!(
+        "{HEAD}steps:\n  - id: a\n    transform: '1'\n  - id: b\n    needs: []\n    transform: '2'\n  - id: c\n    needs: [a, b]\n    transform: '3'\n"
+    ));
+    assert_eq!(c.steps[1].deps, Vec::<usize>::new());
+    assert_eq!(c.steps[2].deps, vec![0, 1]);
+}
+
+#[test]
+fn schedule_next_tick_in_time_zone() {
+    let c = check_ok("name: s\ntrigger:\n  schedule: { cron: '0 9 * * *', timezone: Europe/Paris }\nsteps:\n  - id: a\n    transform: '.'\n");
+    // 2026-01-01T00:00Z -> 09:00 Paris = 08:00Z
+    let next = c.trigger.next_tick_after(1_767_225_600_000).unwrap();
+    assert_eq!(next, 1_767_225_600_000 + 8 * 3600 * 1000);
+}
+
+#[test]
+fn rejects_with_field_paths() {
+    check_err("name: [1\n", &[""]);
+    check_err("{\"name\": ", &[""]);
+    check_err("- 1\n- 2\n", &[""]);
+    check_err(&format!("{HEAD}steps: []\nbogus: 1\n"), &["bogus"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transfrom: '.'\n"), &["steps[0].transfrom"]);
+    check_err(&format!("{HEAD}steps: []\n"), &["steps"]);
+    check_err("name: 'bad name!'\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["name"]);
+    check_err("name: f\ntrigger: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger"]);
+    check_err("name: f\ntrigger:\n  manual: {}\n  webhook: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n  - id: a\n    transform: '.'\n"), &["steps[1].id"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    needs: [zz]\n    transform: '.'\n"), &["steps[0].needs[0]"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    needs: [a]\n    transform: '.'\n"), &["steps[0].needs[0]"]);
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    needs: [b]\n    transform: '.'\n  - id: b\n    needs: [a]\n    transform: '.'\n"),
+        &["steps[0].needs"],
+    );
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: nope.thing\n"), &["steps[0].action"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: http.request@9.9.9\n"), &["steps[0].action"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: nodot\n"), &["steps[0].action"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.a | ('\n"), &["steps[0].transform"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    if: '.x =='\n    transform: '.'\n"), &["steps[0].if"]);
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: 'x'\n      headers:\n        h: '{{{{ .a | ( }}}}'\n"),
+        &["steps[0].input.headers.h"],
+    );
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: '{{{{ .a'\n"), &["steps[0].input.url"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    timeout: 10x\n"), &["steps[0].timeout"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ initial: soon }}\n"), &["steps[0].retry.initial"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: 0 }}\n"), &["steps[0].retry.max_attempts"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: -1 }}\n"), &["steps[0].retry.max_attempts"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    fail: no\n"), &["steps[0]"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    name: x\n"), &["steps[0]"]);
+    check_err(&format!("{HEAD}steps:\n  - id: '1a'\n    transform: '.'\n"), &["steps[0].id"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    input: {{}}\n"), &["steps[0].input"]);
+    check_err("name: f\ntrigger:\n  schedule: { cron: 'every day' }\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.schedule.cron"]);
+    check_err("name: f\ntrigger:\n  schedule: { cron: '* * * * *', timezone: Mars/Olympus }\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.schedule.timezone"]);
+    check_err("name: f\ntrigger:\n  poll: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.poll"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    for_each: '.x'\n"), &["steps[0].for_each"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    respond: {{ status: 99 }}\n"), &["steps[0].respond.status"]);
+    check_err(&format!("{HEAD}timeout: forever\nsteps:\n  - id: a\n    transform: '.'\n"), &["timeout"]);
+    // several errors at once are all reported
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '('\n  - id: b\n    needs: [q]\n    transform: '.'\n"),
+        &["steps[0].transform", "steps[1].needs[0]"],
+    );
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(parse_text(&deep).is_err());
+    let deep_json = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(parse_text(&deep_json).is_err());
+    let big = "a".repeat(2 * 1024 * 1024);
+    assert!(matches!(parse_text(&big), Err(FlowError::TooLarge { .. })));
+    let deep_expr = format!("{HEAD}steps:\n  - id: a\n    transform: '{}'\n", "(".repeat(10_000));
+    assert!(parse_text(&deep_expr).and_then(|d| compile(&d, &Catalog)).is_err());
+    // a billion-laughs style alias bomb
+    let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
+    assert!(parse_text(bomb).is_err());
+}
+
+#[test]
+fn committed_schema_matches_the_types() {
+    let schema = serde_json::to_string_pretty(&weft_flow::json_schema()).unwrap() + "\n";
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/flow.schema.json");
+    if std::env::var_os("WEFT_BLESS").is_some() {
+        std::fs::write(path, &schema).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == schema,
+        "docs/flow.schema.json is out of date: run `WEFT_BLESS=1 cargo test -p weft-flow --test validate` and commit it"
+    );
+}

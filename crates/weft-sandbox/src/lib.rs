@@ -1,0 +1,31 @@
+//! Sandbox worker processes for untrusted expressions.
+//!
+//! jaq has no guard against runaway filters (`def f: 1+f; f` aborts the process that runs it),
+//! so any filter the in-process fast path cannot prove bounded runs here: in a child process of
+//! the same binary, under an address-space rlimit, killed on a wall-clock deadline and respawned.
+//! A crash or kill costs only that evaluation; the server and other runs go on.
+
+mod pool;
+mod worker;
+
+pub use pool::{SandboxError, SandboxOptions, SandboxPool};
+pub use worker::worker_main;
+
+/// Request line sent to a worker.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Request {
+    /// jq source.
+    src: String,
+    /// Input document.
+    input: serde_json::Value,
+}
+
+/// Response line from a worker.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    /// All outputs.
+    Ok(Vec<serde_json::Value>),
+    /// jq error.
+    Err(String),
+}

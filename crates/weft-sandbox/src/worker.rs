@@ -1,0 +1,54 @@
+//! The child side: read one JSON request per line, answer one JSON line.
+
+use std::io::{BufRead, Write};
+
+use crate::{Request, Response};
+
+/// Largest serialized answer a worker sends back.
+const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Entry point of `weft sandbox-worker`: applies the rlimits, then serves requests on stdin/stdout until EOF.
+pub fn worker_main(memory_bytes: u64) -> std::io::Result<()> {
+    limit_resources(memory_bytes);
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    let mut cache = weft_expr::JaqCache::new();
+    let mut line = String::new();
+    let mut input = stdin.lock();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match cache.eval(&req.src, &req.input) {
+                Ok(out) => Response::Ok(out),
+                Err(e) => Response::Err(e.to_string()),
+            },
+            Err(e) => Response::Err(format!("bad sandbox request: {e}")),
+        };
+        let mut text = serde_json::to_string(&resp).unwrap_or_else(|e| format!("{{\"err\":\"cannot encode output: {e}\"}}"));
+        if text.len() > MAX_OUTPUT_BYTES {
+            text = serde_json::to_string(&Response::Err(format!(
+                "the expression's output is {} bytes; the limit is {MAX_OUTPUT_BYTES}",
+                text.len()
+            )))
+            .unwrap_or_default();
+        }
+        stdout.write_all(text.as_bytes())?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+    }
+}
+
+/// Caps the address space (so runaway allocation aborts this child, not the server) and disables core dumps.
+#[allow(unsafe_code)]
+fn limit_resources(memory_bytes: u64) {
+    let set = |res, soft: u64| {
+        let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: soft as libc::rlim_t };
+        // SAFETY: setrlimit only reads the struct we pass; it affects this process alone.
+        unsafe { libc::setrlimit(res, &lim) };
+    };
+    set(libc::RLIMIT_AS, memory_bytes);
+    set(libc::RLIMIT_CORE, 0);
+}

@@ -1,0 +1,62 @@
+//! The storage contract of Weft and its embedded SQLite backend.
+//!
+//! Every method that touches tenant data takes a [`Scope`]; the few system methods that work
+//! across tenants (claiming work, resolving a hook id, due schedules) say so in their docs.
+//! Only this crate contains SQL.
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+use weft_types::Scope;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Db(String),
+    /// The object does not exist in this scope.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The store has shut down.
+    #[error("the store is shut down")]
+    Closed,
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The data directory is used by another Weft process.
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            rusqlite::Error::SqliteFailure(f, ref m) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::Conflict(m.clone().unwrap_or_else(|| "constraint violated".into()))
+            }
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+/// The store used by the rest of Weft: one type, dispatching to a backend.
+pub type Store = SqliteStore;
+
+/// Hashes an API key secret for storage and lookup (keys are high-entropy, so a fast hash fits).
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// A scope's tenant and workspace ids as strings, for binding.
+pub(crate) fn scope_strs(s: &Scope) -> (String, String) {
+    (s.tenant.to_string(), s.workspace.to_string())
+}

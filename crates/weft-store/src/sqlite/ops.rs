@@ -1,0 +1,719 @@
+//! The store's operations on SQLite. Each public method is one read or one group-committed write.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use weft_types::{
+    FlowId, HookId, KeyId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, UserId, WorkspaceId, random_secret,
+};
+
+use super::SqliteStore;
+use crate::model::*;
+use crate::{StoreError, hash_secret, scope_strs};
+
+fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
+}
+
+fn json(s: Option<String>) -> Result<Option<Value>, StoreError> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))).transpose()
+}
+
+fn to_json(v: &Value) -> String {
+    v.to_string()
+}
+
+const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
+
+fn flow_row(r: &Row<'_>) -> rusqlite::Result<[Option<String>; 5]> {
+    Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?])
+}
+
+fn read_flow(r: &Row<'_>) -> Result<FlowRecord, StoreError> {
+    let [t, w, id, name, hook] = flow_row(r)?;
+    Ok(FlowRecord {
+        scope: Scope { tenant: parse(t.unwrap_or_default(), "tenant id")?, workspace: parse(w.unwrap_or_default(), "workspace id")? },
+        id: parse(id.unwrap_or_default(), "flow id")?,
+        name: name.unwrap_or_default(),
+        hook_id: parse(hook.unwrap_or_default(), "hook id")?,
+        latest_version: r.get(5)?,
+        published_version: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims";
+
+fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
+    let status: String = r.get(6)?;
+    Ok((
+        RunRecord {
+            scope: Scope { tenant: parse(r.get(0)?, "tenant id")?, workspace: parse(r.get(1)?, "workspace id")? },
+            id: parse(r.get(2)?, "run id")?,
+            flow_id: parse(r.get(3)?, "flow id")?,
+            flow_name: r.get(4)?,
+            flow_version: r.get(5)?,
+            status: RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?,
+            trigger: json(r.get(7)?)?.unwrap_or(Value::Null),
+            output: json(r.get(8)?)?,
+            error: r.get(9)?,
+            created_at: r.get(10)?,
+            started_at: r.get(11)?,
+            finished_at: r.get(12)?,
+        },
+        r.get(13)?,
+    ))
+}
+
+fn read_step(r: &Row<'_>) -> Result<StepRecord, StoreError> {
+    let status: String = r.get(2)?;
+    Ok(StepRecord {
+        step_id: r.get(0)?,
+        idx: r.get(1)?,
+        status: StepStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
+        attempts: r.get(3)?,
+        output: json(r.get(4)?)?,
+        error: r.get(5)?,
+        started_at: r.get(6)?,
+        finished_at: r.get(7)?,
+    })
+}
+
+fn steps_of(c: &Connection, t: &str, w: &str, run: &str) -> Result<Vec<StepRecord>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT step_id, idx, status, attempts, output, error, started_at, finished_at FROM run_steps
+         WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 ORDER BY idx",
+    )?;
+    let mut rows = st.query(params![t, w, run])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(read_step(r)?);
+    }
+    Ok(out)
+}
+
+fn insert_logs(c: &Connection, t: &str, w: &str, run: &str, now: Millis, logs: &[NewLog]) -> Result<(), StoreError> {
+    if logs.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(
+        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for l in logs {
+        st.execute(params![t, w, run, now, l.level, l.step_id, l.message])?;
+    }
+    Ok(())
+}
+
+fn insert_run_tx(c: &Connection, r: &NewRun) -> Result<Inserted, StoreError> {
+    let (t, w) = scope_strs(&r.scope);
+    let flow = r.flow_id.to_string();
+    if let Some(key) = &r.dedupe_key {
+        let existing: Option<(String, Millis)> = c
+            .prepare_cached(
+                "SELECT id, created_at FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND dedupe_key = ?4",
+            )?
+            .query_row(params![t, w, flow, key], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        if let Some((id, created)) = existing {
+            if r.now - created < r.dedupe_window_ms {
+                return Ok(Inserted { run_id: parse(id, "run id")?, duplicate: true });
+            }
+            // Outside the window: the old run keeps its data but gives up the key.
+            c.prepare_cached("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3")?
+                .execute(params![t, w, id])?;
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)",
+    )?
+    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, to_json(&r.trigger), r.dedupe_key, r.now])?;
+    Ok(Inserted { run_id: r.id, duplicate: false })
+}
+
+fn new_workspace_and_key(c: &Connection, tenant: TenantId, now: Millis) -> Result<(WorkspaceId, String), StoreError> {
+    let ws = WorkspaceId::new();
+    c.execute(
+        "INSERT INTO workspaces (tenant_id, id, slug, name, created_at) VALUES (?1, ?2, 'default', 'Default', ?3)",
+        params![tenant.to_string(), ws.to_string(), now],
+    )?;
+    let secret = format!("wft_{}", random_secret());
+    c.execute(
+        "INSERT INTO api_keys (tenant_id, workspace_id, id, name, role, secret_hash, created_at) VALUES (?1, ?2, ?3, 'owner', 'owner', ?4, ?5)",
+        params![tenant.to_string(), ws.to_string(), KeyId::new().to_string(), hash_secret(&secret), now],
+    )?;
+    Ok((ws, secret))
+}
+
+fn create_tenant_tx(c: &Connection, name: &str, email: &str, now: Millis) -> Result<Bootstrap, StoreError> {
+    let tenant = TenantId::new();
+    c.execute("INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)", params![tenant.to_string(), name, now])?;
+    c.execute(
+        "INSERT INTO users (tenant_id, id, email, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![tenant.to_string(), UserId::new().to_string(), email, now],
+    )?;
+    let (workspace, owner_key) = new_workspace_and_key(c, tenant, now)?;
+    Ok(Bootstrap { tenant, workspace, owner_key })
+}
+
+impl SqliteStore {
+    // ---- tenants and keys -------------------------------------------------------------
+
+    /// On an empty store, creates the default tenant, its `default` workspace and owner, and returns the owner key (once).
+    pub async fn bootstrap_if_empty(&self, now: Millis) -> Result<Option<Bootstrap>, StoreError> {
+        self.write(move |c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM tenants", [], |r| r.get(0))?;
+            if n > 0 {
+                return Ok(None);
+            }
+            create_tenant_tx(c, "default", "owner@localhost", now).map(Some)
+        })
+        .await
+    }
+
+    /// Creates a tenant with its `default` workspace and owner; returns the owner key (once).
+    pub async fn create_tenant(&self, name: &str, owner_email: &str, now: Millis) -> Result<Bootstrap, StoreError> {
+        let (name, email) = (name.to_string(), owner_email.to_string());
+        self.write(move |c| create_tenant_tx(c, &name, &email, now)).await
+    }
+
+    /// System: resolves an API key secret to its identity, if the key exists and is not revoked.
+    pub async fn resolve_key(&self, secret: &str) -> Result<Option<KeyIdentity>, StoreError> {
+        let hash = hash_secret(secret);
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT k.tenant_id, k.workspace_id, w.slug, k.role, k.id FROM api_keys k
+                 JOIN workspaces w ON w.tenant_id = k.tenant_id AND w.id = k.workspace_id
+                 WHERE k.secret_hash = ?1 AND k.revoked_at IS NULL",
+            )?
+            .query_row([hash], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .optional()?
+            .map(|(t, w, slug, role, id)| {
+                Ok(KeyIdentity { scope: Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? }, workspace_slug: slug, role, key_id: id })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    // ---- flows ----------------------------------------------------------------------------
+
+    /// Creates the flow or saves a new version of it; publishes the new version when `publish`.
+    pub async fn save_flow(&self, scope: Scope, name: &str, definition: Value, publish: bool, now: Millis) -> Result<FlowRecord, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let existing: Option<(String, i64)> = c
+                .prepare_cached("SELECT id, latest_version FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3")?
+                .query_row(params![t, w, name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (id, version) = match existing {
+                Some((id, v)) => {
+                    c.execute(
+                        "UPDATE flows SET latest_version = ?4, updated_at = ?5, published_version = CASE WHEN ?6 THEN ?4 ELSE published_version END
+                         WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                        params![t, w, id, v + 1, now, publish],
+                    )?;
+                    (id, v + 1)
+                }
+                None => {
+                    let id = FlowId::new().to_string();
+                    c.execute(
+                        "INSERT INTO flows (tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 1, CASE WHEN ?6 THEN 1 ELSE NULL END, ?7, ?7)",
+                        params![t, w, id, name, HookId::new().to_string(), publish, now],
+                    )?;
+                    (id, 1)
+                }
+            };
+            c.execute(
+                "INSERT INTO flow_versions (tenant_id, workspace_id, flow_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t, w, id, version, to_json(&definition), now],
+            )?;
+            get_flow_tx(c, &scope, &id)
+        })
+        .await
+    }
+
+    /// A flow by id (`flw_…`) or by name.
+    pub async fn get_flow(&self, scope: Scope, id_or_name: &str) -> Result<FlowRecord, StoreError> {
+        let key = id_or_name.to_string();
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let sql = format!("SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND (id = ?3 OR name = ?3)");
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, w, key])?;
+            match rows.next()? {
+                Some(r) => read_flow(r),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    /// Flows of a workspace ordered by name, after the `after` name (cursor).
+    pub async fn list_flows(&self, scope: Scope, after: Option<String>, limit: usize) -> Result<Vec<FlowRecord>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let sql = format!("SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND name > ?3 ORDER BY name LIMIT ?4");
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, w, after.unwrap_or_default(), limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read_flow(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One version of a flow.
+    pub async fn flow_version(&self, scope: Scope, flow: FlowId, version: i64) -> Result<FlowVersion, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let (def, created_at): (String, Millis) = c
+                .prepare_cached("SELECT definition, created_at FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND version = ?4")?
+                .query_row(params![t, w, flow.to_string(), version], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(FlowVersion { version, definition: json(Some(def))?.unwrap_or(Value::Null), created_at })
+        })
+        .await
+    }
+
+    /// Every version of a flow, newest first.
+    pub async fn list_versions(&self, scope: Scope, flow: FlowId) -> Result<Vec<FlowVersion>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT version, definition, created_at FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 ORDER BY version DESC",
+            )?;
+            let mut rows = st.query(params![t, w, flow.to_string()])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(FlowVersion { version: r.get(0)?, definition: json(r.get(1)?)?.unwrap_or(Value::Null), created_at: r.get(2)? });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Makes `version` the active one.
+    pub async fn publish(&self, scope: Scope, flow: FlowId, version: i64, now: Millis) -> Result<FlowRecord, StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let id = flow.to_string();
+            let exists: Option<i64> = c
+                .prepare_cached("SELECT version FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND version = ?4")?
+                .query_row(params![t, w, id, version], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            c.execute(
+                "UPDATE flows SET published_version = ?4, updated_at = ?5 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                params![t, w, id, version, now],
+            )?;
+            get_flow_tx(c, &scope, &id)
+        })
+        .await
+    }
+
+    /// Deletes a flow, its versions and its schedule (runs stay in history).
+    pub async fn delete_flow(&self, scope: Scope, flow: FlowId) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let id = flow.to_string();
+            c.execute("DELETE FROM schedules WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
+            c.execute("DELETE FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
+            let n = c.execute("DELETE FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3", params![t, w, id])?;
+            if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        })
+        .await
+    }
+
+    /// System: where an (unguessable) hook id leads.
+    pub async fn lookup_hook(&self, hook: HookId) -> Result<Option<HookTarget>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT tenant_id, workspace_id, id, name, published_version FROM flows WHERE hook_id = ?1")?
+                .query_row([hook.to_string()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get(4)?))
+                })
+                .optional()?
+                .map(|(t, w, f, name, published_version)| {
+                    Ok(HookTarget {
+                        scope: Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? },
+                        flow_id: parse(f, "flow id")?,
+                        flow_name: name,
+                        published_version,
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    // ---- schedules ----------------------------------------------------------------------
+
+    /// Sets (or with `None`, removes) a flow's next schedule tick.
+    pub async fn set_schedule(&self, scope: Scope, flow: FlowId, next_tick: Option<Millis>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            match next_tick {
+                Some(at) => c.execute(
+                    "INSERT INTO schedules (tenant_id, workspace_id, flow_id, next_tick_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (tenant_id, workspace_id, flow_id) DO UPDATE SET next_tick_at = excluded.next_tick_at",
+                    params![t, w, flow.to_string(), at],
+                )?,
+                None => c.execute("DELETE FROM schedules WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, flow.to_string()])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// System: schedules whose tick is at or before `now`.
+    pub async fn due_schedules(&self, now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT tenant_id, workspace_id, flow_id, next_tick_at FROM schedules WHERE next_tick_at <= ?1 ORDER BY next_tick_at LIMIT ?2")?;
+            let mut rows = st.query(params![now, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(DueSchedule {
+                    scope: Scope { tenant: parse(r.get(0)?, "tenant id")?, workspace: parse(r.get(1)?, "workspace id")? },
+                    flow_id: parse(r.get(2)?, "flow id")?,
+                    tick_at: r.get(3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// System: the earliest pending schedule tick.
+    pub async fn next_schedule_at(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT MIN(next_tick_at) FROM schedules", [], |r| r.get(0))?)).await
+    }
+
+    /// Starts the run of a due tick (deduplicated on the tick) and moves the schedule to `next_tick`,
+    /// in one transaction, only if the schedule still points at `tick_at` (another process may have fired it).
+    pub async fn fire_schedule(&self, run: NewRun, tick_at: Millis, next_tick: Option<Millis>) -> Result<Option<Inserted>, StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&run.scope);
+            let flow = run.flow_id.to_string();
+            let n = match next_tick {
+                Some(next) => c.execute(
+                    "UPDATE schedules SET next_tick_at = ?5 WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND next_tick_at = ?4",
+                    params![t, w, flow, tick_at, next],
+                )?,
+                None => c.execute(
+                    "DELETE FROM schedules WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND next_tick_at = ?4",
+                    params![t, w, flow, tick_at],
+                )?,
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            insert_run_tx(c, &run).map(Some)
+        })
+        .await
+    }
+
+    // ---- runs -----------------------------------------------------------------------------
+
+    /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
+    pub async fn insert_run(&self, run: NewRun) -> Result<Inserted, StoreError> {
+        self.write(move |c| insert_run_tx(c, &run)).await
+    }
+
+    /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
+    pub async fn claim_runs(&self, owner: &str, now: Millis, lease_ms: Millis, limit: usize) -> Result<Vec<ClaimedRun>, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
+                 WHERE rowid IN (SELECT rowid FROM runs WHERE status = 'queued' AND not_before <= ?3 ORDER BY not_before, id LIMIT ?4)
+                 RETURNING {RUN_COLS}"
+            ))?;
+            let mut rows = st.query(params![owner, now + lease_ms, now, limit as i64])?;
+            let mut claimed = Vec::new();
+            while let Some(r) = rows.next()? {
+                claimed.push(read_run(r)?);
+            }
+            drop(rows);
+            let mut out = Vec::with_capacity(claimed.len());
+            for (run, claims) in claimed {
+                // Only a resumed run can have checkpoints; skip the lookup on the hot path.
+                let steps = if claims > 1 {
+                    let (t, w) = scope_strs(&run.scope);
+                    steps_of(c, &t, &w, &run.id.to_string())?
+                } else {
+                    Vec::new()
+                };
+                out.push(ClaimedRun { run, steps });
+            }
+            out.sort_by_key(|c| c.run.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// System: extends the leases of every run `owner` is running.
+    pub async fn renew_leases(&self, owner: &str, until: Millis) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| Ok(c.execute("UPDATE runs SET lease_expires = ?2 WHERE status = 'running' AND lease_owner = ?1", params![owner, until])?))
+            .await
+    }
+
+    /// System: returns runs whose lease expired (their worker died) to the queue.
+    pub async fn reclaim_expired(&self, now: Millis) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_expires < ?1",
+                [now],
+            )?)
+        })
+        .await
+    }
+
+    /// System: returns every running run not owned by `owner` to the queue (embedded mode at start:
+    /// the data-dir lock proves no other process is alive).
+    pub async fn reclaim_all_except(&self, owner: &str) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS NOT ?1",
+                [owner],
+            )?)
+        })
+        .await
+    }
+
+    /// Hands `owner`'s running runs back to the queue (graceful shutdown).
+    pub async fn release_leases(&self, owner: &str) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            Ok(c.execute("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = ?1", [owner])?)
+        })
+        .await
+    }
+
+    /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
+    /// is no longer running under this owner (cancelled, or reclaimed after a lost lease).
+    pub async fn checkpoint_step(&self, scope: Scope, run: RunId, owner: &str, cp: StepCheckpoint, now: Millis) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            if !holds(c, &t, &w, &rid, &owner)? {
+                return Ok(false);
+            }
+            let s = &cp.step;
+            c.prepare_cached(
+                "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+                   output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+            )?
+            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, s.output.as_ref().map(to_json), s.error, s.started_at, s.finished_at])?;
+            insert_logs(c, &t, &w, &rid, now, &cp.logs)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let n = c
+                .prepare_cached(
+                    "UPDATE runs SET status = ?5, output = ?6, error = ?7, finished_at = ?8, lease_owner = NULL, lease_expires = NULL
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4",
+                )?
+                .execute(params![t, w, rid, owner, status.as_str(), output.as_ref().map(to_json), error, now])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_logs(c, &t, &w, &rid, now, &logs)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Cancels a run that has not finished; returns its status afterwards.
+    pub async fn cancel_run(&self, scope: Scope, run: RunId, now: Millis) -> Result<RunStatus, StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let status: String = c
+                .prepare_cached("SELECT status FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3")?
+                .query_row(params![t, w, rid], |r| r.get(0))?;
+            let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?;
+            if status.is_terminal() {
+                return Ok(status);
+            }
+            c.execute(
+                "UPDATE runs SET status = 'cancelled', finished_at = ?4, error = 'cancelled on request', lease_owner = NULL, lease_expires = NULL
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                params![t, w, rid, now],
+            )?;
+            insert_logs(c, &t, &w, &rid, now, &[NewLog { level: "warn", step_id: None, message: "run cancelled on request".into() }])?;
+            Ok(RunStatus::Cancelled)
+        })
+        .await
+    }
+
+    /// Appends log lines to a run.
+    pub async fn append_logs(&self, scope: Scope, run: RunId, logs: Vec<NewLog>, now: Millis) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            insert_logs(c, &t, &w, &run.to_string(), now, &logs)
+        })
+        .await
+    }
+
+    /// A run with its steps.
+    pub async fn get_run(&self, scope: Scope, run: RunId) -> Result<(RunRecord, Vec<StepRecord>), StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let sql = format!("SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3");
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, w, rid])?;
+            let run = match rows.next()? {
+                Some(r) => read_run(r)?.0,
+                None => return Err(StoreError::NotFound),
+            };
+            let steps = steps_of(c, &t, &w, &rid)?;
+            Ok((run, steps))
+        })
+        .await
+    }
+
+    /// Runs of a workspace, newest first, filtered.
+    pub async fn list_runs(&self, scope: Scope, f: RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let sql = format!(
+                "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2
+                 AND (?3 IS NULL OR flow_id = ?3) AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR created_at >= ?5)
+                 AND (?6 IS NULL OR id < ?6) ORDER BY id DESC LIMIT ?7"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![
+                t,
+                w,
+                f.flow_id.map(|x| x.to_string()),
+                f.status.map(|s| s.as_str()),
+                f.since,
+                f.before.map(|x| x.to_string()),
+                f.limit as i64
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read_run(r)?.0);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Log lines of a run after sequence `after`.
+    pub async fn run_logs(&self, scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT seq, ts, level, step_id, message FROM run_logs WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND seq > ?4 ORDER BY seq LIMIT ?5",
+            )?;
+            let mut rows = st.query(params![t, w, run.to_string(), after, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(LogRecord { seq: r.get(0)?, ts: r.get(1)?, level: r.get(2)?, step_id: r.get(3)?, message: r.get(4)? });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// System: how many runs are in each status (for metrics, benchmarks and tests).
+    pub async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let s: String = r.get(0)?;
+                if let Some(s) = RunStatus::parse(&s) {
+                    out.push((s, r.get(1)?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn holds(c: &Connection, t: &str, w: &str, run: &str, owner: &str) -> Result<bool, StoreError> {
+    Ok(c
+        .prepare_cached("SELECT 1 FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4")?
+        .query_row(params![t, w, run, owner], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn get_flow_tx(c: &Connection, scope: &Scope, id: &str) -> Result<FlowRecord, StoreError> {
+    let (t, w) = scope_strs(scope);
+    let sql = format!("SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3");
+    let mut st = c.prepare_cached(&sql)?;
+    let mut rows = st.query(params![t, w, id])?;
+    match rows.next()? {
+        Some(r) => read_flow(r),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// Workspace id for a slug in a tenant.
+impl SqliteStore {
+    /// A workspace of `tenant` by slug.
+    pub async fn workspace_by_slug(&self, tenant: TenantId, slug: &str) -> Result<WorkspaceId, StoreError> {
+        let slug = slug.to_string();
+        self.read(move |c| {
+            let id: String = c
+                .prepare_cached("SELECT id FROM workspaces WHERE tenant_id = ?1 AND slug = ?2")?
+                .query_row(params![tenant.to_string(), slug], |r| r.get(0))?;
+            parse(id, "workspace id")
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// System: the first tenant's `default` workspace (where `--flows` and the example flow go).
+    pub async fn default_scope(&self) -> Result<Option<Scope>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT w.tenant_id, w.id FROM workspaces w JOIN tenants t ON t.id = w.tenant_id
+                 WHERE w.slug = 'default' ORDER BY t.created_at, t.id LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+            .map(|(t, w)| Ok(Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? }))
+            .transpose()
+        })
+        .await
+    }
+}
