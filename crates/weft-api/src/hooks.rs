@@ -104,6 +104,7 @@ pub(crate) async fn intake(
         EngineError::NotFound(_) => Problem::not_found("hook"),
         other => Problem::from(other),
     })?;
+    weft_types::failpoint("intake.after_commit");
     let ack = (StatusCode::ACCEPTED, Json(json!({"run_id": accepted.run_id.to_string(), "duplicate": accepted.duplicate})));
     if let Some((rx, wait)) = accepted.respond {
         match tokio::time::timeout(wait, rx).await {

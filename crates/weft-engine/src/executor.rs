@@ -77,8 +77,9 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             } else {
                 inner.counters.runs_failed.fetch_add(1, Relaxed);
             }
+            let _ = inner.events.send(crate::EngineEvent::RunFinished { run: run.id, status });
         }
-        Ok(false) => {}
+        Ok(false) => return,
         Err(e) => tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed"),
     }
 }
@@ -231,9 +232,15 @@ impl StepJob {
     }
 
     async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
+        let status = rec.status;
         let cp = StepCheckpoint { step: rec, logs };
         match self.inner.opts.store.checkpoint_step(self.scope, self.run, &self.inner.opts.owner, cp, self.inner.now()).await {
-            Ok(held) => held,
+            Ok(held) => {
+                if held && status != StepStatus::Retrying {
+                    let _ = self.inner.events.send(crate::EngineEvent::StepFinished { run: self.run, step: self.step().id.clone(), status });
+                }
+                held
+            }
             Err(e) => {
                 tracing::warn!(run = %self.run_id, error = %e, "checkpoint failed; the run will be resumed");
                 false
@@ -326,6 +333,7 @@ impl StepJob {
                     if !self.checkpoint(rec, vec![log]).await {
                         return Report::Lost;
                     }
+                    let _ = self.inner.events.send(crate::EngineEvent::StepRetrying { run: self.run, step: id.clone(), attempt, delay });
                     tokio::select! {
                         _ = self.inner.opts.clock.sleep(delay) => {},
                         _ = self.token.cancelled() => return Report::Lost,
@@ -359,12 +367,14 @@ impl StepJob {
                 let input = self.inner.render(input, ctx).await.map_err(AttemptError::permanent)?;
                 // Stable per (run, step, loop index): identical on every retry and after a crash.
                 let key = format!("{}:{}:0", self.run_id, self.step().id);
-                weft_connectors::run_action(&self.inner.opts.http, connector, action, &input, &key).await.map_err(|e| AttemptError {
+                let out = weft_connectors::run_action(&self.inner.opts.http, connector, action, &input, &key).await.map_err(|e| AttemptError {
                     message: e.to_string(),
                     retryable: e.is_retryable(),
                     retry_after: e.retry_after(),
                     rate_limited: e.output().and_then(|o| o.get("status")).and_then(Value::as_u64) == Some(429),
-                })
+                });
+                weft_types::failpoint(&format!("action.after_effect:{}", self.step().id));
+                out
             }
             StepKind::Respond { status, headers, body } => {
                 let status_v = self.inner.render(status, ctx).await.map_err(AttemptError::permanent)?;

@@ -89,6 +89,38 @@ pub struct WebhookResponse {
     pub body: Value,
 }
 
+/// Something that happened to a run in this process (for live views and deterministic tests).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    /// A step attempt failed and a retry is scheduled after `delay`.
+    StepRetrying {
+        /// Run.
+        run: RunId,
+        /// Step id.
+        step: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// A step finished (succeeded, failed or skipped).
+    StepFinished {
+        /// Run.
+        run: RunId,
+        /// Step id.
+        step: String,
+        /// Final status.
+        status: weft_types::StepStatus,
+    },
+    /// A run reached a terminal status.
+    RunFinished {
+        /// Run.
+        run: RunId,
+        /// Final status.
+        status: weft_types::RunStatus,
+    },
+}
+
 /// Counters for tests, benchmarks and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -127,6 +159,7 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) idle: Notify,
+    pub(crate) events: tokio::sync::broadcast::Sender<EngineEvent>,
 }
 
 impl Engine {
@@ -146,6 +179,7 @@ impl Engine {
                 counters: Counters::default(),
                 tasks: Mutex::default(),
                 idle: Notify::new(),
+                events: tokio::sync::broadcast::channel(4096).0,
             }),
         }
     }
@@ -163,6 +197,11 @@ impl Engine {
     /// Counters.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// Events of runs executed by this process, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EngineEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Runs executing now in this process.

@@ -3,9 +3,11 @@
 //! This crate does no I/O (the system clock is the one exception, behind the [`Clock`] trait).
 
 mod clock;
+mod failpoint;
 mod ids;
 mod status;
 
+pub use failpoint::failpoint;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId, random_secret};
 pub use status::{RunStatus, StepStatus};

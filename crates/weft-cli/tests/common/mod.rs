@@ -1,0 +1,228 @@
+//! Test harness: the real `weft` binary on a temp data dir, a recording HTTP sink, CLI calls.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `weft` binary under test.
+pub fn weft_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weft")
+}
+
+/// A running `weft serve`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub key: String,
+    pub data: PathBuf,
+    pub hello_curl: Option<String>,
+}
+
+impl Server {
+    /// Starts a server on a fresh port; `key` is reused across restarts of the same data dir.
+    pub fn start(data: &Path, key: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Server {
+        let mut cmd = Command::new(weft_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--allow-private-network")
+            .args(extra)
+            .env("WEFT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // keep draining so the child never blocks on a full pipe
+                }
+            }
+        });
+        let mut url = None;
+        let mut found_key = key.map(str::to_string);
+        let mut hello_curl = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while url.is_none() || hello_curl.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else { break };
+            if let Some(rest) = line.strip_prefix("Weft is serving on ") {
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if let Some(k) = line.strip_prefix("Owner API key (shown once, keep it): ") {
+                found_key = Some(k.trim().to_string());
+            }
+            if line.trim_start().starts_with("curl ") {
+                hello_curl = Some(line.trim().to_string());
+            }
+        }
+        let url = url.unwrap_or_else(|| panic!("weft serve did not print its URL"));
+        Server { child, url, key: found_key.expect("no API key"), data: data.to_path_buf(), hello_curl }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself (e.g. at a failpoint).
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(weft_bin()).args(args).env("WEFT_URL", &self.url).env("WEFT_API_KEY", &self.key).output().unwrap()
+    }
+
+    /// Runs the CLI with `--json` and parses stdout; panics with stderr on failure.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("weft {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Applies a flow given as YAML text.
+    pub fn apply(&self, yaml: &str) -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("flow.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        self.cli_json(&["flow", "apply", f.to_str().unwrap()])
+    }
+
+    /// Polls the API until the run is terminal; returns it.
+    pub fn wait_run(&self, run: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.cli_json(&["runs", "show", run]);
+            let st = r["status"].as_str().unwrap_or("").to_string();
+            if matches!(st.as_str(), "succeeded" | "failed" | "cancelled") {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "run {run} still {st} after {within:?}: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET on the API with the key.
+    pub fn api_get(&self, path: &str) -> (u16, Value) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::new().get(format!("{}{path}", self.url)).bearer_auth(&self.key).send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json().await.unwrap_or(Value::Null))
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub body: Value,
+}
+
+/// How the sink answers.
+#[derive(Clone, Default)]
+pub struct SinkBehavior {
+    /// Statuses to answer with, in order; 200 once exhausted.
+    pub statuses: Vec<u16>,
+    /// Delay before answering.
+    pub delay: Duration,
+}
+
+/// A recording HTTP server on 127.0.0.1, run on its own thread.
+pub struct Sink {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    _rt: std::thread::JoinHandle<()>,
+}
+
+impl Sink {
+    pub fn start(behavior: SinkBehavior) -> Sink {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let rec = received.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let statuses = Arc::new(Mutex::new(behavior.statuses.clone()));
+                let delay = behavior.delay;
+                let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                    let rec = rec.clone();
+                    let statuses = statuses.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        let bytes = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+                        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        rec.lock().unwrap().push(Received { path, idempotency_key: key, body });
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let st = {
+                            let mut s = statuses.lock().unwrap();
+                            if s.is_empty() { 200 } else { s.remove(0) }
+                        };
+                        (axum::http::StatusCode::from_u16(st).unwrap(), axum::Json(serde_json::json!({"ok": st < 400})))
+                    }
+                });
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Sink { url: format!("http://{addr}"), received, _rt: h }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// POSTs JSON to a webhook; returns (status, body) or None if the connection dropped.
+pub fn post_hook(url: &str, body: &str, headers: &[(&str, &str)]) -> Option<(u16, Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.ok()?;
+        let st = r.status().as_u16();
+        let text = r.text().await.ok()?;
+        Some((st, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    })
+}
