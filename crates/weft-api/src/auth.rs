@@ -21,7 +21,8 @@ fn rank(role: &str) -> usize {
 pub struct WsAuth {
     /// Tenant and workspace every store call of this request is scoped to.
     pub scope: Scope,
-    /// The caller's role.
+    /// The caller's role (for handlers that need more than the method-level check).
+    #[allow(dead_code)]
     pub role: String,
 }
 

@@ -7,6 +7,7 @@ mod flows;
 mod hooks;
 pub mod problem;
 mod runs;
+mod server;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use weft_engine::Engine;
 
 pub use problem::Problem;
+pub use server::serve;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]

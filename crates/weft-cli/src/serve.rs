@@ -261,7 +261,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    weft_api::serve(listener, app, shutdown, Duration::from_secs(10)).await?;
     engine.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -333,9 +333,12 @@ impl StepJob {
                     if !self.checkpoint(rec, vec![log]).await {
                         return Report::Lost;
                     }
+                    // Start the timer before announcing the retry, so whoever reacts to the
+                    // event (a test advancing a manual clock) cannot move time before it starts.
+                    let wait = self.inner.opts.clock.sleep(delay);
                     let _ = self.inner.events.send(crate::EngineEvent::StepRetrying { run: self.run, step: id.clone(), attempt, delay });
                     tokio::select! {
-                        _ = self.inner.opts.clock.sleep(delay) => {},
+                        _ = wait => {},
                         _ = self.token.cancelled() => return Report::Lost,
                     }
                 }

@@ -104,7 +104,10 @@ pub(crate) fn scan(src: &str) -> Result<Scan, ExprError> {
                 // jaq continues a comment onto the next line when the line
                 // ends with an odd number of backslashes.
                 loop {
-                    let end = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p);
+                    let end = b[i..]
+                        .iter()
+                        .position(|&x| x == b'\n')
+                        .map_or(b.len(), |p| i + p);
                     let line = &b[i..end];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     let slashes = line.iter().rev().take_while(|&&x| x == b'\\').count();
@@ -124,12 +127,10 @@ pub(crate) fn scan(src: &str) -> Result<Scan, ExprError> {
                 }
                 stack.push(Frame::new(FrameKind::Code));
             }
-            b')' | b']' | b'}' => {
-                // Unbalanced closers are left for jaq's parser to report.
-                if stack.len() > 1 {
-                    nesting = nesting.saturating_sub(1);
-                    close(&mut stack);
-                }
+            // Unbalanced closers are left for jaq's parser to report.
+            b')' | b']' | b'}' if stack.len() > 1 => {
+                nesting = nesting.saturating_sub(1);
+                close(&mut stack);
             }
             b'|' | b'=' | b'!' | b'<' | b'>' | b'+' | b'-' | b'*' | b'/' | b'%' | b',' | b'?'
             | b';' => {
@@ -145,10 +146,11 @@ pub(crate) fn scan(src: &str) -> Result<Scan, ExprError> {
                 // A word right after `.` or `$` or `@` is a key or a name, never a keyword.
                 let prev = start.checked_sub(1).map(|p| b[p]);
                 let word = &src[start..i];
-                if !matches!(prev, Some(b'.' | b'$' | b'@')) && KEYWORDS.contains(&word) {
-                    if let Some(f) = stack.last_mut() {
-                        f.ops += 1;
-                    }
+                if !matches!(prev, Some(b'.' | b'$' | b'@'))
+                    && KEYWORDS.contains(&word)
+                    && let Some(f) = stack.last_mut()
+                {
+                    f.ops += 1;
                 }
                 continue;
             }
@@ -192,7 +194,10 @@ mod tests {
     fn complexity_limits() {
         assert!(scan(&vec!["1"; 1000].join("+")).is_ok());
         let long = vec!["1"; 3000].join("+");
-        assert_eq!(scan(&long).unwrap_err(), ExprError::TooComplex { max: 2048 });
+        assert_eq!(
+            scan(&long).unwrap_err(),
+            ExprError::TooComplex { max: 2048 }
+        );
         let pipes = vec!["."; 3000].join("|");
         assert!(scan(&pipes).is_err());
         let ifs = format!("{}1{}", "if . then ".repeat(700), " else . end".repeat(700));

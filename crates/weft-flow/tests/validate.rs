@@ -97,7 +97,7 @@ fn rejects_with_field_paths() {
     check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ initial: soon }}\n"), &["steps[0].retry.initial"]);
     check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: 0 }}\n"), &["steps[0].retry.max_attempts"]);
     check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: -1 }}\n"), &["steps[0].retry.max_attempts"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    fail: no\n"), &["steps[0]"]);
+    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    fail: stop\n"), &["steps[0]"]);
     check_err(&format!("{HEAD}steps:\n  - id: a\n    name: x\n"), &["steps[0]"]);
     check_err(&format!("{HEAD}steps:\n  - id: '1a'\n    transform: '.'\n"), &["steps[0].id"]);
     check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    input: {{}}\n"), &["steps[0].input"]);

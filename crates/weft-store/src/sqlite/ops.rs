@@ -717,3 +717,10 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    /// The database's journal mode (`wal`), for checks.
+    pub async fn journal_mode(&self) -> Result<String, StoreError> {
+        self.read(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)).await
+    }
+}
