@@ -6,18 +6,36 @@ use serde::de::DeserializeOwned;
 
 use crate::Problem;
 
+/// Most bytes drained (and discarded) from an oversized body so the client can read our 413
+/// instead of seeing its upload cut off; beyond this the connection is simply dropped.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
+
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Problem> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_big {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than the limit of {limit} bytes"))
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > limit {
+            if seen > MAX_DRAIN {
+                break;
+            }
+            continue;
         }
-    })
+        buf.extend_from_slice(&data);
+    }
+    if seen > limit {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 /// The media type of the request, lowercased, without parameters.

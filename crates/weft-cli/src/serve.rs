@@ -211,7 +211,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         execute: args.role != Role::Api,
     });
 
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.listen)).trim_end_matches('/').to_string();
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}")).trim_end_matches('/').to_string();
     let boot = store.bootstrap_if_empty(clock.now_ms()).await?;
     let scope = store.default_scope().await?;
     if let (Some(_), Some(scope)) = (&boot, scope) {
@@ -223,8 +225,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     engine.start(true).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
     println!("Weft is serving on http://{local} (data: {})", args.store.data_dir.display());
     if let Some(b) = &boot {
         println!("Owner API key (shown once, keep it): {}", b.owner_key);

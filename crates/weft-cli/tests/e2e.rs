@@ -54,9 +54,10 @@ fn newcomer_path_example_flow_answers_the_printed_curl() {
     assert!(text.contains("run succeeded"), "{text}");
 
     // A second start on the same data dir prints no new key and keeps the data.
+    let key = srv.key.clone();
     drop(srv);
-    let srv2 = Server::start(dir.path(), None, &[], &[]);
-    let _ = srv2;
+    let srv2 = Server::start(dir.path(), Some(&key), &[], &[]);
+    assert_eq!(srv2.cli_json(&["runs", "show", &run])["status"], "succeeded");
 }
 
 #[test]

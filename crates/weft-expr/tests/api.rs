@@ -96,9 +96,15 @@ fn compile_errors() {
     // The environment of the process is not available to expressions.
     assert_eq!(
         Expr::compile("env.HOME").unwrap_err(),
-        ExprError::UnknownFunction { name: "env".into(), arity: 0 }
+        ExprError::UnknownFunction {
+            name: "env".into(),
+            arity: 0
+        }
     );
-    assert!(matches!(eval_jaq("env", &json!(null)), Err(EvalError::Compile(_))));
+    assert!(matches!(
+        eval_jaq("env", &json!(null)),
+        Err(EvalError::Compile(_))
+    ));
     // Every message says what failed and what to do.
     for e in [
         Expr::compile(".a |").unwrap_err(),
