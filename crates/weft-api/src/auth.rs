@@ -33,18 +33,33 @@ impl FromRequestParts<AppState> for WsAuth {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| Problem::not_found("workspace"))?;
-        let ws = params.iter().find(|(k, _)| *k == "ws").map(|(_, v)| v.to_string()).unwrap_or_default();
+        let ws = params
+            .iter()
+            .find(|(k, _)| *k == "ws")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default();
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| {
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send an API key as `Authorization: Bearer wft_…`")
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "send an API key as `Authorization: Bearer wft_…`",
+                )
             })?;
         if !token.starts_with("wft_") || token.len() > 200 {
-            return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the API key is not valid"));
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "the API key is not valid",
+            ));
         }
         let ident = state
             .engine
@@ -52,18 +67,34 @@ impl FromRequestParts<AppState> for WsAuth {
             .resolve_key(token)
             .await
             .map_err(|e| Problem::from(weft_engine::EngineError::Store(e)))?
-            .ok_or_else(|| Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "the API key is not valid or was revoked"))?;
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "the API key is not valid or was revoked",
+                )
+            })?;
         if ws != ident.workspace_slug && ws != ident.scope.workspace.to_string() {
             return Err(Problem::not_found("workspace"));
         }
-        let needed = if parts.method == Method::GET || parts.method == Method::HEAD { "viewer" } else { "editor" };
+        let needed = if parts.method == Method::GET || parts.method == Method::HEAD {
+            "viewer"
+        } else {
+            "editor"
+        };
         if rank(&ident.role) < rank(needed) {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("the role '{}' may not do this; it needs '{needed}' or higher", ident.role),
+                format!(
+                    "the role '{}' may not do this; it needs '{needed}' or higher",
+                    ident.role
+                ),
             ));
         }
-        Ok(WsAuth { scope: ident.scope, role: ident.role })
+        Ok(WsAuth {
+            scope: ident.scope,
+            role: ident.role,
+        })
     }
 }

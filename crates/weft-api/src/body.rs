@@ -17,8 +17,16 @@ pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Prob
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame = frame.map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen += data.len();
         if seen > limit {
             if seen > MAX_DRAIN {
@@ -43,7 +51,13 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
 }
 
 /// Whether a media type is JSON.
@@ -58,8 +72,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem
         let path = e.path().to_string();
         let inner = e.into_inner();
         let path = if path == "." { String::new() } else { path };
-        Problem::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the request body is not valid: {inner}"))
-            .with_errors(vec![weft_flow::FieldError::new(path, inner.to_string())])
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid: {inner}"),
+        )
+        .with_errors(vec![weft_flow::FieldError::new(path, inner.to_string())])
     })
 }
 
@@ -77,7 +95,8 @@ pub(crate) fn require_json(headers: &HeaderMap, bytes: &[u8]) -> Result<(), Prob
 
 /// Parses a query string into `T`, naming the failing parameter.
 pub(crate) fn parse_query<T: DeserializeOwned>(q: Option<&str>) -> Result<T, Problem> {
-    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.unwrap_or("").as_bytes()));
+    let de =
+        serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.unwrap_or("").as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -86,6 +105,10 @@ pub(crate) fn parse_query<T: DeserializeOwned>(q: Option<&str>) -> Result<T, Pro
 }
 
 /// Parses a typed id from a path segment.
-pub(crate) fn parse_id<T: std::str::FromStr<Err = weft_types::IdError>>(field: &str, s: &str) -> Result<T, Problem> {
-    s.parse::<T>().map_err(|e| Problem::invalid(field, e.to_string()))
+pub(crate) fn parse_id<T: std::str::FromStr<Err = weft_types::IdError>>(
+    field: &str,
+    s: &str,
+) -> Result<T, Problem> {
+    s.parse::<T>()
+        .map_err(|e| Problem::invalid(field, e.to_string()))
 }

@@ -15,8 +15,17 @@ use crate::body::{media_type, parse_json, parse_query, read_limited, require_jso
 use crate::{AppState, Problem};
 
 /// The flow shape of PRODUCT.md.
-pub(crate) async fn flow_json(s: &AppState, scope: Scope, f: &FlowRecord) -> Result<Value, Problem> {
-    let v = s.engine.store().flow_version(scope, f.id, f.latest_version).await.map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+pub(crate) async fn flow_json(
+    s: &AppState,
+    scope: Scope,
+    f: &FlowRecord,
+) -> Result<Value, Problem> {
+    let v = s
+        .engine
+        .store()
+        .flow_version(scope, f.id, f.latest_version)
+        .await
+        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let is_webhook = v.definition.pointer("/trigger/webhook").is_some();
     Ok(json!({
         "id": f.id.to_string(),
@@ -52,26 +61,37 @@ pub(crate) async fn create(
     let mt = media_type(&headers).unwrap_or_else(|| "application/json".into());
     let mut draft = q.draft.unwrap_or(false);
     let def = if mt.contains("yaml") || mt == "text/plain" {
-        let text = std::str::from_utf8(&bytes).map_err(|_| Problem::invalid("", "the flow file is not valid UTF-8"))?;
-        weft_flow::parse_text(text).map_err(|e| Problem::from(weft_engine::EngineError::Invalid(e)))?
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Problem::invalid("", "the flow file is not valid UTF-8"))?;
+        weft_flow::parse_text(text)
+            .map_err(|e| Problem::from(weft_engine::EngineError::Invalid(e)))?
     } else {
         require_json(&headers, &bytes)?;
         let mut v: Value = parse_json(&bytes)?;
-        if let Some(obj) = v.as_object_mut() {
-            if obj.contains_key("definition") {
-                if let Some(d) = obj.remove("draft") {
-                    draft = d.as_bool().ok_or_else(|| Problem::invalid("draft", "must be true or false"))?;
-                }
-                if let Some(k) = obj.keys().find(|k| *k != "definition") {
-                    return Err(Problem::invalid(k, "unknown field; send the definition itself, or {definition, draft}"));
-                }
-                v = obj.remove("definition").unwrap_or(Value::Null);
+        if let Some(obj) = v.as_object_mut()
+            && obj.contains_key("definition")
+        {
+            if let Some(d) = obj.remove("draft") {
+                draft = d
+                    .as_bool()
+                    .ok_or_else(|| Problem::invalid("draft", "must be true or false"))?;
             }
+            if let Some(k) = obj.keys().find(|k| *k != "definition") {
+                return Err(Problem::invalid(
+                    k,
+                    "unknown field; send the definition itself, or {definition, draft}",
+                ));
+            }
+            v = obj.remove("definition").unwrap_or(Value::Null);
         }
         weft_flow::from_value(v).map_err(|e| Problem::from(weft_engine::EngineError::Invalid(e)))?
     };
     let rec = s.engine.apply_flow(auth.scope, def, draft).await?;
-    let status = if rec.latest_version == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if rec.latest_version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(flow_json(&s, auth.scope, &rec).await?)))
 }
 
@@ -85,7 +105,11 @@ struct ListQuery {
 }
 
 /// `GET /flows`.
-pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): RawQuery) -> Result<Json<Value>, Problem> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     let mut flows = s
@@ -108,21 +132,38 @@ pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): R
 }
 
 /// `GET /flows/{flow}` (id or name).
-pub(crate) async fn show(State(s): State<AppState>, auth: WsAuth, Path((_, flow)): Path<(String, String)>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn show(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    Path((_, flow)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
     Ok(Json(flow_json(&s, auth.scope, &rec).await?))
 }
 
 /// `DELETE /flows/{flow}`.
-pub(crate) async fn delete(State(s): State<AppState>, auth: WsAuth, Path((_, flow)): Path<(String, String)>) -> Result<StatusCode, Problem> {
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    Path((_, flow)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
     s.engine.delete_flow(auth.scope, &flow).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /flows/{flow}/versions`.
-pub(crate) async fn versions(State(s): State<AppState>, auth: WsAuth, Path((_, flow)): Path<(String, String)>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn versions(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    Path((_, flow)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
-    let vs = s.engine.store().list_versions(auth.scope, rec.id).await.map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+    let vs = s
+        .engine
+        .store()
+        .list_versions(auth.scope, rec.id)
+        .await
+        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let items: Vec<Value> = vs
         .into_iter()
         .map(|v| {
@@ -154,7 +195,11 @@ pub(crate) async fn publish(
 ) -> Result<Json<Value>, Problem> {
     let bytes = read_limited(body, 64 * 1024).await?;
     require_json(&headers, &bytes)?;
-    let b: PublishBody = if bytes.is_empty() { PublishBody::default() } else { parse_json(&bytes)? };
+    let b: PublishBody = if bytes.is_empty() {
+        PublishBody::default()
+    } else {
+        parse_json(&bytes)?
+    };
     let rec = s.engine.publish(auth.scope, &flow, b.version).await?;
     Ok(Json(flow_json(&s, auth.scope, &rec).await?))
 }

@@ -21,10 +21,18 @@ const DROPPED_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorizat
 
 /// The `Idempotency-Key` header, validated.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let s = v.to_str().map_err(|_| Problem::invalid("Idempotency-Key", "must be visible ASCII"))?.trim();
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| Problem::invalid("Idempotency-Key", "must be visible ASCII"))?
+        .trim();
     if s.is_empty() || s.len() > MAX_KEY_LEN {
-        return Err(Problem::invalid("Idempotency-Key", format!("must be 1-{MAX_KEY_LEN} characters")));
+        return Err(Problem::invalid(
+            "Idempotency-Key",
+            format!("must be 1-{MAX_KEY_LEN} characters"),
+        ));
     }
     Ok(Some(s.to_string()))
 }
@@ -36,8 +44,12 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Problem> {
     let mt = media_type(headers).unwrap_or_default();
     if is_json(&mt) {
         return serde_json::from_slice(bytes).map_err(|e| {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
-                .with_errors(vec![weft_flow::FieldError::new("body", e.to_string())])
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+            .with_errors(vec![weft_flow::FieldError::new("body", e.to_string())])
         });
     }
     if mt == "application/x-www-form-urlencoded" {
@@ -100,12 +112,19 @@ pub(crate) async fn intake(
         "body": parsed,
         "received_at": weft_types::rfc3339(s.engine.clock().now_ms()),
     });
-    let accepted = s.engine.accept_webhook(hook, event, key).await.map_err(|e| match e {
-        EngineError::NotFound(_) => Problem::not_found("hook"),
-        other => Problem::from(other),
-    })?;
+    let accepted = s
+        .engine
+        .accept_webhook(hook, event, key)
+        .await
+        .map_err(|e| match e {
+            EngineError::NotFound(_) => Problem::not_found("hook"),
+            other => Problem::from(other),
+        })?;
     weft_types::failpoint("intake.after_commit");
-    let ack = (StatusCode::ACCEPTED, Json(json!({"run_id": accepted.run_id.to_string(), "duplicate": accepted.duplicate})));
+    let ack = (
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": accepted.run_id.to_string(), "duplicate": accepted.duplicate})),
+    );
     if let Some((rx, wait)) = accepted.respond {
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(resp)) => return Ok(render(resp, accepted.run_id)),

@@ -47,13 +47,21 @@ impl Problem {
     }
     /// 404 in the same words whether the object is missing or belongs to someone else.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found in this workspace"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found in this workspace"),
+        )
     }
     /// 400 for a bad field.
     pub fn invalid(path: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{path}: {message}"))
-            .with_errors(vec![FieldError::new(path, message)])
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{path}: {message}"),
+        )
+        .with_errors(vec![FieldError::new(path, message)])
     }
 }
 
@@ -62,11 +70,14 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = (status, body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -76,9 +87,12 @@ impl From<EngineError> for Problem {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound(what) => Problem::not_found(what),
-            EngineError::Invalid(f) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_flow", f.to_string()).with_errors(f.field_errors())
-            }
+            EngineError::Invalid(f) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_flow",
+                f.to_string(),
+            )
+            .with_errors(f.field_errors()),
             EngineError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", m),
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store failure");

@@ -14,7 +14,8 @@ use crate::body::{parse_id, parse_json, parse_query, read_limited, require_json}
 use crate::{AppState, Problem};
 
 fn ts(ms: Option<i64>) -> Value {
-    ms.map(|m| Value::String(weft_types::rfc3339(m))).unwrap_or(Value::Null)
+    ms.map(|m| Value::String(weft_types::rfc3339(m)))
+        .unwrap_or(Value::Null)
 }
 
 /// The run shape of PRODUCT.md (`steps` only when given).
@@ -62,14 +63,23 @@ pub(crate) async fn start(
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let bytes = read_limited(body, s.opts.max_body_bytes).await?;
     require_json(&headers, &bytes)?;
-    let v: Value = if bytes.is_empty() { json!({}) } else { parse_json(&bytes)? };
+    let v: Value = if bytes.is_empty() {
+        json!({})
+    } else {
+        parse_json(&bytes)?
+    };
     let input = match v {
-        Value::Object(mut m) if m.len() == 1 && m.contains_key("input") => m.remove("input").unwrap_or(Value::Null),
+        Value::Object(mut m) if m.len() == 1 && m.contains_key("input") => {
+            m.remove("input").unwrap_or(Value::Null)
+        }
         other => other,
     };
     let key = crate::hooks::idempotency_key(&headers)?;
     let ins = s.engine.start_run(auth.scope, &flow, input, key).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"run_id": ins.run_id.to_string(), "duplicate": ins.duplicate}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": ins.run_id.to_string(), "duplicate": ins.duplicate})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -88,14 +98,20 @@ struct ListQuery {
 }
 
 /// `GET /runs?flow=&status=&since=&limit=&cursor=`.
-pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): RawQuery) -> Result<Json<Value>, Problem> {
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let flow_id = match q.flow.as_deref().filter(|f| !f.is_empty()) {
         Some(f) => match s.engine.get_flow(auth.scope, f).await {
             Ok(rec) => Some(rec.id),
             // An unknown flow has no runs.
-            Err(weft_engine::EngineError::NotFound(_)) => return Ok(Json(json!({"items": [], "next_cursor": null}))),
+            Err(weft_engine::EngineError::NotFound(_)) => {
+                return Ok(Json(json!({"items": [], "next_cursor": null})));
+            }
             Err(e) => return Err(e.into()),
         },
         None => None,
@@ -106,7 +122,10 @@ pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): R
         .filter(|x| !x.is_empty())
         .map(|x| {
             RunStatus::parse(x).ok_or_else(|| {
-                Problem::invalid("status", "must be one of queued, running, waiting, succeeded, failed, cancelled")
+                Problem::invalid(
+                    "status",
+                    "must be one of queued, running, waiting, succeeded, failed, cancelled",
+                )
             })
         })
         .transpose()?;
@@ -114,13 +133,34 @@ pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): R
         .since
         .as_deref()
         .filter(|x| !x.is_empty())
-        .map(|x| weft_types::parse_rfc3339(x).ok_or_else(|| Problem::invalid("since", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")))
+        .map(|x| {
+            weft_types::parse_rfc3339(x).ok_or_else(|| {
+                Problem::invalid(
+                    "since",
+                    "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
+                )
+            })
+        })
         .transpose()?;
-    let before = q.cursor.as_deref().filter(|x| !x.is_empty()).map(|c| parse_id::<RunId>("cursor", c)).transpose()?;
+    let before = q
+        .cursor
+        .as_deref()
+        .filter(|x| !x.is_empty())
+        .map(|c| parse_id::<RunId>("cursor", c))
+        .transpose()?;
     let mut runs = s
         .engine
         .store()
-        .list_runs(auth.scope, RunFilter { flow_id, status, since, before, limit: limit + 1 })
+        .list_runs(
+            auth.scope,
+            RunFilter {
+                flow_id,
+                status,
+                since,
+                before,
+                limit: limit + 1,
+            },
+        )
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let next = if runs.len() > limit {
@@ -134,12 +174,21 @@ pub(crate) async fn list(State(s): State<AppState>, auth: WsAuth, RawQuery(q): R
 }
 
 /// `GET /runs/{run}` with steps.
-pub(crate) async fn show(State(s): State<AppState>, auth: WsAuth, Path((_, run)): Path<(String, String)>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn show(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    Path((_, run)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
     let id: RunId = parse_id("run", &run)?;
-    let (r, steps) = s.engine.store().get_run(auth.scope, id).await.map_err(|e| match e {
-        weft_store::StoreError::NotFound => Problem::not_found("run"),
-        other => Problem::from(weft_engine::EngineError::from(other)),
-    })?;
+    let (r, steps) = s
+        .engine
+        .store()
+        .get_run(auth.scope, id)
+        .await
+        .map_err(|e| match e {
+            weft_store::StoreError::NotFound => Problem::not_found("run"),
+            other => Problem::from(weft_engine::EngineError::from(other)),
+        })?;
     Ok(Json(run_json(&r, Some(&steps))))
 }
 
@@ -176,12 +225,20 @@ pub(crate) async fn logs(
         .into_iter()
         .map(|l| json!({"seq": l.seq, "ts": weft_types::rfc3339(l.ts), "level": l.level, "step": l.step_id, "message": l.message}))
         .collect();
-    Ok(Json(json!({"items": items, "next_cursor": next, "run_status": r.status.as_str()})))
+    Ok(Json(
+        json!({"items": items, "next_cursor": next, "run_status": r.status.as_str()}),
+    ))
 }
 
 /// `POST /runs/{run}/cancel`.
-pub(crate) async fn cancel(State(s): State<AppState>, auth: WsAuth, Path((_, run)): Path<(String, String)>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn cancel(
+    State(s): State<AppState>,
+    auth: WsAuth,
+    Path((_, run)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
     let id: RunId = parse_id("run", &run)?;
     let status = s.engine.cancel_run(auth.scope, id).await?;
-    Ok(Json(json!({"id": id.to_string(), "status": status.as_str()})))
+    Ok(Json(
+        json!({"id": id.to_string(), "status": status.as_str()}),
+    ))
 }

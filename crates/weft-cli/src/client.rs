@@ -122,33 +122,66 @@ struct Api {
 
 impl Api {
     fn new(args: ClientArgs) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).no_proxy().build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()?;
         Ok(Self { http, args })
     }
 
     fn ws(&self, path: &str) -> String {
-        format!("{}/api/v1/workspaces/{}{}", self.args.url.trim_end_matches('/'), self.args.workspace, path)
+        format!(
+            "{}/api/v1/workspaces/{}{}",
+            self.args.url.trim_end_matches('/'),
+            self.args.workspace,
+            path
+        )
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let key = self.args.key.as_deref().ok_or_else(|| anyhow!("no API key: pass --key or set WEFT_API_KEY"))?;
-        let resp = req.bearer_auth(key).send().await.map_err(|e| anyhow!("cannot reach Weft at {}: {}", self.args.url, root_cause(&e)))?;
+        let key = self
+            .args
+            .key
+            .as_deref()
+            .ok_or_else(|| anyhow!("no API key: pass --key or set WEFT_API_KEY"))?;
+        let resp =
+            req.bearer_auth(key).send().await.map_err(|e| {
+                anyhow!("cannot reach Weft at {}: {}", self.args.url, root_cause(&e))
+            })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if !status.is_success() {
-            let detail = v.get("detail").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            let detail = v
+                .get("detail")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             let fields: Vec<String> = v
                 .get("errors")
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
-                        .filter_map(|e| Some(format!("{}: {}", e.get("path")?.as_str()?, e.get("message")?.as_str()?)))
+                        .filter_map(|e| {
+                            Some(format!(
+                                "{}: {}",
+                                e.get("path")?.as_str()?,
+                                e.get("message")?.as_str()?
+                            ))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             if fields.len() > 1 {
-                bail!("{} ({status}): {}", detail.split(':').next().unwrap_or("request failed"), fields.join("; "));
+                bail!(
+                    "{} ({status}): {}",
+                    detail.split(':').next().unwrap_or("request failed"),
+                    fields.join("; ")
+                );
             }
             bail!("{detail} ({status})");
         }
@@ -177,9 +210,16 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 fn print_flow(f: &Value) {
-    let published = f.get("published_version").and_then(Value::as_i64).map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+    let published = f
+        .get("published_version")
+        .and_then(Value::as_i64)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "none".into());
     println!("flow {} ({})", s(f, "name"), s(f, "id"));
-    println!("  version {} (published: {published})", f.get("version").and_then(Value::as_i64).unwrap_or(0));
+    println!(
+        "  version {} (published: {published})",
+        f.get("version").and_then(Value::as_i64).unwrap_or(0)
+    );
     if let Some(url) = f.get("hook_url").and_then(Value::as_str) {
         println!("  hook_id  {}", s(f, "hook_id"));
         println!("  hook_url {url}");
@@ -194,14 +234,22 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         FlowCmd::Validate { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let res = weft_flow::parse_text(&text).and_then(|d| weft_flow::compile(&d, &LocalCatalog).map(|c| (d, c)));
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let res = weft_flow::parse_text(&text)
+                .and_then(|d| weft_flow::compile(&d, &LocalCatalog).map(|c| (d, c)));
             match res {
                 Ok((d, c)) => {
                     if json_out {
                         print_json(&json!({"valid": true, "name": d.name, "steps": c.steps.len()}));
                     } else {
-                        println!("{} is valid: flow '{}' with {} steps ({} trigger)", file.display(), d.name, c.steps.len(), c.trigger.name());
+                        println!(
+                            "{} is valid: flow '{}' with {} steps ({} trigger)",
+                            file.display(),
+                            d.name,
+                            c.steps.len(),
+                            c.trigger.name()
+                        );
                     }
                     return Ok(());
                 }
@@ -218,9 +266,11 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
     let api = Api::new(args)?;
     let out = match cmd {
         FlowCmd::Apply { file, draft } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             // Parse locally first: errors name the file and need no round trip.
-            let def = weft_flow::parse_text(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let def =
+                weft_flow::parse_text(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             let url = api.ws(&format!("/flows{}", if draft { "?draft=true" } else { "" }));
             api.send(api.http.post(url).json(&def)).await?
         }
@@ -234,8 +284,17 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
             }
             let v = api.get(url).await?;
             if !json_out {
-                for f in v.get("items").and_then(Value::as_array).into_iter().flatten() {
-                    let published = f.get("published_version").and_then(Value::as_i64).map(|v| format!("v{v}")).unwrap_or_else(|| "draft".into());
+                for f in v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let published = f
+                        .get("published_version")
+                        .and_then(Value::as_i64)
+                        .map(|v| format!("v{v}"))
+                        .unwrap_or_else(|| "draft".into());
                     println!("{:<32} {:<36} {published}", s(f, "name"), s(f, "id"));
                 }
                 if let Some(c) = v.get("next_cursor").and_then(Value::as_str) {
@@ -251,18 +310,28 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
                 Some(v) => json!({"version": v}),
                 None => json!({}),
             };
-            api.send(api.http.post(api.ws(&format!("/flows/{}/publish", enc(&flow)))).json(&body)).await?
+            api.send(
+                api.http
+                    .post(api.ws(&format!("/flows/{}/publish", enc(&flow))))
+                    .json(&body),
+            )
+            .await?
         }
         FlowCmd::Schema | FlowCmd::Validate { .. } => Value::Null,
     };
-    if json_out { print_json(&out) } else { print_flow(&out) }
+    if json_out {
+        print_json(&out)
+    } else {
+        print_flow(&out)
+    }
     Ok(())
 }
 
 struct LocalCatalog;
 impl weft_flow::ActionCatalog for LocalCatalog {
     fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
-        weft_connectors::find_action(connector, action).is_some_and(|a| version.is_none_or(|v| v == a.version))
+        weft_connectors::find_action(connector, action)
+            .is_some_and(|a| version.is_none_or(|v| v == a.version))
     }
 }
 
@@ -273,9 +342,17 @@ fn enc(s: &str) -> String {
 pub(crate) async fn run(cmd: RunCmd, args: ClientArgs) -> anyhow::Result<()> {
     let json_out = args.json;
     let api = Api::new(args)?;
-    let RunCmd::Start { flow, input, idempotency_key } = cmd;
-    let input: Value = serde_json::from_str(&input).map_err(|e| anyhow!("--input is not valid JSON: {e}"))?;
-    let mut req = api.http.post(api.ws(&format!("/flows/{}/runs", enc(&flow)))).json(&json!({"input": input}));
+    let RunCmd::Start {
+        flow,
+        input,
+        idempotency_key,
+    } = cmd;
+    let input: Value =
+        serde_json::from_str(&input).map_err(|e| anyhow!("--input is not valid JSON: {e}"))?;
+    let mut req = api
+        .http
+        .post(api.ws(&format!("/flows/{}/runs", enc(&flow))))
+        .json(&json!({"input": input}));
     if let Some(k) = idempotency_key {
         req = req.header("idempotency-key", k);
     }
@@ -283,7 +360,11 @@ pub(crate) async fn run(cmd: RunCmd, args: ClientArgs) -> anyhow::Result<()> {
     if json_out {
         print_json(&v);
     } else {
-        let dup = if v.get("duplicate").and_then(Value::as_bool) == Some(true) { " (duplicate: already started)" } else { "" };
+        let dup = if v.get("duplicate").and_then(Value::as_bool) == Some(true) {
+            " (duplicate: already started)"
+        } else {
+            ""
+        };
         println!("started run {}{dup}", s(&v, "run_id"));
     }
     Ok(())
@@ -291,14 +372,31 @@ pub(crate) async fn run(cmd: RunCmd, args: ClientArgs) -> anyhow::Result<()> {
 
 fn print_run(r: &Value) {
     println!("run {}  {}", s(r, "id"), s(r, "status"));
-    println!("  flow {} v{}", s(r, "flow"), r.get("flow_version").and_then(Value::as_i64).unwrap_or(0));
-    println!("  created {}  finished {}", s(r, "created_at"), s(r, "finished_at"));
+    println!(
+        "  flow {} v{}",
+        s(r, "flow"),
+        r.get("flow_version").and_then(Value::as_i64).unwrap_or(0)
+    );
+    println!(
+        "  created {}  finished {}",
+        s(r, "created_at"),
+        s(r, "finished_at")
+    );
     if let Some(e) = r.get("error").and_then(Value::as_str) {
         println!("  error: {e}");
     }
-    for st in r.get("steps").and_then(Value::as_array).into_iter().flatten() {
+    for st in r
+        .get("steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let attempts = st.get("attempts").and_then(Value::as_i64).unwrap_or(0);
-        println!("  - {:<24} {:<10} attempts={attempts}", s(st, "id"), s(st, "status"));
+        println!(
+            "  - {:<24} {:<10} attempts={attempts}",
+            s(st, "id"),
+            s(st, "status")
+        );
         if let Some(e) = st.get("error").and_then(Value::as_str) {
             println!("      error: {e}");
         }
@@ -312,9 +410,21 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
     let json_out = args.json;
     let api = Api::new(args)?;
     match cmd {
-        RunsCmd::List { flow, status, since, limit, cursor } => {
+        RunsCmd::List {
+            flow,
+            status,
+            since,
+            limit,
+            cursor,
+        } => {
             let mut q = Vec::new();
-            for (k, v) in [("flow", flow), ("status", status), ("since", since), ("cursor", cursor), ("limit", limit.map(|l| l.to_string()))] {
+            for (k, v) in [
+                ("flow", flow),
+                ("status", status),
+                ("since", since),
+                ("cursor", cursor),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", enc(&v)));
                 }
@@ -323,8 +433,19 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
             if json_out {
                 print_json(&v);
             } else {
-                for r in v.get("items").and_then(Value::as_array).into_iter().flatten() {
-                    println!("{}  {:<10} {:<24} {}", s(r, "id"), s(r, "status"), s(r, "flow"), s(r, "created_at"));
+                for r in v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    println!(
+                        "{}  {:<10} {:<24} {}",
+                        s(r, "id"),
+                        s(r, "status"),
+                        s(r, "flow"),
+                        s(r, "created_at")
+                    );
                 }
                 if let Some(c) = v.get("next_cursor").and_then(Value::as_str) {
                     println!("(more: --cursor {c})");
@@ -333,28 +454,62 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
         }
         RunsCmd::Show { run } => {
             let v = api.get(api.ws(&format!("/runs/{}", enc(&run)))).await?;
-            if json_out { print_json(&v) } else { print_run(&v) }
+            if json_out {
+                print_json(&v)
+            } else {
+                print_run(&v)
+            }
         }
         RunsCmd::Cancel { run } => {
-            let v = api.send(api.http.post(api.ws(&format!("/runs/{}/cancel", enc(&run))))).await?;
-            if json_out { print_json(&v) } else { println!("run {} is {}", s(&v, "id"), s(&v, "status")) }
+            let v = api
+                .send(
+                    api.http
+                        .post(api.ws(&format!("/runs/{}/cancel", enc(&run)))),
+                )
+                .await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                println!("run {} is {}", s(&v, "id"), s(&v, "status"))
+            }
         }
         RunsCmd::Logs { run, follow } => {
             let mut after = 0i64;
             loop {
-                let v = api.get(api.ws(&format!("/runs/{}/logs?after={after}", enc(&run)))).await?;
-                for l in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+                let v = api
+                    .get(api.ws(&format!("/runs/{}/logs?after={after}", enc(&run))))
+                    .await?;
+                for l in v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     after = l.get("seq").and_then(Value::as_i64).unwrap_or(after);
                     if json_out {
                         println!("{l}");
                     } else {
-                        let step = l.get("step").and_then(Value::as_str).map(|s| format!("[{s}] ")).unwrap_or_default();
-                        println!("{} {:<5} {step}{}", s(l, "ts"), s(l, "level"), s(l, "message"));
+                        let step = l
+                            .get("step")
+                            .and_then(Value::as_str)
+                            .map(|s| format!("[{s}] "))
+                            .unwrap_or_default();
+                        println!(
+                            "{} {:<5} {step}{}",
+                            s(l, "ts"),
+                            s(l, "level"),
+                            s(l, "message")
+                        );
                     }
                 }
                 let status = s(&v, "run_status").to_string();
                 let done = matches!(status.as_str(), "succeeded" | "failed" | "cancelled");
-                if !follow || (done && v.get("items").and_then(Value::as_array).is_none_or(|a| a.is_empty())) {
+                if !follow
+                    || (done
+                        && v.get("items")
+                            .and_then(Value::as_array)
+                            .is_none_or(|a| a.is_empty()))
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -372,8 +527,19 @@ pub(crate) async fn connectors(cmd: ConnectorsCmd, args: ClientArgs) -> anyhow::
     if api.args.json {
         print_json(&v);
     } else {
-        for c in v.get("items").and_then(Value::as_array).into_iter().flatten() {
-            println!("{}.{}@{}  {}", s(c, "connector"), s(c, "action"), s(c, "version"), s(c, "description"));
+        for c in v
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "{}.{}@{}  {}",
+                s(c, "connector"),
+                s(c, "action"),
+                s(c, "version"),
+                s(c, "description")
+            );
         }
     }
     Ok(())

@@ -20,7 +20,12 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Base URL of the Weft server.
-    #[arg(long, env = "WEFT_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "WEFT_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API key (`wft_…`).
     #[arg(long, env = "WEFT_API_KEY", global = true, hide_env_values = true)]
@@ -97,7 +102,10 @@ fn main() {
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            let msg = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            let msg = format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("error: {msg}");
             1
         }
@@ -111,7 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         weft_sandbox::worker_main(memory_mib * 1024 * 1024)?;
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(args) => serve::serve(args).await,

@@ -112,21 +112,38 @@ pub enum TenantCmd {
 
 fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     if args.database_url.is_some() {
-        bail!("PostgreSQL (--database-url) is not available in this version of Weft yet; omit it to use the embedded store in --data-dir");
+        bail!(
+            "PostgreSQL (--database-url) is not available in this version of Weft yet; omit it to use the embedded store in --data-dir"
+        );
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
-    Store::open(SqliteOptions { path: args.data_dir.join("weft.db"), readers: 4 })
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    Store::open(SqliteOptions {
+        path: args.data_dir.join("weft.db"),
+        readers: 4,
+    })
+    .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))
 }
 
 /// Takes the data directory's lock: one serving process per embedded store.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("weft.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(_) => bail!("another Weft process is serving the data directory {}; stop it or use another --data-dir", dir.display()),
+        Err(_) => bail!(
+            "another Weft process is serving the data directory {}; stop it or use another --data-dir",
+            dir.display()
+        ),
     }
 }
 
@@ -136,18 +153,33 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
         AdminCmd::Migrate => {
             println!("store is at the latest schema ({})", s.path().display());
         }
-        AdminCmd::Tenant { cmd: TenantCmd::Create { name, owner_email, json } } => {
+        AdminCmd::Tenant {
+            cmd:
+                TenantCmd::Create {
+                    name,
+                    owner_email,
+                    json,
+                },
+        } => {
             if name.trim().is_empty() || name.len() > 100 {
                 bail!("--name must be 1-100 characters");
             }
             if !owner_email.contains('@') || owner_email.len() > 254 {
                 bail!("--owner-email '{owner_email}' is not an email address");
             }
-            let b = s.create_tenant(&name, &owner_email, SystemClock.now_ms()).await?;
+            let b = s
+                .create_tenant(&name, &owner_email, SystemClock.now_ms())
+                .await?;
             if json {
-                println!("{}", serde_json::json!({"tenant_id": b.tenant.to_string(), "workspace_id": b.workspace.to_string(), "workspace": "default", "api_key": b.owner_key}));
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant_id": b.tenant.to_string(), "workspace_id": b.workspace.to_string(), "workspace": "default", "api_key": b.owner_key})
+                );
             } else {
-                println!("created tenant '{name}' ({}) with workspace 'default'", b.tenant);
+                println!(
+                    "created tenant '{name}' ({}) with workspace 'default'",
+                    b.tenant
+                );
                 println!("owner API key (shown once): {}", b.owner_key);
             }
         }
@@ -156,8 +188,11 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.try_init(),
@@ -168,13 +203,22 @@ async fn apply_dir(engine: &Engine, scope: Scope, dir: &Path) -> anyhow::Result<
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read --flows directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     files.sort();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
         let def = weft_flow::parse_text(&text).with_context(|| format!("{}", f.display()))?;
-        let rec = engine.apply_flow(scope, def, false).await.with_context(|| format!("{}", f.display()))?;
+        let rec = engine
+            .apply_flow(scope, def, false)
+            .await
+            .with_context(|| format!("{}", f.display()))?;
         tracing::info!(file = %f.display(), flow = %rec.name, version = rec.latest_version, "applied flow");
     }
     Ok(())
@@ -187,17 +231,31 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut allow = Vec::new();
     for n in &args.allow_network {
-        allow.push(n.parse().with_context(|| format!("--allow-network '{n}' is not a CIDR network like 10.0.0.0/8"))?);
+        allow.push(n.parse().with_context(|| {
+            format!("--allow-network '{n}' is not a CIDR network like 10.0.0.0/8")
+        })?);
     }
-    let http = GuardedClient::new(NetPolicy { allow_private: args.allow_private_network, allow })?;
+    let http = GuardedClient::new(NetPolicy {
+        allow_private: args.allow_private_network,
+        allow,
+    })?;
     let sandbox = SandboxPool::new(SandboxOptions {
-        program: std::env::current_exe().context("cannot find the weft executable for the sandbox")?,
-        args: vec!["sandbox-worker".into(), "--memory-mib".into(), args.sandbox_memory_mib.to_string()],
+        program: std::env::current_exe()
+            .context("cannot find the weft executable for the sandbox")?,
+        args: vec![
+            "sandbox-worker".into(),
+            "--memory-mib".into(),
+            args.sandbox_memory_mib.to_string(),
+        ],
         workers: args.sandbox_workers,
         timeout: Duration::from_millis(args.expr_timeout_ms),
         memory_bytes: args.sandbox_memory_mib * 1024 * 1024,
     });
-    let owner = format!("proc-{}-{}", std::process::id(), weft_types::random_secret().get(..8).unwrap_or("0"));
+    let owner = format!(
+        "proc-{}-{}",
+        std::process::id(),
+        weft_types::random_secret().get(..8).unwrap_or("0")
+    );
     let engine = Engine::new(EngineOptions {
         store: store.clone(),
         clock: clock.clone(),
@@ -211,9 +269,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         execute: args.role != Role::Api,
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}")).trim_end_matches('/').to_string();
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_string();
     let boot = store.bootstrap_if_empty(clock.now_ms()).await?;
     let scope = store.default_scope().await?;
     if let (Some(_), Some(scope)) = (&boot, scope) {
@@ -225,26 +290,39 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     engine.start(true).await?;
 
-    println!("Weft is serving on http://{local} (data: {})", args.store.data_dir.display());
+    println!(
+        "Weft is serving on http://{local} (data: {})",
+        args.store.data_dir.display()
+    );
     if let Some(b) = &boot {
         println!("Owner API key (shown once, keep it): {}", b.owner_key);
         println!("  export WEFT_API_KEY={}", b.owner_key);
     }
-    if let Some(scope) = scope {
-        if let Ok(hello) = engine.get_flow(scope, "hello").await {
-            println!("Try the example flow:");
-            println!("  curl -s -X POST {public_url}/hooks/{} -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'", hello.hook_id);
-        }
+    if let Some(scope) = scope
+        && let Ok(hello) = engine.get_flow(scope, "hello").await
+    {
+        println!("Try the example flow:");
+        println!(
+            "  curl -s -X POST {public_url}/hooks/{} -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}'",
+            hello.hook_id
+        );
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let app = weft_api::router(engine.clone(), weft_api::ApiOptions { public_url, max_body_bytes: args.max_body_bytes });
+    let app = weft_api::router(
+        engine.clone(),
+        weft_api::ApiOptions {
+            public_url,
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let term_fut = async {
                 match term.as_mut() {
                     Some(t) => {

@@ -23,10 +23,18 @@ fn crash_after_intake_commit_before_the_ack_loses_nothing() {
     let sink = Sink::start(SinkBehavior::default());
     let srv = Server::start(dir.path(), None, &[], &[]);
     let key = srv.key.clone();
-    let hook = srv.apply(&two_actions(&sink.url))["hook_url"].as_str().unwrap().to_string();
+    let hook = srv.apply(&two_actions(&sink.url))["hook_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     drop(srv);
 
-    let mut srv = Server::start(dir.path(), Some(&key), &[("WEFT_FAILPOINTS", "intake.after_commit")], &["--max-in-flight", "1"]);
+    let mut srv = Server::start(
+        dir.path(),
+        Some(&key),
+        &[("WEFT_FAILPOINTS", "intake.after_commit")],
+        &["--max-in-flight", "1"],
+    );
     let hook = hook.replace(hook.split("/hooks/").next().unwrap(), &srv.url);
     let res = post_hook(&hook, r#"{"n": 1}"#, &[("idempotency-key", "evt-1")]);
     assert!(res.is_none(), "the process died before answering: {res:?}");
@@ -55,12 +63,20 @@ fn crash_after_a_side_effect_before_its_checkpoint_resends_with_the_same_key_onl
     srv.apply(&two_actions(&sink.url));
     drop(srv);
 
-    let mut srv = Server::start(dir.path(), Some(&key), &[("WEFT_FAILPOINTS", "action.after_effect:second")], &[]);
+    let mut srv = Server::start(
+        dir.path(),
+        Some(&key),
+        &[("WEFT_FAILPOINTS", "action.after_effect:second")],
+        &[],
+    );
     let flow = srv.cli_json(&["flow", "show", "twice"]);
     let (st, ack) = post_hook(flow["hook_url"].as_str().unwrap(), r#"{"n": 2}"#, &[]).unwrap();
     assert_eq!(st, 202);
     let run = ack["run_id"].as_str().unwrap().to_string();
-    assert!(srv.wait_exit(Duration::from_secs(20)), "failpoint after the second action's side effect");
+    assert!(
+        srv.wait_exit(Duration::from_secs(20)),
+        "failpoint after the second action's side effect"
+    );
 
     let srv = Server::start(dir.path(), Some(&key), &[], &[]);
     let r = srv.wait_run(&run, T);
@@ -69,23 +85,36 @@ fn crash_after_a_side_effect_before_its_checkpoint_resends_with_the_same_key_onl
     let first: Vec<_> = got.iter().filter(|x| x.path == "/first").collect();
     let second: Vec<_> = got.iter().filter(|x| x.path == "/second").collect();
     assert_eq!(first.len(), 1, "a checkpointed step never runs again");
-    assert_eq!(second.len(), 2, "the step in flight at the crash is re-sent once");
+    assert_eq!(
+        second.len(),
+        2,
+        "the step in flight at the crash is re-sent once"
+    );
     assert_eq!(second[0].idempotency_key, second[1].idempotency_key);
-    assert_eq!(second[0].idempotency_key.as_deref(), Some(format!("{run}:second:0").as_str()));
+    assert_eq!(
+        second[0].idempotency_key.as_deref(),
+        Some(format!("{run}:second:0").as_str())
+    );
     assert_eq!(r["steps"][0]["attempts"], 1);
 }
 
 #[test]
 fn kill_9_while_runs_are_queued_and_running_loses_no_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(SinkBehavior { delay: Duration::from_millis(150), ..Default::default() });
+    let sink = Sink::start(SinkBehavior {
+        delay: Duration::from_millis(150),
+        ..Default::default()
+    });
     let srv = Server::start(dir.path(), None, &[], &[]);
     let key = srv.key.clone();
     srv.apply(&two_actions(&sink.url));
     drop(srv);
 
     let mut srv = Server::start(dir.path(), Some(&key), &[], &["--max-in-flight", "2"]);
-    let hook = srv.cli_json(&["flow", "show", "twice"])["hook_url"].as_str().unwrap().to_string();
+    let hook = srv.cli_json(&["flow", "show", "twice"])["hook_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut accepted = Vec::new();
     for i in 0..30 {
         let (st, ack) = post_hook(&hook, &format!("{{\"n\": {i}}}"), &[]).unwrap();
@@ -94,7 +123,10 @@ fn kill_9_while_runs_are_queued_and_running_loses_no_accepted_event() {
     }
     srv.kill9();
     let before = sink.count();
-    assert!(before < 60, "the kill happened while work was pending ({before} requests done)");
+    assert!(
+        before < 60,
+        "the kill happened while work was pending ({before} requests done)"
+    );
 
     let srv = Server::start(dir.path(), Some(&key), &[], &[]);
     for run in &accepted {

@@ -16,7 +16,10 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>) {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        let free = inner.opts.max_in_flight.saturating_sub(inner.in_flight.load(Ordering::SeqCst));
+        let free = inner
+            .opts
+            .max_in_flight
+            .saturating_sub(inner.in_flight.load(Ordering::SeqCst));
         if free == 0 {
             tokio::select! {
                 _ = inner.capacity.notified() => {},
@@ -25,7 +28,12 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>) {
             continue;
         }
         let want = free.min(CLAIM_BATCH);
-        let claimed = match inner.opts.store.claim_runs(&inner.opts.owner, inner.now(), lease, want).await {
+        let claimed = match inner
+            .opts
+            .store
+            .claim_runs(&inner.opts.owner, inner.now(), lease, want)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming runs failed; retrying in 1s");
@@ -68,10 +76,14 @@ pub(crate) async fn lease_keeper(inner: Arc<Inner>) {
             _ = inner.shutdown.cancelled() => return,
         }
         let now = inner.now();
-        if inner.in_flight.load(Ordering::SeqCst) > 0 {
-            if let Err(e) = inner.opts.store.renew_leases(&inner.opts.owner, now + inner.opts.lease.as_millis() as i64).await {
-                tracing::warn!(error = %e, "renewing leases failed");
-            }
+        if inner.in_flight.load(Ordering::SeqCst) > 0
+            && let Err(e) = inner
+                .opts
+                .store
+                .renew_leases(&inner.opts.owner, now + inner.opts.lease.as_millis() as i64)
+                .await
+        {
+            tracing::warn!(error = %e, "renewing leases failed");
         }
         match inner.opts.store.reclaim_expired(now).await {
             Ok(0) => {}

@@ -11,7 +11,12 @@ impl Inner {
     pub(crate) async fn eval(&self, e: &Expr, ctx: &Value) -> Result<Value, String> {
         let outs = match e.eval_fast(ctx, &Limits::default()) {
             Some(r) => r.map_err(|err| describe(e, &err.to_string()))?,
-            None => self.opts.sandbox.eval_jq(e.source(), ctx).await.map_err(|err| describe(e, &err.to_string()))?,
+            None => self
+                .opts
+                .sandbox
+                .eval_jq(e.source(), ctx)
+                .await
+                .map_err(|err| describe(e, &err.to_string()))?,
         };
         weft_expr::single(outs).map_err(|err| describe(e, &err.to_string()))
     }

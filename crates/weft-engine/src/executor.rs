@@ -42,7 +42,12 @@ struct AttemptError {
 
 impl AttemptError {
     fn permanent(message: String) -> Self {
-        Self { message, retryable: false, retry_after: None, rate_limited: false }
+        Self {
+            message,
+            retryable: false,
+            retry_after: None,
+            rate_limited: false,
+        }
     }
 }
 
@@ -63,12 +68,36 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
     if let Ok(mut m) = inner.responders.lock() {
         m.remove(&run.id);
     }
-    let Some((status, output, error)) = result else { return };
-    let msg = match status {
-        RunStatus::Succeeded => NewLog { level: "info", step_id: None, message: "run succeeded".into() },
-        _ => NewLog { level: "error", step_id: None, message: format!("run failed: {}", error.clone().unwrap_or_default()) },
+    let Some((status, output, error)) = result else {
+        return;
     };
-    match inner.opts.store.finish_run(run.scope, run.id, &inner.opts.owner, status, output, error, vec![msg], inner.now()).await {
+    let msg = match status {
+        RunStatus::Succeeded => NewLog {
+            level: "info",
+            step_id: None,
+            message: "run succeeded".into(),
+        },
+        _ => NewLog {
+            level: "error",
+            step_id: None,
+            message: format!("run failed: {}", error.clone().unwrap_or_default()),
+        },
+    };
+    match inner
+        .opts
+        .store
+        .finish_run(
+            run.scope,
+            run.id,
+            &inner.opts.owner,
+            status,
+            output,
+            error,
+            vec![msg],
+            inner.now(),
+        )
+        .await
+    {
         Ok(true) => {
             use std::sync::atomic::Ordering::Relaxed;
             inner.counters.runs_finished.fetch_add(1, Relaxed);
@@ -77,10 +106,15 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             } else {
                 inner.counters.runs_failed.fetch_add(1, Relaxed);
             }
-            let _ = inner.events.send(crate::EngineEvent::RunFinished { run: run.id, status });
+            let _ = inner.events.send(crate::EngineEvent::RunFinished {
+                run: run.id,
+                status,
+            });
         }
-        Ok(false) => return,
-        Err(e) => tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed"),
+        Ok(false) => (),
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed")
+        }
     }
 }
 
@@ -91,15 +125,26 @@ async fn run_steps(
     prior: Vec<StepRecord>,
     token: &CancellationToken,
 ) -> Option<(RunStatus, Option<Value>, Option<String>)> {
-    let flow = match inner.compiled(run.scope, run.flow_id, run.flow_version).await {
+    let flow = match inner
+        .compiled(run.scope, run.flow_id, run.flow_version)
+        .await
+    {
         Ok(f) => f,
-        Err(e) => return Some((RunStatus::Failed, None, Some(format!("flow version {} cannot run: {e}", run.flow_version)))),
+        Err(e) => {
+            return Some((
+                RunStatus::Failed,
+                None,
+                Some(format!("flow version {} cannot run: {e}", run.flow_version)),
+            ));
+        }
     };
     let n = flow.steps.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut prior_attempts = vec![0u32; n];
     for rec in prior {
-        let Some(i) = flow.step_index(&rec.step_id) else { continue };
+        let Some(i) = flow.step_index(&rec.step_id) else {
+            continue;
+        };
         prior_attempts[i] = rec.attempts.max(0) as u32;
         outcomes[i] = match rec.status {
             StepStatus::Succeeded => Some(Outcome::Succeeded(rec.output.unwrap_or(Value::Null))),
@@ -108,7 +153,9 @@ async fn run_steps(
             _ => None,
         };
     }
-    let deadline: Option<Millis> = flow.run_timeout.map(|t| run.started_at.unwrap_or(run.created_at) + t.as_millis() as i64);
+    let deadline: Option<Millis> = flow
+        .run_timeout
+        .map(|t| run.started_at.unwrap_or(run.created_at) + t.as_millis() as i64);
     let mut started = vec![false; n];
     let mut fatal: Option<String> = None;
     let mut tasks: JoinSet<Report> = JoinSet::new();
@@ -125,7 +172,10 @@ async fn run_steps(
                 }
                 started[i] = true;
                 let ctx = context(run, &flow, &outcomes);
-                let dep_skipped = step.deps.iter().any(|&d| matches!(outcomes[d], Some(Outcome::Skipped)));
+                let dep_skipped = step
+                    .deps
+                    .iter()
+                    .any(|&d| matches!(outcomes[d], Some(Outcome::Skipped)));
                 let job = StepJob {
                     inner: inner.clone(),
                     flow: flow.clone(),
@@ -144,7 +194,13 @@ async fn run_steps(
         }
         let sleep_until_deadline = async {
             match deadline {
-                Some(d) => inner.opts.clock.sleep(Duration::from_millis((d - inner.now()).max(0) as u64)).await,
+                Some(d) => {
+                    inner
+                        .opts
+                        .clock
+                        .sleep(Duration::from_millis((d - inner.now()).max(0) as u64))
+                        .await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -152,11 +208,10 @@ async fn run_steps(
             joined = tasks.join_next() => {
                 match joined {
                     Some(Ok(Report::Done(i, outcome))) => {
-                        if let Outcome::Failed(e) = &outcome {
-                            if !flow.steps[i].continue_on_error && fatal.is_none() {
+                        if let Outcome::Failed(e) = &outcome
+                            && !flow.steps[i].continue_on_error && fatal.is_none() {
                                 fatal = Some(format!("step '{}' failed: {e}", flow.steps[i].id));
                             }
-                        }
                         outcomes[i] = Some(outcome);
                     }
                     Some(Ok(Report::Lost)) | None => {
@@ -212,7 +267,11 @@ fn context(run: &RunRecord, flow: &CompiledFlow, outcomes: &[Option<Outcome>]) -
 }
 
 fn fmt_duration(d: Duration) -> String {
-    if d.as_millis() < 1000 { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 struct StepJob {
@@ -234,10 +293,26 @@ impl StepJob {
     async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
         let status = rec.status;
         let cp = StepCheckpoint { step: rec, logs };
-        match self.inner.opts.store.checkpoint_step(self.scope, self.run, &self.inner.opts.owner, cp, self.inner.now()).await {
+        match self
+            .inner
+            .opts
+            .store
+            .checkpoint_step(
+                self.scope,
+                self.run,
+                &self.inner.opts.owner,
+                cp,
+                self.inner.now(),
+            )
+            .await
+        {
             Ok(held) => {
                 if held && status != StepStatus::Retrying {
-                    let _ = self.inner.events.send(crate::EngineEvent::StepFinished { run: self.run, step: self.step().id.clone(), status });
+                    let _ = self.inner.events.send(crate::EngineEvent::StepFinished {
+                        run: self.run,
+                        step: self.step().id.clone(),
+                        status,
+                    });
                 }
                 held
             }
@@ -248,7 +323,14 @@ impl StepJob {
         }
     }
 
-    fn record(&self, status: StepStatus, attempts: u32, output: Option<Value>, error: Option<String>, started: Millis) -> StepRecord {
+    fn record(
+        &self,
+        status: StepStatus,
+        attempts: u32,
+        output: Option<Value>,
+        error: Option<String>,
+        started: Millis,
+    ) -> StepRecord {
         StepRecord {
             step_id: self.step().id.clone(),
             idx: self.idx as i64,
@@ -272,8 +354,16 @@ impl StepJob {
                 Ok(_) => Some("its `if:` condition is false".to_string()),
                 Err(e) => {
                     let rec = self.record(StepStatus::Failed, 1, None, Some(e.clone()), started);
-                    let log = NewLog { level: "error", step_id: Some(id), message: format!("condition failed: {e}") };
-                    return if self.checkpoint(rec, vec![log]).await { Report::Done(self.idx, Outcome::Failed(e)) } else { Report::Lost };
+                    let log = NewLog {
+                        level: "error",
+                        step_id: Some(id),
+                        message: format!("condition failed: {e}"),
+                    };
+                    return if self.checkpoint(rec, vec![log]).await {
+                        Report::Done(self.idx, Outcome::Failed(e))
+                    } else {
+                        Report::Lost
+                    };
                 }
             }
         } else {
@@ -281,8 +371,16 @@ impl StepJob {
         };
         if let Some(reason) = skip_reason {
             let rec = self.record(StepStatus::Skipped, 0, None, None, started);
-            let log = NewLog { level: "info", step_id: Some(id), message: format!("skipped: {reason}") };
-            return if self.checkpoint(rec, vec![log]).await { Report::Done(self.idx, Outcome::Skipped) } else { Report::Lost };
+            let log = NewLog {
+                level: "info",
+                step_id: Some(id),
+                message: format!("skipped: {reason}"),
+            };
+            return if self.checkpoint(rec, vec![log]).await {
+                Report::Done(self.idx, Outcome::Skipped)
+            } else {
+                Report::Lost
+            };
         }
 
         let policy = self.step().retry.clone();
@@ -302,8 +400,18 @@ impl StepJob {
                         step_id: Some(id.clone()),
                         message: format!("succeeded in {ms} ms (attempt {attempt})"),
                     };
-                    let rec = self.record(StepStatus::Succeeded, attempt, Some(output.clone()), None, started);
-                    return if self.checkpoint(rec, vec![log]).await { Report::Done(self.idx, Outcome::Succeeded(output)) } else { Report::Lost };
+                    let rec = self.record(
+                        StepStatus::Succeeded,
+                        attempt,
+                        Some(output.clone()),
+                        None,
+                        started,
+                    );
+                    return if self.checkpoint(rec, vec![log]).await {
+                        Report::Done(self.idx, Outcome::Succeeded(output))
+                    } else {
+                        Report::Lost
+                    };
                 }
                 Err(e) => {
                     // A rate-limited step waits; it does not use up its attempts.
@@ -313,30 +421,75 @@ impl StepJob {
                     }
                     let exhausted = counts && attempt >= policy.max_attempts;
                     if !e.retryable || exhausted {
-                        let msg = if attempt > 1 { format!("{} (after {attempt} attempts)", e.message) } else { e.message.clone() };
-                        let level = if self.step().continue_on_error { "warn" } else { "error" };
-                        let log = NewLog { level, step_id: Some(id.clone()), message: format!("failed: {msg}") };
-                        let rec = self.record(StepStatus::Failed, attempt, None, Some(msg.clone()), started);
-                        return if self.checkpoint(rec, vec![log]).await { Report::Done(self.idx, Outcome::Failed(msg)) } else { Report::Lost };
+                        let msg = if attempt > 1 {
+                            format!("{} (after {attempt} attempts)", e.message)
+                        } else {
+                            e.message.clone()
+                        };
+                        let level = if self.step().continue_on_error {
+                            "warn"
+                        } else {
+                            "error"
+                        };
+                        let log = NewLog {
+                            level,
+                            step_id: Some(id.clone()),
+                            message: format!("failed: {msg}"),
+                        };
+                        let rec = self.record(
+                            StepStatus::Failed,
+                            attempt,
+                            None,
+                            Some(msg.clone()),
+                            started,
+                        );
+                        return if self.checkpoint(rec, vec![log]).await {
+                            Report::Done(self.idx, Outcome::Failed(msg))
+                        } else {
+                            Report::Lost
+                        };
                     }
                     if !counts {
                         attempt -= 1;
                     }
-                    let delay = crate::retry::backoff_delay(&policy, attempt.max(1), e.retry_after, rand::random::<f64>());
-                    self.inner.counters.step_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let delay = crate::retry::backoff_delay(
+                        &policy,
+                        attempt.max(1),
+                        e.retry_after,
+                        rand::random::<f64>(),
+                    );
+                    self.inner
+                        .counters
+                        .step_retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let log = NewLog {
                         level: "warn",
                         step_id: Some(id.clone()),
-                        message: format!("attempt {attempt} failed: {}; retrying in {}", e.message, fmt_duration(delay)),
+                        message: format!(
+                            "attempt {attempt} failed: {}; retrying in {}",
+                            e.message,
+                            fmt_duration(delay)
+                        ),
                     };
-                    let rec = self.record(StepStatus::Retrying, attempt, None, Some(e.message.clone()), started);
+                    let rec = self.record(
+                        StepStatus::Retrying,
+                        attempt,
+                        None,
+                        Some(e.message.clone()),
+                        started,
+                    );
                     if !self.checkpoint(rec, vec![log]).await {
                         return Report::Lost;
                     }
                     // Start the timer before announcing the retry, so whoever reacts to the
                     // event (a test advancing a manual clock) cannot move time before it starts.
                     let wait = self.inner.opts.clock.sleep(delay);
-                    let _ = self.inner.events.send(crate::EngineEvent::StepRetrying { run: self.run, step: id.clone(), attempt, delay });
+                    let _ = self.inner.events.send(crate::EngineEvent::StepRetrying {
+                        run: self.run,
+                        step: id.clone(),
+                        attempt,
+                        delay,
+                    });
                     tokio::select! {
                         _ = wait => {},
                         _ = self.token.cancelled() => return Report::Lost,
@@ -365,43 +518,102 @@ impl StepJob {
 
     async fn attempt_inner(&self, ctx: &Value, _attempt: u32) -> Result<Value, AttemptError> {
         match &self.step().kind {
-            StepKind::Transform(e) => self.inner.eval(e, ctx).await.map_err(AttemptError::permanent),
-            StepKind::Action { connector, action, input, .. } => {
-                let input = self.inner.render(input, ctx).await.map_err(AttemptError::permanent)?;
+            StepKind::Transform(e) => self
+                .inner
+                .eval(e, ctx)
+                .await
+                .map_err(AttemptError::permanent),
+            StepKind::Action {
+                connector,
+                action,
+                input,
+                ..
+            } => {
+                let input = self
+                    .inner
+                    .render(input, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
                 // Stable per (run, step, loop index): identical on every retry and after a crash.
                 let key = format!("{}:{}:0", self.run_id, self.step().id);
-                let out = weft_connectors::run_action(&self.inner.opts.http, connector, action, &input, &key).await.map_err(|e| AttemptError {
+                let out = weft_connectors::run_action(
+                    &self.inner.opts.http,
+                    connector,
+                    action,
+                    &input,
+                    &key,
+                )
+                .await
+                .map_err(|e| AttemptError {
                     message: e.to_string(),
                     retryable: e.is_retryable(),
                     retry_after: e.retry_after(),
-                    rate_limited: e.output().and_then(|o| o.get("status")).and_then(Value::as_u64) == Some(429),
+                    rate_limited: e
+                        .output()
+                        .and_then(|o| o.get("status"))
+                        .and_then(Value::as_u64)
+                        == Some(429),
                 });
                 weft_types::failpoint(&format!("action.after_effect:{}", self.step().id));
                 out
             }
-            StepKind::Respond { status, headers, body } => {
-                let status_v = self.inner.render(status, ctx).await.map_err(AttemptError::permanent)?;
+            StepKind::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                let status_v = self
+                    .inner
+                    .render(status, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
                 let code = status_v
                     .as_u64()
                     .or_else(|| status_v.as_str().and_then(|s| s.parse().ok()))
                     .filter(|c| (200..=599).contains(c))
-                    .ok_or_else(|| AttemptError::permanent(format!("respond status {status_v} is not an HTTP status between 200 and 599")))?;
-                let headers_v = self.inner.render(headers, ctx).await.map_err(AttemptError::permanent)?;
-                let body = self.inner.render(body, ctx).await.map_err(AttemptError::permanent)?;
+                    .ok_or_else(|| {
+                        AttemptError::permanent(format!(
+                            "respond status {status_v} is not an HTTP status between 200 and 599"
+                        ))
+                    })?;
+                let headers_v = self
+                    .inner
+                    .render(headers, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
+                let body = self
+                    .inner
+                    .render(body, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
                 let mut hs = Vec::new();
                 if let Value::Object(m) = &headers_v {
                     for (k, v) in m {
                         hs.push((k.clone(), weft_expr::to_text(v)));
                     }
                 }
-                let resp = WebhookResponse { status: code as u16, headers: hs, body: body.clone() };
-                if let Some(tx) = self.inner.responders.lock().ok().and_then(|mut m| m.remove(&self.run)) {
+                let resp = WebhookResponse {
+                    status: code as u16,
+                    headers: hs,
+                    body: body.clone(),
+                };
+                if let Some(tx) = self
+                    .inner
+                    .responders
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(&self.run))
+                {
                     let _ = tx.send(resp);
                 }
                 Ok(json!({"status": code, "headers": headers_v, "body": body}))
             }
             StepKind::Fail(msg) => {
-                let m = self.inner.render(msg, ctx).await.map_err(AttemptError::permanent)?;
+                let m = self
+                    .inner
+                    .render(msg, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
                 Err(AttemptError::permanent(weft_expr::to_text(&m)))
             }
         }

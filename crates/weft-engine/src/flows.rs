@@ -17,7 +17,8 @@ pub(crate) struct Catalog;
 
 impl ActionCatalog for Catalog {
     fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
-        weft_connectors::find_action(connector, action).is_some_and(|a| version.is_none_or(|v| v == a.version))
+        weft_connectors::find_action(connector, action)
+            .is_some_and(|a| version.is_none_or(|v| v == a.version))
     }
 }
 
@@ -48,8 +49,19 @@ pub struct Accepted {
 
 impl Inner {
     /// The compiled form of a flow version (compiled once, then cached).
-    pub(crate) async fn compiled(&self, scope: Scope, flow: FlowId, version: i64) -> Result<Arc<CompiledFlow>, EngineError> {
-        if let Some(c) = self.flows.compiled.lock().ok().and_then(|m| m.get(&(flow, version)).cloned()) {
+    pub(crate) async fn compiled(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        version: i64,
+    ) -> Result<Arc<CompiledFlow>, EngineError> {
+        if let Some(c) = self
+            .flows
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(flow, version)).cloned())
+        {
             return Ok(c);
         }
         let v = self.opts.store.flow_version(scope, flow, version).await?;
@@ -76,11 +88,22 @@ impl Engine {
     }
 
     /// Creates the flow or saves a new version; publishes it unless `draft`.
-    pub async fn apply_flow(&self, scope: Scope, def: FlowDef, draft: bool) -> Result<FlowRecord, EngineError> {
+    pub async fn apply_flow(
+        &self,
+        scope: Scope,
+        def: FlowDef,
+        draft: bool,
+    ) -> Result<FlowRecord, EngineError> {
         let compiled = weft_flow::compile(&def, &Catalog)?;
-        let value = serde_json::to_value(&def).map_err(|e| EngineError::Conflict(format!("cannot store the flow: {e}")))?;
+        let value = serde_json::to_value(&def)
+            .map_err(|e| EngineError::Conflict(format!("cannot store the flow: {e}")))?;
         let now = self.inner.now();
-        let rec = self.inner.opts.store.save_flow(scope, &def.name, value, !draft, now).await?;
+        let rec = self
+            .inner
+            .opts
+            .store
+            .save_flow(scope, &def.name, value, !draft, now)
+            .await?;
         if let Ok(mut m) = self.inner.flows.compiled.lock() {
             m.insert((rec.id, rec.latest_version), Arc::new(compiled.clone()));
         }
@@ -91,37 +114,66 @@ impl Engine {
     }
 
     /// Publishes an existing version.
-    pub async fn publish(&self, scope: Scope, flow: &FlowRef, version: Option<i64>) -> Result<FlowRecord, EngineError> {
+    pub async fn publish(
+        &self,
+        scope: Scope,
+        flow: &FlowRef,
+        version: Option<i64>,
+    ) -> Result<FlowRecord, EngineError> {
         let rec = self.get_flow(scope, flow).await?;
         let version = version.unwrap_or(rec.latest_version);
-        let compiled = self.inner.compiled(scope, rec.id, version).await.map_err(|e| match e {
-            EngineError::NotFound(_) => EngineError::NotFound("flow version"),
-            other => other,
-        })?;
-        let rec = self.inner.opts.store.publish(scope, rec.id, version, self.inner.now()).await.map_err(|e| match e {
-            StoreError::NotFound => EngineError::NotFound("flow version"),
-            other => other.into(),
-        })?;
+        let compiled = self
+            .inner
+            .compiled(scope, rec.id, version)
+            .await
+            .map_err(|e| match e {
+                EngineError::NotFound(_) => EngineError::NotFound("flow version"),
+                other => other,
+            })?;
+        let rec = self
+            .inner
+            .opts
+            .store
+            .publish(scope, rec.id, version, self.inner.now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => EngineError::NotFound("flow version"),
+                other => other.into(),
+            })?;
         self.after_publish(scope, &rec, &compiled).await?;
         Ok(rec)
     }
 
-    async fn after_publish(&self, scope: Scope, rec: &FlowRecord, compiled: &CompiledFlow) -> Result<(), EngineError> {
+    async fn after_publish(
+        &self,
+        scope: Scope,
+        rec: &FlowRecord,
+        compiled: &CompiledFlow,
+    ) -> Result<(), EngineError> {
         if let Ok(mut h) = self.inner.flows.hooks.lock() {
             h.remove(&rec.hook_id);
         }
         let next = compiled.trigger.next_tick_after(self.inner.now());
-        self.inner.opts.store.set_schedule(scope, rec.id, next).await?;
+        self.inner
+            .opts
+            .store
+            .set_schedule(scope, rec.id, next)
+            .await?;
         self.inner.schedule_wake.notify_one();
         Ok(())
     }
 
     /// A flow by id or name.
     pub async fn get_flow(&self, scope: Scope, flow: &FlowRef) -> Result<FlowRecord, EngineError> {
-        self.inner.opts.store.get_flow(scope, flow).await.map_err(|e| match e {
-            StoreError::NotFound => EngineError::NotFound("flow"),
-            other => other.into(),
-        })
+        self.inner
+            .opts
+            .store
+            .get_flow(scope, flow)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => EngineError::NotFound("flow"),
+                other => other.into(),
+            })
     }
 
     /// Deletes a flow (its runs stay in history).
@@ -135,13 +187,23 @@ impl Engine {
     }
 
     /// Starts a run of the published version by hand, with `input` as the trigger body.
-    pub async fn start_run(&self, scope: Scope, flow: &FlowRef, input: Value, dedupe_key: Option<String>) -> Result<Inserted, EngineError> {
+    pub async fn start_run(
+        &self,
+        scope: Scope,
+        flow: &FlowRef,
+        input: Value,
+        dedupe_key: Option<String>,
+    ) -> Result<Inserted, EngineError> {
         let rec = self.get_flow(scope, flow).await?;
         let Some(version) = rec.published_version else {
-            return Err(EngineError::Conflict(format!("flow '{}' has no published version; publish one first", rec.name)));
+            return Err(EngineError::Conflict(format!(
+                "flow '{}' has no published version; publish one first",
+                rec.name
+            )));
         };
         let now = self.inner.now();
-        let trigger = json!({"kind": "manual", "body": input, "received_at": weft_types::rfc3339(now)});
+        let trigger =
+            json!({"kind": "manual", "body": input, "received_at": weft_types::rfc3339(now)});
         let inserted = self
             .inner
             .opts
@@ -164,10 +226,16 @@ impl Engine {
 
     /// System (intake): where a hook id leads, cached briefly.
     pub async fn resolve_hook(&self, hook: HookId) -> Result<Option<HookTarget>, EngineError> {
-        if let Some((t, at)) = self.inner.flows.hooks.lock().ok().and_then(|m| m.get(&hook).cloned()) {
-            if at.elapsed() < HOOK_TTL {
-                return Ok(Some(t));
-            }
+        if let Some((t, at)) = self
+            .inner
+            .flows
+            .hooks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&hook).cloned())
+            && at.elapsed() < HOOK_TTL
+        {
+            return Ok(Some(t));
         }
         let target = self.inner.opts.store.lookup_hook(hook).await?;
         if let (Some(t), Ok(mut m)) = (&target, self.inner.flows.hooks.lock()) {
@@ -181,10 +249,23 @@ impl Engine {
 
     /// Intake: durably stores a webhook event as a queued run of the hook's published version.
     /// Returns only after the commit. `NotFound` for unknown or unpublished hooks.
-    pub async fn accept_webhook(&self, hook: HookId, event: Value, dedupe_key: Option<String>) -> Result<Accepted, EngineError> {
-        let target = self.resolve_hook(hook).await?.ok_or(EngineError::NotFound("hook"))?;
-        let version = target.published_version.ok_or(EngineError::NotFound("hook"))?;
-        let compiled = self.inner.compiled(target.scope, target.flow_id, version).await?;
+    pub async fn accept_webhook(
+        &self,
+        hook: HookId,
+        event: Value,
+        dedupe_key: Option<String>,
+    ) -> Result<Accepted, EngineError> {
+        let target = self
+            .resolve_hook(hook)
+            .await?
+            .ok_or(EngineError::NotFound("hook"))?;
+        let version = target
+            .published_version
+            .ok_or(EngineError::NotFound("hook"))?;
+        let compiled = self
+            .inner
+            .compiled(target.scope, target.flow_id, version)
+            .await?;
         let TriggerKind::Webhook { respond_timeout } = compiled.trigger else {
             return Err(EngineError::NotFound("hook"));
         };
@@ -223,10 +304,18 @@ impl Engine {
         };
         if inserted.duplicate {
             self.forget_responder(run_id);
-            return Ok(Accepted { run_id: inserted.run_id, duplicate: true, respond: None });
+            return Ok(Accepted {
+                run_id: inserted.run_id,
+                duplicate: true,
+                respond: None,
+            });
         }
         self.wake();
-        Ok(Accepted { run_id, duplicate: false, respond })
+        Ok(Accepted {
+            run_id,
+            duplicate: false,
+            respond,
+        })
     }
 
     /// Drops the waiter for a run's `respond` step (intake gave up waiting).
@@ -238,10 +327,16 @@ impl Engine {
 
     /// Cancels a run; a run executing here is told to stop at once.
     pub async fn cancel_run(&self, scope: Scope, run: RunId) -> Result<RunStatus, EngineError> {
-        let status = self.inner.opts.store.cancel_run(scope, run, self.inner.now()).await.map_err(|e| match e {
-            StoreError::NotFound => EngineError::NotFound("run"),
-            other => other.into(),
-        })?;
+        let status = self
+            .inner
+            .opts
+            .store
+            .cancel_run(scope, run, self.inner.now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => EngineError::NotFound("run"),
+                other => other.into(),
+            })?;
         self.signal_cancel(run);
         Ok(status)
     }

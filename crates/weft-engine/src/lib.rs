@@ -142,7 +142,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("owner", &self.inner.opts.owner).finish()
+        f.debug_struct("Engine")
+            .field("owner", &self.inner.opts.owner)
+            .finish()
     }
 }
 
@@ -244,11 +246,22 @@ impl Engine {
             }
         };
         let _ = tokio::time::timeout(deadline, wait_idle).await;
-        let tasks = self.inner.tasks.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         for t in tasks {
             t.abort();
         }
-        if let Err(e) = self.inner.opts.store.release_leases(&self.inner.opts.owner).await {
+        if let Err(e) = self
+            .inner
+            .opts
+            .store
+            .release_leases(&self.inner.opts.owner)
+            .await
+        {
             tracing::warn!(error = %e, "could not hand back leases at shutdown");
         }
     }
@@ -260,7 +273,13 @@ impl Engine {
 
     /// Asks a run executing in this process to stop (after the store marked it cancelled).
     pub fn signal_cancel(&self, run: RunId) {
-        if let Some(t) = self.inner.cancels.lock().ok().and_then(|m| m.get(&run).cloned()) {
+        if let Some(t) = self
+            .inner
+            .cancels
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&run).cloned())
+        {
             t.cancel();
         }
     }

@@ -9,8 +9,15 @@ use weft_flow::RetryPolicy;
 /// Full jitter: a uniform draw in `[0, min(max, initial * backoff^(attempt-1))]`, where `unit`
 /// is that draw's position in `[0, 1)`. A server's `Retry-After` is a floor: never retry earlier
 /// than it asked, even past `max`.
-pub fn backoff_delay(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
-    let exp = policy.backoff.powi(attempt.saturating_sub(1).min(64) as i32);
+pub fn backoff_delay(
+    policy: &RetryPolicy,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Duration {
+    let exp = policy
+        .backoff
+        .powi(attempt.saturating_sub(1).min(64) as i32);
     let ceiling = (policy.initial.as_secs_f64() * exp).min(policy.max.as_secs_f64());
     let jittered = Duration::from_secs_f64((ceiling * unit.clamp(0.0, 1.0)).max(0.0));
     match retry_after {
@@ -24,12 +31,26 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { max_attempts: 10, initial: Duration::from_secs(1), backoff: 2.0, max: Duration::from_secs(10) }
+        RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_secs(1),
+            backoff: 2.0,
+            max: Duration::from_secs(10),
+        }
     }
 
     fn check(attempt: u32, retry_after: Option<u64>, unit: f64, expected_ms: u64) {
-        let d = backoff_delay(&policy(), attempt, retry_after.map(Duration::from_secs), unit);
-        assert_eq!(d.as_millis() as u64, expected_ms, "attempt {attempt} unit {unit}");
+        let d = backoff_delay(
+            &policy(),
+            attempt,
+            retry_after.map(Duration::from_secs),
+            unit,
+        );
+        assert_eq!(
+            d.as_millis() as u64,
+            expected_ms,
+            "attempt {attempt} unit {unit}"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub(crate) async fn scheduler(inner: Arc<Inner>) {
             tracing::warn!(error = %e, "firing schedules failed");
         }
         let sleep = match inner.opts.store.next_schedule_at().await {
-            Ok(Some(at)) => Duration::from_millis((at - inner.now()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64),
+            Ok(Some(at)) => Duration::from_millis(
+                (at - inner.now()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64,
+            ),
             _ => MAX_SLEEP,
         };
         tokio::select! {
@@ -35,15 +37,28 @@ pub(crate) async fn fire_due(inner: &Inner, now: i64) -> Result<usize, crate::En
     let due = inner.opts.store.due_schedules(now, 100).await?;
     let mut fired = 0;
     for d in due {
-        let flow = match inner.opts.store.get_flow(d.scope, &d.flow_id.to_string()).await {
+        let flow = match inner
+            .opts
+            .store
+            .get_flow(d.scope, &d.flow_id.to_string())
+            .await
+        {
             Ok(f) => f,
             Err(_) => {
-                inner.opts.store.set_schedule(d.scope, d.flow_id, None).await?;
+                inner
+                    .opts
+                    .store
+                    .set_schedule(d.scope, d.flow_id, None)
+                    .await?;
                 continue;
             }
         };
         let Some(version) = flow.published_version else {
-            inner.opts.store.set_schedule(d.scope, d.flow_id, None).await?;
+            inner
+                .opts
+                .store
+                .set_schedule(d.scope, d.flow_id, None)
+                .await?;
             continue;
         };
         let compiled = inner.compiled(d.scope, d.flow_id, version).await?;
@@ -60,7 +75,13 @@ pub(crate) async fn fire_due(inner: &Inner, now: i64) -> Result<usize, crate::En
             dedupe_window_ms: i64::MAX / 4,
             now,
         };
-        if inner.opts.store.fire_schedule(run, d.tick_at, next).await?.is_some() {
+        if inner
+            .opts
+            .store
+            .fire_schedule(run, d.tick_at, next)
+            .await?
+            .is_some()
+        {
             fired += 1;
         }
     }

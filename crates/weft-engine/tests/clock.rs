@@ -26,7 +26,11 @@ struct Harness {
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(SqliteOptions { path: dir.path().join("weft.db"), readers: 2 }).unwrap();
+    let store = Store::open(SqliteOptions {
+        path: dir.path().join("weft.db"),
+        readers: 2,
+    })
+    .unwrap();
     let clock = ManualClock::new(T0);
     store.bootstrap_if_empty(T0).await.unwrap();
     let scope = store.default_scope().await.unwrap().unwrap();
@@ -41,7 +45,11 @@ async fn harness() -> Harness {
             timeout: Duration::from_secs(1),
             memory_bytes: 1 << 28,
         }),
-        http: GuardedClient::new(NetPolicy { allow_private: true, allow: vec![] }).unwrap(),
+        http: GuardedClient::new(NetPolicy {
+            allow_private: true,
+            allow: vec![],
+        })
+        .unwrap(),
         owner: "test".into(),
         max_in_flight: 16,
         lease: Duration::from_secs(30),
@@ -51,15 +59,27 @@ async fn harness() -> Harness {
     });
     let events = engine.subscribe();
     engine.start(true).await.unwrap();
-    Harness { engine, clock, scope, events, _dir: dir }
+    Harness {
+        engine,
+        clock,
+        scope,
+        events,
+        _dir: dir,
+    }
 }
 
 impl Harness {
     async fn apply(&self, yaml: &str) {
-        self.engine.apply_flow(self.scope, weft_flow::parse_text(yaml).unwrap(), false).await.unwrap();
+        self.engine
+            .apply_flow(self.scope, weft_flow::parse_text(yaml).unwrap(), false)
+            .await
+            .unwrap();
     }
     async fn next_event(&mut self) -> EngineEvent {
-        tokio::time::timeout(Duration::from_secs(20), self.events.recv()).await.expect("engine event").unwrap()
+        tokio::time::timeout(Duration::from_secs(20), self.events.recv())
+            .await
+            .expect("engine event")
+            .unwrap()
     }
     async fn run_finished(&mut self) -> (RunId, RunStatus) {
         loop {
@@ -72,7 +92,9 @@ impl Harness {
         loop {
             match self.next_event().await {
                 EngineEvent::StepRetrying { delay, .. } => return delay,
-                EngineEvent::RunFinished { status, .. } => panic!("run finished ({status}) instead of retrying"),
+                EngineEvent::RunFinished { status, .. } => {
+                    panic!("run finished ({status}) instead of retrying")
+                }
                 _ => {}
             }
         }
@@ -80,21 +102,31 @@ impl Harness {
 }
 
 /// A sink on loopback answering from a script of (status, retry-after); reports each request.
-async fn sink(script: Vec<(u16, Option<&'static str>)>, hang: bool) -> (String, mpsc::UnboundedReceiver<Option<String>>) {
+async fn sink(
+    script: Vec<(u16, Option<&'static str>)>,
+    hang: bool,
+) -> (String, mpsc::UnboundedReceiver<Option<String>>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let script = Arc::new(Mutex::new(script));
     let app = axum::Router::new().fallback(move |headers: HeaderMap| {
         let tx = tx.clone();
         let script = script.clone();
         async move {
-            let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let _ = tx.send(key);
             if hang {
                 std::future::pending::<()>().await;
             }
             let (st, ra) = {
                 let mut s = script.lock().unwrap();
-                if s.is_empty() { (200, None) } else { s.remove(0) }
+                if s.is_empty() {
+                    (200, None)
+                } else {
+                    s.remove(0)
+                }
             };
             let mut h = HeaderMap::new();
             if let Some(ra) = ra {
@@ -110,15 +142,26 @@ async fn sink(script: Vec<(u16, Option<&'static str>)>, hang: bool) -> (String, 
 }
 
 fn action_flow(url: &str, extra: &str) -> String {
-    format!("name: act\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x', timeout: 60s }}\n{extra}")
+    format!(
+        "name: act\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x', timeout: 60s }}\n{extra}"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoff_waits_on_the_injected_clock_and_keeps_the_key() {
     let mut h = harness().await;
     let (url, mut reqs) = sink(vec![(503, None)], false).await;
-    h.apply(&action_flow(&url, "    retry: { max_attempts: 3, initial: 10s, max: 10s }\n")).await;
-    let run = h.engine.start_run(h.scope, "act", serde_json::json!({}), None).await.unwrap().run_id;
+    h.apply(&action_flow(
+        &url,
+        "    retry: { max_attempts: 3, initial: 10s, max: 10s }\n",
+    ))
+    .await;
+    let run = h
+        .engine
+        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .run_id;
     let delay = h.retrying().await;
     assert!(delay <= Duration::from_secs(10), "{delay:?}");
     let k1 = reqs.recv().await.unwrap();
@@ -138,8 +181,15 @@ async fn backoff_waits_on_the_injected_clock_and_keeps_the_key() {
 async fn retry_after_is_a_floor_on_the_delay() {
     let mut h = harness().await;
     let (url, _reqs) = sink(vec![(503, Some("45"))], false).await;
-    h.apply(&action_flow(&url, "    retry: { max_attempts: 2, initial: 1s, max: 2s }\n")).await;
-    h.engine.start_run(h.scope, "act", serde_json::json!({}), None).await.unwrap();
+    h.apply(&action_flow(
+        &url,
+        "    retry: { max_attempts: 2, initial: 1s, max: 2s }\n",
+    ))
+    .await;
+    h.engine
+        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .await
+        .unwrap();
     assert_eq!(h.retrying().await, Duration::from_secs(45));
     h.clock.advance(Duration::from_secs(44));
     tokio::task::yield_now().await;
@@ -151,8 +201,17 @@ async fn retry_after_is_a_floor_on_the_delay() {
 async fn step_timeout_is_measured_on_the_clock() {
     let mut h = harness().await;
     let (url, mut reqs) = sink(vec![], true).await;
-    h.apply(&action_flow(&url, "    timeout: 5s\n    retry: { max_attempts: 1 }\n")).await;
-    let run = h.engine.start_run(h.scope, "act", serde_json::json!({}), None).await.unwrap().run_id;
+    h.apply(&action_flow(
+        &url,
+        "    timeout: 5s\n    retry: { max_attempts: 1 }\n",
+    ))
+    .await;
+    let run = h
+        .engine
+        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .run_id;
     reqs.recv().await.unwrap();
     h.clock.advance(Duration::from_secs(5));
     assert_eq!(h.run_finished().await, (run, RunStatus::Failed));
@@ -165,13 +224,24 @@ async fn cancel_stops_a_running_run() {
     let mut h = harness().await;
     let (url, mut reqs) = sink(vec![], true).await;
     h.apply(&action_flow(&url, "")).await;
-    let run = h.engine.start_run(h.scope, "act", serde_json::json!({}), None).await.unwrap().run_id;
+    let run = h
+        .engine
+        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .run_id;
     reqs.recv().await.unwrap();
-    assert_eq!(h.engine.cancel_run(h.scope, run).await.unwrap(), RunStatus::Cancelled);
+    assert_eq!(
+        h.engine.cancel_run(h.scope, run).await.unwrap(),
+        RunStatus::Cancelled
+    );
     let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
     assert_eq!(r.status, RunStatus::Cancelled);
     // A finished run cannot be cancelled again; it keeps its status.
-    assert_eq!(h.engine.cancel_run(h.scope, run).await.unwrap(), RunStatus::Cancelled);
+    assert_eq!(
+        h.engine.cancel_run(h.scope, run).await.unwrap(),
+        RunStatus::Cancelled
+    );
     let _ = &mut h.events;
 }
 
@@ -184,12 +254,26 @@ async fn missed_schedule_ticks_fire_once_then_the_schedule_continues() {
     let (first, st) = h.run_finished().await;
     assert_eq!(st, RunStatus::Succeeded);
     let (r, _) = h.engine.store().get_run(h.scope, first).await.unwrap();
-    assert_eq!(r.output.unwrap(), serde_json::json!("2026-01-01T00:01:00.000Z"));
+    assert_eq!(
+        r.output.unwrap(),
+        serde_json::json!("2026-01-01T00:01:00.000Z")
+    );
     // The next tick is the first one after "now" (00:10:30), i.e. 00:11:00.
     h.clock.advance(Duration::from_secs(30));
     let (second, _) = h.run_finished().await;
     let (r2, _) = h.engine.store().get_run(h.scope, second).await.unwrap();
-    assert_eq!(r2.output.unwrap(), serde_json::json!("2026-01-01T00:11:00.000Z"));
-    let total: i64 = h.engine.store().count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        r2.output.unwrap(),
+        serde_json::json!("2026-01-01T00:11:00.000Z")
+    );
+    let total: i64 = h
+        .engine
+        .store()
+        .count_runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(total, 2, "ten missed ticks fired once, not ten times");
 }

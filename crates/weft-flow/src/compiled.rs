@@ -28,7 +28,9 @@ impl CompiledFlow {
     }
     /// Whether any step answers the webhook synchronously.
     pub fn has_respond(&self) -> bool {
-        self.steps.iter().any(|s| matches!(s.kind, StepKind::Respond { .. }))
+        self.steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Respond { .. }))
     }
 }
 
@@ -54,9 +56,13 @@ pub enum TriggerKind {
 impl TriggerKind {
     /// The first tick strictly after `after_ms` (epoch ms), for schedules.
     pub fn next_tick_after(&self, after_ms: i64) -> Option<i64> {
-        let TriggerKind::Schedule { cron, tz } = self else { return None };
+        let TriggerKind::Schedule { cron, tz } = self else {
+            return None;
+        };
         let start = chrono::DateTime::from_timestamp_millis(after_ms)?.with_timezone(tz);
-        cron.find_next_occurrence(&start, false).ok().map(|t| t.timestamp_millis())
+        cron.find_next_occurrence(&start, false)
+            .ok()
+            .map(|t| t.timestamp_millis())
     }
     /// Short name: `webhook`, `schedule`, `manual`.
     pub fn name(&self) -> &'static str {
@@ -84,11 +90,19 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// One attempt, no retry.
     pub fn none() -> Self {
-        Self { max_attempts: 1, initial: Duration::from_secs(1), backoff: 2.0, max: Duration::from_secs(300) }
+        Self {
+            max_attempts: 1,
+            initial: Duration::from_secs(1),
+            backoff: 2.0,
+            max: Duration::from_secs(300),
+        }
     }
     /// Default for actions: 3 attempts, 1s doubling up to 5m.
     pub fn action_default() -> Self {
-        Self { max_attempts: 3, ..Self::none() }
+        Self {
+            max_attempts: 3,
+            ..Self::none()
+        }
     }
 }
 

@@ -23,7 +23,11 @@ pub fn parse_duration(spec: &DurationSpec) -> Result<Duration, String> {
 
 /// Parses text such as `1h30m` or `250ms`.
 pub fn parse_duration_str(t: &str) -> Result<Duration, String> {
-    let bad = || format!("'{t}' is not a duration: use a number with a unit, like 500ms, 30s, 5m, 1h30m or 2d");
+    let bad = || {
+        format!(
+            "'{t}' is not a duration: use a number with a unit, like 500ms, 30s, 5m, 1h30m or 2d"
+        )
+    };
     let s = t.trim();
     if s.is_empty() || s.len() > 64 {
         return Err(bad());
@@ -31,13 +35,17 @@ pub fn parse_duration_str(t: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(bad());
         }
         let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -91,6 +99,9 @@ mod tests {
         check("99999999999999999999d", None);
         assert!(parse_duration(&DurationSpec::Seconds(-1.0)).is_err());
         assert!(parse_duration(&DurationSpec::Seconds(f64::NAN)).is_err());
-        assert_eq!(parse_duration(&DurationSpec::Seconds(2.5)), Ok(Duration::from_millis(2500)));
+        assert_eq!(
+            parse_duration(&DurationSpec::Seconds(2.5)),
+            Ok(Duration::from_millis(2500))
+        );
     }
 }

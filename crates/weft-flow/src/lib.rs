@@ -9,8 +9,8 @@ mod validate;
 pub use compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind};
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    DurationSpec, FlowDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger, StepDef, TriggerDef, WaitDef,
-    WebhookTrigger,
+    DurationSpec, FlowDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger, StepDef,
+    TriggerDef, WaitDef, WebhookTrigger,
 };
 pub use validate::{ActionCatalog, compile};
 
@@ -31,7 +31,10 @@ pub struct FieldError {
 impl FieldError {
     /// A new error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -73,7 +76,13 @@ fn summary(errors: &[FieldError]) -> String {
     let mut s = errors
         .iter()
         .take(5)
-        .map(|e| if e.path.is_empty() { e.message.clone() } else { format!("{}: {}", e.path, e.message) })
+        .map(|e| {
+            if e.path.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.path, e.message)
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ");
     if errors.len() > 5 {
@@ -85,14 +94,22 @@ fn summary(errors: &[FieldError]) -> String {
 /// Parses flow text; JSON if it starts with `{`, YAML otherwise.
 pub fn parse_text(text: &str) -> Result<FlowDef, FlowError> {
     if text.len() > MAX_FLOW_BYTES {
-        return Err(FlowError::TooLarge { size: text.len(), max: MAX_FLOW_BYTES });
+        return Err(FlowError::TooLarge {
+            size: text.len(),
+            max: MAX_FLOW_BYTES,
+        });
     }
     let value: serde_json::Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| FlowError::Syntax { format: "JSON", message: e.to_string() })?
+        serde_json::from_str(text).map_err(|e| FlowError::Syntax {
+            format: "JSON",
+            message: e.to_string(),
+        })?
     } else {
         let opts = serde_saphyr::options! { budget: serde_saphyr::budget! { max_depth: 64, max_nodes: 200_000 } };
-        serde_saphyr::from_str_with_options(text, opts)
-            .map_err(|e| FlowError::Syntax { format: "YAML", message: one_line(&e.to_string()) })?
+        serde_saphyr::from_str_with_options(text, opts).map_err(|e| FlowError::Syntax {
+            format: "YAML",
+            message: one_line(&e.to_string()),
+        })?
     };
     from_value(value)
 }

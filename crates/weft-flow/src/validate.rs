@@ -42,7 +42,10 @@ impl Ctx {
             Ok(t) => Some(t),
             Err(errs) => {
                 for (p, e) in errs {
-                    self.err(format!("{path}{}", pointer_to_path(&p)), format!("template does not compile: {e}"));
+                    self.err(
+                        format!("{path}{}", pointer_to_path(&p)),
+                        format!("template does not compile: {e}"),
+                    );
                 }
                 None
             }
@@ -63,7 +66,13 @@ impl Ctx {
 fn pointer_to_path(p: &str) -> String {
     p.split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| if s.bytes().all(|b| b.is_ascii_digit()) { format!("[{s}]") } else { format!(".{s}") })
+        .map(|s| {
+            if s.bytes().all(|b| b.is_ascii_digit()) {
+                format!("[{s}]")
+            } else {
+                format!(".{s}")
+            }
+        })
         .collect()
 }
 
@@ -71,14 +80,18 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn valid_step_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// Validates `def` and compiles it; every problem found is reported, each with its path.
@@ -93,7 +106,10 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
         cx.err("steps", "a flow needs at least one step");
     }
     if def.steps.len() > MAX_STEPS {
-        cx.err("steps", format!("a flow may have at most {MAX_STEPS} steps"));
+        cx.err(
+            "steps",
+            format!("a flow may have at most {MAX_STEPS} steps"),
+        );
     }
 
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -105,7 +121,10 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
             );
         }
         if let Some(prev) = index.insert(s.id.as_str(), i) {
-            cx.err(format!("steps[{i}].id"), format!("duplicate step id '{}' (also used by steps[{prev}])", s.id));
+            cx.err(
+                format!("steps[{i}].id"),
+                format!("duplicate step id '{}' (also used by steps[{prev}])", s.id),
+            );
             index.insert(s.id.as_str(), prev);
         }
     }
@@ -123,7 +142,10 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
         return Err(FlowError::Invalid(cx.errors));
     }
     let Some(trigger) = trigger else {
-        return Err(FlowError::Invalid(vec![FieldError::new("trigger", "no usable trigger")]));
+        return Err(FlowError::Invalid(vec![FieldError::new(
+            "trigger",
+            "no usable trigger",
+        )]));
     };
     Ok(CompiledFlow {
         def: def.clone(),
@@ -161,7 +183,10 @@ fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
             cx.err("trigger.webhook.connector", "connector-verified webhooks are not available in this version of Weft yet; remove `connector` to accept unsigned webhooks");
         }
         if w.credential.is_some() {
-            cx.err("trigger.webhook.credential", "credentials are not available in this version of Weft yet");
+            cx.err(
+                "trigger.webhook.credential",
+                "credentials are not available in this version of Weft yet",
+            );
         }
         if w.events.is_some() {
             cx.err("trigger.webhook.events", "event filters need a `connector`, which is not available in this version of Weft yet");
@@ -179,27 +204,44 @@ fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
         let cron = match s.cron.parse::<croner::Cron>() {
             Ok(c) => Some(c),
             Err(e) => {
-                cx.err("trigger.schedule.cron", format!("'{}' is not a valid cron pattern: {e}", s.cron));
-                None
-            }
-        };
-        let tz = match s.timezone.as_deref().unwrap_or("UTC").parse::<chrono_tz::Tz>() {
-            Ok(tz) => Some(tz),
-            Err(_) => {
                 cx.err(
-                    "trigger.schedule.timezone",
-                    format!("'{}' is not an IANA time zone (e.g. UTC, Europe/Paris)", s.timezone.as_deref().unwrap_or("")),
+                    "trigger.schedule.cron",
+                    format!("'{}' is not a valid cron pattern: {e}", s.cron),
                 );
                 None
             }
         };
-        return Some(TriggerKind::Schedule { cron: Box::new(cron?), tz: tz? });
+        let tz = match s
+            .timezone
+            .as_deref()
+            .unwrap_or("UTC")
+            .parse::<chrono_tz::Tz>()
+        {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                cx.err(
+                    "trigger.schedule.timezone",
+                    format!(
+                        "'{}' is not an IANA time zone (e.g. UTC, Europe/Paris)",
+                        s.timezone.as_deref().unwrap_or("")
+                    ),
+                );
+                None
+            }
+        };
+        return Some(TriggerKind::Schedule {
+            cron: Box::new(cron?),
+            tz: tz?,
+        });
     }
     if t.manual.is_some() {
         return Some(TriggerKind::Manual);
     }
     let form = if t.poll.is_some() { "poll" } else { "event" };
-    cx.err(format!("trigger.{form}"), format!("`{form}` triggers are not available in this version of Weft yet"));
+    cx.err(
+        format!("trigger.{form}"),
+        format!("`{form}` triggers are not available in this version of Weft yet"),
+    );
     None
 }
 
@@ -214,14 +256,25 @@ fn compile_step(
     let before = cx.errors.len();
 
     let deps: Vec<usize> = match &s.needs {
-        None => if i == 0 { vec![] } else { vec![i - 1] },
+        None => {
+            if i == 0 {
+                vec![]
+            } else {
+                vec![i - 1]
+            }
+        }
         Some(needs) => {
             let mut deps = Vec::new();
             for (j, n) in needs.iter().enumerate() {
                 match index.get(n.as_str()) {
-                    Some(&k) if k == i => cx.err(format!("{p}.needs[{j}]"), "a step cannot need itself"),
+                    Some(&k) if k == i => {
+                        cx.err(format!("{p}.needs[{j}]"), "a step cannot need itself")
+                    }
                     Some(&k) => deps.push(k),
-                    None => cx.err(format!("{p}.needs[{j}]"), format!("no step has the id '{n}'")),
+                    None => cx.err(
+                        format!("{p}.needs[{j}]"),
+                        format!("no step has the id '{n}'"),
+                    ),
                 }
             }
             deps.sort_unstable();
@@ -229,11 +282,24 @@ fn compile_step(
             deps
         }
     };
-    let condition = s.condition.as_deref().and_then(|c| cx.expr(&format!("{p}.if"), c));
-    let timeout = s.timeout.as_ref().and_then(|t| cx.duration(&format!("{p}.timeout"), t));
-    for (field, set) in [("on_error", s.on_error.is_some()), ("rate_limit", s.rate_limit.is_some()), ("credential", s.credential.is_some())] {
+    let condition = s
+        .condition
+        .as_deref()
+        .and_then(|c| cx.expr(&format!("{p}.if"), c));
+    let timeout = s
+        .timeout
+        .as_ref()
+        .and_then(|t| cx.duration(&format!("{p}.timeout"), t));
+    for (field, set) in [
+        ("on_error", s.on_error.is_some()),
+        ("rate_limit", s.rate_limit.is_some()),
+        ("credential", s.credential.is_some()),
+    ] {
         if set {
-            cx.err(format!("{p}.{field}"), format!("`{field}` is not available in this version of Weft yet"));
+            cx.err(
+                format!("{p}.{field}"),
+                format!("`{field}` is not available in this version of Weft yet"),
+            );
         }
     }
 
@@ -251,37 +317,67 @@ fn compile_step(
     }
     let kind_name = kinds[0];
     if s.input.is_some() && !matches!(kind_name, "action" | "subflow") {
-        cx.err(format!("{p}.input"), "`input` belongs to `action` and `subflow` steps");
+        cx.err(
+            format!("{p}.input"),
+            "`input` belongs to `action` and `subflow` steps",
+        );
     }
     if (s.cases.is_some()) && kind_name != "switch" {
         cx.err(format!("{p}.cases"), "`cases` belongs to `switch` steps");
     }
     if (s.steps.is_some() || s.concurrency.is_some()) && kind_name != "for_each" {
-        cx.err(format!("{p}.steps"), "`steps` and `concurrency` belong to `for_each` steps");
+        cx.err(
+            format!("{p}.steps"),
+            "`steps` and `concurrency` belong to `for_each` steps",
+        );
     }
 
     let mut retry = RetryPolicy::none();
     let kind = match kind_name {
-        "transform" => s.transform.as_deref().and_then(|t| cx.expr(&format!("{p}.transform"), t)).map(StepKind::Transform),
+        "transform" => s
+            .transform
+            .as_deref()
+            .and_then(|t| cx.expr(&format!("{p}.transform"), t))
+            .map(StepKind::Transform),
         "action" => {
             retry = RetryPolicy::action_default();
             compile_action(&p, s, catalog, cx)
         }
         "respond" => {
             let r = s.respond.clone().unwrap_or_default();
-            let status = cx.tvalue(&format!("{p}.respond.status"), &r.status.unwrap_or(Value::from(200)));
-            if let Some(Value::Number(n)) = &s.respond.as_ref().and_then(|r| r.status.clone()) {
-                if !n.as_u64().is_some_and(|n| (200..=599).contains(&n)) {
-                    cx.err(format!("{p}.respond.status"), "must be an HTTP status between 200 and 599");
-                }
+            let status = cx.tvalue(
+                &format!("{p}.respond.status"),
+                &r.status.unwrap_or(Value::from(200)),
+            );
+            if let Some(Value::Number(n)) = &s.respond.as_ref().and_then(|r| r.status.clone())
+                && !n.as_u64().is_some_and(|n| (200..=599).contains(&n))
+            {
+                cx.err(
+                    format!("{p}.respond.status"),
+                    "must be an HTTP status between 200 and 599",
+                );
             }
-            let headers = cx.tvalue(&format!("{p}.respond.headers"), &Value::Object(r.headers.unwrap_or_default()));
+            let headers = cx.tvalue(
+                &format!("{p}.respond.headers"),
+                &Value::Object(r.headers.unwrap_or_default()),
+            );
             let body = cx.tvalue(&format!("{p}.respond.body"), &r.body.unwrap_or(Value::Null));
-            Some(StepKind::Respond { status: status?, headers: headers?, body: body? })
+            Some(StepKind::Respond {
+                status: status?,
+                headers: headers?,
+                body: body?,
+            })
         }
-        "fail" => s.fail.as_deref().and_then(|m| cx.tvalue(&format!("{p}.fail"), &Value::String(m.to_string()))).map(StepKind::Fail),
+        "fail" => s
+            .fail
+            .as_deref()
+            .and_then(|m| cx.tvalue(&format!("{p}.fail"), &Value::String(m.to_string())))
+            .map(StepKind::Fail),
         other => {
-            cx.err(format!("{p}.{other}"), format!("`{other}` steps are not available in this version of Weft yet"));
+            cx.err(
+                format!("{p}.{other}"),
+                format!("`{other}` steps are not available in this version of Weft yet"),
+            );
             None
         }
     };
@@ -302,46 +398,80 @@ fn compile_step(
     })
 }
 
-fn compile_action(p: &str, s: &StepDef, catalog: &dyn ActionCatalog, cx: &mut Ctx) -> Option<StepKind> {
+fn compile_action(
+    p: &str,
+    s: &StepDef,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Option<StepKind> {
     let spec = s.action.as_deref().unwrap_or_default();
     let (name, version) = match spec.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (spec, None),
     };
     let Some((connector, action)) = name.split_once('.') else {
-        cx.err(format!("{p}.action"), format!("'{spec}' must be written connector.action, e.g. http.request"));
+        cx.err(
+            format!("{p}.action"),
+            format!("'{spec}' must be written connector.action, e.g. http.request"),
+        );
         return None;
     };
-    if let Some(v) = version {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            cx.err(format!("{p}.action"), format!("'{v}' is not a version (use e.g. http.request@1.0.0)"));
-            return None;
-        }
+    if let Some(v) = version
+        && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    {
+        cx.err(
+            format!("{p}.action"),
+            format!("'{v}' is not a version (use e.g. http.request@1.0.0)"),
+        );
+        return None;
     }
     if !catalog.has_action(connector, action, version) {
         cx.err(
             format!("{p}.action"),
-            format!("unknown action '{name}'{}; `weft connectors list` shows the available ones", version.map(|v| format!(" at version {v}")).unwrap_or_default()),
+            format!(
+                "unknown action '{name}'{}; `weft connectors list` shows the available ones",
+                version
+                    .map(|v| format!(" at version {v}"))
+                    .unwrap_or_default()
+            ),
         );
         return None;
     }
-    let input = cx.tvalue(&format!("{p}.input"), s.input.as_ref().unwrap_or(&Value::Object(Default::default())))?;
-    Some(StepKind::Action { connector: connector.into(), action: action.into(), version: version.map(Into::into), input })
+    let input = cx.tvalue(
+        &format!("{p}.input"),
+        s.input
+            .as_ref()
+            .unwrap_or(&Value::Object(Default::default())),
+    )?;
+    Some(StepKind::Action {
+        connector: connector.into(),
+        action: action.into(),
+        version: version.map(Into::into),
+        input,
+    })
 }
 
-fn compile_retry(p: &str, r: &crate::model::RetryDef, mut base: RetryPolicy, cx: &mut Ctx) -> RetryPolicy {
+fn compile_retry(
+    p: &str,
+    r: &crate::model::RetryDef,
+    mut base: RetryPolicy,
+    cx: &mut Ctx,
+) -> RetryPolicy {
     if let Some(n) = r.max_attempts {
         if n == 0 || n > 100 {
-            cx.err(format!("{p}.retry.max_attempts"), "must be between 1 and 100");
+            cx.err(
+                format!("{p}.retry.max_attempts"),
+                "must be between 1 and 100",
+            );
         }
         base.max_attempts = n;
     } else if base.max_attempts == 1 {
         base.max_attempts = 3;
     }
-    if let Some(d) = &r.initial {
-        if let Some(d) = cx.duration(&format!("{p}.retry.initial"), d) {
-            base.initial = d;
-        }
+    if let Some(d) = &r.initial
+        && let Some(d) = cx.duration(&format!("{p}.retry.initial"), d)
+    {
+        base.initial = d;
     }
     if let Some(b) = r.backoff {
         if !(1.0..=10.0).contains(&b) {
@@ -349,13 +479,16 @@ fn compile_retry(p: &str, r: &crate::model::RetryDef, mut base: RetryPolicy, cx:
         }
         base.backoff = b;
     }
-    if let Some(d) = &r.max {
-        if let Some(d) = cx.duration(&format!("{p}.retry.max"), d) {
-            base.max = d;
-        }
+    if let Some(d) = &r.max
+        && let Some(d) = cx.duration(&format!("{p}.retry.max"), d)
+    {
+        base.max = d;
     }
     if base.max < base.initial {
-        cx.err(format!("{p}.retry.max"), "must not be shorter than `initial`");
+        cx.err(
+            format!("{p}.retry.max"),
+            "must not be shorter than `initial`",
+        );
     }
     base
 }
@@ -382,8 +515,14 @@ fn check_cycles(steps: &[CompiledStep], cx: &mut Ctx) {
         }
     }
     if seen != n {
-        let cyc: Vec<&str> = (0..n).filter(|&i| indegree[i] > 0).map(|i| steps[i].id.as_str()).collect();
+        let cyc: Vec<&str> = (0..n)
+            .filter(|&i| indegree[i] > 0)
+            .map(|i| steps[i].id.as_str())
+            .collect();
         let first = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
-        cx.err(format!("steps[{first}].needs"), format!("`needs` forms a cycle through steps: {}", cyc.join(", ")));
+        cx.err(
+            format!("steps[{first}].needs"),
+            format!("`needs` forms a cycle through steps: {}", cyc.join(", ")),
+        );
     }
 }

@@ -59,7 +59,9 @@ fn needs_make_a_dag() {
 
 #[test]
 fn schedule_next_tick_in_time_zone() {
-    let c = check_ok("name: s\ntrigger:\n  schedule: { cron: '0 9 * * *', timezone: Europe/Paris }\nsteps:\n  - id: a\n    transform: '.'\n");
+    let c = check_ok(
+        "name: s\ntrigger:\n  schedule: { cron: '0 9 * * *', timezone: Europe/Paris }\nsteps:\n  - id: a\n    transform: '.'\n",
+    );
     // 2026-01-01T00:00Z -> 09:00 Paris = 08:00Z
     let next = c.trigger.next_tick_after(1_767_225_600_000).unwrap();
     assert_eq!(next, 1_767_225_600_000 + 8 * 3600 * 1000);
@@ -71,45 +73,136 @@ fn rejects_with_field_paths() {
     check_err("{\"name\": ", &[""]);
     check_err("- 1\n- 2\n", &[""]);
     check_err(&format!("{HEAD}steps: []\nbogus: 1\n"), &["bogus"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transfrom: '.'\n"), &["steps[0].transfrom"]);
-    check_err(&format!("{HEAD}steps: []\n"), &["steps"]);
-    check_err("name: 'bad name!'\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["name"]);
-    check_err("name: f\ntrigger: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger"]);
-    check_err("name: f\ntrigger:\n  manual: {}\n  webhook: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n  - id: a\n    transform: '.'\n"), &["steps[1].id"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    needs: [zz]\n    transform: '.'\n"), &["steps[0].needs[0]"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    needs: [a]\n    transform: '.'\n"), &["steps[0].needs[0]"]);
     check_err(
-        &format!("{HEAD}steps:\n  - id: a\n    needs: [b]\n    transform: '.'\n  - id: b\n    needs: [a]\n    transform: '.'\n"),
+        &format!("{HEAD}steps:\n  - id: a\n    transfrom: '.'\n"),
+        &["steps[0].transfrom"],
+    );
+    check_err(&format!("{HEAD}steps: []\n"), &["steps"]);
+    check_err(
+        "name: 'bad name!'\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["name"],
+    );
+    check_err(
+        "name: f\ntrigger: {}\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger"],
+    );
+    check_err(
+        "name: f\ntrigger:\n  manual: {}\n  webhook: {}\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n  - id: a\n    transform: '.'\n"),
+        &["steps[1].id"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    needs: [zz]\n    transform: '.'\n"),
+        &["steps[0].needs[0]"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    needs: [a]\n    transform: '.'\n"),
+        &["steps[0].needs[0]"],
+    );
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    needs: [b]\n    transform: '.'\n  - id: b\n    needs: [a]\n    transform: '.'\n"
+        ),
         &["steps[0].needs"],
     );
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: nope.thing\n"), &["steps[0].action"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: http.request@9.9.9\n"), &["steps[0].action"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: nodot\n"), &["steps[0].action"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.a | ('\n"), &["steps[0].transform"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    if: '.x =='\n    transform: '.'\n"), &["steps[0].if"]);
     check_err(
-        &format!("{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: 'x'\n      headers:\n        h: '{{{{ .a | ( }}}}'\n"),
+        &format!("{HEAD}steps:\n  - id: a\n    action: nope.thing\n"),
+        &["steps[0].action"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    action: http.request@9.9.9\n"),
+        &["steps[0].action"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    action: nodot\n"),
+        &["steps[0].action"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.a | ('\n"),
+        &["steps[0].transform"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    if: '.x =='\n    transform: '.'\n"),
+        &["steps[0].if"],
+    );
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: 'x'\n      headers:\n        h: '{{{{ .a | ( }}}}'\n"
+        ),
         &["steps[0].input.headers.h"],
     );
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: '{{{{ .a'\n"), &["steps[0].input.url"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    timeout: 10x\n"), &["steps[0].timeout"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ initial: soon }}\n"), &["steps[0].retry.initial"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: 0 }}\n"), &["steps[0].retry.max_attempts"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: -1 }}\n"), &["steps[0].retry.max_attempts"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    fail: stop\n"), &["steps[0]"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    name: x\n"), &["steps[0]"]);
-    check_err(&format!("{HEAD}steps:\n  - id: '1a'\n    transform: '.'\n"), &["steps[0].id"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    input: {{}}\n"), &["steps[0].input"]);
-    check_err("name: f\ntrigger:\n  schedule: { cron: 'every day' }\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.schedule.cron"]);
-    check_err("name: f\ntrigger:\n  schedule: { cron: '* * * * *', timezone: Mars/Olympus }\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.schedule.timezone"]);
-    check_err("name: f\ntrigger:\n  poll: {}\nsteps:\n  - id: a\n    transform: '.'\n", &["trigger.poll"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    for_each: '.x'\n"), &["steps[0].for_each"]);
-    check_err(&format!("{HEAD}steps:\n  - id: a\n    respond: {{ status: 99 }}\n"), &["steps[0].respond.status"]);
-    check_err(&format!("{HEAD}timeout: forever\nsteps:\n  - id: a\n    transform: '.'\n"), &["timeout"]);
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    action: http.request\n    input:\n      url: '{{{{ .a'\n"
+        ),
+        &["steps[0].input.url"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    timeout: 10x\n"),
+        &["steps[0].timeout"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ initial: soon }}\n"),
+        &["steps[0].retry.initial"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: 0 }}\n"),
+        &["steps[0].retry.max_attempts"],
+    );
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    transform: '.'\n    retry: {{ max_attempts: -1 }}\n"
+        ),
+        &["steps[0].retry.max_attempts"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    fail: stop\n"),
+        &["steps[0]"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    name: x\n"),
+        &["steps[0]"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: '1a'\n    transform: '.'\n"),
+        &["steps[0].id"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    input: {{}}\n"),
+        &["steps[0].input"],
+    );
+    check_err(
+        "name: f\ntrigger:\n  schedule: { cron: 'every day' }\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger.schedule.cron"],
+    );
+    check_err(
+        "name: f\ntrigger:\n  schedule: { cron: '* * * * *', timezone: Mars/Olympus }\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger.schedule.timezone"],
+    );
+    check_err(
+        "name: f\ntrigger:\n  poll: {}\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger.poll"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    for_each: '.x'\n"),
+        &["steps[0].for_each"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    respond: {{ status: 99 }}\n"),
+        &["steps[0].respond.status"],
+    );
+    check_err(
+        &format!("{HEAD}timeout: forever\nsteps:\n  - id: a\n    transform: '.'\n"),
+        &["timeout"],
+    );
     // several errors at once are all reported
     check_err(
-        &format!("{HEAD}steps:\n  - id: a\n    transform: '('\n  - id: b\n    needs: [q]\n    transform: '.'\n"),
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    transform: '('\n  - id: b\n    needs: [q]\n    transform: '.'\n"
+        ),
         &["steps[0].transform", "steps[1].needs[0]"],
     );
 }
@@ -122,8 +215,15 @@ fn hostile_inputs_do_not_panic() {
     assert!(parse_text(&deep_json).is_err());
     let big = "a".repeat(2 * 1024 * 1024);
     assert!(matches!(parse_text(&big), Err(FlowError::TooLarge { .. })));
-    let deep_expr = format!("{HEAD}steps:\n  - id: a\n    transform: '{}'\n", "(".repeat(10_000));
-    assert!(parse_text(&deep_expr).and_then(|d| compile(&d, &Catalog)).is_err());
+    let deep_expr = format!(
+        "{HEAD}steps:\n  - id: a\n    transform: '{}'\n",
+        "(".repeat(10_000)
+    );
+    assert!(
+        parse_text(&deep_expr)
+            .and_then(|d| compile(&d, &Catalog))
+            .is_err()
+    );
     // a billion-laughs style alias bomb
     let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
     assert!(parse_text(bomb).is_err());

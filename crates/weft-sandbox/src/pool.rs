@@ -34,10 +34,14 @@ pub enum SandboxError {
     #[error("{0}")]
     Eval(String),
     /// It ran past the time limit and was killed.
-    #[error("the expression ran longer than its {0:?} time limit and was stopped; make it cheaper or bound its loops")]
+    #[error(
+        "the expression ran longer than its {0:?} time limit and was stopped; make it cheaper or bound its loops"
+    )]
     Timeout(Duration),
     /// The worker died (out of memory or stack).
-    #[error("the expression exhausted its memory or stack limit ({limit_mib} MiB) and was stopped: {detail}")]
+    #[error(
+        "the expression exhausted its memory or stack limit ({limit_mib} MiB) and was stopped: {detail}"
+    )]
     Crashed {
         /// Exit status.
         detail: String,
@@ -66,7 +70,9 @@ pub struct SandboxPool {
 
 impl std::fmt::Debug for SandboxPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxPool").field("opts", &self.opts).finish()
+        f.debug_struct("SandboxPool")
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -74,7 +80,12 @@ impl SandboxPool {
     /// A pool; workers start on first use.
     pub fn new(opts: SandboxOptions) -> Self {
         let permits = Arc::new(Semaphore::new(opts.workers.max(1)));
-        Self { opts: Arc::new(opts), idle: Arc::default(), permits, kills: Arc::default() }
+        Self {
+            opts: Arc::new(opts),
+            idle: Arc::default(),
+            permits,
+            kills: Arc::default(),
+        }
     }
 
     /// Workers killed or crashed so far.
@@ -92,21 +103,38 @@ impl SandboxPool {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| SandboxError::Spawn(format!("{}: {e}", self.opts.program.display())))?;
-        let stdin = child.stdin.take().ok_or_else(|| SandboxError::Spawn("no stdin".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| SandboxError::Spawn("no stdout".into()))?;
-        Ok(Worker { child, stdin, stdout: BufReader::new(stdout) })
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| SandboxError::Spawn("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SandboxError::Spawn("no stdout".into()))?;
+        Ok(Worker {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
     }
 
     /// Evaluates jq `src` on `input` in a worker; returns all outputs.
     pub async fn eval_jq(&self, src: &str, input: &Value) -> Result<Vec<Value>, SandboxError> {
-        let _permit = self.permits.acquire().await.map_err(|_| SandboxError::Spawn("sandbox pool closed".into()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| SandboxError::Spawn("sandbox pool closed".into()))?;
         let worker = self.idle.lock().ok().and_then(|mut v| v.pop());
         let mut worker = match worker {
             Some(w) => w,
             None => self.spawn()?,
         };
-        let mut line = serde_json::to_string(&Request { src: src.to_string(), input: input.clone() })
-            .map_err(|e| SandboxError::Eval(format!("cannot encode the input: {e}")))?;
+        let mut line = serde_json::to_string(&Request {
+            src: src.to_string(),
+            input: input.clone(),
+        })
+        .map_err(|e| SandboxError::Eval(format!("cannot encode the input: {e}")))?;
         line.push('\n');
         let exchange = async {
             worker.stdin.write_all(line.as_bytes()).await?;
@@ -117,14 +145,16 @@ impl SandboxPool {
         };
         match tokio::time::timeout(self.opts.timeout, exchange).await {
             Err(_) => {
-                self.kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.kills
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = worker.child.start_kill();
                 let _ = worker.child.wait().await;
                 Err(SandboxError::Timeout(self.opts.timeout))
             }
             Ok(Ok((n, answer))) if n > 0 => {
-                let resp: Response = serde_json::from_str(&answer)
-                    .map_err(|e| SandboxError::Eval(format!("the sandbox sent an unreadable answer: {e}")))?;
+                let resp: Response = serde_json::from_str(&answer).map_err(|e| {
+                    SandboxError::Eval(format!("the sandbox sent an unreadable answer: {e}"))
+                })?;
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.push(worker);
                 }
@@ -135,10 +165,19 @@ impl SandboxPool {
             }
             Ok(_) => {
                 // EOF or broken pipe: the worker died mid-evaluation.
-                self.kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.kills
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = worker.child.start_kill();
-                let status = worker.child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                Err(SandboxError::Crashed { detail: status, limit_mib: self.opts.memory_bytes / (1024 * 1024) })
+                let status = worker
+                    .child
+                    .wait()
+                    .await
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                Err(SandboxError::Crashed {
+                    detail: status,
+                    limit_mib: self.opts.memory_bytes / (1024 * 1024),
+                })
             }
         }
     }

@@ -27,7 +27,8 @@ pub fn worker_main(memory_bytes: u64) -> std::io::Result<()> {
             },
             Err(e) => Response::Err(format!("bad sandbox request: {e}")),
         };
-        let mut text = serde_json::to_string(&resp).unwrap_or_else(|e| format!("{{\"err\":\"cannot encode output: {e}\"}}"));
+        let mut text = serde_json::to_string(&resp)
+            .unwrap_or_else(|e| format!("{{\"err\":\"cannot encode output: {e}\"}}"));
         if text.len() > MAX_OUTPUT_BYTES {
             text = serde_json::to_string(&Response::Err(format!(
                 "the expression's output is {} bytes; the limit is {MAX_OUTPUT_BYTES}",
@@ -45,7 +46,10 @@ pub fn worker_main(memory_bytes: u64) -> std::io::Result<()> {
 #[allow(unsafe_code)]
 fn limit_resources(memory_bytes: u64) {
     let set = |res, soft: u64| {
-        let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: soft as libc::rlim_t };
+        let lim = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: soft as libc::rlim_t,
+        };
         // SAFETY: setrlimit only reads the struct we pass; it affects this process alone.
         unsafe { libc::setrlimit(res, &lim) };
     };

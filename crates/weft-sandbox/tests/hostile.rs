@@ -19,12 +19,18 @@ fn pool(workers: usize) -> SandboxPool {
 #[tokio::test]
 async fn ordinary_filters_work() {
     let p = pool(1);
-    let out = p.eval_jq("[.a[] | . * 2] | add", &json!({"a": [1, 2, 3]})).await.unwrap();
+    let out = p
+        .eval_jq("[.a[] | . * 2] | add", &json!({"a": [1, 2, 3]}))
+        .await
+        .unwrap();
     assert_eq!(out, vec![json!(12)]);
     let err = p.eval_jq(".a.b", &json!({"a": 1})).await.unwrap_err();
     assert!(matches!(err, SandboxError::Eval(_)), "{err:?}");
     // the worker survived a jq error
-    assert_eq!(p.eval_jq("1, 2", &json!(null)).await.unwrap(), vec![json!(1), json!(2)]);
+    assert_eq!(
+        p.eval_jq("1, 2", &json!(null)).await.unwrap(),
+        vec![json!(1), json!(2)]
+    );
     assert_eq!(p.kills(), 0);
 }
 
@@ -42,15 +48,22 @@ async fn hostile_filters_fail_within_limits_and_the_pool_recovers() {
     let mut handles = Vec::new();
     for src in cases {
         let p = p.clone();
-        handles.push(tokio::spawn(async move { (src, p.eval_jq(src, &json!(null)).await) }));
+        handles.push(tokio::spawn(async move {
+            (src, p.eval_jq(src, &json!(null)).await)
+        }));
     }
     for h in handles {
         let (src, res) = h.await.unwrap();
         match res {
-            Err(SandboxError::Timeout(_) | SandboxError::Crashed { .. } | SandboxError::Eval(_)) => {}
+            Err(
+                SandboxError::Timeout(_) | SandboxError::Crashed { .. } | SandboxError::Eval(_),
+            ) => {}
             other => panic!("{src}: expected a limit error, got {other:?}"),
         }
     }
     assert!(p.kills() >= 3, "kills: {}", p.kills());
-    assert_eq!(p.eval_jq(".x + 1", &json!({"x": 41})).await.unwrap(), vec![json!(42)]);
+    assert_eq!(
+        p.eval_jq(".x + 1", &json!({"x": 41})).await.unwrap(),
+        vec![json!(42)]
+    );
 }

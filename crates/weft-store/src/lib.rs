@@ -39,7 +39,9 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
-            rusqlite::Error::SqliteFailure(f, ref m) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            rusqlite::Error::SqliteFailure(f, ref m)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 StoreError::Conflict(m.clone().unwrap_or_else(|| "constraint violated".into()))
             }
             other => StoreError::Db(other.to_string()),

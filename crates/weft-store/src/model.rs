@@ -1,7 +1,9 @@
 //! Records the store reads and writes. Plain data; JSON columns are `serde_json::Value`.
 
 use serde_json::Value;
-use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, WorkspaceId};
+use weft_types::{
+    FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, WorkspaceId,
+};
 
 /// A flow's current state (its definition lives in [`FlowVersion`]s).
 #[derive(Debug, Clone)]

@@ -46,11 +46,20 @@ impl ManualClock {
     /// A manual clock starting at `start` epoch milliseconds.
     pub fn new(start: Millis) -> Self {
         let (tick, _) = tokio::sync::watch::channel(start);
-        Self { inner: Arc::new(ManualInner { now: AtomicI64::new(start), tick }) }
+        Self {
+            inner: Arc::new(ManualInner {
+                now: AtomicI64::new(start),
+                tick,
+            }),
+        }
     }
     /// Moves time forward and wakes every sleeper whose deadline has passed.
     pub fn advance(&self, d: Duration) {
-        let now = self.inner.now.fetch_add(d.as_millis() as i64, Ordering::SeqCst) + d.as_millis() as i64;
+        let now = self
+            .inner
+            .now
+            .fetch_add(d.as_millis() as i64, Ordering::SeqCst)
+            + d.as_millis() as i64;
         self.inner.tick.send_replace(now);
     }
     /// Number of tasks currently sleeping on this clock.
@@ -94,7 +103,11 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!h.is_finished());
         c.advance(Duration::from_secs(1));
-        assert!(tokio::time::timeout(Duration::from_secs(5), h).await.is_ok());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), h)
+                .await
+                .is_ok()
+        );
         assert_eq!(c.now_ms(), 6_000);
     }
 }

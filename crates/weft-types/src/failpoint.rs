@@ -10,7 +10,12 @@ static ACTIVE: OnceLock<Vec<String>> = OnceLock::new();
 pub fn failpoint(name: &str) {
     let active = ACTIVE.get_or_init(|| {
         std::env::var("WEFT_FAILPOINTS")
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     });
     if !active.is_empty() && active.iter().any(|a| a == name) {

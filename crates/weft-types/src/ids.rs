@@ -110,8 +110,16 @@ mod tests {
         assert!(s.parse::<FlowId>().is_err());
         assert!("run_xyz".parse::<RunId>().is_err());
         assert!("run_".parse::<RunId>().is_err());
-        assert!("run_0123456789abcdef0123456789abcdeg".parse::<RunId>().is_err());
-        assert!("run_0123456789abcdef0123456789abcdef".parse::<RunId>().is_ok());
+        assert!(
+            "run_0123456789abcdef0123456789abcdeg"
+                .parse::<RunId>()
+                .is_err()
+        );
+        assert!(
+            "run_0123456789abcdef0123456789abcdef"
+                .parse::<RunId>()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -7,9 +7,11 @@ mod failpoint;
 mod ids;
 mod status;
 
-pub use failpoint::failpoint;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId, random_secret};
+pub use failpoint::failpoint;
+pub use ids::{
+    FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId, random_secret,
+};
 pub use status::{RunStatus, StepStatus};
 
 /// The tenant and workspace every stored object belongs to; every store call takes one.

@@ -54,7 +54,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while url.is_none() || hello_curl.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else { break };
+            let Ok(line) = rx.recv_timeout(left) else {
+                break;
+            };
             if let Some(rest) = line.strip_prefix("Weft is serving on ") {
                 url = Some(rest.split_whitespace().next().unwrap().to_string());
             }
@@ -66,7 +68,13 @@ impl Server {
             }
         }
         let url = url.unwrap_or_else(|| panic!("weft serve did not print its URL"));
-        Server { child, url, key: found_key.expect("no API key"), data: data.to_path_buf(), hello_curl }
+        Server {
+            child,
+            url,
+            key: found_key.expect("no API key"),
+            data: data.to_path_buf(),
+            hello_curl,
+        }
     }
 
     /// kill -9.
@@ -89,7 +97,12 @@ impl Server {
 
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(weft_bin()).args(args).env("WEFT_URL", &self.url).env("WEFT_API_KEY", &self.key).output().unwrap()
+        Command::new(weft_bin())
+            .args(args)
+            .env("WEFT_URL", &self.url)
+            .env("WEFT_API_KEY", &self.key)
+            .output()
+            .unwrap()
     }
 
     /// Runs the CLI with `--json` and parses stdout; panics with stderr on failure.
@@ -97,8 +110,17 @@ impl Server {
         let mut a = args.to_vec();
         a.push("--json");
         let out = self.cli(&a);
-        assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("weft {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "weft {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "weft {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Applies a flow given as YAML text.
@@ -118,16 +140,27 @@ impl Server {
             if matches!(st.as_str(), "succeeded" | "failed" | "cancelled") {
                 return r;
             }
-            assert!(Instant::now() < deadline, "run {run} still {st} after {within:?}: {r}");
+            assert!(
+                Instant::now() < deadline,
+                "run {run} still {st} after {within:?}: {r}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// GET on the API with the key.
     pub fn api_get(&self, path: &str) -> (u16, Value) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let r = reqwest::Client::new().get(format!("{}{path}", self.url)).bearer_auth(&self.key).send().await.unwrap();
+            let r = reqwest::Client::new()
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(&self.key)
+                .send()
+                .await
+                .unwrap();
             let st = r.status().as_u16();
             (st, r.json().await.unwrap_or(Value::Null))
         })
@@ -171,7 +204,11 @@ impl Sink {
         let rec = received.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let h = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
@@ -182,10 +219,20 @@ impl Sink {
                     let statuses = statuses.clone();
                     async move {
                         let path = req.uri().path().to_string();
-                        let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-                        let bytes = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+                        let key = req
+                            .headers()
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        let bytes = axum::body::to_bytes(req.into_body(), 1 << 24)
+                            .await
+                            .unwrap_or_default();
                         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        rec.lock().unwrap().push(Received { path, idempotency_key: key, body });
+                        rec.lock().unwrap().push(Received {
+                            path,
+                            idempotency_key: key,
+                            body,
+                        });
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
@@ -193,14 +240,21 @@ impl Sink {
                             let mut s = statuses.lock().unwrap();
                             if s.is_empty() { 200 } else { s.remove(0) }
                         };
-                        (axum::http::StatusCode::from_u16(st).unwrap(), axum::Json(serde_json::json!({"ok": st < 400})))
+                        (
+                            axum::http::StatusCode::from_u16(st).unwrap(),
+                            axum::Json(serde_json::json!({"ok": st < 400})),
+                        )
                     }
                 });
                 axum::serve(listener, app).await.unwrap();
             });
         });
         let addr = rx.recv().unwrap();
-        Sink { url: format!("http://{addr}"), received, _rt: h }
+        Sink {
+            url: format!("http://{addr}"),
+            received,
+            _rt: h,
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -214,15 +268,24 @@ impl Sink {
 
 /// POSTs JSON to a webhook; returns (status, body) or None if the connection dropped.
 pub fn post_hook(url: &str, body: &str, headers: &[(&str, &str)]) -> Option<(u16, Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_string());
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let r = req.send().await.ok()?;
         let st = r.status().as_u16();
         let text = r.text().await.ok()?;
-        Some((st, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Some((
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     })
 }

@@ -7,7 +7,6 @@
 
 mod ops;
 
-
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -16,8 +15,6 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-
-
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -44,7 +41,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -60,10 +59,10 @@ impl Drop for Inner {
         if let Ok(mut w) = self.writer.lock() {
             w.take();
         }
-        if let Ok(mut t) = self.writer_thread.lock() {
-            if let Some(t) = t.take() {
-                let _ = t.join();
-            }
+        if let Ok(mut t) = self.writer_thread.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
         }
     }
 }
@@ -72,7 +71,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -85,12 +86,15 @@ impl SqliteStore {
     /// Opens (creating if needed) the database, applies migrations, starts the writer thread.
     pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = opts.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         }
         let writer = open_conn(&opts.path, false)?;
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Db(format!("could not enable WAL mode (got {mode})")));
+            return Err(StoreError::Db(format!(
+                "could not enable WAL mode (got {mode})"
+            )));
         }
         migrate(&writer)?;
         let mut readers = Vec::new();
@@ -168,24 +172,32 @@ impl SqliteStore {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
-    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
-    if let Some((latest, _)) = MIGRATIONS.last() {
-        if current > *latest {
-            return Err(StoreError::Db(format!(
-                "the database schema is version {current}, newer than this Weft ({latest}); upgrade Weft"
-            )));
-        }
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some((latest, _)) = MIGRATIONS.last()
+        && current > *latest
+    {
+        return Err(StoreError::Db(format!(
+            "the database schema is version {current}, newer than this Weft ({latest}); upgrade Weft"
+        )));
     }
     for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
-        tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))", [v])?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))",
+            [v],
+        )?;
         tx.commit()?;
     }
     Ok(())

@@ -3,7 +3,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use weft_types::{
-    FlowId, HookId, KeyId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, UserId, WorkspaceId, random_secret,
+    FlowId, HookId, KeyId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, UserId,
+    WorkspaceId, random_secret,
 };
 
 use super::SqliteStore;
@@ -11,11 +12,15 @@ use crate::model::*;
 use crate::{StoreError, hash_secret, scope_strs};
 
 fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
-    s.parse().map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
 }
 
 fn json(s: Option<String>) -> Result<Option<Value>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))).transpose()
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+    })
+    .transpose()
 }
 
 fn to_json(v: &Value) -> String {
@@ -31,7 +36,10 @@ fn flow_row(r: &Row<'_>) -> rusqlite::Result<[Option<String>; 5]> {
 fn read_flow(r: &Row<'_>) -> Result<FlowRecord, StoreError> {
     let [t, w, id, name, hook] = flow_row(r)?;
     Ok(FlowRecord {
-        scope: Scope { tenant: parse(t.unwrap_or_default(), "tenant id")?, workspace: parse(w.unwrap_or_default(), "workspace id")? },
+        scope: Scope {
+            tenant: parse(t.unwrap_or_default(), "tenant id")?,
+            workspace: parse(w.unwrap_or_default(), "workspace id")?,
+        },
         id: parse(id.unwrap_or_default(), "flow id")?,
         name: name.unwrap_or_default(),
         hook_id: parse(hook.unwrap_or_default(), "hook id")?,
@@ -48,12 +56,16 @@ fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
     let status: String = r.get(6)?;
     Ok((
         RunRecord {
-            scope: Scope { tenant: parse(r.get(0)?, "tenant id")?, workspace: parse(r.get(1)?, "workspace id")? },
+            scope: Scope {
+                tenant: parse(r.get(0)?, "tenant id")?,
+                workspace: parse(r.get(1)?, "workspace id")?,
+            },
             id: parse(r.get(2)?, "run id")?,
             flow_id: parse(r.get(3)?, "flow id")?,
             flow_name: r.get(4)?,
             flow_version: r.get(5)?,
-            status: RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?,
+            status: RunStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?,
             trigger: json(r.get(7)?)?.unwrap_or(Value::Null),
             output: json(r.get(8)?)?,
             error: r.get(9)?,
@@ -70,7 +82,8 @@ fn read_step(r: &Row<'_>) -> Result<StepRecord, StoreError> {
     Ok(StepRecord {
         step_id: r.get(0)?,
         idx: r.get(1)?,
-        status: StepStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
+        status: StepStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
         attempts: r.get(3)?,
         output: json(r.get(4)?)?,
         error: r.get(5)?,
@@ -92,7 +105,14 @@ fn steps_of(c: &Connection, t: &str, w: &str, run: &str) -> Result<Vec<StepRecor
     Ok(out)
 }
 
-fn insert_logs(c: &Connection, t: &str, w: &str, run: &str, now: Millis, logs: &[NewLog]) -> Result<(), StoreError> {
+fn insert_logs(
+    c: &Connection,
+    t: &str,
+    w: &str,
+    run: &str,
+    now: Millis,
+    logs: &[NewLog],
+) -> Result<(), StoreError> {
     if logs.is_empty() {
         return Ok(());
     }
@@ -117,7 +137,10 @@ fn insert_run_tx(c: &Connection, r: &NewRun) -> Result<Inserted, StoreError> {
             .optional()?;
         if let Some((id, created)) = existing {
             if r.now - created < r.dedupe_window_ms {
-                return Ok(Inserted { run_id: parse(id, "run id")?, duplicate: true });
+                return Ok(Inserted {
+                    run_id: parse(id, "run id")?,
+                    duplicate: true,
+                });
             }
             // Outside the window: the old run keeps its data but gives up the key.
             c.prepare_cached("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3")?
@@ -129,10 +152,17 @@ fn insert_run_tx(c: &Connection, r: &NewRun) -> Result<Inserted, StoreError> {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)",
     )?
     .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, to_json(&r.trigger), r.dedupe_key, r.now])?;
-    Ok(Inserted { run_id: r.id, duplicate: false })
+    Ok(Inserted {
+        run_id: r.id,
+        duplicate: false,
+    })
 }
 
-fn new_workspace_and_key(c: &Connection, tenant: TenantId, now: Millis) -> Result<(WorkspaceId, String), StoreError> {
+fn new_workspace_and_key(
+    c: &Connection,
+    tenant: TenantId,
+    now: Millis,
+) -> Result<(WorkspaceId, String), StoreError> {
     let ws = WorkspaceId::new();
     c.execute(
         "INSERT INTO workspaces (tenant_id, id, slug, name, created_at) VALUES (?1, ?2, 'default', 'Default', ?3)",
@@ -146,15 +176,27 @@ fn new_workspace_and_key(c: &Connection, tenant: TenantId, now: Millis) -> Resul
     Ok((ws, secret))
 }
 
-fn create_tenant_tx(c: &Connection, name: &str, email: &str, now: Millis) -> Result<Bootstrap, StoreError> {
+fn create_tenant_tx(
+    c: &Connection,
+    name: &str,
+    email: &str,
+    now: Millis,
+) -> Result<Bootstrap, StoreError> {
     let tenant = TenantId::new();
-    c.execute("INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)", params![tenant.to_string(), name, now])?;
+    c.execute(
+        "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+        params![tenant.to_string(), name, now],
+    )?;
     c.execute(
         "INSERT INTO users (tenant_id, id, email, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![tenant.to_string(), UserId::new().to_string(), email, now],
     )?;
     let (workspace, owner_key) = new_workspace_and_key(c, tenant, now)?;
-    Ok(Bootstrap { tenant, workspace, owner_key })
+    Ok(Bootstrap {
+        tenant,
+        workspace,
+        owner_key,
+    })
 }
 
 impl SqliteStore {
@@ -173,9 +215,15 @@ impl SqliteStore {
     }
 
     /// Creates a tenant with its `default` workspace and owner; returns the owner key (once).
-    pub async fn create_tenant(&self, name: &str, owner_email: &str, now: Millis) -> Result<Bootstrap, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        owner_email: &str,
+        now: Millis,
+    ) -> Result<Bootstrap, StoreError> {
         let (name, email) = (name.to_string(), owner_email.to_string());
-        self.write(move |c| create_tenant_tx(c, &name, &email, now)).await
+        self.write(move |c| create_tenant_tx(c, &name, &email, now))
+            .await
     }
 
     /// System: resolves an API key secret to its identity, if the key exists and is not revoked.
@@ -187,10 +235,26 @@ impl SqliteStore {
                  JOIN workspaces w ON w.tenant_id = k.tenant_id AND w.id = k.workspace_id
                  WHERE k.secret_hash = ?1 AND k.revoked_at IS NULL",
             )?
-            .query_row([hash], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_row([hash], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
             .optional()?
             .map(|(t, w, slug, role, id)| {
-                Ok(KeyIdentity { scope: Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? }, workspace_slug: slug, role, key_id: id })
+                Ok(KeyIdentity {
+                    scope: Scope {
+                        tenant: parse(t, "tenant id")?,
+                        workspace: parse(w, "workspace id")?,
+                    },
+                    workspace_slug: slug,
+                    role,
+                    key_id: id,
+                })
             })
             .transpose()
         })
@@ -200,7 +264,14 @@ impl SqliteStore {
     // ---- flows ----------------------------------------------------------------------------
 
     /// Creates the flow or saves a new version of it; publishes the new version when `publish`.
-    pub async fn save_flow(&self, scope: Scope, name: &str, definition: Value, publish: bool, now: Millis) -> Result<FlowRecord, StoreError> {
+    pub async fn save_flow(
+        &self,
+        scope: Scope,
+        name: &str,
+        definition: Value,
+        publish: bool,
+        now: Millis,
+    ) -> Result<FlowRecord, StoreError> {
         let name = name.to_string();
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
@@ -253,7 +324,12 @@ impl SqliteStore {
     }
 
     /// Flows of a workspace ordered by name, after the `after` name (cursor).
-    pub async fn list_flows(&self, scope: Scope, after: Option<String>, limit: usize) -> Result<Vec<FlowRecord>, StoreError> {
+    pub async fn list_flows(
+        &self,
+        scope: Scope,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<FlowRecord>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let sql = format!("SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND name > ?3 ORDER BY name LIMIT ?4");
@@ -269,7 +345,12 @@ impl SqliteStore {
     }
 
     /// One version of a flow.
-    pub async fn flow_version(&self, scope: Scope, flow: FlowId, version: i64) -> Result<FlowVersion, StoreError> {
+    pub async fn flow_version(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        version: i64,
+    ) -> Result<FlowVersion, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let (def, created_at): (String, Millis) = c
@@ -281,7 +362,11 @@ impl SqliteStore {
     }
 
     /// Every version of a flow, newest first.
-    pub async fn list_versions(&self, scope: Scope, flow: FlowId) -> Result<Vec<FlowVersion>, StoreError> {
+    pub async fn list_versions(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+    ) -> Result<Vec<FlowVersion>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let mut st = c.prepare_cached(
@@ -298,7 +383,13 @@ impl SqliteStore {
     }
 
     /// Makes `version` the active one.
-    pub async fn publish(&self, scope: Scope, flow: FlowId, version: i64, now: Millis) -> Result<FlowRecord, StoreError> {
+    pub async fn publish(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        version: i64,
+        now: Millis,
+    ) -> Result<FlowRecord, StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let id = flow.to_string();
@@ -355,7 +446,12 @@ impl SqliteStore {
     // ---- schedules ----------------------------------------------------------------------
 
     /// Sets (or with `None`, removes) a flow's next schedule tick.
-    pub async fn set_schedule(&self, scope: Scope, flow: FlowId, next_tick: Option<Millis>) -> Result<(), StoreError> {
+    pub async fn set_schedule(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        next_tick: Option<Millis>,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             match next_tick {
@@ -372,7 +468,11 @@ impl SqliteStore {
     }
 
     /// System: schedules whose tick is at or before `now`.
-    pub async fn due_schedules(&self, now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError> {
+    pub async fn due_schedules(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<DueSchedule>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT tenant_id, workspace_id, flow_id, next_tick_at FROM schedules WHERE next_tick_at <= ?1 ORDER BY next_tick_at LIMIT ?2")?;
             let mut rows = st.query(params![now, limit as i64])?;
@@ -391,12 +491,18 @@ impl SqliteStore {
 
     /// System: the earliest pending schedule tick.
     pub async fn next_schedule_at(&self) -> Result<Option<Millis>, StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT MIN(next_tick_at) FROM schedules", [], |r| r.get(0))?)).await
+        self.read(|c| Ok(c.query_row("SELECT MIN(next_tick_at) FROM schedules", [], |r| r.get(0))?))
+            .await
     }
 
     /// Starts the run of a due tick (deduplicated on the tick) and moves the schedule to `next_tick`,
     /// in one transaction, only if the schedule still points at `tick_at` (another process may have fired it).
-    pub async fn fire_schedule(&self, run: NewRun, tick_at: Millis, next_tick: Option<Millis>) -> Result<Option<Inserted>, StoreError> {
+    pub async fn fire_schedule(
+        &self,
+        run: NewRun,
+        tick_at: Millis,
+        next_tick: Option<Millis>,
+    ) -> Result<Option<Inserted>, StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&run.scope);
             let flow = run.flow_id.to_string();
@@ -426,7 +532,13 @@ impl SqliteStore {
     }
 
     /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
-    pub async fn claim_runs(&self, owner: &str, now: Millis, lease_ms: Millis, limit: usize) -> Result<Vec<ClaimedRun>, StoreError> {
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
         let owner = owner.to_string();
         self.write(move |c| {
             let mut st = c.prepare_cached(&format!(
@@ -460,8 +572,13 @@ impl SqliteStore {
     /// System: extends the leases of every run `owner` is running.
     pub async fn renew_leases(&self, owner: &str, until: Millis) -> Result<usize, StoreError> {
         let owner = owner.to_string();
-        self.write(move |c| Ok(c.execute("UPDATE runs SET lease_expires = ?2 WHERE status = 'running' AND lease_owner = ?1", params![owner, until])?))
-            .await
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE runs SET lease_expires = ?2 WHERE status = 'running' AND lease_owner = ?1",
+                params![owner, until],
+            )?)
+        })
+        .await
     }
 
     /// System: returns runs whose lease expired (their worker died) to the queue.
@@ -499,7 +616,14 @@ impl SqliteStore {
 
     /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
     /// is no longer running under this owner (cancelled, or reclaimed after a lost lease).
-    pub async fn checkpoint_step(&self, scope: Scope, run: RunId, owner: &str, cp: StepCheckpoint, now: Millis) -> Result<bool, StoreError> {
+    pub async fn checkpoint_step(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        cp: StepCheckpoint,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let owner = owner.to_string();
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
@@ -554,7 +678,12 @@ impl SqliteStore {
     }
 
     /// Cancels a run that has not finished; returns its status afterwards.
-    pub async fn cancel_run(&self, scope: Scope, run: RunId, now: Millis) -> Result<RunStatus, StoreError> {
+    pub async fn cancel_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        now: Millis,
+    ) -> Result<RunStatus, StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
@@ -577,7 +706,13 @@ impl SqliteStore {
     }
 
     /// Appends log lines to a run.
-    pub async fn append_logs(&self, scope: Scope, run: RunId, logs: Vec<NewLog>, now: Millis) -> Result<(), StoreError> {
+    pub async fn append_logs(
+        &self,
+        scope: Scope,
+        run: RunId,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             insert_logs(c, &t, &w, &run.to_string(), now, &logs)
@@ -586,11 +721,17 @@ impl SqliteStore {
     }
 
     /// A run with its steps.
-    pub async fn get_run(&self, scope: Scope, run: RunId) -> Result<(RunRecord, Vec<StepRecord>), StoreError> {
+    pub async fn get_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>), StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
-            let sql = format!("SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3");
+            let sql = format!(
+                "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
+            );
             let mut st = c.prepare_cached(&sql)?;
             let mut rows = st.query(params![t, w, rid])?;
             let run = match rows.next()? {
@@ -604,7 +745,11 @@ impl SqliteStore {
     }
 
     /// Runs of a workspace, newest first, filtered.
-    pub async fn list_runs(&self, scope: Scope, f: RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+    pub async fn list_runs(
+        &self,
+        scope: Scope,
+        f: RunFilter,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let sql = format!(
@@ -632,7 +777,13 @@ impl SqliteStore {
     }
 
     /// Log lines of a run after sequence `after`.
-    pub async fn run_logs(&self, scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+    pub async fn run_logs(
+        &self,
+        scope: Scope,
+        run: RunId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let mut st = c.prepare_cached(
@@ -676,7 +827,9 @@ fn holds(c: &Connection, t: &str, w: &str, run: &str, owner: &str) -> Result<boo
 
 fn get_flow_tx(c: &Connection, scope: &Scope, id: &str) -> Result<FlowRecord, StoreError> {
     let (t, w) = scope_strs(scope);
-    let sql = format!("SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3");
+    let sql = format!(
+        "SELECT {FLOW_COLS} FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
+    );
     let mut st = c.prepare_cached(&sql)?;
     let mut rows = st.query(params![t, w, id])?;
     match rows.next()? {
@@ -688,7 +841,11 @@ fn get_flow_tx(c: &Connection, scope: &Scope, id: &str) -> Result<FlowRecord, St
 /// Workspace id for a slug in a tenant.
 impl SqliteStore {
     /// A workspace of `tenant` by slug.
-    pub async fn workspace_by_slug(&self, tenant: TenantId, slug: &str) -> Result<WorkspaceId, StoreError> {
+    pub async fn workspace_by_slug(
+        &self,
+        tenant: TenantId,
+        slug: &str,
+    ) -> Result<WorkspaceId, StoreError> {
         let slug = slug.to_string();
         self.read(move |c| {
             let id: String = c
@@ -711,7 +868,12 @@ impl SqliteStore {
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             )
             .optional()?
-            .map(|(t, w)| Ok(Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? }))
+            .map(|(t, w)| {
+                Ok(Scope {
+                    tenant: parse(t, "tenant id")?,
+                    workspace: parse(w, "workspace id")?,
+                })
+            })
             .transpose()
         })
         .await
@@ -721,6 +883,7 @@ impl SqliteStore {
 impl SqliteStore {
     /// The database's journal mode (`wal`), for checks.
     pub async fn journal_mode(&self) -> Result<String, StoreError> {
-        self.read(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)).await
+        self.read(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .await
     }
 }
