@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Weft: durable integration and workflow automation.
 #[derive(Parser, Debug)]
-#[command(name = "weft", version, about, propagate_version = true)]
+#[command(name = "weft", version, about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -133,4 +133,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::SandboxWorker { .. } => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

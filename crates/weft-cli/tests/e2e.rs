@@ -514,3 +514,58 @@ fn form_and_text_bodies_reach_the_trigger() {
         json!({"b": "just text", "q": "1"})
     );
 }
+
+#[test]
+fn respond_falls_back_to_202_and_drafts_publish_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior {
+        delay: Duration::from_millis(1500),
+        ..Default::default()
+    });
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let yaml = format!(
+        "name: slow\ntrigger:\n  webhook: {{ respond_timeout: 300ms }}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{}/slow' }}\n  - id: answer\n    respond: {{ status: 201, body: done }}\n",
+        sink.url
+    );
+    let flow = srv.apply(&yaml);
+    let (st, ack) = post_hook(flow["hook_url"].as_str().unwrap(), "{}", &[]).unwrap();
+    assert_eq!(
+        st, 202,
+        "the respond step came too late: intake acknowledged instead ({ack})"
+    );
+    let run = ack["run_id"].as_str().unwrap().to_string();
+    assert_eq!(srv.wait_run(&run, T)["status"], "succeeded");
+
+    // A draft version is not live until published; publishing it makes it the one that runs.
+    let dir2 = tempfile::tempdir().unwrap();
+    let f = dir2.path().join("v2.yaml");
+    std::fs::write(&f, "name: slow\ntrigger:\n  webhook: {}\nsteps:\n  - id: answer\n    respond: { status: 200, body: v2 }\n").unwrap();
+    let d = srv.cli_json(&["flow", "apply", f.to_str().unwrap(), "--draft"]);
+    assert_eq!(
+        (d["version"].as_i64(), d["published_version"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let p = srv.cli_json(&["flow", "publish", "slow", "--version", "2"]);
+    assert_eq!(p["published_version"], 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let resp = rt
+        .block_on(
+            reqwest::Client::new()
+                .post(flow["hook_url"].as_str().unwrap())
+                .body("{}")
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(rt.block_on(resp.text()).unwrap(), "v2");
+    let out = srv.cli(&["flow", "publish", "slow", "--version", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // schema and readiness
+    let schema = srv.cli_json(&["flow", "schema"]);
+    assert!(schema["properties"]["steps"].is_object(), "{schema}");
+    assert_eq!(srv.api_get("/readyz").0, 200);
+}

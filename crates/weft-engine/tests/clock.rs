@@ -277,3 +277,44 @@ async fn missed_schedule_ticks_fire_once_then_the_schedule_continues() {
         .sum();
     assert_eq!(total, 2, "ten missed ticks fired once, not ten times");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_timeout_fails_the_run_on_the_clock() {
+    let mut h = harness().await;
+    let (url, mut reqs) = sink(vec![], true).await;
+    h.apply(&format!(
+        "name: slow\ntimeout: 1m\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x', timeout: 300s }}\n"
+    ))
+    .await;
+    let run = h
+        .engine
+        .start_run(h.scope, "slow", serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .run_id;
+    reqs.recv().await.unwrap();
+    h.clock.advance(Duration::from_secs(61));
+    assert_eq!(h.run_finished().await, (run, RunStatus::Failed));
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert!(r.error.unwrap().contains("exceeded its 60.0s timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_with_continue_on_error_lets_dependents_run() {
+    let mut h = harness().await;
+    let (url, _reqs) = sink(vec![(400, None)], false).await;
+    h.apply(&format!(
+        "name: soft\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x' }}\n    continue_on_error: true\n  - id: after\n    transform: '.steps.call.status'\n"
+    ))
+    .await;
+    let run = h
+        .engine
+        .start_run(h.scope, "soft", serde_json::json!({}), None)
+        .await
+        .unwrap()
+        .run_id;
+    assert_eq!(h.run_finished().await, (run, RunStatus::Succeeded));
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(r.output, Some(serde_json::json!("failed")));
+    assert!(steps[0].error.as_deref().unwrap().contains("400"));
+}
