@@ -122,6 +122,7 @@ struct Phase {
     peak_kib: u64,
     peak_tree_kib: u64,
     hwm_kib: u64,
+    cpu: rss::CpuUse,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -208,6 +209,19 @@ fn analyze(sink: &Sink, p: &Phase) -> Analysis {
     }
 }
 
+/// Total size of the regular files in `dir` (not recursive).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -290,6 +304,10 @@ fn print_phase(p: &Phase, a: &Analysis) {
             a.sink_distinct - arrived
         );
     }
+    println!(
+        "  CPU (load)      weft {:.2} cores, weft-bench (load generator + sink) {:.2}, other processes {:.2}",
+        p.cpu.weft, p.cpu.bench, p.cpu.other
+    );
     if p.out.dup_acks > 0 {
         println!(
             "  note            {} webhook answers said \"duplicate\": true",
@@ -375,6 +393,8 @@ struct Ctx {
     url: String,
     key: String,
     mon: Arc<rss::Monitor>,
+    tck: u64,
+    data_dir: PathBuf,
 }
 
 async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
@@ -383,14 +403,17 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "weft-bench: {cores} cores; weft {} (pid {}) at {}; sweep {:?} × {} s; fixed rate {} req/s × {} s",
+        "weft-bench: {cores} cores; weft {} (pid {}) at {}; sweep {:?} × {} s; fixed rate: {}",
         cfg.weft.display(),
         ctx.pid,
         ctx.url,
         cfg.levels,
         cfg.duration.as_secs(),
-        cfg.rate,
-        cfg.duration.as_secs()
+        if cfg.rate > 0 {
+            format!("{} req/s × {} s", cfg.rate, cfg.duration.as_secs())
+        } else {
+            "skipped".into()
+        }
     );
     let sink = Sink::start().await?;
     println!("sink on http://{}", sink.addr);
@@ -488,7 +511,9 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         let printer = progress_printer(progress.clone(), sink.clone());
         let lo = ids.load(Ordering::Relaxed);
         let start = Instant::now();
+        let meter = rss::CpuMeter::start(ctx.pid, ctx.tck);
         let out = load::closed_loop(hook.clone(), n, cfg.duration, ids.clone(), progress).await;
+        let cpu = meter.finish();
         let hi = ids.load(Ordering::Relaxed);
         printer.abort();
         drain(&sink, &out.sent, cfg.drain_timeout, ctx.pid).await?;
@@ -503,6 +528,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             peak_kib,
             peak_tree_kib,
             hwm_kib: ctx.mon.hwm(),
+            cpu,
         };
         print_phase(&p, &analyze(&sink, &p));
         phases.push((p, Some(n)));
@@ -520,6 +546,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         let printer = progress_printer(progress.clone(), sink.clone());
         let lo = ids.load(Ordering::Relaxed);
         let start = Instant::now();
+        let meter = rss::CpuMeter::start(ctx.pid, ctx.tck);
         let out = load::open_loop(
             hook.clone(),
             cfg.rate,
@@ -529,6 +556,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             progress,
         )
         .await;
+        let cpu = meter.finish();
         let hi = ids.load(Ordering::Relaxed);
         printer.abort();
         drain(&sink, &out.sent, cfg.drain_timeout, ctx.pid).await?;
@@ -543,6 +571,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             peak_kib,
             peak_tree_kib,
             hwm_kib: ctx.mon.hwm(),
+            cpu,
         };
         let a = analyze(&sink, &p);
         print_phase(&p, &a);
@@ -566,7 +595,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
     let mut max_peak_tree = 0u64;
     println!("\n================ Weft benchmark summary ({cores} cores) ================");
     println!(
-        "{:>10} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5}  non-202",
+        "{:>11} {:>11} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>11} {:>8} {:>5}  non-202",
         "load",
         "accepted/s",
         "completed/s",
@@ -575,8 +604,9 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         "t2c p50",
         "t2c p99",
         "peak RSS",
-        "+workers",
+        "+children",
         "VmHWM",
+        "CPU w/b/o",
         "sink=acc",
         "dups"
     );
@@ -592,7 +622,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         }
         let f = |us: u64| format!("{:.2}", us as f64 / 1000.0);
         println!(
-            "{:>10} {:>11.0} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>5}  {}",
+            "{:>11} {:>11.0} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>9.1} {:>8.1} {:>11} {:>8} {:>5}  {}",
             if p.label.ends_with("/s") {
                 format!("rate {}", p.label)
             } else {
@@ -607,18 +637,19 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             mb(p.peak_kib),
             mb(p.peak_tree_kib),
             mb(p.hwm_kib),
+            format!("{:.1}/{:.1}/{:.1}", p.cpu.weft, p.cpu.bench, p.cpu.other),
             yes(a.ok()),
             a.dup_extra,
             failures(&p.out)
         );
     }
     println!(
-        "(latencies in ms, memory in MB = 10^6 bytes; t2c = trigger → sink delivery; +workers = RSS of weft and its child processes)"
+        "(latencies in ms, memory in MB = 10^6 bytes; t2c = trigger → sink delivery; +children = RSS of weft and its child processes;\n CPU w/b/o = cores used by weft / weft-bench (load generator + sink) / other processes while sending)"
     );
     if let Some(p) = &rate_phase {
         let a = analyze(&sink, p);
         let lag = Pcts::of(p.out.lag_us.clone());
-        let behind = lag.p99 > 1000 || p.out.waited_for_conn > 0;
+        let behind = lag.p99 > 5000 || p.out.waited_for_conn > 0;
         println!(
             "fixed rate {} req/s: ack p50 {} p99 {} max {}; trigger→sink p50 {} p99 {}; generator kept up: {}",
             cfg.rate,
@@ -635,7 +666,11 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
                     p.out.waited_for_conn
                 )
             } else {
-                "yes".into()
+                format!(
+                    "yes (lag behind schedule p99 {}, max {})",
+                    ms(lag.p99),
+                    ms(lag.max)
+                )
             }
         );
     }
@@ -693,6 +728,13 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         met(mb(max_peak_tree) <= TARGET_LOAD_MB)
     );
     println!("{:<34} {:>16}", "sink count = accepted count", yes(all_ok));
+    let runs = sink.distinct();
+    let disk = dir_bytes(&ctx.data_dir);
+    println!(
+        "data dir: {:.1} MB after {runs} runs ({:.1} KB per run)",
+        disk as f64 / 1e6,
+        disk as f64 / 1e3 / runs.max(1) as f64
+    );
     if sink.without_id() > 0 {
         println!(
             "note: the sink got {} requests without a numeric id",
@@ -716,6 +758,8 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         url: w.url.clone(),
         key: w.key.clone(),
         mon: mon.clone(),
+        tck: rss::clk_tck(),
+        data_dir: w.data_dir.clone(),
     };
     let res = rt.block_on(async {
         tokio::select! {

@@ -117,3 +117,97 @@ impl Monitor {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// CPU time of `pid` (`self` for this process) in clock ticks: utime + stime + cutime + cstime.
+pub fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Fields after the comm: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17).
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
+    Some(get(14)? + get(15)? + get(16)? + get(17)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
+pub fn clk_tck() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(100)
+}
+
+/// CPU use of weft and of this process over an interval, in cores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    pub weft: f64,
+    pub bench: f64,
+    /// Everything else on the machine (other processes, interrupts).
+    pub other: f64,
+}
+
+/// Busy clock ticks of the whole machine, from the `cpu` line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is included in user).
+    Some(
+        f.iter()
+            .take(8)
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, v)| v)
+            .sum(),
+    )
+}
+
+/// Starts measuring CPU use; `finish` gives the cores used since.
+pub struct CpuMeter {
+    pid: String,
+    tck: u64,
+    at: std::time::Instant,
+    weft0: u64,
+    self0: u64,
+    all0: u64,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32, tck: u64) -> Self {
+        let pid = pid.to_string();
+        let weft0 = cpu_ticks(&pid).unwrap_or(0);
+        Self {
+            tck,
+            at: std::time::Instant::now(),
+            weft0,
+            self0: cpu_ticks("self").unwrap_or(0),
+            all0: machine_busy_ticks().unwrap_or(0),
+            pid,
+        }
+    }
+
+    pub fn finish(&self) -> CpuUse {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-3) * self.tck as f64;
+        let weft = cpu_ticks(&self.pid)
+            .unwrap_or(self.weft0)
+            .saturating_sub(self.weft0);
+        let me = cpu_ticks("self")
+            .unwrap_or(self.self0)
+            .saturating_sub(self.self0);
+        let all = machine_busy_ticks()
+            .unwrap_or(self.all0)
+            .saturating_sub(self.all0);
+        CpuUse {
+            weft: weft as f64 / secs,
+            bench: me as f64 / secs,
+            other: all.saturating_sub(weft + me) as f64 / secs,
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub struct Weft {
     pub url: String,
     pub key: String,
     pub root: Option<tempfile::TempDir>,
+    pub data_dir: PathBuf,
     pub log: PathBuf,
 }
 
@@ -59,6 +60,7 @@ impl Weft {
             url: String::new(),
             key: String::new(),
             root: Some(root),
+            data_dir: data,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
