@@ -203,6 +203,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     let mut done: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
@@ -220,13 +224,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             continue;
         }
         for job in batch.drain(..) {
-            let _ = conn.execute_batch("SAVEPOINT op");
+            // Cached statements: re-parsing these three per write cost more than the writes.
+            let _ = exec_cached(&conn, "SAVEPOINT op");
             let (ok, complete) = job(&conn);
-            if ok {
-                let _ = conn.execute_batch("RELEASE op");
-            } else {
-                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            if !ok {
+                let _ = exec_cached(&conn, "ROLLBACK TO op");
             }
+            let _ = exec_cached(&conn, "RELEASE op");
             done.push(complete);
         }
         let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);

@@ -628,17 +628,19 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
-            if !holds(c, &t, &w, &rid, &owner)? {
-                return Ok(false);
-            }
             let s = &cp.step;
-            c.prepare_cached(
+            // One statement: write the step only while the run is still running under this owner.
+            let n = c.prepare_cached(
                 "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                 WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?12)
                  ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
                    output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
             )?
-            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, s.output.as_ref().map(to_json), s.error, s.started_at, s.finished_at])?;
+            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, s.output.as_ref().map(to_json), s.error, s.started_at, s.finished_at, owner])?;
+            if n == 0 {
+                return Ok(false);
+            }
             insert_logs(c, &t, &w, &rid, now, &cp.logs)?;
             Ok(true)
         })
@@ -815,14 +817,6 @@ impl SqliteStore {
         })
         .await
     }
-}
-
-fn holds(c: &Connection, t: &str, w: &str, run: &str, owner: &str) -> Result<bool, StoreError> {
-    Ok(c
-        .prepare_cached("SELECT 1 FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4")?
-        .query_row(params![t, w, run, owner], |_| Ok(()))
-        .optional()?
-        .is_some())
 }
 
 fn get_flow_tx(c: &Connection, scope: &Scope, id: &str) -> Result<FlowRecord, StoreError> {
