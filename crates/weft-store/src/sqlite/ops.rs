@@ -52,10 +52,27 @@ fn read_flow(r: &Row<'_>) -> Result<FlowRecord, StoreError> {
 
 const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims";
 
-fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
+/// A run row whose JSON columns are still text, so the writer thread never parses JSON.
+struct RawRun {
+    rec: RunRecord,
+    trigger: Option<String>,
+    output: Option<String>,
+    claims: i64,
+}
+
+impl RawRun {
+    fn parse(self) -> Result<(RunRecord, i64), StoreError> {
+        let mut rec = self.rec;
+        rec.trigger = json(self.trigger)?.unwrap_or(Value::Null);
+        rec.output = json(self.output)?;
+        Ok((rec, self.claims))
+    }
+}
+
+fn read_run_raw(r: &Row<'_>) -> Result<RawRun, StoreError> {
     let status: String = r.get(6)?;
-    Ok((
-        RunRecord {
+    Ok(RawRun {
+        rec: RunRecord {
             scope: Scope {
                 tenant: parse(r.get(0)?, "tenant id")?,
                 workspace: parse(r.get(1)?, "workspace id")?,
@@ -66,15 +83,21 @@ fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
             flow_version: r.get(5)?,
             status: RunStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?,
-            trigger: json(r.get(7)?)?.unwrap_or(Value::Null),
-            output: json(r.get(8)?)?,
+            trigger: Value::Null,
+            output: None,
             error: r.get(9)?,
             created_at: r.get(10)?,
             started_at: r.get(11)?,
             finished_at: r.get(12)?,
         },
-        r.get(13)?,
-    ))
+        trigger: r.get(7)?,
+        output: r.get(8)?,
+        claims: r.get(13)?,
+    })
+}
+
+fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
+    read_run_raw(r)?.parse()
 }
 
 fn read_step(r: &Row<'_>) -> Result<StepRecord, StoreError> {
@@ -125,7 +148,7 @@ fn insert_logs(
     Ok(())
 }
 
-fn insert_run_tx(c: &Connection, r: &NewRun) -> Result<Inserted, StoreError> {
+fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, StoreError> {
     let (t, w) = scope_strs(&r.scope);
     let flow = r.flow_id.to_string();
     if let Some(key) = &r.dedupe_key {
@@ -151,7 +174,7 @@ fn insert_run_tx(c: &Connection, r: &NewRun) -> Result<Inserted, StoreError> {
         "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)",
     )?
-    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, to_json(&r.trigger), r.dedupe_key, r.now])?;
+    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, trigger, r.dedupe_key, r.now])?;
     Ok(Inserted {
         run_id: r.id,
         duplicate: false,
@@ -503,6 +526,7 @@ impl SqliteStore {
         tick_at: Millis,
         next_tick: Option<Millis>,
     ) -> Result<Option<Inserted>, StoreError> {
+        let trigger = to_json(&run.trigger);
         self.write(move |c| {
             let (t, w) = scope_strs(&run.scope);
             let flow = run.flow_id.to_string();
@@ -519,7 +543,7 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(None);
             }
-            insert_run_tx(c, &run).map(Some)
+            insert_run_tx(c, &run, &trigger).map(Some)
         })
         .await
     }
@@ -528,7 +552,8 @@ impl SqliteStore {
 
     /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
     pub async fn insert_run(&self, run: NewRun) -> Result<Inserted, StoreError> {
-        self.write(move |c| insert_run_tx(c, &run)).await
+        let trigger = to_json(&run.trigger);
+        self.write(move |c| insert_run_tx(c, &run, &trigger)).await
     }
 
     /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
@@ -540,33 +565,43 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<ClaimedRun>, StoreError> {
         let owner = owner.to_string();
-        self.write(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
-                 WHERE rowid IN (SELECT rowid FROM runs WHERE status = 'queued' AND not_before <= ?3 ORDER BY not_before, id LIMIT ?4)
-                 RETURNING {RUN_COLS}"
-            ))?;
-            let mut rows = st.query(params![owner, now + lease_ms, now, limit as i64])?;
-            let mut claimed = Vec::new();
-            while let Some(r) = rows.next()? {
-                claimed.push(read_run(r)?);
-            }
-            drop(rows);
-            let mut out = Vec::with_capacity(claimed.len());
-            for (run, claims) in claimed {
-                // Only a resumed run can have checkpoints; skip the lookup on the hot path.
-                let steps = if claims > 1 {
-                    let (t, w) = scope_strs(&run.scope);
-                    steps_of(c, &t, &w, &run.id.to_string())?
-                } else {
-                    Vec::new()
-                };
-                out.push(ClaimedRun { run, steps });
-            }
-            out.sort_by_key(|c| c.run.id);
-            Ok(out)
-        })
-        .await
+        let raw = self
+            .write(move |c| {
+                let mut st = c.prepare_cached(&format!(
+                    "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
+                     WHERE rowid IN (SELECT rowid FROM runs WHERE status = 'queued' AND not_before <= ?3 ORDER BY not_before, id LIMIT ?4)
+                     RETURNING {RUN_COLS}"
+                ))?;
+                let mut rows = st.query(params![owner, now + lease_ms, now, limit as i64])?;
+                let mut claimed = Vec::new();
+                while let Some(r) = rows.next()? {
+                    claimed.push(read_run_raw(r)?);
+                }
+                drop(rows);
+                let mut out = Vec::with_capacity(claimed.len());
+                for run in claimed {
+                    // Only a resumed run can have checkpoints; skip the lookup on the hot path.
+                    let steps = if run.claims > 1 {
+                        let (t, w) = scope_strs(&run.rec.scope);
+                        steps_of(c, &t, &w, &run.rec.id.to_string())?
+                    } else {
+                        Vec::new()
+                    };
+                    out.push((run, steps));
+                }
+                Ok(out)
+            })
+            .await?;
+        // JSON is parsed here, off the writer thread.
+        let mut out = Vec::with_capacity(raw.len());
+        for (run, steps) in raw {
+            out.push(ClaimedRun {
+                run: run.parse()?.0,
+                steps,
+            });
+        }
+        out.sort_by_key(|c| c.run.id);
+        Ok(out)
     }
 
     /// System: extends the leases of every run `owner` is running.
@@ -625,6 +660,7 @@ impl SqliteStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let owner = owner.to_string();
+        let output = cp.step.output.as_ref().map(to_json);
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
@@ -637,7 +673,7 @@ impl SqliteStore {
                  ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
                    output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
             )?
-            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, s.output.as_ref().map(to_json), s.error, s.started_at, s.finished_at, owner])?;
+            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, output, s.error, s.started_at, s.finished_at, owner])?;
             if n == 0 {
                 return Ok(false);
             }
@@ -661,6 +697,7 @@ impl SqliteStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let owner = owner.to_string();
+        let output = output.as_ref().map(to_json);
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
@@ -669,7 +706,7 @@ impl SqliteStore {
                     "UPDATE runs SET status = ?5, output = ?6, error = ?7, finished_at = ?8, lease_owner = NULL, lease_expires = NULL
                      WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4",
                 )?
-                .execute(params![t, w, rid, owner, status.as_str(), output.as_ref().map(to_json), error, now])?;
+                .execute(params![t, w, rid, owner, status.as_str(), output, error, now])?;
             if n == 0 {
                 return Ok(false);
             }
