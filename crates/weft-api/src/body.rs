@@ -112,3 +112,16 @@ pub(crate) fn parse_id<T: std::str::FromStr<Err = weft_types::IdError>>(
     s.parse::<T>()
         .map_err(|e| Problem::invalid(field, e.to_string()))
 }
+
+/// Trims a page fetched with `limit + 1` rows to `limit` and returns the next cursor, if any.
+pub(crate) fn cut_page<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(cursor)
+}

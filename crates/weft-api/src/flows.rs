@@ -118,12 +118,7 @@ pub(crate) async fn list(
         .list_flows(auth.scope, q.cursor, limit + 1)
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
-    let next = if flows.len() > limit {
-        flows.truncate(limit);
-        flows.last().map(|f| f.name.clone())
-    } else {
-        None
-    };
+    let next = crate::body::cut_page(&mut flows, limit, |f| f.name.clone());
     let mut items = Vec::new();
     for f in &flows {
         items.push(flow_json(&s, auth.scope, f).await?);

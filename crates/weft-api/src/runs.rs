@@ -163,12 +163,7 @@ pub(crate) async fn list(
         )
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
-    let next = if runs.len() > limit {
-        runs.truncate(limit);
-        runs.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
+    let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
     let items: Vec<Value> = runs.iter().map(|r| run_json(r, None)).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
