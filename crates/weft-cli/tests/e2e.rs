@@ -569,3 +569,43 @@ fn respond_falls_back_to_202_and_drafts_publish_later() {
     assert!(schema["properties"]["steps"].is_object(), "{schema}");
     assert_eq!(srv.api_get("/readyz").0, 200);
 }
+
+#[test]
+fn actions_cannot_reach_private_addresses_unless_the_operator_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start_raw(dir.path(), None, &[], &[]);
+    let flow = srv.apply(&order_flow(&sink.url, "{ max_attempts: 3, initial: 10ms }"));
+    let (_, ack) = post_hook(
+        flow["hook_url"].as_str().unwrap(),
+        r#"{"id":1,"price":1,"qty":1,"name":"x"}"#,
+        &[],
+    )
+    .unwrap();
+    let r = srv.wait_run(ack["run_id"].as_str().unwrap(), T);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(
+        r["steps"][1]["attempts"], 1,
+        "a refused address is a permanent error: {r}"
+    );
+    assert_eq!(sink.count(), 0, "nothing reached the loopback sink");
+    let key = srv.key.clone();
+    drop(srv);
+    // An operator allowlist for loopback lets the same flow through.
+    let srv = Server::start_raw(
+        dir.path(),
+        Some(&key),
+        &[],
+        &["--allow-network", "127.0.0.0/8"],
+    );
+    let hook = srv.cli_json(&["flow", "show", "orders"])["hook_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, ack) = post_hook(&hook, r#"{"id":2,"price":1,"qty":1,"name":"x"}"#, &[]).unwrap();
+    assert_eq!(
+        srv.wait_run(ack["run_id"].as_str().unwrap(), T)["status"],
+        "succeeded"
+    );
+    assert_eq!(sink.count(), 1);
+}

@@ -26,10 +26,21 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh port; `key` is reused across restarts of the same data dir.
     pub fn start(data: &Path, key: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Server {
+        let mut args = vec!["--allow-private-network"];
+        args.extend_from_slice(extra);
+        Self::start_raw(data, key, env, &args)
+    }
+
+    /// Starts a server with exactly these extra flags (no `--allow-private-network`).
+    pub fn start_raw(
+        data: &Path,
+        key: Option<&str>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(weft_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .arg("--allow-private-network")
             .args(extra)
             .env("WEFT_LOG", "warn")
             .stdout(Stdio::piped())
