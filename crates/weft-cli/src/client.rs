@@ -237,7 +237,7 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let res = weft_flow::parse_text(&text)
-                .and_then(|d| weft_flow::compile(&d, &LocalCatalog).map(|c| (d, c)));
+                .and_then(|d| weft_flow::compile(&d, &weft_engine::ActionRegistry).map(|c| (d, c)));
             match res {
                 Ok((d, c)) => {
                     if json_out {
@@ -325,14 +325,6 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
         print_flow(&out)
     }
     Ok(())
-}
-
-struct LocalCatalog;
-impl weft_flow::ActionCatalog for LocalCatalog {
-    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
-        weft_connectors::find_action(connector, action)
-            .is_some_and(|a| version.is_none_or(|v| v == a.version))
-    }
 }
 
 fn enc(s: &str) -> String {

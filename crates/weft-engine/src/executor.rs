@@ -99,13 +99,6 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         .await
     {
         Ok(true) => {
-            use std::sync::atomic::Ordering::Relaxed;
-            inner.counters.runs_finished.fetch_add(1, Relaxed);
-            if status == RunStatus::Succeeded {
-                inner.counters.runs_succeeded.fetch_add(1, Relaxed);
-            } else {
-                inner.counters.runs_failed.fetch_add(1, Relaxed);
-            }
             let _ = inner.events.send(crate::EngineEvent::RunFinished {
                 run: run.id,
                 status,
@@ -458,10 +451,6 @@ impl StepJob {
                         e.retry_after,
                         rand::random::<f64>(),
                     );
-                    self.inner
-                        .counters
-                        .step_retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let log = NewLog {
                         level: "warn",
                         step_id: Some(id.clone()),
@@ -554,7 +543,7 @@ impl StepJob {
                         .and_then(Value::as_u64)
                         == Some(429),
                 });
-                weft_types::failpoint(&format!("action.after_effect:{}", self.step().id));
+                weft_types::failpoint_at("action.after_effect", &self.step().id);
                 out
             }
             StepKind::Respond {

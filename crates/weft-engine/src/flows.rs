@@ -12,10 +12,11 @@ use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope};
 
 use crate::{Engine, EngineError, Inner, WebhookResponse};
 
-/// The connector registry as the flow validator sees it.
-pub(crate) struct Catalog;
+/// The connector registry as the flow validator sees it (also used by `weft flow validate`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActionRegistry;
 
-impl ActionCatalog for Catalog {
+impl ActionCatalog for ActionRegistry {
     fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
         weft_connectors::find_action(connector, action)
             .is_some_and(|a| version.is_none_or(|v| v == a.version))
@@ -66,7 +67,7 @@ impl Inner {
         }
         let v = self.opts.store.flow_version(scope, flow, version).await?;
         let def = weft_flow::from_value(v.definition)?;
-        let compiled = Arc::new(weft_flow::compile(&def, &Catalog)?);
+        let compiled = Arc::new(weft_flow::compile(&def, &ActionRegistry)?);
         if let Ok(mut m) = self.flows.compiled.lock() {
             if m.len() >= CACHE_MAX {
                 m.clear();
@@ -82,11 +83,6 @@ impl Inner {
 }
 
 impl Engine {
-    /// Validates and compiles a definition without saving it.
-    pub fn validate(&self, def: &FlowDef) -> Result<CompiledFlow, EngineError> {
-        Ok(weft_flow::compile(def, &Catalog)?)
-    }
-
     /// Creates the flow or saves a new version; publishes it unless `draft`.
     pub async fn apply_flow(
         &self,
@@ -94,7 +90,7 @@ impl Engine {
         def: FlowDef,
         draft: bool,
     ) -> Result<FlowRecord, EngineError> {
-        let compiled = weft_flow::compile(&def, &Catalog)?;
+        let compiled = weft_flow::compile(&def, &ActionRegistry)?;
         let value = serde_json::to_value(&def)
             .map_err(|e| EngineError::Conflict(format!("cannot store the flow: {e}")))?;
         let now = self.inner.now();

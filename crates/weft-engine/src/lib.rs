@@ -12,7 +12,7 @@ pub mod retry;
 mod schedule;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use weft_sandbox::SandboxPool;
 use weft_store::{Store, StoreError};
 use weft_types::{Clock, RunId};
 
-pub use flows::FlowRef;
+pub use flows::{ActionRegistry, FlowRef};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -121,19 +121,6 @@ pub enum EngineEvent {
     },
 }
 
-/// Counters for tests, benchmarks and `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Runs finished (any terminal status) by this process.
-    pub runs_finished: AtomicU64,
-    /// Runs that succeeded.
-    pub runs_succeeded: AtomicU64,
-    /// Runs that failed.
-    pub runs_failed: AtomicU64,
-    /// Step attempts that were retried.
-    pub step_retries: AtomicU64,
-}
-
 /// Handle to the engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -158,7 +145,6 @@ pub(crate) struct Inner {
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
     pub(crate) responders: Mutex<HashMap<RunId, oneshot::Sender<WebhookResponse>>>,
     pub(crate) flows: flows::FlowCache,
-    pub(crate) counters: Counters,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) idle: Notify,
     pub(crate) events: tokio::sync::broadcast::Sender<EngineEvent>,
@@ -178,7 +164,6 @@ impl Engine {
                 cancels: Mutex::default(),
                 responders: Mutex::default(),
                 flows: flows::FlowCache::default(),
-                counters: Counters::default(),
                 tasks: Mutex::default(),
                 idle: Notify::new(),
                 events: tokio::sync::broadcast::channel(4096).0,
@@ -196,19 +181,9 @@ impl Engine {
         &self.inner.opts.clock
     }
 
-    /// Counters.
-    pub fn counters(&self) -> &Counters {
-        &self.inner.counters
-    }
-
     /// Events of runs executed by this process, from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EngineEvent> {
         self.inner.events.subscribe()
-    }
-
-    /// Runs executing now in this process.
-    pub fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     /// Starts the dispatcher, lease keeper and scheduler. With `exclusive`, first returns every run

@@ -30,9 +30,6 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// The data directory is used by another Weft process.
-    #[error("{0}")]
-    Locked(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

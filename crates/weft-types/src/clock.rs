@@ -62,10 +62,6 @@ impl ManualClock {
             + d.as_millis() as i64;
         self.inner.tick.send_replace(now);
     }
-    /// Number of tasks currently sleeping on this clock.
-    pub fn sleepers(&self) -> usize {
-        self.inner.tick.receiver_count()
-    }
 }
 
 impl Clock for ManualClock {

@@ -8,6 +8,12 @@ static ACTIVE: OnceLock<Vec<String>> = OnceLock::new();
 
 /// Aborts the process if the failpoint `name` is active.
 pub fn failpoint(name: &str) {
+    failpoint_at(name, "");
+}
+
+/// Aborts the process if the failpoint `{name}:{target}` (or `name` when `target` is empty) is
+/// active; builds no string unless failpoints are set.
+pub fn failpoint_at(name: &str, target: &str) {
     let active = ACTIVE.get_or_init(|| {
         std::env::var("WEFT_FAILPOINTS")
             .map(|v| {
@@ -18,8 +24,16 @@ pub fn failpoint(name: &str) {
             })
             .unwrap_or_default()
     });
-    if !active.is_empty() && active.iter().any(|a| a == name) {
-        eprintln!("failpoint {name} hit: aborting");
+    if active.is_empty() {
+        return;
+    }
+    let full = if target.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}:{target}")
+    };
+    if active.contains(&full) {
+        eprintln!("failpoint {full} hit: aborting");
         std::process::abort();
     }
 }

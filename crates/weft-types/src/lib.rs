@@ -8,7 +8,7 @@ mod ids;
 mod status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use failpoint::failpoint;
+pub use failpoint::{failpoint, failpoint_at};
 pub use ids::{
     FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId, random_secret,
 };
