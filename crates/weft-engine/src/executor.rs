@@ -69,6 +69,9 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         m.remove(&run.id);
     }
     let Some((status, output, error)) = result else {
+        let _ = inner
+            .events
+            .send(crate::EngineEvent::RunStopped { run: run.id });
         return;
     };
     let msg = match status {

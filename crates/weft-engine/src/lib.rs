@@ -112,6 +112,12 @@ pub enum EngineEvent {
         /// Final status.
         status: weft_types::StepStatus,
     },
+    /// This process stopped executing a run it does not own any more (cancelled, or its lease
+    /// was lost); whoever owns it now decides its status.
+    RunStopped {
+        /// Run.
+        run: RunId,
+    },
     /// A run reached a terminal status.
     RunFinished {
         /// Run.

@@ -8,6 +8,7 @@
 mod ops;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -52,6 +53,7 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    commits: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -102,9 +104,11 @@ impl SqliteStore {
             readers.push(open_conn(&opts.path, true)?);
         }
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
         let thread = std::thread::Builder::new()
             .name("weft-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &counter))
             .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -112,8 +116,14 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(readers),
+                commits,
             }),
         })
+    }
+
+    /// Write transactions committed so far (each may carry many writes: group commit).
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// The database file.
@@ -207,7 +217,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, commits: &AtomicU64) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     let mut done: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
@@ -234,6 +244,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             done.push(complete);
         }
         let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        commits.fetch_add(1, Ordering::Relaxed);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
