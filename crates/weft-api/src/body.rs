@@ -125,3 +125,29 @@ pub(crate) fn cut_page<T>(
     items.truncate(limit);
     items.last().map(cursor)
 }
+
+/// Reads and parses a required JSON body of at most `limit` bytes.
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, Problem> {
+    let bytes = read_limited(body, limit).await?;
+    if bytes.is_empty() {
+        return Err(Problem::invalid("", "a JSON body is required"));
+    }
+    match media_type(headers) {
+        Some(mt) if is_json(&mt) => {}
+        other => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "expected Content-Type: application/json, got '{}'",
+                    other.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    parse_json(&bytes)
+}

@@ -6,12 +6,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use weft_store::FlowRecord;
 use weft_types::Scope;
 
-use crate::auth::WsAuth;
+use crate::auth::{FlowsWrite, Read, Ws};
 use crate::body::{media_type, parse_json, parse_query, read_limited, require_json};
+use crate::dto::{ConnectorOut, FlowOut, FlowVersionOut, Page, ProblemDoc, PublishIn};
 use crate::{AppState, Problem};
 
 /// The flow shape of PRODUCT.md.
@@ -19,7 +20,7 @@ pub(crate) async fn flow_json(
     s: &AppState,
     scope: Scope,
     f: &FlowRecord,
-) -> Result<Value, Problem> {
+) -> Result<FlowOut, Problem> {
     let v = s
         .engine
         .store()
@@ -27,17 +28,17 @@ pub(crate) async fn flow_json(
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let is_webhook = v.definition.pointer("/trigger/webhook").is_some();
-    Ok(json!({
-        "id": f.id.to_string(),
-        "name": f.name,
-        "version": f.latest_version,
-        "published_version": f.published_version,
-        "hook_id": is_webhook.then(|| f.hook_id.to_string()),
-        "hook_url": is_webhook.then(|| format!("{}/hooks/{}", s.opts.public_url, f.hook_id)),
-        "definition": v.definition,
-        "created_at": weft_types::rfc3339(f.created_at),
-        "updated_at": weft_types::rfc3339(f.updated_at),
-    }))
+    Ok(FlowOut {
+        id: f.id.to_string(),
+        name: f.name.clone(),
+        version: f.latest_version,
+        published_version: f.published_version,
+        hook_id: is_webhook.then(|| f.hook_id.to_string()),
+        hook_url: is_webhook.then(|| format!("{}/hooks/{}", s.opts.public_url, f.hook_id)),
+        definition: v.definition,
+        created_at: weft_types::rfc3339(f.created_at),
+        updated_at: weft_types::rfc3339(f.updated_at),
+    })
 }
 
 #[derive(Deserialize)]
@@ -47,11 +48,19 @@ struct CreateQuery {
     draft: Option<bool>,
 }
 
-/// `POST /flows`: the body is the flow definition (JSON, or YAML with a YAML content type), or
-/// `{definition, draft}`. Creates the flow or saves a new version; publishes unless draft.
+/// Create a flow or save a new version of it.
+///
+/// The body is the flow definition (JSON, or YAML with a YAML content type), or
+/// `{definition, draft}`. Publishes the new version unless `draft`.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/flows", tag = "flows",
+    params(WsParam, ("draft" = Option<bool>, Query, description = "save without publishing")),
+    request_body(content = Object, description = "a flow definition (see `weft flow schema`)", content_type = "application/json"),
+    responses((status = 201, body = FlowOut, description = "created"), (status = 200, body = FlowOut, description = "new version saved"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["flows:write"]), ("session" = ["flows:write"])))]
 pub(crate) async fn create(
     State(s): State<AppState>,
-    auth: WsAuth,
+    auth: Ws<FlowsWrite>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -86,7 +95,10 @@ pub(crate) async fn create(
         }
         weft_flow::from_value(v).map_err(|e| Problem::from(weft_engine::EngineError::Invalid(e)))?
     };
-    let rec = s.engine.apply_flow(auth.scope, def, draft).await?;
+    let rec = s
+        .engine
+        .apply_flow(auth.scope, def, draft, auth.actor)
+        .await?;
     let status = if rec.latest_version == 1 {
         StatusCode::CREATED
     } else {
@@ -104,12 +116,16 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /flows`.
+/// List flows, by name.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/flows", tag = "flows",
+    params(WsParam, ("limit" = Option<u32>, Query, description = "page size, 1-200"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = Page<FlowOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn list(
     State(s): State<AppState>,
-    auth: WsAuth,
+    auth: Ws<Read>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Page<FlowOut>>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     let mut flows = s
@@ -123,35 +139,53 @@ pub(crate) async fn list(
     for f in &flows {
         items.push(flow_json(&s, auth.scope, f).await?);
     }
-    Ok(Json(json!({"items": items, "next_cursor": next})))
+    Ok(Json(Page {
+        items,
+        next_cursor: next,
+    }))
 }
 
-/// `GET /flows/{flow}` (id or name).
+/// A flow, by id or name.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/flows/{flow}", tag = "flows",
+    params(WsParam, FlowParam),
+    responses((status = 200, body = FlowOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn show(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, flow)): Path<(String, String)>,
-) -> Result<Json<Value>, Problem> {
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<FlowOut>, Problem> {
+    let (_, flow) = path;
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
     Ok(Json(flow_json(&s, auth.scope, &rec).await?))
 }
 
-/// `DELETE /flows/{flow}`.
+/// Delete a flow (its runs stay in history).
+#[utoipa::path(delete, path = "/api/v1/workspaces/{ws}/flows/{flow}", tag = "flows",
+    params(WsParam, FlowParam),
+    responses((status = 204, description = "deleted"), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["flows:write"]), ("session" = ["flows:write"])))]
 pub(crate) async fn delete(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, flow)): Path<(String, String)>,
+    auth: Ws<FlowsWrite>,
+    Path(path): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    s.engine.delete_flow(auth.scope, &flow).await?;
+    let (_, flow) = path;
+    s.engine.delete_flow(auth.scope, &flow, auth.actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /flows/{flow}/versions`.
+/// Every saved version of a flow, newest first.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/flows/{flow}/versions", tag = "flows",
+    params(WsParam, FlowParam),
+    responses((status = 200, body = Page<FlowVersionOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn versions(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, flow)): Path<(String, String)>,
-) -> Result<Json<Value>, Problem> {
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<Page<FlowVersionOut>>, Problem> {
+    let (_, flow) = path;
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
     let vs = s
         .engine
@@ -159,51 +193,95 @@ pub(crate) async fn versions(
         .list_versions(auth.scope, rec.id)
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
-    let items: Vec<Value> = vs
+    let items = vs
         .into_iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "published": Some(v.version) == rec.published_version,
-                "definition": v.definition,
-                "created_at": weft_types::rfc3339(v.created_at),
-            })
+        .map(|v| FlowVersionOut {
+            version: v.version,
+            published: Some(v.version) == rec.published_version,
+            definition: v.definition,
+            created_at: weft_types::rfc3339(v.created_at),
         })
         .collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    #[serde(default)]
-    version: Option<i64>,
-}
-
-/// `POST /flows/{flow}/publish` with optional `{version}` (default: the latest).
+/// Publish a version (default: the newest); new webhook deliveries and runs use it.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/flows/{flow}/publish", tag = "flows",
+    params(WsParam, FlowParam),
+    request_body(content = Option<PublishIn>, content_type = "application/json"),
+    responses((status = 200, body = FlowOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["flows:write"]), ("session" = ["flows:write"])))]
 pub(crate) async fn publish(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, flow)): Path<(String, String)>,
+    auth: Ws<FlowsWrite>,
+    Path(path): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<FlowOut>, Problem> {
+    let (_, flow) = path;
     let bytes = read_limited(body, 64 * 1024).await?;
     require_json(&headers, &bytes)?;
-    let b: PublishBody = if bytes.is_empty() {
-        PublishBody::default()
+    let b: PublishIn = if bytes.is_empty() {
+        PublishIn::default()
     } else {
         parse_json(&bytes)?
     };
-    let rec = s.engine.publish(auth.scope, &flow, b.version).await?;
+    let rec = s
+        .engine
+        .publish(auth.scope, &flow, b.version, auth.actor)
+        .await?;
     Ok(Json(flow_json(&s, auth.scope, &rec).await?))
 }
 
-/// `GET /api/v1/connectors`: the catalog.
-pub(crate) async fn connectors() -> Json<Value> {
-    let items: Vec<Value> = weft_connectors::builtin_actions()
+fn catalog() -> Page<ConnectorOut> {
+    let items = weft_connectors::builtin_actions()
         .iter()
-        .map(|a| json!({"connector": a.connector, "action": a.action, "version": a.version, "description": a.description}))
+        .map(|a| ConnectorOut {
+            connector: a.connector.to_string(),
+            action: a.action.to_string(),
+            version: a.version.to_string(),
+            description: a.description.to_string(),
+        })
         .collect();
-    Json(json!({"items": items, "next_cursor": null}))
+    Page {
+        items,
+        next_cursor: None,
+    }
+}
+
+/// The connector catalog (public: it holds no tenant data).
+#[utoipa::path(get, path = "/api/v1/connectors", tag = "connectors",
+    responses((status = 200, body = Page<ConnectorOut>)))]
+pub(crate) async fn connectors() -> Json<Page<ConnectorOut>> {
+    Json(catalog())
+}
+
+/// Connectors usable in this workspace.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/connectors", tag = "connectors",
+    params(WsParam),
+    responses((status = 200, body = Page<ConnectorOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
+pub(crate) async fn ws_connectors(_auth: Ws<Read>) -> Json<Page<ConnectorOut>> {
+    Json(catalog())
+}
+
+/// The `{ws}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct WsParam {
+    /// Workspace slug or id (`wsp_…`).
+    #[allow(dead_code)]
+    ws: String,
+}
+
+/// The `{flow}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct FlowParam {
+    /// Flow id (`flw_…`) or name.
+    #[allow(dead_code)]
+    flow: String,
 }

@@ -69,6 +69,18 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Problem> {
     }
 }
 
+/// Webhook intake: stores the event durably, then answers.
+///
+/// `202 {run_id, duplicate}` once the event is committed, or the answer of the flow's `respond`
+/// step when it comes within the trigger's `respond_timeout`.
+#[utoipa::path(post, path = "/hooks/{hook_id}", tag = "intake",
+    params(("hook_id" = String, Path, description = "the flow trigger's hook id (`hk_…`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key within the dedupe window starts no second run")),
+    request_body(content = Object, description = "any JSON, form or text body", content_type = "application/json"),
+    responses((status = 202, body = crate::dto::Started),
+        (status = "4XX", body = crate::dto::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, body = crate::dto::ProblemDoc, content_type = "application/problem+json"),
+        (status = "default", description = "the answer of the flow's respond step")))]
 pub(crate) async fn intake(
     State(s): State<AppState>,
     Path(hook): Path<String>,

@@ -1,13 +1,21 @@
 //! The HTTP face of Weft: the v1 JSON API, webhook intake and health checks. Thin: every
 //! decision is the engine's; this crate parses, authenticates and renders.
+//!
+//! Routes are registered through `utoipa_axum`'s router, so a route cannot exist without its
+//! OpenAPI description: `openapi()` and the served router come from the same table.
 
 // Problems are built on the cold path only; boxing them would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
-mod auth;
+mod admin;
+mod audit;
+pub mod auth;
 mod body;
+pub mod dto;
 mod flows;
 mod hooks;
+mod identity;
+pub mod password;
 pub mod problem;
 mod runs;
 mod server;
@@ -16,10 +24,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{HeaderName, StatusCode};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{InfoBuilder, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_engine::Engine;
 
+pub use auth::ADMIN_TOKEN_SETTING;
 pub use problem::Problem;
 pub use server::serve;
 
@@ -30,6 +43,9 @@ pub struct ApiOptions {
     pub public_url: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Hash of the instance admin token given by the operator (`WEFT_ADMIN_TOKEN`); when
+    /// `None`, the hash stored in the instance settings is used.
+    pub admin_token_hash: Option<String>,
 }
 
 /// Shared state of every handler.
@@ -37,6 +53,86 @@ pub struct ApiOptions {
 pub struct AppState {
     pub(crate) engine: Engine,
     pub(crate) opts: Arc<ApiOptions>,
+    pub(crate) login_limits: Arc<identity::LoginLimits>,
+}
+
+/// Every route with its OpenAPI description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            identity::list_workspaces,
+            identity::create_workspace
+        ))
+        .routes(routes!(
+            identity::show_workspace,
+            identity::update_workspace
+        ))
+        .routes(routes!(flows::list, flows::create))
+        .routes(routes!(flows::show, flows::delete))
+        .routes(routes!(flows::versions))
+        .routes(routes!(flows::publish))
+        .routes(routes!(runs::start))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::show))
+        .routes(routes!(runs::logs))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(identity::list_keys, identity::create_key))
+        .routes(routes!(identity::revoke_key))
+        .routes(routes!(identity::list_members, identity::add_member))
+        .routes(routes!(identity::update_member, identity::remove_member))
+        .routes(routes!(flows::ws_connectors))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(flows::connectors))
+        .routes(routes!(admin::list_tenants, admin::create_tenant))
+        .routes(routes!(admin::show_tenant, admin::update_tenant))
+        .routes(routes!(identity::login))
+        .routes(routes!(identity::logout))
+        .routes(routes!(identity::me))
+        .routes(routes!(hooks::intake))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+}
+
+/// The OpenAPI description of the API (what `/api/v1/openapi.json` serves).
+pub fn openapi() -> OpenApi {
+    let (_, mut api) = routes().split_for_parts();
+    api.info = InfoBuilder::new()
+        .title("Weft API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Weft's v1 API. Errors are RFC 9457 problem+json with a stable `code`. Security scopes name the permission a route needs: `read` (viewer), `flows:write` and `runs:write` (editor), `keys:manage`, `members:manage`, `audit:read` and `credentials:write` (admin), `workspace:manage` and `tenant:manage` (owner).",
+        ))
+        .build();
+    let comps = api.components.get_or_insert_with(Default::default);
+    comps.add_security_scheme(
+        "api_key",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("wft_…")
+                .description(Some("a workspace API key"))
+                .build(),
+        ),
+    );
+    comps.add_security_scheme(
+        "session",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+            auth::SESSION_COOKIE,
+            "the UI's session cookie; writes also need X-CSRF-Token",
+        ))),
+    );
+    comps.add_security_scheme(
+        "admin",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("wfa_…")
+                .description(Some("the instance admin token"))
+                .build(),
+        ),
+    );
+    api
 }
 
 /// Builds the router.
@@ -44,26 +140,19 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
     let state = AppState {
         engine,
         opts: Arc::new(opts),
+        login_limits: identity::LoginLimits::new(),
     };
-    let ws = Router::new()
-        .route("/flows", get(flows::list).post(flows::create))
-        .route("/flows/{flow}", get(flows::show).delete(flows::delete))
-        .route("/flows/{flow}/versions", get(flows::versions))
-        .route("/flows/{flow}/publish", post(flows::publish))
-        .route("/flows/{flow}/runs", post(runs::start))
-        .route("/runs", get(runs::list))
-        .route("/runs/{run}", get(runs::show))
-        .route("/runs/{run}/logs", get(runs::logs))
-        .route("/runs/{run}/cancel", post(runs::cancel));
-    Router::new()
-        .nest("/api/v1/workspaces/{ws}", ws)
-        .route("/api/v1/connectors", get(flows::connectors))
-        .route("/hooks/{hook_id}", post(hooks::intake))
+    let spec = Arc::new(openapi());
+    let (router, _) = routes().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    router
         .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec.clone();
+                async move { axum::Json(spec.as_ref().clone()) }
+            }),
         )
-        .route("/readyz", get(ready))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -80,12 +169,25 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
         })
         // Bodies are read with our own limit (see body.rs) so that oversize answers are problem+json.
         .layer(DefaultBodyLimit::disable())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = dto::StatusOut)))]
+async fn health() -> axum::Json<dto::StatusOut> {
+    axum::Json(dto::StatusOut {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = dto::StatusOut), (status = 503, body = dto::ProblemDoc, content_type = "application/problem+json")))]
 async fn ready(
     axum::extract::State(s): axum::extract::State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, Problem> {
+) -> Result<axum::Json<dto::StatusOut>, Problem> {
     s.engine.store().ping().await.map_err(|e| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -93,5 +195,7 @@ async fn ready(
             format!("the store does not answer: {e}"),
         )
     })?;
-    Ok(axum::Json(serde_json::json!({"status": "ready"})))
+    Ok(axum::Json(dto::StatusOut {
+        status: "ready".into(),
+    }))
 }

@@ -94,6 +94,21 @@ impl From<EngineError> for Problem {
             )
             .with_errors(f.field_errors()),
             EngineError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", m),
+            EngineError::Rule(m) => Problem::new(StatusCode::CONFLICT, "rule_violated", m),
+            EngineError::Quota {
+                limit,
+                detail,
+                retry_after,
+            } => {
+                let code = if limit == "webhook_rps" {
+                    "rate_limited"
+                } else {
+                    "quota_exceeded"
+                };
+                let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail);
+                p.retry_after = retry_after;
+                p
+            }
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store failure");
                 let mut p = Problem::new(

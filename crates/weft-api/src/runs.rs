@@ -6,61 +6,40 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weft_store::{RunFilter, RunRecord, StepRecord};
+use weft_store::RunFilter;
 use weft_types::{RunId, RunStatus};
 
-use crate::auth::WsAuth;
+use crate::auth::{Read, RunsWrite, Ws};
 use crate::body::{parse_id, parse_json, parse_query, read_limited, require_json};
+use crate::dto::{LogOut, LogPage, Page, ProblemDoc, RunOut, RunStatusOut, Started};
+use crate::flows::{FlowParam, WsParam};
 use crate::{AppState, Problem};
 
-fn ts(ms: Option<i64>) -> Value {
-    ms.map(|m| Value::String(weft_types::rfc3339(m)))
-        .unwrap_or(Value::Null)
+/// The `{run}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RunParam {
+    /// Run id (`run_…`).
+    #[allow(dead_code)]
+    run: String,
 }
 
-/// The run shape of PRODUCT.md (`steps` only when given).
-pub(crate) fn run_json(r: &RunRecord, steps: Option<&[StepRecord]>) -> Value {
-    let mut v = json!({
-        "id": r.id.to_string(),
-        "flow": r.flow_name,
-        "flow_id": r.flow_id.to_string(),
-        "flow_version": r.flow_version,
-        "status": r.status.as_str(),
-        "trigger": r.trigger,
-        "output": r.output,
-        "error": r.error,
-        "created_at": weft_types::rfc3339(r.created_at),
-        "started_at": ts(r.started_at),
-        "finished_at": ts(r.finished_at),
-    });
-    if let (Some(steps), Some(obj)) = (steps, v.as_object_mut()) {
-        let s: Vec<Value> = steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "id": s.step_id,
-                    "status": s.status.as_str(),
-                    "attempts": s.attempts,
-                    "output": s.output,
-                    "error": s.error,
-                    "started_at": ts(s.started_at),
-                    "finished_at": ts(s.finished_at),
-                })
-            })
-            .collect();
-        obj.insert("steps".into(), Value::Array(s));
-    }
-    v
-}
-
-/// `POST /flows/{flow}/runs`: body `{input}` (or any JSON, used as the input); `Idempotency-Key` dedupes.
+/// Start a run of the published version by hand.
+///
+/// The body is `{input}` (or any JSON, used as the input); an `Idempotency-Key` header dedupes.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/flows/{flow}/runs", tag = "runs",
+    params(WsParam, FlowParam, ("Idempotency-Key" = Option<String>, Header, description = "the same key within the dedupe window starts no second run")),
+    request_body(content = Option<Object>, content_type = "application/json"),
+    responses((status = 202, body = Started), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
 pub(crate) async fn start(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, flow)): Path<(String, String)>,
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<(StatusCode, Json<Started>), Problem> {
+    let (_, flow) = path;
     let bytes = read_limited(body, s.opts.max_body_bytes).await?;
     require_json(&headers, &bytes)?;
     let v: Value = if bytes.is_empty() {
@@ -75,10 +54,16 @@ pub(crate) async fn start(
         other => other,
     };
     let key = crate::hooks::idempotency_key(&headers)?;
-    let ins = s.engine.start_run(auth.scope, &flow, input, key).await?;
+    let ins = s
+        .engine
+        .start_run(auth.scope, &flow, input, key, auth.actor)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"run_id": ins.run_id.to_string(), "duplicate": ins.duplicate})),
+        Json(Started {
+            run_id: ins.run_id.to_string(),
+            duplicate: ins.duplicate,
+        }),
     ))
 }
 
@@ -97,12 +82,21 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /runs?flow=&status=&since=&limit=&cursor=`.
+/// List runs, newest first.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/runs", tag = "runs",
+    params(WsParam,
+        ("flow" = Option<String>, Query, description = "flow id or name"),
+        ("status" = Option<String>, Query, description = "queued, running, waiting, succeeded, failed or cancelled"),
+        ("since" = Option<String>, Query, description = "RFC 3339: runs created at or after"),
+        ("limit" = Option<u32>, Query, description = "page size, 1-500"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = Page<RunOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn list(
     State(s): State<AppState>,
-    auth: WsAuth,
+    auth: Ws<Read>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Page<RunOut>>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let flow_id = match q.flow.as_deref().filter(|f| !f.is_empty()) {
@@ -110,7 +104,10 @@ pub(crate) async fn list(
             Ok(rec) => Some(rec.id),
             // An unknown flow has no runs.
             Err(weft_engine::EngineError::NotFound(_)) => {
-                return Ok(Json(json!({"items": [], "next_cursor": null})));
+                return Ok(Json(Page {
+                    items: vec![],
+                    next_cursor: None,
+                }));
             }
             Err(e) => return Err(e.into()),
         },
@@ -164,16 +161,24 @@ pub(crate) async fn list(
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
-    let items: Vec<Value> = runs.iter().map(|r| run_json(r, None)).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next})))
+    let items = runs.iter().map(|r| RunOut::new(r, None)).collect();
+    Ok(Json(Page {
+        items,
+        next_cursor: next,
+    }))
 }
 
-/// `GET /runs/{run}` with steps.
+/// A run with its steps.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/runs/{run}", tag = "runs",
+    params(WsParam, RunParam),
+    responses((status = 200, body = RunOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn show(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, run)): Path<(String, String)>,
-) -> Result<Json<Value>, Problem> {
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<RunOut>, Problem> {
+    let (_, run) = path;
     let id: RunId = parse_id("run", &run)?;
     let (r, steps) = s
         .engine
@@ -184,7 +189,7 @@ pub(crate) async fn show(
             weft_store::StoreError::NotFound => Problem::not_found("run"),
             other => Problem::from(weft_engine::EngineError::from(other)),
         })?;
-    Ok(Json(run_json(&r, Some(&steps))))
+    Ok(Json(RunOut::new(&r, Some(&steps))))
 }
 
 #[derive(Deserialize)]
@@ -196,13 +201,20 @@ struct LogsQuery {
     limit: Option<usize>,
 }
 
-/// `GET /runs/{run}/logs?after=SEQ&limit=`.
+/// A run's log lines after sequence `after`.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/runs/{run}/logs", tag = "runs",
+    params(WsParam, RunParam,
+        ("after" = Option<i64>, Query, description = "only lines after this seq"),
+        ("limit" = Option<u32>, Query, description = "most lines, 1-5000")),
+    responses((status = 200, body = LogPage), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
 pub(crate) async fn logs(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, run)): Path<(String, String)>,
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
     RawQuery(q): RawQuery,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<LogPage>, Problem> {
+    let (_, run) = path;
     let q: LogsQuery = parse_query(q.as_deref())?;
     let id: RunId = parse_id("run", &run)?;
     let store = s.engine.store();
@@ -216,24 +228,29 @@ pub(crate) async fn logs(
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
     let next = lines.last().map(|l| l.seq);
-    let items: Vec<Value> = lines
-        .into_iter()
-        .map(|l| json!({"seq": l.seq, "ts": weft_types::rfc3339(l.ts), "level": l.level, "step": l.step_id, "message": l.message}))
-        .collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": next, "run_status": r.status.as_str()}),
-    ))
+    let items = lines.into_iter().map(LogOut::from).collect();
+    Ok(Json(LogPage {
+        items,
+        next_cursor: next,
+        run_status: r.status.as_str().into(),
+    }))
 }
 
-/// `POST /runs/{run}/cancel`.
+/// Cancel a run that has not finished (a finished run is left as it is).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/{run}/cancel", tag = "runs",
+    params(WsParam, RunParam),
+    responses((status = 200, body = RunStatusOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
 pub(crate) async fn cancel(
     State(s): State<AppState>,
-    auth: WsAuth,
-    Path((_, run)): Path<(String, String)>,
-) -> Result<Json<Value>, Problem> {
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<RunStatusOut>, Problem> {
+    let (_, run) = path;
     let id: RunId = parse_id("run", &run)?;
-    let status = s.engine.cancel_run(auth.scope, id).await?;
-    Ok(Json(
-        json!({"id": id.to_string(), "status": status.as_str()}),
-    ))
+    let status = s.engine.cancel_run(auth.scope, id, auth.actor).await?;
+    Ok(Json(RunStatusOut {
+        id: id.to_string(),
+        status: status.as_str().into(),
+    }))
 }

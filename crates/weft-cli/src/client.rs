@@ -115,13 +115,13 @@ pub enum ConnectorsCmd {
     List,
 }
 
-struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
-    args: ClientArgs,
+    pub(crate) args: ClientArgs,
 }
 
 impl Api {
-    fn new(args: ClientArgs) -> anyhow::Result<Self> {
+    pub(crate) fn new(args: ClientArgs) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
@@ -129,7 +129,7 @@ impl Api {
         Ok(Self { http, args })
     }
 
-    fn ws(&self, path: &str) -> String {
+    pub(crate) fn ws(&self, path: &str) -> String {
         format!(
             "{}/api/v1/workspaces/{}{}",
             self.args.url.trim_end_matches('/'),
@@ -188,8 +188,20 @@ impl Api {
         Ok(v)
     }
 
-    async fn get(&self, url: String) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, url: String) -> anyhow::Result<Value> {
         self.send(self.http.get(url)).await
+    }
+
+    pub(crate) async fn post(&self, url: String, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(url).json(body)).await
+    }
+
+    pub(crate) async fn patch(&self, url: String, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.patch(url).json(body)).await
+    }
+
+    pub(crate) async fn delete(&self, url: String) -> anyhow::Result<Value> {
+        self.send(self.http.delete(url)).await
     }
 }
 
@@ -201,11 +213,11 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cur.to_string()
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+pub(crate) fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("-")
 }
 
@@ -327,7 +339,7 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

@@ -2,6 +2,7 @@
 //! commands on the store, and the hidden `sandbox-worker` the server spawns for expressions.
 
 mod client;
+mod identity;
 mod serve;
 
 use std::path::PathBuf;
@@ -81,6 +82,34 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Manage this workspace's API keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: identity::KeysCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage this workspace's members.
+    Members {
+        #[command(subcommand)]
+        cmd: identity::MembersCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List and create workspaces.
+    Workspaces {
+        #[command(subcommand)]
+        cmd: identity::WorkspacesCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read and verify the audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: identity::AuditCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Operator commands acting on the store directly.
     Admin {
         #[command(subcommand)]
@@ -129,6 +158,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Run { cmd, client } => client::run(cmd, client).await,
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
             Cmd::Connectors { cmd, client } => client::connectors(cmd, client).await,
+            Cmd::Keys { cmd, client } => identity::keys(cmd, client).await,
+            Cmd::Members { cmd, client } => identity::members(cmd, client).await,
+            Cmd::Workspaces { cmd, client } => identity::workspaces(cmd, client).await,
+            Cmd::Audit { cmd, client } => identity::audit(cmd, client).await,
             Cmd::Admin { cmd, store } => serve::admin(cmd, store).await,
             Cmd::SandboxWorker { .. } => Ok(()),
         }

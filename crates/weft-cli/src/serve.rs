@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Instance admin token (`wfa_…`) for `/api/v1/admin/*`; when unset, the one made at first
+    /// start (or by `weft admin token`) is used.
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// How logs are written.
@@ -91,6 +95,39 @@ pub enum AdminCmd {
     },
     /// Apply pending store migrations and exit.
     Migrate,
+    /// Make a new instance admin token (the old one stops working); prints it once.
+    Token {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+/// `weft admin user …`.
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Set a user's password (creating the user if new); reads it from WEFT_PASSWORD or stdin.
+    SetPassword {
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+    },
+}
+
+/// Makes and stores a new instance admin token; returns it (shown once).
+async fn new_admin_token(s: &Store) -> anyhow::Result<String> {
+    let token = format!("wfa_{}", weft_types::random_secret());
+    s.set_setting(
+        weft_api::ADMIN_TOKEN_SETTING,
+        &weft_store::hash_secret(&token),
+    )
+    .await?;
+    Ok(token)
 }
 
 /// `weft admin tenant …`.
@@ -168,7 +205,12 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                 bail!("--owner-email '{owner_email}' is not an email address");
             }
             let b = s
-                .create_tenant(&name, &owner_email, SystemClock.now_ms())
+                .create_tenant(
+                    &name,
+                    &owner_email,
+                    weft_store::Actor::operator(),
+                    SystemClock.now_ms(),
+                )
                 .await?;
             if json {
                 println!(
@@ -182,6 +224,42 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                 );
                 println!("owner API key (shown once): {}", b.owner_key);
             }
+        }
+        AdminCmd::Token { json } => {
+            let token = new_admin_token(&s).await?;
+            if json {
+                println!("{}", serde_json::json!({ "admin_token": token }));
+            } else {
+                println!(
+                    "instance admin token (shown once; the previous one no longer works): {token}"
+                );
+            }
+        }
+        AdminCmd::User {
+            cmd: UserCmd::SetPassword { email },
+        } => {
+            let email = email.trim().to_lowercase();
+            if email.split('@').count() != 2 || email.len() > 254 {
+                bail!("--email '{email}' is not an email address");
+            }
+            let password = match std::env::var("WEFT_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the password from stdin")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if password.chars().count() < 10 || password.len() > 1024 {
+                bail!("the password must be 10-1024 characters");
+            }
+            let hash = weft_api::password::hash(password)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let id = s.set_password(&email, &hash, SystemClock.now_ms()).await?;
+            println!("password set for {email} ({id})");
         }
     }
     Ok(())
@@ -216,7 +294,7 @@ async fn apply_dir(engine: &Engine, scope: Scope, dir: &Path) -> anyhow::Result<
             std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
         let def = weft_flow::parse_text(&text).with_context(|| format!("{}", f.display()))?;
         let rec = engine
-            .apply_flow(scope, def, false)
+            .apply_flow(scope, def, false, weft_store::Actor::system("flows-dir"))
             .await
             .with_context(|| format!("{}", f.display()))?;
         tracing::info!(file = %f.display(), flow = %rec.name, version = rec.latest_version, "applied flow");
@@ -280,10 +358,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .trim_end_matches('/')
         .to_string();
     let boot = store.bootstrap_if_empty(clock.now_ms()).await?;
+    // The instance admin token: the operator's, or one made at first start (shown once).
+    let admin_token_hash = args.admin_token.as_deref().map(weft_store::hash_secret);
+    let new_admin = match (&boot, &admin_token_hash) {
+        (Some(_), None) => Some(new_admin_token(&store).await?),
+        _ => None,
+    };
     let scope = store.default_scope().await?;
     if let (Some(_), Some(scope)) = (&boot, scope) {
         let def = weft_flow::parse_text(include_str!("../../../examples/hello.yaml"))?;
-        engine.apply_flow(scope, def, false).await?;
+        engine
+            .apply_flow(scope, def, false, weft_store::Actor::system("bootstrap"))
+            .await?;
     }
     if let (Some(dir), Some(scope)) = (&args.flows, scope) {
         apply_dir(&engine, scope, dir).await?;
@@ -297,6 +383,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(b) = &boot {
         println!("Owner API key (shown once, keep it): {}", b.owner_key);
         println!("  export WEFT_API_KEY={}", b.owner_key);
+    }
+    if let Some(t) = &new_admin {
+        println!("Instance admin token for /api/v1/admin (shown once): {t}");
     }
     if let Some(scope) = scope
         && let Ok(hello) = engine.get_flow(scope, "hello").await
@@ -315,6 +404,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         weft_api::ApiOptions {
             public_url,
             max_body_bytes: args.max_body_bytes,
+            admin_token_hash,
         },
     );
     let shutdown = async {

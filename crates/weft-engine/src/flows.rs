@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use weft_flow::{ActionCatalog, CompiledFlow, FlowDef, TriggerKind};
-use weft_store::{FlowRecord, HookTarget, Inserted, NewRun, StoreError};
-use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope};
+use weft_store::{Actor, FlowRecord, HookTarget, Inserted, NewRun, StoreError};
+use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope, TenantId};
 
 use crate::{Engine, EngineError, Inner, WebhookResponse};
 
@@ -31,6 +32,15 @@ pub type FlowRef = str;
 pub(crate) struct FlowCache {
     compiled: Mutex<HashMap<(FlowId, i64), Arc<CompiledFlow>>>,
     hooks: Mutex<HashMap<HookId, (HookTarget, std::time::Instant)>>,
+    /// Per-tenant webhook rate limiters, with the rps they were built for and when read.
+    intake: Mutex<HashMap<TenantId, IntakeLimit>>,
+}
+
+/// A tenant's webhook rate limit as last read from its plan.
+struct IntakeLimit {
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    rps: Option<i64>,
+    read_at: std::time::Instant,
 }
 
 /// How long a resolved hook id is trusted before it is read again (other processes may publish).
@@ -89,6 +99,7 @@ impl Engine {
         scope: Scope,
         def: FlowDef,
         draft: bool,
+        actor: Actor,
     ) -> Result<FlowRecord, EngineError> {
         let compiled = weft_flow::compile(&def, &ActionRegistry)?;
         let value = serde_json::to_value(&def)
@@ -98,7 +109,7 @@ impl Engine {
             .inner
             .opts
             .store
-            .save_flow(scope, &def.name, value, !draft, now)
+            .save_flow(scope, &def.name, value, !draft, actor, now)
             .await?;
         if let Ok(mut m) = self.inner.flows.compiled.lock() {
             m.insert((rec.id, rec.latest_version), Arc::new(compiled.clone()));
@@ -115,6 +126,7 @@ impl Engine {
         scope: Scope,
         flow: &FlowRef,
         version: Option<i64>,
+        actor: Actor,
     ) -> Result<FlowRecord, EngineError> {
         let rec = self.get_flow(scope, flow).await?;
         let version = version.unwrap_or(rec.latest_version);
@@ -130,7 +142,7 @@ impl Engine {
             .inner
             .opts
             .store
-            .publish(scope, rec.id, version, self.inner.now())
+            .publish(scope, rec.id, version, actor, self.inner.now())
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => EngineError::NotFound("flow version"),
@@ -173,9 +185,18 @@ impl Engine {
     }
 
     /// Deletes a flow (its runs stay in history).
-    pub async fn delete_flow(&self, scope: Scope, flow: &FlowRef) -> Result<(), EngineError> {
+    pub async fn delete_flow(
+        &self,
+        scope: Scope,
+        flow: &FlowRef,
+        actor: Actor,
+    ) -> Result<(), EngineError> {
         let rec = self.get_flow(scope, flow).await?;
-        self.inner.opts.store.delete_flow(scope, rec.id).await?;
+        self.inner
+            .opts
+            .store
+            .delete_flow(scope, rec.id, actor, self.inner.now())
+            .await?;
         if let Ok(mut h) = self.inner.flows.hooks.lock() {
             h.remove(&rec.hook_id);
         }
@@ -189,6 +210,7 @@ impl Engine {
         flow: &FlowRef,
         input: Value,
         dedupe_key: Option<String>,
+        actor: Actor,
     ) -> Result<Inserted, EngineError> {
         let rec = self.get_flow(scope, flow).await?;
         let Some(version) = rec.published_version else {
@@ -214,6 +236,7 @@ impl Engine {
                 dedupe_key,
                 dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
                 now,
+                audit: Some(actor),
             })
             .await?;
         self.wake();
@@ -258,6 +281,7 @@ impl Engine {
         let version = target
             .published_version
             .ok_or(EngineError::NotFound("hook"))?;
+        self.check_intake_rate(target.scope.tenant).await?;
         let compiled = self
             .inner
             .compiled(target.scope, target.flow_id, version)
@@ -289,6 +313,7 @@ impl Engine {
                 dedupe_key,
                 dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
                 now: self.inner.now(),
+                audit: None,
             })
             .await;
         let inserted = match res {
@@ -314,6 +339,68 @@ impl Engine {
         })
     }
 
+    /// Refuses a webhook when the tenant is over its plan's requests per second.
+    async fn check_intake_rate(&self, tenant: TenantId) -> Result<(), EngineError> {
+        let cached = self.inner.flows.intake.lock().ok().and_then(|m| {
+            m.get(&tenant)
+                .filter(|l| l.read_at.elapsed() < HOOK_TTL)
+                .map(|l| l.limiter.clone())
+        });
+        let limiter = match cached {
+            Some(l) => l,
+            None => {
+                let rps = self
+                    .inner
+                    .opts
+                    .store
+                    .get_tenant(tenant)
+                    .await?
+                    .limits
+                    .webhook_rps;
+                let mut m = self
+                    .inner
+                    .flows
+                    .intake
+                    .lock()
+                    .map_err(|_| EngineError::Conflict("intake limiter poisoned".into()))?;
+                if m.len() >= CACHE_MAX {
+                    m.clear();
+                }
+                let entry = m.entry(tenant).or_insert_with(|| IntakeLimit {
+                    limiter: None,
+                    rps: None,
+                    read_at: std::time::Instant::now(),
+                });
+                // Keep the bucket's state while the limit is unchanged.
+                if entry.rps != rps || (rps.is_some() && entry.limiter.is_none()) {
+                    entry.limiter = rps.map(|r| {
+                        let n = std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32)
+                            .unwrap_or(std::num::NonZeroU32::MIN);
+                        Arc::new(RateLimiter::direct(Quota::per_second(n)))
+                    });
+                    entry.rps = rps;
+                }
+                entry.read_at = std::time::Instant::now();
+                entry.limiter.clone()
+            }
+        };
+        match limiter {
+            Some(l) if l.check().is_err() => Err(EngineError::Quota {
+                limit: "webhook_rps",
+                detail: "the tenant is over its plan's webhook requests per second; nothing was stored. Retry after a second".into(),
+                retry_after: Some(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets cached plan limits of a tenant (after an admin changed them).
+    pub fn forget_plan(&self, tenant: TenantId) {
+        if let Ok(mut m) = self.inner.flows.intake.lock() {
+            m.remove(&tenant);
+        }
+    }
+
     /// Drops the waiter for a run's `respond` step (intake gave up waiting).
     pub fn forget_responder(&self, run: RunId) {
         if let Ok(mut m) = self.inner.responders.lock() {
@@ -322,12 +409,17 @@ impl Engine {
     }
 
     /// Cancels a run; a run executing here is told to stop at once.
-    pub async fn cancel_run(&self, scope: Scope, run: RunId) -> Result<RunStatus, EngineError> {
+    pub async fn cancel_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+    ) -> Result<RunStatus, EngineError> {
         let status = self
             .inner
             .opts
             .store
-            .cancel_run(scope, run, self.inner.now())
+            .cancel_run(scope, run, actor, self.inner.now())
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => EngineError::NotFound("run"),

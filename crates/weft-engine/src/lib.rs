@@ -63,6 +63,19 @@ pub enum EngineError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A plan limit of the tenant would be exceeded.
+    #[error("{detail}")]
+    Quota {
+        /// Which limit.
+        limit: &'static str,
+        /// What happened and what to do.
+        detail: String,
+        /// Seconds until it resets by itself.
+        retry_after: Option<u64>,
+    },
+    /// A rule about the data forbids the change (e.g. removing the last owner).
+    #[error("{0}")]
+    Rule(String),
     /// The store failed.
     #[error("storage failed: {0}")]
     Store(StoreError),
@@ -73,6 +86,16 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound => EngineError::NotFound("object"),
             StoreError::Conflict(m) => EngineError::Conflict(m),
+            StoreError::Quota {
+                limit,
+                detail,
+                retry_after,
+            } => EngineError::Quota {
+                limit,
+                detail,
+                retry_after,
+            },
+            StoreError::Rule(m) => EngineError::Rule(m),
             other => EngineError::Store(other),
         }
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use weft_store::NewRun;
+use weft_store::{NewRun, StoreError};
 use weft_types::RunId;
 
 use crate::Inner;
@@ -74,15 +74,21 @@ pub(crate) async fn fire_due(inner: &Inner, now: i64) -> Result<usize, crate::En
             dedupe_key: Some(format!("schedule:{}", d.tick_at)),
             dedupe_window_ms: i64::MAX / 4,
             now,
+            audit: None,
         };
-        if inner
-            .opts
-            .store
-            .fire_schedule(run, d.tick_at, next)
-            .await?
-            .is_some()
-        {
-            fired += 1;
+        match inner.opts.store.fire_schedule(run, d.tick_at, next).await {
+            Ok(Some(_)) => fired += 1,
+            Ok(None) => {}
+            // Over its plan: this tick starts no run, and the schedule moves on to the next one.
+            Err(StoreError::Quota { detail, .. }) => {
+                tracing::warn!(flow = %d.flow_id, %detail, "scheduled run skipped: quota");
+                inner
+                    .opts
+                    .store
+                    .set_schedule(d.scope, d.flow_id, next)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     if fired > 0 {

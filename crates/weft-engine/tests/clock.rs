@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use weft_connectors::{GuardedClient, NetPolicy};
 use weft_engine::{Engine, EngineEvent, EngineOptions};
 use weft_sandbox::{SandboxOptions, SandboxPool};
+use weft_store::Actor;
 use weft_store::{SqliteOptions, Store};
 use weft_types::{ManualClock, RunId, RunStatus, Scope};
 
@@ -71,7 +72,12 @@ async fn harness() -> Harness {
 impl Harness {
     async fn apply(&self, yaml: &str) {
         self.engine
-            .apply_flow(self.scope, weft_flow::parse_text(yaml).unwrap(), false)
+            .apply_flow(
+                self.scope,
+                weft_flow::parse_text(yaml).unwrap(),
+                false,
+                Actor::system("test"),
+            )
             .await
             .unwrap();
     }
@@ -158,7 +164,13 @@ async fn backoff_waits_on_the_injected_clock_and_keeps_the_key() {
     .await;
     let run = h
         .engine
-        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "act",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap()
         .run_id;
@@ -187,7 +199,13 @@ async fn retry_after_is_a_floor_on_the_delay() {
     ))
     .await;
     h.engine
-        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "act",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap();
     assert_eq!(h.retrying().await, Duration::from_secs(45));
@@ -208,7 +226,13 @@ async fn step_timeout_is_measured_on_the_clock() {
     .await;
     let run = h
         .engine
-        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "act",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap()
         .run_id;
@@ -226,13 +250,22 @@ async fn cancel_stops_a_running_run() {
     h.apply(&action_flow(&url, "")).await;
     let run = h
         .engine
-        .start_run(h.scope, "act", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "act",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap()
         .run_id;
     reqs.recv().await.unwrap();
     assert_eq!(
-        h.engine.cancel_run(h.scope, run).await.unwrap(),
+        h.engine
+            .cancel_run(h.scope, run, Actor::system("test"))
+            .await
+            .unwrap(),
         RunStatus::Cancelled
     );
     // The executing task lets go of the run (its HTTP call is dropped) instead of finishing it.
@@ -249,7 +282,10 @@ async fn cancel_stops_a_running_run() {
     assert_eq!(r.status, RunStatus::Cancelled);
     // A finished run cannot be cancelled again; it keeps its status.
     assert_eq!(
-        h.engine.cancel_run(h.scope, run).await.unwrap(),
+        h.engine
+            .cancel_run(h.scope, run, Actor::system("test"))
+            .await
+            .unwrap(),
         RunStatus::Cancelled
     );
 }
@@ -297,7 +333,13 @@ async fn run_timeout_fails_the_run_on_the_clock() {
     .await;
     let run = h
         .engine
-        .start_run(h.scope, "slow", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "slow",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap()
         .run_id;
@@ -318,7 +360,13 @@ async fn a_failed_step_with_continue_on_error_lets_dependents_run() {
     .await;
     let run = h
         .engine
-        .start_run(h.scope, "soft", serde_json::json!({}), None)
+        .start_run(
+            h.scope,
+            "soft",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
         .await
         .unwrap()
         .run_id;

@@ -4,6 +4,8 @@
 //! across tenants (claiming work, resolving a hook id, due schedules) say so in their docs.
 //! Only this crate contains SQL.
 
+pub mod audit;
+pub mod fair;
 mod model;
 mod sqlite;
 
@@ -30,6 +32,19 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A plan limit of the tenant would be exceeded; nothing was written.
+    #[error("{detail}")]
+    Quota {
+        /// Which limit (`runs_per_month`, `active_flows`, `stored_bytes`).
+        limit: &'static str,
+        /// What happened and what to do.
+        detail: String,
+        /// Seconds until the limit resets, when it does by itself.
+        retry_after: Option<u64>,
+    },
+    /// A rule about the data was broken (e.g. removing the last owner).
+    #[error("{0}")]
+    Rule(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 use weft_types::{
-    FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, WorkspaceId,
+    FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, StepStatus, TenantId, UserId,
+    WorkspaceId,
 };
 
 /// A flow's current state (its definition lives in [`FlowVersion`]s).
@@ -71,6 +72,8 @@ pub struct NewRun {
     pub dedupe_window_ms: Millis,
     /// Creation time.
     pub now: Millis,
+    /// Set for runs started by a person or key (audited); `None` for webhooks and schedules.
+    pub audit: Option<Actor>,
 }
 
 /// Result of inserting a run: the new id, or the id of the run that absorbed the duplicate.
@@ -191,28 +194,258 @@ pub struct StepCheckpoint {
     pub logs: Vec<NewLog>,
 }
 
-/// A credential-free identity an API key resolves to.
+/// What an API key resolves to (never its secret).
 #[derive(Debug, Clone)]
 pub struct KeyIdentity {
     /// Key's workspace scope.
     pub scope: Scope,
     /// Workspace slug.
     pub workspace_slug: String,
-    /// Role name.
-    pub role: String,
+    /// The key's role.
+    pub role: Role,
     /// Key id.
-    pub key_id: String,
+    pub key_id: KeyId,
+    /// The user the key acts for (who created it), if known.
+    pub user: Option<UserId>,
+    /// Last use, for throttled `last_used_at` updates.
+    pub last_used_at: Option<Millis>,
 }
 
-/// What first start created.
+/// What first start (or `admin tenant create`) created.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
-    /// Default tenant.
+    /// The tenant.
     pub tenant: TenantId,
-    /// Default workspace.
+    /// Its `default` workspace.
     pub workspace: WorkspaceId,
+    /// The owner.
+    pub owner: UserId,
     /// The owner API key, shown once.
     pub owner_key: String,
+}
+
+/// An API key as listed (never the secret).
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// Id.
+    pub id: KeyId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The first characters of the secret, to recognise it.
+    pub prefix: String,
+    /// Who created it.
+    pub created_by: Option<UserId>,
+    /// Created at.
+    pub created_at: Millis,
+    /// Last used at.
+    pub last_used_at: Option<Millis>,
+    /// Expires at.
+    pub expires_at: Option<Millis>,
+    /// Revoked at.
+    pub revoked_at: Option<Millis>,
+}
+
+/// A key to create.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The user it acts for.
+    pub created_by: Option<UserId>,
+    /// Optional expiry.
+    pub expires_at: Option<Millis>,
+}
+
+/// A user (a person, across tenants).
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// Id.
+    pub id: UserId,
+    /// Email, lower-cased.
+    pub email: String,
+    /// argon2id PHC string, if a password is set.
+    pub password_hash: Option<String>,
+    /// Created at.
+    pub created_at: Millis,
+}
+
+/// A member of a workspace.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    /// User.
+    pub user_id: UserId,
+    /// Email.
+    pub email: String,
+    /// Role in this workspace.
+    pub role: Role,
+    /// Member since.
+    pub created_at: Millis,
+}
+
+/// A browser session (looked up by the hash of its cookie secret).
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// The user.
+    pub user_id: UserId,
+    /// Their email.
+    pub email: String,
+    /// Token the browser must echo in `X-CSRF-Token` on writes.
+    pub csrf_token: String,
+    /// Expiry.
+    pub expires_at: Millis,
+}
+
+/// A workspace.
+#[derive(Debug, Clone)]
+pub struct WorkspaceRecord {
+    /// Tenant and id.
+    pub scope: Scope,
+    /// Slug, unique in the tenant.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Created at.
+    pub created_at: Millis,
+}
+
+/// A tenant's plan limits; `None` is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Runs started per calendar month (UTC).
+    pub runs_per_month: Option<i64>,
+    /// Flows with a published version.
+    pub active_flows: Option<i64>,
+    /// Runs running at once.
+    pub concurrent_runs: Option<i64>,
+    /// Webhook requests per second.
+    pub webhook_rps: Option<i64>,
+    /// Bytes of stored run data (triggers and outputs).
+    pub stored_bytes: Option<i64>,
+}
+
+/// A tenant.
+#[derive(Debug, Clone)]
+pub struct TenantRecord {
+    /// Id.
+    pub id: TenantId,
+    /// Name.
+    pub name: String,
+    /// Plan limits.
+    pub limits: Limits,
+    /// Fair-share weight (default 1).
+    pub weight: i64,
+    /// Created at.
+    pub created_at: Millis,
+}
+
+/// A tenant's consumption, against its limits.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Calendar month (`YYYY-MM`) the run count is for.
+    pub month: String,
+    /// Runs started this month.
+    pub runs_in_month: i64,
+    /// Stored run data in bytes.
+    pub stored_bytes: i64,
+    /// Flows with a published version.
+    pub active_flows: i64,
+    /// Runs running now.
+    pub running: i64,
+}
+
+/// Who made a change (for the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `user`, `key`, `admin`, `operator` or `system`.
+    pub kind: &'static str,
+    /// User id, key id, or a name for operator/system.
+    pub id: String,
+    /// The credential used: `key:key_…` or `session:…` (a prefix of its hash).
+    pub via: Option<String>,
+    /// The HTTP request id.
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// The operator at the command line (store opened directly).
+    pub fn operator() -> Self {
+        Self {
+            kind: "operator",
+            id: "cli".into(),
+            via: None,
+            request_id: None,
+        }
+    }
+    /// Weft itself (e.g. flows applied from `--flows` at start).
+    pub fn system(what: &str) -> Self {
+        Self {
+            kind: "system",
+            id: what.into(),
+            via: None,
+            request_id: None,
+        }
+    }
+}
+
+/// A change to record, made by `actor`, in the same transaction as the change.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// Who.
+    pub actor: Actor,
+    /// What, e.g. `flow.publish`.
+    pub action: &'static str,
+    /// Object kind, e.g. `flow`.
+    pub object_kind: &'static str,
+    /// Object id.
+    pub object_id: String,
+    /// Workspace, when the change is inside one.
+    pub workspace: Option<WorkspaceId>,
+    /// Extra facts (never secrets).
+    pub detail: Value,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Position in the tenant's chain, from 1.
+    pub seq: i64,
+    /// Time.
+    pub ts: Millis,
+    /// Workspace, if any.
+    pub workspace_id: Option<String>,
+    /// Actor kind.
+    pub actor_kind: String,
+    /// Actor id.
+    pub actor_id: String,
+    /// Credential used.
+    pub via: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Action.
+    pub action: String,
+    /// Object kind.
+    pub object_kind: String,
+    /// Object id.
+    pub object_id: String,
+    /// Detail, as stored (JSON text).
+    pub detail: String,
+    /// Hash of the previous entry (empty for the first).
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// Outcome of checking a tenant's audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// Entries checked.
+    pub entries: i64,
+    /// The first broken entry and why, if any.
+    pub broken: Option<(i64, String)>,
 }
 
 /// A schedule that is due.

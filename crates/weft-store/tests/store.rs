@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use weft_store::{
-    NewLog, NewRun, RunFilter, SqliteOptions, StepCheckpoint, StepRecord, Store, StoreError,
+    Actor, NewLog, NewRun, RunFilter, SqliteOptions, StepCheckpoint, StepRecord, Store, StoreError,
 };
 use weft_types::{FlowId, RunId, RunStatus, Scope, StepStatus};
 
@@ -38,29 +38,34 @@ fn new_run(scope: Scope, flow: FlowId, key: Option<&str>, now: i64) -> NewRun {
         dedupe_key: key.map(str::to_string),
         dedupe_window_ms: 10_000,
         now,
+        audit: None,
     }
+}
+
+fn op() -> Actor {
+    Actor::operator()
 }
 
 #[tokio::test]
 async fn flows_version_and_publish() {
     let (s, scope, _d) = open().await;
     let f = s
-        .save_flow(scope, "f", json!({"v": 1}), true, 5)
+        .save_flow(scope, "f", json!({"v": 1}), true, op(), 5)
         .await
         .unwrap();
     assert_eq!((f.latest_version, f.published_version), (1, Some(1)));
     let f2 = s
-        .save_flow(scope, "f", json!({"v": 2}), false, 6)
+        .save_flow(scope, "f", json!({"v": 2}), false, op(), 6)
         .await
         .unwrap();
     assert_eq!(
         (f2.id, f2.hook_id, f2.latest_version, f2.published_version),
         (f.id, f.hook_id, 2, Some(1))
     );
-    let f3 = s.publish(scope, f.id, 2, 7).await.unwrap();
+    let f3 = s.publish(scope, f.id, 2, op(), 7).await.unwrap();
     assert_eq!(f3.published_version, Some(2));
     assert!(matches!(
-        s.publish(scope, f.id, 9, 8).await,
+        s.publish(scope, f.id, 9, op(), 8).await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(
@@ -83,12 +88,18 @@ async fn flows_version_and_publish() {
 #[tokio::test]
 async fn another_tenant_sees_nothing() {
     let (s, scope, _d) = open().await;
-    let other = s.create_tenant("other", "o@example.com", 2).await.unwrap();
+    let other = s
+        .create_tenant("other", "o@example.com", op(), 2)
+        .await
+        .unwrap();
     let other = Scope {
         tenant: other.tenant,
         workspace: other.workspace,
     };
-    let f = s.save_flow(scope, "f", json!({}), true, 5).await.unwrap();
+    let f = s
+        .save_flow(scope, "f", json!({}), true, op(), 5)
+        .await
+        .unwrap();
     let r = s.insert_run(new_run(scope, f.id, None, 10)).await.unwrap();
     assert!(matches!(
         s.get_flow(other, "f").await,
@@ -112,11 +123,13 @@ async fn another_tenant_sees_nothing() {
     );
     assert!(s.list_flows(other, None, 10).await.unwrap().is_empty());
     assert!(matches!(
-        s.cancel_run(other, r.run_id, 11).await,
+        s.cancel_run(other, r.run_id, op(), 11).await,
         Err(StoreError::NotFound)
     ));
     // The same flow name is free in the other tenant.
-    s.save_flow(other, "f", json!({}), true, 5).await.unwrap();
+    s.save_flow(other, "f", json!({}), true, op(), 5)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -247,7 +260,7 @@ async fn claim_checkpoint_finish_and_resume() {
     let logs = s.run_logs(scope, r, 0, 100).await.unwrap();
     assert_eq!(logs.len(), 1);
     assert_eq!(
-        s.cancel_run(scope, r, 100_003).await.unwrap(),
+        s.cancel_run(scope, r, op(), 100_003).await.unwrap(),
         RunStatus::Succeeded,
         "finished runs stay finished"
     );
@@ -263,7 +276,7 @@ async fn cancel_takes_the_run_from_its_worker() {
         .run_id;
     s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
     assert_eq!(
-        s.cancel_run(scope, r, 300).await.unwrap(),
+        s.cancel_run(scope, r, op(), 300).await.unwrap(),
         RunStatus::Cancelled
     );
     assert!(

@@ -2,11 +2,13 @@
 //!
 //! This crate does no I/O (the system clock is the one exception, behind the [`Clock`] trait).
 
+mod authz;
 mod clock;
 mod failpoint;
 mod ids;
 mod status;
 
+pub use authz::{Permission, Role};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use failpoint::{failpoint, failpoint_at};
 pub use ids::{

@@ -5,6 +5,8 @@
 //! failing write cannot undo or half-apply another, then commits once (one fsync) and only then
 //! answers every caller. A caller that got `Ok` knows its write is on disk.
 
+mod audit;
+mod identity;
 mod ops;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +22,10 @@ use crate::StoreError;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_identity.sql")),
+];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;

@@ -1,17 +1,17 @@
 //! The store's operations on SQLite. Each public method is one read or one group-committed write.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::Value;
+use serde_json::{Value, json};
 use weft_types::{
-    FlowId, HookId, KeyId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, UserId,
-    WorkspaceId, random_secret,
+    FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, WorkspaceId,
 };
 
 use super::SqliteStore;
+use super::audit::append;
 use crate::model::*;
-use crate::{StoreError, hash_secret, scope_strs};
+use crate::{StoreError, scope_strs};
 
-fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
+pub(super) fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
 }
@@ -170,6 +170,22 @@ fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, 
                 .execute(params![t, w, id])?;
         }
     }
+    charge_run(c, &t, trigger.len() as i64, r.now)?;
+    if let Some(actor) = &r.audit {
+        append(
+            c,
+            &t,
+            r.now,
+            &Audit {
+                actor: actor.clone(),
+                action: "run.start",
+                object_kind: "run",
+                object_id: r.id.to_string(),
+                workspace: Some(r.scope.workspace),
+                detail: json!({"flow": r.flow_name, "flow_version": r.flow_version}),
+            },
+        )?;
+    }
     c.prepare_cached(
         "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)",
@@ -181,109 +197,182 @@ fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, 
     })
 }
 
-fn new_workspace_and_key(
-    c: &Connection,
-    tenant: TenantId,
-    now: Millis,
-) -> Result<(WorkspaceId, String), StoreError> {
-    let ws = WorkspaceId::new();
-    c.execute(
-        "INSERT INTO workspaces (tenant_id, id, slug, name, created_at) VALUES (?1, ?2, 'default', 'Default', ?3)",
-        params![tenant.to_string(), ws.to_string(), now],
-    )?;
-    let secret = format!("wft_{}", random_secret());
-    c.execute(
-        "INSERT INTO api_keys (tenant_id, workspace_id, id, name, role, secret_hash, created_at) VALUES (?1, ?2, ?3, 'owner', 'owner', ?4, ?5)",
-        params![tenant.to_string(), ws.to_string(), KeyId::new().to_string(), hash_secret(&secret), now],
-    )?;
-    Ok((ws, secret))
+/// `YYYY-MM` (UTC) of a time: the period of the monthly run quota.
+pub(super) fn month_of(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m")
+        .to_string()
 }
 
-fn create_tenant_tx(
+/// Seconds from `ms` to the start of the next UTC month.
+fn secs_to_next_month(ms: Millis) -> u64 {
+    use chrono::Datelike;
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let (y, m) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
+    chrono::NaiveDate::from_ymd_opt(y, m, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|n| ((n.and_utc().timestamp_millis() - ms).max(0) / 1000) as u64)
+        .unwrap_or(3600)
+}
+
+/// Counts a new run against the tenant's monthly and storage limits, or refuses it.
+fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
+    let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) = c
+        .prepare_cached("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = ?1")?
+        .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let month = month_of(now);
+    let (m, runs, stored): (String, i64, i64) = c
+        .prepare_cached(
+            "SELECT month, runs_in_month, stored_bytes FROM tenant_usage WHERE tenant_id = ?1",
+        )?
+        .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?
+        .unwrap_or_default();
+    let runs = if m == month { runs } else { 0 };
+    if let Some(limit) = runs_limit
+        && runs >= limit
+    {
+        return Err(StoreError::Quota {
+            limit: "runs_per_month",
+            detail: format!(
+                "the tenant has started {runs} runs this month, its plan's limit; the count resets at the start of next month (UTC), or raise the plan's runs_per_month"
+            ),
+            retry_after: Some(secs_to_next_month(now)),
+        });
+    }
+    if let Some(limit) = bytes_limit
+        && stored + bytes > limit
+    {
+        return Err(StoreError::Quota {
+            limit: "stored_bytes",
+            detail: format!(
+                "the tenant stores {stored} bytes of run data and its plan allows {limit}; delete old runs or raise the plan's stored_bytes"
+            ),
+            retry_after: None,
+        });
+    }
+    c.prepare_cached(
+        "INSERT INTO tenant_usage (tenant_id, month, runs_in_month, stored_bytes) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (tenant_id) DO UPDATE SET runs_in_month = CASE WHEN month = ?2 THEN runs_in_month + 1 ELSE 1 END, month = ?2, stored_bytes = stored_bytes + ?3",
+    )?
+    .execute(params![tenant, month, bytes])?;
+    Ok(())
+}
+
+/// Adds stored bytes (step and run outputs) to the tenant's usage; never refuses (the work is done).
+fn charge_bytes(c: &Connection, tenant: &str, bytes: i64) -> Result<(), StoreError> {
+    if bytes > 0 {
+        c.prepare_cached(
+            "UPDATE tenant_usage SET stored_bytes = stored_bytes + ?2 WHERE tenant_id = ?1",
+        )?
+        .execute(params![tenant, bytes])?;
+    }
+    Ok(())
+}
+
+/// Refuses to publish a flow (not yet active) when the tenant is at its active-flow limit.
+fn check_active_flows(c: &Connection, tenant: &str, w: &str, flow: &str) -> Result<(), StoreError> {
+    let limit: Option<i64> = c
+        .prepare_cached("SELECT max_active_flows FROM tenants WHERE id = ?1")?
+        .query_row([tenant], |r| r.get(0))?;
+    let Some(limit) = limit else { return Ok(()) };
+    let (active, this): (i64, i64) = c
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(workspace_id = ?2 AND id = ?3), 0) FROM flows WHERE tenant_id = ?1 AND published_version IS NOT NULL",
+        )?
+        .query_row(params![tenant, w, flow], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if this == 0 && active >= limit {
+        return Err(StoreError::Quota {
+            limit: "active_flows",
+            detail: format!(
+                "the tenant has {active} published flows, its plan's limit; save this one as a draft, delete a flow, or raise the plan's active_flows"
+            ),
+            retry_after: None,
+        });
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` ready runs, shared across tenants by [`crate::fair::shares`]: each
+/// tenant's running count, weight and concurrency cap decide its slots.
+fn claim_fair(
     c: &Connection,
-    name: &str,
-    email: &str,
+    owner: &str,
     now: Millis,
-) -> Result<Bootstrap, StoreError> {
-    let tenant = TenantId::new();
-    c.execute(
-        "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
-        params![tenant.to_string(), name, now],
+    lease_ms: Millis,
+    limit: usize,
+) -> Result<Vec<RawRun>, StoreError> {
+    // Distinct tenants with queued work, by skip-scan over the partial index (one probe per tenant,
+    // however deep each tenant's queue is).
+    let mut st = c.prepare_cached(
+        "WITH RECURSIVE t(id) AS (
+           SELECT MIN(tenant_id) FROM runs WHERE status = 'queued'
+           UNION ALL
+           SELECT (SELECT MIN(tenant_id) FROM runs WHERE status = 'queued' AND tenant_id > t.id) FROM t WHERE t.id IS NOT NULL)
+         SELECT t.id, tn.weight, tn.max_concurrent_runs,
+           (SELECT COUNT(*) FROM (SELECT 1 FROM runs r WHERE r.status = 'queued' AND r.tenant_id = t.id AND r.not_before <= ?1 LIMIT ?2)),
+           (SELECT COUNT(*) FROM runs r WHERE r.status = 'running' AND r.tenant_id = t.id)
+         FROM t JOIN tenants tn ON tn.id = t.id WHERE t.id IS NOT NULL",
     )?;
-    c.execute(
-        "INSERT INTO users (tenant_id, id, email, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![tenant.to_string(), UserId::new().to_string(), email, now],
-    )?;
-    let (workspace, owner_key) = new_workspace_and_key(c, tenant, now)?;
-    Ok(Bootstrap {
-        tenant,
-        workspace,
-        owner_key,
-    })
+    let mut tenants = Vec::new();
+    let mut demands = Vec::new();
+    let mut rows = st.query(params![now, limit as i64])?;
+    while let Some(r) = rows.next()? {
+        let ready: i64 = r.get(3)?;
+        if ready == 0 {
+            continue;
+        }
+        tenants.push(r.get::<_, String>(0)?);
+        demands.push(crate::fair::Demand {
+            running: r.get(4)?,
+            ready,
+            weight: r.get(1)?,
+            cap: r.get(2)?,
+        });
+    }
+    drop(rows);
+    let shares = crate::fair::shares(&demands, limit);
+    let mut claim = c.prepare_cached(&format!(
+        "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
+         WHERE rowid IN (SELECT rowid FROM runs WHERE status = 'queued' AND tenant_id = ?5 AND not_before <= ?3 ORDER BY not_before, id LIMIT ?4)
+         RETURNING {RUN_COLS}"
+    ))?;
+    let mut claimed = Vec::new();
+    for (tenant, n) in tenants.iter().zip(shares) {
+        if n == 0 {
+            continue;
+        }
+        let mut rows = claim.query(params![owner, now + lease_ms, now, n as i64, tenant])?;
+        while let Some(r) = rows.next()? {
+            claimed.push(read_run_raw(r)?);
+        }
+    }
+    Ok(claimed)
+}
+
+fn flow_audit(
+    actor: Actor,
+    action: &'static str,
+    scope: &Scope,
+    flow: &str,
+    detail: Value,
+) -> Audit {
+    Audit {
+        actor,
+        action,
+        object_kind: "flow",
+        object_id: flow.to_string(),
+        workspace: Some(scope.workspace),
+        detail,
+    }
 }
 
 impl SqliteStore {
-    // ---- tenants and keys -------------------------------------------------------------
-
-    /// On an empty store, creates the default tenant, its `default` workspace and owner, and returns the owner key (once).
-    pub async fn bootstrap_if_empty(&self, now: Millis) -> Result<Option<Bootstrap>, StoreError> {
-        self.write(move |c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM tenants", [], |r| r.get(0))?;
-            if n > 0 {
-                return Ok(None);
-            }
-            create_tenant_tx(c, "default", "owner@localhost", now).map(Some)
-        })
-        .await
-    }
-
-    /// Creates a tenant with its `default` workspace and owner; returns the owner key (once).
-    pub async fn create_tenant(
-        &self,
-        name: &str,
-        owner_email: &str,
-        now: Millis,
-    ) -> Result<Bootstrap, StoreError> {
-        let (name, email) = (name.to_string(), owner_email.to_string());
-        self.write(move |c| create_tenant_tx(c, &name, &email, now))
-            .await
-    }
-
-    /// System: resolves an API key secret to its identity, if the key exists and is not revoked.
-    pub async fn resolve_key(&self, secret: &str) -> Result<Option<KeyIdentity>, StoreError> {
-        let hash = hash_secret(secret);
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT k.tenant_id, k.workspace_id, w.slug, k.role, k.id FROM api_keys k
-                 JOIN workspaces w ON w.tenant_id = k.tenant_id AND w.id = k.workspace_id
-                 WHERE k.secret_hash = ?1 AND k.revoked_at IS NULL",
-            )?
-            .query_row([hash], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                ))
-            })
-            .optional()?
-            .map(|(t, w, slug, role, id)| {
-                Ok(KeyIdentity {
-                    scope: Scope {
-                        tenant: parse(t, "tenant id")?,
-                        workspace: parse(w, "workspace id")?,
-                    },
-                    workspace_slug: slug,
-                    role,
-                    key_id: id,
-                })
-            })
-            .transpose()
-        })
-        .await
-    }
-
     // ---- flows ----------------------------------------------------------------------------
 
     /// Creates the flow or saves a new version of it; publishes the new version when `publish`.
@@ -293,6 +382,7 @@ impl SqliteStore {
         name: &str,
         definition: Value,
         publish: bool,
+        actor: Actor,
         now: Millis,
     ) -> Result<FlowRecord, StoreError> {
         let name = name.to_string();
@@ -302,6 +392,11 @@ impl SqliteStore {
                 .prepare_cached("SELECT id, latest_version FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3")?
                 .query_row(params![t, w, name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
+            if publish {
+                let id = existing.as_ref().map(|e| e.0.as_str()).unwrap_or("");
+                check_active_flows(c, &t, &w, id)?;
+            }
+            let created = existing.is_none();
             let (id, version) = match existing {
                 Some((id, v)) => {
                     c.execute(
@@ -325,6 +420,8 @@ impl SqliteStore {
                 "INSERT INTO flow_versions (tenant_id, workspace_id, flow_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t, w, id, version, to_json(&definition), now],
             )?;
+            let action = if created { "flow.create" } else { "flow.update" };
+            append(c, &t, now, &flow_audit(actor, action, &scope, &id, json!({"name": name, "version": version, "published": publish})))?;
             get_flow_tx(c, &scope, &id)
         })
         .await
@@ -411,6 +508,7 @@ impl SqliteStore {
         scope: Scope,
         flow: FlowId,
         version: i64,
+        actor: Actor,
         now: Millis,
     ) -> Result<FlowRecord, StoreError> {
         self.write(move |c| {
@@ -423,24 +521,35 @@ impl SqliteStore {
             if exists.is_none() {
                 return Err(StoreError::NotFound);
             }
+            check_active_flows(c, &t, &w, &id)?;
             c.execute(
                 "UPDATE flows SET published_version = ?4, updated_at = ?5 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                 params![t, w, id, version, now],
             )?;
+            append(c, &t, now, &flow_audit(actor, "flow.publish", &scope, &id, json!({"version": version})))?;
             get_flow_tx(c, &scope, &id)
         })
         .await
     }
 
     /// Deletes a flow, its versions and its schedule (runs stay in history).
-    pub async fn delete_flow(&self, scope: Scope, flow: FlowId) -> Result<(), StoreError> {
+    pub async fn delete_flow(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let id = flow.to_string();
             c.execute("DELETE FROM schedules WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
             c.execute("DELETE FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
             let n = c.execute("DELETE FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3", params![t, w, id])?;
-            if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            append(c, &t, now, &flow_audit(actor, "flow.delete", &scope, &id, json!({})))
         })
         .await
     }
@@ -567,17 +676,7 @@ impl SqliteStore {
         let owner = owner.to_string();
         let raw = self
             .write(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
-                     WHERE rowid IN (SELECT rowid FROM runs WHERE status = 'queued' AND not_before <= ?3 ORDER BY not_before, id LIMIT ?4)
-                     RETURNING {RUN_COLS}"
-                ))?;
-                let mut rows = st.query(params![owner, now + lease_ms, now, limit as i64])?;
-                let mut claimed = Vec::new();
-                while let Some(r) = rows.next()? {
-                    claimed.push(read_run_raw(r)?);
-                }
-                drop(rows);
+                let claimed = claim_fair(c, &owner, now, lease_ms, limit)?;
                 let mut out = Vec::with_capacity(claimed.len());
                 for run in claimed {
                     // Only a resumed run can have checkpoints; skip the lookup on the hot path.
@@ -677,6 +776,7 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
+            charge_bytes(c, &t, output.as_ref().map_or(0, |o| o.len() as i64))?;
             insert_logs(c, &t, &w, &rid, now, &cp.logs)?;
             Ok(true)
         })
@@ -710,6 +810,7 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
+            charge_bytes(c, &t, output.as_ref().map_or(0, |o| o.len() as i64))?;
             insert_logs(c, &t, &w, &rid, now, &logs)?;
             Ok(true)
         })
@@ -721,6 +822,7 @@ impl SqliteStore {
         &self,
         scope: Scope,
         run: RunId,
+        actor: Actor,
         now: Millis,
     ) -> Result<RunStatus, StoreError> {
         self.write(move |c| {
@@ -739,6 +841,10 @@ impl SqliteStore {
                 params![t, w, rid, now],
             )?;
             insert_logs(c, &t, &w, &rid, now, &[NewLog { level: "warn", step_id: None, message: "run cancelled on request".into() }])?;
+            append(c, &t, now, &Audit {
+                actor, action: "run.cancel", object_kind: "run", object_id: rid.clone(),
+                workspace: Some(scope.workspace), detail: json!({"previous_status": status.as_str()}),
+            })?;
             Ok(RunStatus::Cancelled)
         })
         .await
