@@ -27,7 +27,8 @@ pub enum KeysCmd {
     /// Revoke an API key at once.
     Revoke {
         /// Key id (`key_…`).
-        key: String,
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
     },
 }
 
@@ -143,9 +144,9 @@ pub(crate) async fn keys(cmd: KeysCmd, args: ClientArgs) -> anyhow::Result<()> {
             }
             v
         }
-        KeysCmd::Revoke { key } => {
+        KeysCmd::Revoke { key_id } => {
             let v = api
-                .delete(api.ws(&format!("/api-keys/{}", crate::client::enc(&key))))
+                .delete(api.ws(&format!("/api-keys/{}", crate::client::enc(&key_id))))
                 .await?;
             if !api.args.json {
                 print_key(&v);

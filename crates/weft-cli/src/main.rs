@@ -43,10 +43,15 @@ pub struct ClientArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
     /// Directory for the embedded store (SQLite + files).
-    #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
+    #[arg(
+        long,
+        env = "WEFT_DATA_DIR",
+        default_value = "./weft-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// PostgreSQL URL (instead of the embedded store).
-    #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 }
 

@@ -21,6 +21,8 @@ pub struct Server {
     pub key: String,
     pub data: PathBuf,
     pub hello_curl: Option<String>,
+    /// The instance admin token, when this start printed one.
+    pub admin_token: Option<String>,
 }
 
 impl Server {
@@ -62,6 +64,7 @@ impl Server {
         let mut url = None;
         let mut found_key = key.map(str::to_string);
         let mut hello_curl = None;
+        let mut admin_token = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while url.is_none() || hello_curl.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -74,6 +77,11 @@ impl Server {
             if let Some(k) = line.strip_prefix("Owner API key (shown once, keep it): ") {
                 found_key = Some(k.trim().to_string());
             }
+            if let Some(t) =
+                line.strip_prefix("Instance admin token for /api/v1/admin (shown once): ")
+            {
+                admin_token = Some(t.trim().to_string());
+            }
             if line.trim_start().starts_with("curl ") {
                 hello_curl = Some(line.trim().to_string());
             }
@@ -85,6 +93,7 @@ impl Server {
             key: found_key.expect("no API key"),
             data: data.to_path_buf(),
             hello_curl,
+            admin_token,
         }
     }
 
