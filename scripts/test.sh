@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: format and lint checks, then every test of every crate with nextest.
-# Needs only the Rust toolchain (SQLite is compiled in; test servers run on 127.0.0.1).
+# Needs the Rust toolchain and python3 (SQLite is compiled in; test servers run on 127.0.0.1;
+# schemathesis comes from PyPI into target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +12,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The served OpenAPI description against the real server (needs python3; fetches schemathesis).
+./scripts/schemathesis.sh
 cargo nextest run --workspace --no-fail-fast "$@"
