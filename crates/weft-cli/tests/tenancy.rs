@@ -231,3 +231,25 @@ fn operator_commands_admin_token_and_password_login() {
     assert_eq!(st, 200);
     assert!(spec["paths"]["/api/v1/workspaces/{ws}/api-keys"].is_object());
 }
+
+#[test]
+fn login_spraying_many_accounts_from_one_address_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let mut codes = Vec::new();
+    for i in 0..26 {
+        let (st, v) = http(
+            "POST",
+            &format!("{}/api/v1/auth/login", srv.url),
+            None,
+            Some(json!({"email": format!("user{i}@spray.example"), "password": "hunter2hunter2"})),
+        );
+        if st == 429 {
+            assert_eq!(v["code"], "too_many_attempts");
+        }
+        codes.push(st);
+    }
+    // Each account was tried once: only the per-address limit (20 a minute) can answer 429.
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 20, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 6, "{codes:?}");
+}

@@ -197,3 +197,35 @@ async fn a_refused_change_writes_no_audit_entry() {
     assert_eq!(after.entries, before + 1, "only the plan change");
     assert_eq!(after.broken, None);
 }
+
+#[tokio::test]
+async fn stored_data_quota_counts_triggers_and_refuses_past_the_limit() {
+    let (s, _d) = open().await;
+    let (a, f) = tenant(&s, "a").await;
+    let plan = Limits {
+        stored_bytes: Some(1_000),
+        ..Limits::default()
+    };
+    s.set_tenant_plan(a.tenant, plan, 1, Actor::operator(), 2)
+        .await
+        .unwrap();
+    let mut big = run(a, f, 3);
+    big.trigger = json!({"blob": "x".repeat(600)});
+    s.insert_run(big.clone()).await.unwrap();
+    assert!(s.usage(a.tenant, 3).await.unwrap().stored_bytes > 600);
+    big.id = RunId::new();
+    let err = s.insert_run(big).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            weft_store::StoreError::Quota {
+                limit: "stored_bytes",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Small events still fit.
+    s.insert_run(run(a, f, 4)).await.unwrap();
+    assert_eq!(s.usage(a.tenant, 4).await.unwrap().runs_in_month, 2);
+}

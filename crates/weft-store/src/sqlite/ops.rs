@@ -226,35 +226,37 @@ fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(
         .prepare_cached("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = ?1")?
         .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let month = month_of(now);
-    let (m, runs, stored): (String, i64, i64) = c
-        .prepare_cached(
-            "SELECT month, runs_in_month, stored_bytes FROM tenant_usage WHERE tenant_id = ?1",
-        )?
-        .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?
-        .unwrap_or_default();
-    let runs = if m == month { runs } else { 0 };
-    if let Some(limit) = runs_limit
-        && runs >= limit
-    {
-        return Err(StoreError::Quota {
-            limit: "runs_per_month",
-            detail: format!(
-                "the tenant has started {runs} runs this month, its plan's limit; the count resets at the start of next month (UTC), or raise the plan's runs_per_month"
-            ),
-            retry_after: Some(secs_to_next_month(now)),
-        });
-    }
-    if let Some(limit) = bytes_limit
-        && stored + bytes > limit
-    {
-        return Err(StoreError::Quota {
-            limit: "stored_bytes",
-            detail: format!(
-                "the tenant stores {stored} bytes of run data and its plan allows {limit}; delete old runs or raise the plan's stored_bytes"
-            ),
-            retry_after: None,
-        });
+    if runs_limit.is_some() || bytes_limit.is_some() {
+        let (m, runs, stored): (String, i64, i64) = c
+            .prepare_cached(
+                "SELECT month, runs_in_month, stored_bytes FROM tenant_usage WHERE tenant_id = ?1",
+            )?
+            .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .unwrap_or_default();
+        let runs = if m == month { runs } else { 0 };
+        if let Some(limit) = runs_limit
+            && runs >= limit
+        {
+            return Err(StoreError::Quota {
+                limit: "runs_per_month",
+                detail: format!(
+                    "the tenant has started {runs} runs this month, its plan's limit; the count resets at the start of next month (UTC), or raise the plan's runs_per_month"
+                ),
+                retry_after: Some(secs_to_next_month(now)),
+            });
+        }
+        if let Some(limit) = bytes_limit
+            && stored + bytes > limit
+        {
+            return Err(StoreError::Quota {
+                limit: "stored_bytes",
+                detail: format!(
+                    "the tenant stores {stored} bytes of run data and its plan allows {limit}; delete old runs or raise the plan's stored_bytes"
+                ),
+                retry_after: None,
+            });
+        }
     }
     c.prepare_cached(
         "INSERT INTO tenant_usage (tenant_id, month, runs_in_month, stored_bytes) VALUES (?1, ?2, 1, ?3)
@@ -264,7 +266,8 @@ fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(
     Ok(())
 }
 
-/// Adds stored bytes (step and run outputs) to the tenant's usage; never refuses (the work is done).
+/// Adds stored bytes (a finished run's step and run outputs) to the tenant's usage; never refuses
+/// (the work is done).
 fn charge_bytes(c: &Connection, tenant: &str, bytes: i64) -> Result<(), StoreError> {
     if bytes > 0 {
         c.prepare_cached(
@@ -314,28 +317,45 @@ fn claim_fair(
            SELECT MIN(tenant_id) FROM runs WHERE status = 'queued'
            UNION ALL
            SELECT (SELECT MIN(tenant_id) FROM runs WHERE status = 'queued' AND tenant_id > t.id) FROM t WHERE t.id IS NOT NULL)
-         SELECT t.id, tn.weight, tn.max_concurrent_runs,
-           (SELECT COUNT(*) FROM (SELECT 1 FROM runs r WHERE r.status = 'queued' AND r.tenant_id = t.id AND r.not_before <= ?1 LIMIT ?2)),
-           (SELECT COUNT(*) FROM runs r WHERE r.status = 'running' AND r.tenant_id = t.id)
-         FROM t JOIN tenants tn ON tn.id = t.id WHERE t.id IS NOT NULL",
+         SELECT t.id, tn.weight, tn.max_concurrent_runs FROM t JOIN tenants tn ON tn.id = t.id WHERE t.id IS NOT NULL",
     )?;
+    let found: Vec<(String, i64, Option<i64>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    drop(st);
     let mut tenants = Vec::new();
     let mut demands = Vec::new();
-    let mut rows = st.query(params![now, limit as i64])?;
-    while let Some(r) = rows.next()? {
-        let ready: i64 = r.get(3)?;
-        if ready == 0 {
-            continue;
-        }
-        tenants.push(r.get::<_, String>(0)?);
+    if let [(only, _, None)] = found.as_slice() {
+        // One tenant with work and no cap: it gets every slot; nothing to count.
+        tenants.push(only.clone());
         demands.push(crate::fair::Demand {
-            running: r.get(4)?,
-            ready,
-            weight: r.get(1)?,
-            cap: r.get(2)?,
+            running: 0,
+            ready: limit as i64,
+            weight: 1,
+            cap: None,
         });
+    } else {
+        let mut counts = c.prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND tenant_id = ?1 AND not_before <= ?2 LIMIT ?3)),
+                    (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant_id = ?1)",
+        )?;
+        for (tenant, weight, cap) in found {
+            let (ready, running): (i64, i64) = counts
+                .query_row(params![tenant, now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if ready == 0 {
+                continue;
+            }
+            tenants.push(tenant);
+            demands.push(crate::fair::Demand {
+                running,
+                ready,
+                weight,
+                cap,
+            });
+        }
     }
-    drop(rows);
     let shares = crate::fair::shares(&demands, limit);
     let mut claim = c.prepare_cached(&format!(
         "UPDATE runs SET status = 'running', lease_owner = ?1, lease_expires = ?2, claims = claims + 1, started_at = COALESCE(started_at, ?3)
@@ -776,7 +796,6 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            charge_bytes(c, &t, output.as_ref().map_or(0, |o| o.len() as i64))?;
             insert_logs(c, &t, &w, &rid, now, &cp.logs)?;
             Ok(true)
         })
@@ -810,7 +829,11 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            charge_bytes(c, &t, output.as_ref().map_or(0, |o| o.len() as i64))?;
+            // Stored data is charged once per run, when it ends: one write instead of one per step.
+            let steps: i64 = c
+                .prepare_cached("SELECT COALESCE(SUM(LENGTH(output)), 0) FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3")?
+                .query_row(params![t, w, rid], |r| r.get(0))?;
+            charge_bytes(c, &t, steps + output.as_ref().map_or(0, |o| o.len() as i64))?;
             insert_logs(c, &t, &w, &rid, now, &logs)?;
             Ok(true)
         })
