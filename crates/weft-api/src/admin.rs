@@ -111,16 +111,10 @@ pub(crate) async fn create_tenant(
     let store = s.engine.store();
     let now = s.engine.clock().now_ms();
     let boot = store
-        .create_tenant(&b.name, &email, admin.actor.clone(), now)
+        .create_tenant(&b.name, &email, plan.unwrap_or_default(), admin.actor, now)
         .await
         .map_err(store_err)?;
-    let rec = match plan {
-        Some(l) => store
-            .set_tenant_plan(boot.tenant, l, 1, admin.actor, now)
-            .await
-            .map_err(store_err)?,
-        None => store.get_tenant(boot.tenant).await.map_err(store_err)?,
-    };
+    let rec = store.get_tenant(boot.tenant).await.map_err(store_err)?;
     Ok((
         StatusCode::CREATED,
         Json(TenantCreated {
@@ -180,20 +174,10 @@ pub(crate) async fn update_tenant(
     if b.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
         return Err(Problem::invalid("weight", "must be 1-1000"));
     }
-    let store = s.engine.store();
-    let cur = store.get_tenant(id).await.map_err(store_err)?;
-    let l = match b.limits {
-        Some(l) => limits(l)?,
-        None => cur.limits,
-    };
-    store
-        .set_tenant_plan(
-            id,
-            l,
-            b.weight.unwrap_or(cur.weight),
-            admin.actor,
-            s.engine.clock().now_ms(),
-        )
+    let l = b.limits.map(limits).transpose()?;
+    s.engine
+        .store()
+        .patch_tenant_plan(id, l, b.weight, admin.actor, s.engine.clock().now_ms())
         .await
         .map_err(store_err)?;
     s.engine.forget_plan(id);

@@ -37,14 +37,23 @@ pub(crate) async fn list(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Page<AuditOut>>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
+    let tenant_owner = match auth.user {
+        Some(u) if auth.role.allows(Permission::TenantManage) => s
+            .engine
+            .store()
+            .is_tenant_owner(auth.scope.tenant, u)
+            .await
+            .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?,
+        _ => false,
+    };
     let workspace = match q.scope.as_deref().unwrap_or("workspace") {
         "workspace" => Some(auth.scope.workspace),
-        "tenant" if auth.role.allows(Permission::TenantManage) => None,
+        "tenant" if tenant_owner => None,
         "tenant" => {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "the tenant-wide audit trail needs the 'owner' role",
+                "the tenant-wide audit trail is for the tenant's owners (an owner key or session of one)",
             ));
         }
         _ => return Err(Problem::invalid("scope", "must be workspace or tenant")),

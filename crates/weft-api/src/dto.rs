@@ -33,9 +33,9 @@ pub struct FlowOut {
     pub version: i64,
     /// Active version, if any.
     pub published_version: Option<i64>,
-    /// Webhook address id, for webhook-triggered flows.
+    /// Webhook address id, for webhook-triggered flows (null for viewers: it starts runs).
     pub hook_id: Option<String>,
-    /// Full webhook URL, for webhook-triggered flows.
+    /// Full webhook URL, for webhook-triggered flows (null for viewers).
     pub hook_url: Option<String>,
     /// The newest version's definition.
     pub definition: Value,
@@ -335,6 +335,8 @@ pub struct MemberOut {
     pub email: String,
     /// Role.
     pub role: String,
+    /// `active`, or `invited` until a person from another tenant accepts.
+    pub status: String,
     /// Member since.
     pub created_at: String,
 }
@@ -345,6 +347,7 @@ impl From<&MemberRecord> for MemberOut {
             user_id: m.user_id.to_string(),
             email: m.email.clone(),
             role: m.role.as_str().into(),
+            status: if m.pending { "invited" } else { "active" }.into(),
             created_at: weft_types::rfc3339(m.created_at),
         }
     }
@@ -455,6 +458,8 @@ pub struct MeOut {
     pub expires_at: Option<String>,
     /// Workspaces and roles.
     pub workspaces: Vec<WorkspaceOut>,
+    /// Invitations waiting to be accepted (`POST /api/v1/auth/invitations/{ws}/accept`).
+    pub invitations: Vec<WorkspaceOut>,
 }
 
 /// Plan limits; null is unlimited.

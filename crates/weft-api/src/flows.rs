@@ -19,6 +19,7 @@ use crate::{AppState, Problem};
 pub(crate) async fn flow_json(
     s: &AppState,
     scope: Scope,
+    role: weft_types::Role,
     f: &FlowRecord,
 ) -> Result<FlowOut, Problem> {
     let v = s
@@ -27,7 +28,9 @@ pub(crate) async fn flow_json(
         .flow_version(scope, f.id, f.latest_version)
         .await
         .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
-    let is_webhook = v.definition.pointer("/trigger/webhook").is_some();
+    // A hook URL lets its holder start runs: it is shown to those who may change the flow.
+    let is_webhook = v.definition.pointer("/trigger/webhook").is_some()
+        && role.allows(weft_types::Permission::FlowsWrite);
     Ok(FlowOut {
         id: f.id.to_string(),
         name: f.name.clone(),
@@ -104,7 +107,10 @@ pub(crate) async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(flow_json(&s, auth.scope, &rec).await?)))
+    Ok((
+        status,
+        Json(flow_json(&s, auth.scope, auth.role, &rec).await?),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -137,7 +143,7 @@ pub(crate) async fn list(
     let next = crate::body::cut_page(&mut flows, limit, |f| f.name.clone());
     let mut items = Vec::new();
     for f in &flows {
-        items.push(flow_json(&s, auth.scope, f).await?);
+        items.push(flow_json(&s, auth.scope, auth.role, f).await?);
     }
     Ok(Json(Page {
         items,
@@ -157,7 +163,7 @@ pub(crate) async fn show(
 ) -> Result<Json<FlowOut>, Problem> {
     let (_, flow) = path;
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
-    Ok(Json(flow_json(&s, auth.scope, &rec).await?))
+    Ok(Json(flow_json(&s, auth.scope, auth.role, &rec).await?))
 }
 
 /// Delete a flow (its runs stay in history).
@@ -233,7 +239,7 @@ pub(crate) async fn publish(
         .engine
         .publish(auth.scope, &flow, b.version, auth.actor)
         .await?;
-    Ok(Json(flow_json(&s, auth.scope, &rec).await?))
+    Ok(Json(flow_json(&s, auth.scope, auth.role, &rec).await?))
 }
 
 fn catalog() -> Page<ConnectorOut> {

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use weft_store::{NewKey, StoreError, hash_secret};
-use weft_types::{KeyId, Permission, Role, TenantId, UserId, random_secret};
+use weft_types::{KeyId, Permission, Role, UserId, random_secret};
 
 use crate::auth::{
     Caller, KeysManage, MembersManage, Principal, Read, SESSION_COOKIE, WorkspaceManage, Ws,
@@ -147,53 +147,48 @@ pub(crate) async fn create_workspace(
         Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "creating a workspace needs the 'owner' role in the tenant",
+            "creating a workspace is for the tenant's owners (an owner key or session of one)",
         )
     };
     let store = s.engine.store();
-    let (tenant, user) = match &caller.principal {
+    let owned = match caller.principal.user() {
+        Some(u) => store
+            .owned_tenants(u)
+            .await
+            .map_err(|e| store_err(e, "tenant"))?,
+        None => Vec::new(),
+    };
+    let tenant = match &caller.principal {
         Principal::Key(k) => {
-            if !k.role.allows(Permission::WorkspaceManage) {
-                return Err(forbidden());
-            }
             if b.tenant_id
                 .as_deref()
                 .is_some_and(|t| t != k.scope.tenant.to_string())
             {
                 return Err(Problem::not_found("tenant"));
             }
-            (k.scope.tenant, k.user)
+            if !k.role.allows(Permission::WorkspaceManage) || !owned.contains(&k.scope.tenant) {
+                return Err(forbidden());
+            }
+            k.scope.tenant
         }
-        Principal::Session { session, .. } => {
-            let mine = store
-                .user_workspaces(session.user_id)
-                .await
-                .map_err(|e| store_err(e, "workspace"))?;
-            let mut owned: Vec<TenantId> = mine
+        Principal::Session { .. } => match b.tenant_id.as_deref() {
+            Some(t) => *owned
                 .iter()
-                .filter(|(_, r)| r.allows(Permission::WorkspaceManage))
-                .map(|(w, _)| w.scope.tenant)
-                .collect();
-            owned.dedup();
-            let tenant = match b.tenant_id.as_deref() {
-                Some(t) => *owned
-                    .iter()
-                    .find(|x| x.to_string() == t)
-                    .ok_or_else(|| Problem::not_found("tenant"))?,
-                None => match owned.as_slice() {
-                    [one] => *one,
-                    [] => return Err(forbidden()),
-                    _ => {
-                        return Err(Problem::invalid(
-                            "tenant_id",
-                            "you own several tenants; say which one",
-                        ));
-                    }
-                },
-            };
-            (tenant, Some(session.user_id))
-        }
+                .find(|x| x.to_string() == t)
+                .ok_or_else(|| Problem::not_found("tenant"))?,
+            None => match owned.as_slice() {
+                [one] => *one,
+                [] => return Err(forbidden()),
+                _ => {
+                    return Err(Problem::invalid(
+                        "tenant_id",
+                        "you own several tenants; say which one",
+                    ));
+                }
+            },
+        },
     };
+    let user = caller.principal.user();
     let w = store
         .create_workspace(
             tenant,
@@ -495,17 +490,33 @@ pub(crate) async fn remove_member(
 
 /// Login throttles: per client address and per account.
 pub(crate) struct LoginLimits {
-    by_ip: DefaultKeyedRateLimiter<IpAddr>,
+    by_net: DefaultKeyedRateLimiter<IpAddr>,
+    by_account_net: DefaultKeyedRateLimiter<(String, Option<IpAddr>)>,
     by_account: DefaultKeyedRateLimiter<String>,
 }
 
+/// The network an address belongs to for throttling: the address for IPv4, its /64 for IPv6
+/// (one host usually owns a whole /64).
+fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 impl LoginLimits {
-    /// 20 attempts a minute per address; 5 a minute per account (bursts of the same size).
+    /// 20 attempts a minute per network; 5 a minute per account from one network; 100 an hour
+    /// per account from everywhere. Guessing from one place stops quickly, and locking a user
+    /// out takes many networks.
     pub(crate) fn new() -> Arc<Self> {
-        let q = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        let n = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         Arc::new(LoginLimits {
-            by_ip: RateLimiter::keyed(q(20)),
-            by_account: RateLimiter::keyed(q(5)),
+            by_net: RateLimiter::keyed(Quota::per_minute(n(20))),
+            by_account_net: RateLimiter::keyed(Quota::per_minute(n(5))),
+            by_account: RateLimiter::keyed(Quota::per_hour(n(100))),
         })
     }
 
@@ -514,10 +525,18 @@ impl LoginLimits {
         if self.by_account.len() > 50_000 {
             self.by_account.retain_recent();
         }
-        if self.by_ip.len() > 50_000 {
-            self.by_ip.retain_recent();
+        if self.by_account_net.len() > 50_000 {
+            self.by_account_net.retain_recent();
         }
-        let limited = ip.is_some_and(|ip| self.by_ip.check_key(&ip).is_err())
+        if self.by_net.len() > 50_000 {
+            self.by_net.retain_recent();
+        }
+        let net = ip.map(network);
+        let limited = net.is_some_and(|n| self.by_net.check_key(&n).is_err())
+            || self
+                .by_account_net
+                .check_key(&(account.to_string(), net))
+                .is_err()
             || self.by_account.check_key(&account.to_string()).is_err();
         if limited {
             let mut p = Problem::new(
@@ -567,12 +586,19 @@ async fn me_for(
         .user_workspaces(user)
         .await
         .map_err(|e| store_err(e, "user"))?;
+    let inv = s
+        .engine
+        .store()
+        .pending_invitations(user)
+        .await
+        .map_err(|e| store_err(e, "user"))?;
     Ok(MeOut {
         user_id: Some(user.to_string()),
         email: Some(email),
         csrf_token: csrf,
         expires_at: expires_at.map(weft_types::rfc3339),
         workspaces: ws.iter().map(|(w, r)| WorkspaceOut::new(w, *r)).collect(),
+        invitations: inv.iter().map(|(w, r)| WorkspaceOut::new(w, *r)).collect(),
     })
 }
 
@@ -679,7 +705,38 @@ pub(crate) async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json
                 csrf_token: None,
                 expires_at: None,
                 workspaces: vec![WorkspaceOut::new(&w, k.role)],
+                invitations: vec![],
             }))
         }
     }
+}
+
+/// Accept an invitation to a workspace of another tenant (session only).
+#[utoipa::path(post, path = "/api/v1/auth/invitations/{ws}/accept", tag = "auth",
+    params(("ws" = String, Path, description = "the invited workspace's id (`wsp_…`)")),
+    responses((status = 200, body = WorkspaceOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("session" = [])))]
+pub(crate) async fn accept_invitation(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> Result<Json<WorkspaceOut>, Problem> {
+    let Principal::Session { session, .. } = &caller.principal else {
+        return Err(Problem::not_found("invitation"));
+    };
+    let Ok(ws) = ws.parse::<weft_types::WorkspaceId>() else {
+        return Err(Problem::not_found("invitation"));
+    };
+    let (w, role) = s
+        .engine
+        .store()
+        .accept_invitation(
+            session.user_id,
+            ws,
+            caller.principal.actor(caller.request_id.clone()),
+            s.engine.clock().now_ms(),
+        )
+        .await
+        .map_err(|e| store_err(e, "invitation"))?;
+    Ok(Json(WorkspaceOut::new(&w, role)))
 }

@@ -89,6 +89,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::login))
         .routes(routes!(identity::logout))
         .routes(routes!(identity::me))
+        .routes(routes!(identity::accept_invitation))
         .routes(routes!(hooks::intake))
         .routes(routes!(health))
         .routes(routes!(ready))
@@ -171,6 +172,13 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Request ids are ours: a client-sent one would let callers forge audit entries' ids.
+        .layer(axum::middleware::map_request(
+            |mut req: axum::extract::Request| async move {
+                req.headers_mut().remove("x-request-id");
+                req
+            },
+        ))
         .with_state(state)
 }
 

@@ -50,7 +50,7 @@ impl Problem {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("{what} not found in this workspace"),
+            format!("{what} not found"),
         )
     }
     /// 400 for a bad field.
@@ -105,7 +105,13 @@ impl From<EngineError> for Problem {
                 } else {
                     "quota_exceeded"
                 };
-                let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, code, detail);
+                // 429 when waiting helps (the limit resets by itself); 403 when it does not.
+                let status = if retry_after.is_some() {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                let mut p = Problem::new(status, code, detail);
                 p.retry_after = retry_after;
                 p
             }

@@ -278,7 +278,7 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
 }
 
 #[tokio::test]
-async fn role_matrix_every_write_route_for_every_role() {
+async fn role_matrix_every_route_for_every_role() {
     let w = world().await;
     let mut keys = Vec::new();
     for role in Role::ALL {
@@ -296,7 +296,7 @@ async fn role_matrix_every_write_route_for_every_role() {
     }
     let mut checked = 0;
     for (method, path, scopes) in operations() {
-        if method == "GET" || scopes.is_empty() {
+        if scopes.is_empty() {
             continue;
         }
         assert_eq!(scopes.len(), 1, "{method} {path}: one permission per route");
@@ -338,7 +338,7 @@ async fn role_matrix_every_write_route_for_every_role() {
             checked += 1;
         }
     }
-    assert!(checked >= 4 * 12, "checked {checked}");
+    assert!(checked >= 4 * 25, "checked {checked}");
 }
 
 #[tokio::test]
@@ -898,7 +898,9 @@ async fn quotas_refuse_with_429_and_change_nothing() {
             Some(def.clone()),
         )
         .await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    // Waiting does not help here, so it is 403, not 429.
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["code"], "quota_exceeded");
     assert!(r.body["detail"].as_str().unwrap().contains("active_flows"));
     let r = w
         .app
@@ -957,6 +959,25 @@ async fn quotas_refuse_with_429_and_change_nothing() {
         }
     }
     assert!(codes.contains(&202) && codes.contains(&429), "{codes:?}");
+    // A limit of 0 refuses every webhook.
+    w.app
+        .call(
+            "PATCH",
+            &format!("/api/v1/admin/tenants/{t}"),
+            Some(ADMIN),
+            Some(json!({"limits": {"webhook_rps": 0}})),
+        )
+        .await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/hooks/{hook}"),
+            None,
+            Some(json!({"n": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     // Tenant B is not affected by A's limits.
     let r = w
         .app
@@ -1145,4 +1166,450 @@ async fn openapi_is_served_and_matches_the_committed_file() {
         committed == generated,
         "docs/openapi.json is out of date; regenerate with WEFT_BLESS=1 cargo test -p weft-api --test tenancy openapi"
     );
+}
+
+/// Logs `email` in (setting its password first); returns (cookie, csrf).
+async fn session(app: &App, email: &str) -> (String, String) {
+    let hash = weft_api::password::hash("correct horse battery".into())
+        .await
+        .unwrap();
+    app.store
+        .set_password(email, &hash, common::T0)
+        .await
+        .unwrap();
+    let r = app
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": email, "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (cookie, r.body["csrf_token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_key_never_outlives_or_outranks_its_creators_membership() {
+    let w = world().await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/members",
+            Some(&w.a_key),
+            Some(json!({"email": "kim@a.example", "role": "admin"})),
+        )
+        .await;
+    let kim = r.body["user_id"].as_str().unwrap().to_string();
+    let (cookie, csrf) = session(&w.app, "kim@a.example").await;
+    let h = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let r = w
+        .app
+        .call_with(
+            "POST",
+            "/api/v1/workspaces/default/api-keys",
+            None,
+            Some(json!({"role": "admin"})),
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["created_by"], kim);
+    let kims_key = r.body["secret"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.app
+            .call(
+                "GET",
+                "/api/v1/workspaces/default/api-keys",
+                Some(&kims_key),
+                None
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Kim is demoted: her admin key now acts as a viewer.
+    let r = w
+        .app
+        .call(
+            "PATCH",
+            &format!("/api/v1/workspaces/default/members/{kim}"),
+            Some(&w.a_key),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&kims_key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/members",
+            Some(&kims_key),
+            Some(json!({"email": "kim@a.example", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "she cannot re-add herself");
+    assert_eq!(
+        w.app
+            .call(
+                "GET",
+                "/api/v1/workspaces/default/flows",
+                Some(&kims_key),
+                None
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Kim is removed: her key stops working at once.
+    let r = w
+        .app
+        .call(
+            "DELETE",
+            &format!("/api/v1/workspaces/default/members/{kim}"),
+            Some(&w.a_key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/flows",
+            Some(&kims_key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn owning_one_workspace_is_not_owning_the_tenant() {
+    let w = world().await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces",
+            Some(&w.a_key),
+            Some(json!({"slug": "sandbox"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/sandbox/members",
+            Some(&w.a_key),
+            Some(json!({"email": "bo@a.example", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the default key does not reach sandbox"
+    );
+    // The tenant owner, by session, adds Bo as owner of sandbox.
+    let (cookie, csrf) = session(&w.app, "owner@localhost").await;
+    let h = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let r = w
+        .app
+        .call_with(
+            "POST",
+            "/api/v1/workspaces/sandbox/members",
+            None,
+            Some(json!({"email": "bo@a.example", "role": "owner"})),
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let (cookie, csrf) = session(&w.app, "bo@a.example").await;
+    let h = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let r = w
+        .app
+        .call_with("GET", "/api/v1/workspaces/sandbox/audit", None, None, &h)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = w
+        .app
+        .call_with(
+            "GET",
+            "/api/v1/workspaces/sandbox/audit?scope=tenant",
+            None,
+            None,
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = w
+        .app
+        .call_with(
+            "POST",
+            "/api/v1/workspaces",
+            None,
+            Some(json!({"slug": "bos"})),
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // The tenant owner can do both.
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/audit?scope=tenant",
+            Some(&w.a_key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admins_cannot_promote_to_owner_or_touch_owners() {
+    let w = world().await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&w.a_key),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    let admin = r.body["secret"].as_str().unwrap().to_string();
+    let r = w
+        .app
+        .call(
+            "PATCH",
+            &format!("/api/v1/workspaces/default/members/{}", w.a_user),
+            Some(&admin),
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let members = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/members",
+            Some(&w.a_key),
+            None,
+        )
+        .await;
+    let owner = members.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "owner")
+        .unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (m, body) in [("PATCH", Some(json!({"role": "viewer"}))), ("DELETE", None)] {
+        let r = w
+            .app
+            .call(
+                m,
+                &format!("/api/v1/workspaces/default/members/{owner}"),
+                Some(&admin),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{m}");
+    }
+    let keys = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&admin),
+            None,
+        )
+        .await;
+    let owner_key = keys.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "owner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = w
+        .app
+        .call(
+            "DELETE",
+            &format!("/api/v1/workspaces/default/api-keys/{owner_key}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn viewers_do_not_get_hook_urls_and_request_ids_are_the_servers() {
+    let w = world().await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&w.a_key),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    let viewer = r.body["secret"].as_str().unwrap().to_string();
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/flows/hooked",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert!(
+        r.body["hook_id"].is_null() && r.body["hook_url"].is_null(),
+        "{}",
+        r.body
+    );
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/flows/hooked",
+            Some(&w.a_key),
+            None,
+        )
+        .await;
+    assert!(
+        r.body["hook_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://weft.test/hooks/hk_")
+    );
+    // A client-chosen request id is replaced, so it cannot be planted in the audit trail.
+    let r = w
+        .app
+        .call_with(
+            "POST",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&w.a_key),
+            Some(json!({"role": "viewer"})),
+            &[("x-request-id", "forged")],
+        )
+        .await;
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(rid, "forged");
+    let audit = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/audit",
+            Some(&w.a_key),
+            None,
+        )
+        .await;
+    assert_eq!(audit.body["items"][0]["request_id"], rid);
+}
+
+#[tokio::test]
+async fn another_tenant_can_only_invite_a_member_who_then_accepts() {
+    let w = world().await;
+    let (cookie, csrf) = session(&w.app, "ann@a.example").await;
+    let h = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    // Tenant B's owner adds Ann, who belongs to tenant A: she is invited, not a member yet.
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/members",
+            Some(&w.b_key),
+            Some(json!({"email": "ann@a.example", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "invited");
+    // Her `default` is still tenant A's, unambiguously; B's workspace is not open to her.
+    let r = w
+        .app
+        .call_with("GET", "/api/v1/workspaces/default/flows", None, None, &h)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = w
+        .app
+        .call_with(
+            "GET",
+            &format!("/api/v1/workspaces/{}/flows", w.b_ws),
+            None,
+            None,
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let me = w
+        .app
+        .call_with("GET", "/api/v1/auth/me", None, None, &h)
+        .await;
+    assert_eq!(me.body["workspaces"].as_array().unwrap().len(), 1);
+    assert_eq!(me.body["invitations"][0]["id"], w.b_ws);
+    // Keys and other users cannot accept for her.
+    let url = format!("/api/v1/auth/invitations/{}/accept", w.b_ws);
+    assert_eq!(
+        w.app.call("POST", &url, Some(&w.b_key), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // She accepts; now B's workspace opens by id.
+    let r = w.app.call_with("POST", &url, None, None, &h).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["role"], "admin");
+    let r = w
+        .app
+        .call_with(
+            "GET",
+            &format!("/api/v1/workspaces/{}/flows", w.b_ws),
+            None,
+            None,
+            &h,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        w.app.call_with("POST", &url, None, None, &h).await.status,
+        StatusCode::NOT_FOUND,
+        "accepted once"
+    );
+    // New people (in no tenant yet) are members at once.
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/members",
+            Some(&w.b_key),
+            Some(json!({"email": "new@b.example", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.body["status"], "active");
 }

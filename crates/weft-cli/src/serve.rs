@@ -208,6 +208,7 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                 .create_tenant(
                     &name,
                     &owner_email,
+                    weft_store::Limits::default(),
                     weft_store::Actor::operator(),
                     SystemClock.now_ms(),
                 )

@@ -30,7 +30,7 @@ pub type FlowRef = str;
 /// Compiled flow versions and resolved hook ids, cached in memory.
 #[derive(Default)]
 pub(crate) struct FlowCache {
-    compiled: Mutex<HashMap<(FlowId, i64), Arc<CompiledFlow>>>,
+    compiled: Mutex<HashMap<(Scope, FlowId, i64), Arc<CompiledFlow>>>,
     hooks: Mutex<HashMap<HookId, (HookTarget, std::time::Instant)>>,
     /// Per-tenant webhook rate limiters, with the rps they were built for and when read.
     intake: Mutex<HashMap<TenantId, IntakeLimit>>,
@@ -71,7 +71,7 @@ impl Inner {
             .compiled
             .lock()
             .ok()
-            .and_then(|m| m.get(&(flow, version)).cloned())
+            .and_then(|m| m.get(&(scope, flow, version)).cloned())
         {
             return Ok(c);
         }
@@ -82,7 +82,7 @@ impl Inner {
             if m.len() >= CACHE_MAX {
                 m.clear();
             }
-            m.insert((flow, version), compiled.clone());
+            m.insert((scope, flow, version), compiled.clone());
         }
         Ok(compiled)
     }
@@ -112,7 +112,10 @@ impl Engine {
             .save_flow(scope, &def.name, value, !draft, actor, now)
             .await?;
         if let Ok(mut m) = self.inner.flows.compiled.lock() {
-            m.insert((rec.id, rec.latest_version), Arc::new(compiled.clone()));
+            m.insert(
+                (scope, rec.id, rec.latest_version),
+                Arc::new(compiled.clone()),
+            );
         }
         if !draft {
             self.after_publish(scope, &rec, &compiled).await?;
@@ -373,10 +376,10 @@ impl Engine {
                 });
                 // Keep the bucket's state while the limit is unchanged.
                 if entry.rps != rps || (rps.is_some() && entry.limiter.is_none()) {
-                    entry.limiter = rps.map(|r| {
-                        let n = std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32)
-                            .unwrap_or(std::num::NonZeroU32::MIN);
-                        Arc::new(RateLimiter::direct(Quota::per_second(n)))
+                    // A limit of 0 has no bucket at all: every request is refused below.
+                    entry.limiter = rps.and_then(|r| {
+                        std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32)
+                            .map(|n| Arc::new(RateLimiter::direct(Quota::per_second(n))))
                     });
                     entry.rps = rps;
                 }
@@ -384,6 +387,22 @@ impl Engine {
                 entry.limiter.clone()
             }
         };
+        let zero = limiter.is_none()
+            && self
+                .inner
+                .flows
+                .intake
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&tenant).map(|l| l.rps == Some(0)))
+                .unwrap_or(false);
+        if zero {
+            return Err(EngineError::Quota {
+                limit: "webhook_rps",
+                detail: "the tenant's plan allows no webhook requests (webhook_rps is 0); nothing was stored".into(),
+                retry_after: None,
+            });
+        }
         match limiter {
             Some(l) if l.check().is_err() => Err(EngineError::Quota {
                 limit: "webhook_rps",

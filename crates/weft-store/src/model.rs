@@ -284,6 +284,8 @@ pub struct MemberRecord {
     pub role: Role,
     /// Member since.
     pub created_at: Millis,
+    /// Invited from another tenant and not yet accepted (no access until then).
+    pub pending: bool,
 }
 
 /// A browser session (looked up by the hash of its cookie secret).

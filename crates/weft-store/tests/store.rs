@@ -89,7 +89,7 @@ async fn flows_version_and_publish() {
 async fn another_tenant_sees_nothing() {
     let (s, scope, _d) = open().await;
     let other = s
-        .create_tenant("other", "o@example.com", op(), 2)
+        .create_tenant("other", "o@example.com", Default::default(), op(), 2)
         .await
         .unwrap();
     let other = Scope {

@@ -18,7 +18,13 @@ async fn open() -> (Store, tempfile::TempDir) {
 
 async fn tenant(s: &Store, name: &str) -> (Scope, FlowId) {
     let b = s
-        .create_tenant(name, &format!("owner@{name}.example"), Actor::operator(), 1)
+        .create_tenant(
+            name,
+            &format!("owner@{name}.example"),
+            Limits::default(),
+            Actor::operator(),
+            1,
+        )
         .await
         .unwrap();
     let scope = Scope {

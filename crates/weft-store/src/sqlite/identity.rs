@@ -98,34 +98,60 @@ fn add_member_tx(
     user: UserId,
     role: Role,
     now: Millis,
+    accepted_at: Option<Millis>,
 ) -> Result<bool, StoreError> {
     let (t, w) = scope_strs(scope);
     Ok(c.prepare_cached(
-        "INSERT INTO members (tenant_id, workspace_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        "INSERT INTO members (tenant_id, workspace_id, user_id, role, created_at, accepted_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
     )?
-    .execute(params![t, w, user.to_string(), role.as_str(), now])? == 1)
+    .execute(params![t, w, user.to_string(), role.as_str(), now, accepted_at])? == 1)
+}
+
+/// Whether `user` already belongs to tenant `t` (an accepted membership in any of its workspaces).
+fn in_tenant(c: &Connection, t: &str, user: &str) -> Result<bool, StoreError> {
+    Ok(c
+        .prepare_cached("SELECT 1 FROM members WHERE tenant_id = ?1 AND user_id = ?2 AND accepted_at IS NOT NULL LIMIT 1")?
+        .query_row(params![t, user], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Whether `user` belongs to any tenant at all.
+fn in_any_tenant(c: &Connection, user: &str) -> Result<bool, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT 1 FROM members WHERE user_id = ?1 LIMIT 1")?
+            .query_row([user], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
 }
 
 pub(super) fn create_tenant_tx(
     c: &Connection,
     name: &str,
     email: &str,
+    limits: &Limits,
     actor: &Actor,
     now: Millis,
 ) -> Result<Bootstrap, StoreError> {
     let tenant = TenantId::new();
     let t = tenant.to_string();
     c.execute(
-        "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
-        params![t, name, now],
+        "INSERT INTO tenants (id, name, created_at, max_runs_per_month, max_active_flows, max_concurrent_runs, max_webhook_rps, max_stored_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![t, name, now, limits.runs_per_month, limits.active_flows, limits.concurrent_runs, limits.webhook_rps, limits.stored_bytes],
     )?;
     c.execute(
         "INSERT INTO tenant_usage (tenant_id, month, runs_in_month, stored_bytes) VALUES (?1, '', 0, 0)",
         [&t],
     )?;
     let owner = user_for_email(c, email, now)?;
+    c.execute(
+        "INSERT INTO tenant_owners (tenant_id, user_id, created_at) VALUES (?1, ?2, ?3)",
+        params![t, owner.to_string(), now],
+    )?;
     let ws = insert_workspace(c, tenant, "default", "Default", now)?;
-    add_member_tx(c, &ws.scope, owner, Role::Owner, now)?;
+    add_member_tx(c, &ws.scope, owner, Role::Owner, now, Some(now))?;
     let (key, owner_key) = insert_key(
         c,
         &ws.scope,
@@ -154,7 +180,7 @@ pub(super) fn create_tenant_tx(
             "tenant",
             t.clone(),
             None,
-            json!({"name": name, "owner": owner.to_string()}),
+            json!({"name": name, "owner": owner.to_string(), "limits": limits}),
         ),
     )?;
     append(
@@ -207,19 +233,19 @@ fn read_key(r: &Row<'_>) -> Result<KeyRecord, StoreError> {
 }
 
 fn owners(c: &Connection, t: &str, w: &str) -> Result<i64, StoreError> {
-    Ok(c.prepare_cached("SELECT COUNT(*) FROM members WHERE tenant_id = ?1 AND workspace_id = ?2 AND role = 'owner'")?
+    Ok(c.prepare_cached("SELECT COUNT(*) FROM members WHERE tenant_id = ?1 AND workspace_id = ?2 AND role = 'owner' AND accepted_at IS NOT NULL")?
         .query_row(params![t, w], |r| r.get(0))?)
 }
 
 fn member_tx(c: &Connection, t: &str, w: &str, user: &str) -> Result<MemberRecord, StoreError> {
     c.prepare_cached(
-        "SELECT m.user_id, u.email, m.role, m.created_at FROM members m JOIN users u ON u.id = m.user_id
+        "SELECT m.user_id, u.email, m.role, m.created_at, m.accepted_at IS NULL FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.tenant_id = ?1 AND m.workspace_id = ?2 AND m.user_id = ?3",
     )?
-    .query_row(params![t, w, user], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?)))
+    .query_row(params![t, w, user], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?)))
     .optional()?
     .ok_or(StoreError::NotFound)
-    .and_then(|(id, email, ro, created_at)| Ok(MemberRecord { user_id: parse(id, "user id")?, email, role: role(ro)?, created_at }))
+    .and_then(|(id, email, ro, created_at, pending)| Ok(MemberRecord { user_id: parse(id, "user id")?, email, role: role(ro)?, created_at, pending }))
 }
 
 fn read_tenant(r: &Row<'_>) -> Result<TenantRecord, StoreError> {
@@ -254,6 +280,7 @@ impl SqliteStore {
                 c,
                 "default",
                 "owner@localhost",
+                &Limits::default(),
                 &Actor::system("bootstrap"),
                 now,
             )
@@ -268,12 +295,44 @@ impl SqliteStore {
         &self,
         name: &str,
         owner_email: &str,
+        limits: Limits,
         actor: Actor,
         now: Millis,
     ) -> Result<Bootstrap, StoreError> {
         let (name, email) = (name.to_string(), owner_email.to_string());
-        self.write(move |c| create_tenant_tx(c, &name, &email, &actor, now))
+        self.write(move |c| create_tenant_tx(c, &name, &email, &limits, &actor, now))
             .await
+    }
+
+    /// Whether `user` owns `tenant` (may create workspaces and read the tenant's whole trail).
+    pub async fn is_tenant_owner(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<bool, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT 1 FROM tenant_owners WHERE tenant_id = ?1 AND user_id = ?2",
+            )?
+            .query_row(params![tenant.to_string(), user.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some())
+        })
+        .await
+    }
+
+    /// Tenants `user` owns.
+    pub async fn owned_tenants(&self, user: UserId) -> Result<Vec<TenantId>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT tenant_id FROM tenant_owners WHERE user_id = ?1 ORDER BY tenant_id",
+            )?;
+            let ids = st
+                .query_map([user.to_string()], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.into_iter().map(|t| parse(t, "tenant id")).collect()
+        })
+        .await
     }
 
     /// System (instance admin): tenants ordered by id, after `after`.
@@ -319,8 +378,31 @@ impl SqliteStore {
         actor: Actor,
         now: Millis,
     ) -> Result<TenantRecord, StoreError> {
+        self.patch_tenant_plan(tenant, Some(limits), Some(weight), actor, now)
+            .await
+    }
+
+    /// Changes a tenant's plan: the given parts replace the stored ones, in one transaction.
+    pub async fn patch_tenant_plan(
+        &self,
+        tenant: TenantId,
+        limits: Option<Limits>,
+        weight: Option<i64>,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<TenantRecord, StoreError> {
         self.write(move |c| {
             let t = tenant.to_string();
+            let cur = {
+                let mut st = c.prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))?;
+                let mut rows = st.query([&t])?;
+                match rows.next()? {
+                    Some(r) => read_tenant(r)?,
+                    None => return Err(StoreError::NotFound),
+                }
+            };
+            let limits = limits.unwrap_or(cur.limits);
+            let weight = weight.unwrap_or(cur.weight);
             let n = c.execute(
                 "UPDATE tenants SET max_runs_per_month = ?2, max_active_flows = ?3, max_concurrent_runs = ?4, max_webhook_rps = ?5, max_stored_bytes = ?6, weight = ?7 WHERE id = ?1",
                 params![t, limits.runs_per_month, limits.active_flows, limits.concurrent_runs, limits.webhook_rps, limits.stored_bytes, weight],
@@ -381,7 +463,7 @@ impl SqliteStore {
         self.write(move |c| {
             let ws = insert_workspace(c, tenant, &slug, &name, now)?;
             if let Some(u) = owner {
-                add_member_tx(c, &ws.scope, u, Role::Owner, now)?;
+                add_member_tx(c, &ws.scope, u, Role::Owner, now, Some(now))?;
             }
             append(
                 c,
@@ -460,13 +542,29 @@ impl SqliteStore {
         &self,
         user: UserId,
     ) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError> {
+        self.memberships(user, true).await
+    }
+
+    /// Invitations waiting for `user` to accept them.
+    pub async fn pending_invitations(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError> {
+        self.memberships(user, false).await
+    }
+
+    async fn memberships(
+        &self,
+        user: UserId,
+        accepted: bool,
+    ) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT w.tenant_id, w.id, w.slug, w.name, w.created_at, m.role FROM members m
                  JOIN workspaces w ON w.tenant_id = m.tenant_id AND w.id = m.workspace_id
-                 WHERE m.user_id = ?1 ORDER BY w.tenant_id, w.slug",
+                 WHERE m.user_id = ?1 AND (m.accepted_at IS NOT NULL) = ?2 ORDER BY w.tenant_id, w.slug",
             )?;
-            let mut rows = st.query([user.to_string()])?;
+            let mut rows = st.query(params![user.to_string(), accepted])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 out.push((
@@ -541,7 +639,7 @@ impl SqliteStore {
     ) -> Result<Option<Role>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
-            c.prepare_cached("SELECT role FROM members WHERE tenant_id = ?1 AND workspace_id = ?2 AND user_id = ?3")?
+            c.prepare_cached("SELECT role FROM members WHERE tenant_id = ?1 AND workspace_id = ?2 AND user_id = ?3 AND accepted_at IS NOT NULL")?
                 .query_row(params![t, w, user.to_string()], |r| r.get::<_, String>(0))
                 .optional()?
                 .map(role)
@@ -555,13 +653,13 @@ impl SqliteStore {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let mut st = c.prepare_cached(
-                "SELECT m.user_id, u.email, m.role, m.created_at FROM members m JOIN users u ON u.id = m.user_id
+                "SELECT m.user_id, u.email, m.role, m.created_at, m.accepted_at IS NULL FROM members m JOIN users u ON u.id = m.user_id
                  WHERE m.tenant_id = ?1 AND m.workspace_id = ?2 ORDER BY u.email",
             )?;
             let mut rows = st.query(params![t, w])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                out.push(MemberRecord { user_id: parse(r.get(0)?, "user id")?, email: r.get(1)?, role: role(r.get(2)?)?, created_at: r.get(3)? });
+                out.push(MemberRecord { user_id: parse(r.get(0)?, "user id")?, email: r.get(1)?, role: role(r.get(2)?)?, created_at: r.get(3)?, pending: r.get(4)? });
             }
             Ok(out)
         })
@@ -581,7 +679,11 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let user = user_for_email(c, &email, now)?;
-            if !add_member_tx(c, &scope, user, role, now)? {
+            let u = user.to_string();
+            // Someone who already belongs to another tenant must accept first: one tenant's
+            // admin cannot drop a workspace into another tenant's member's account.
+            let accepted = (in_tenant(c, &t, &u)? || !in_any_tenant(c, &u)?).then_some(now);
+            if !add_member_tx(c, &scope, user, role, now, accepted)? {
                 return Err(StoreError::Conflict(format!(
                     "{} is already a member of this workspace",
                     email.trim().to_lowercase()
@@ -597,7 +699,7 @@ impl SqliteStore {
                     object_kind: "user",
                     object_id: user.to_string(),
                     workspace: Some(scope.workspace),
-                    detail: json!({"role": role.as_str()}),
+                    detail: json!({"role": role.as_str(), "invited": accepted.is_none()}),
                 },
             )?;
             member_tx(c, &t, &w, &user.to_string())
@@ -618,7 +720,7 @@ impl SqliteStore {
             let (t, w) = scope_strs(&scope);
             let u = user.to_string();
             let old = member_tx(c, &t, &w, &u)?;
-            if old.role == Role::Owner && role != Role::Owner && owners(c, &t, &w)? <= 1 {
+            if old.role == Role::Owner && !old.pending && role != Role::Owner && owners(c, &t, &w)? <= 1 {
                 return Err(StoreError::Rule("this is the workspace's last owner; make another member owner first".into()));
             }
             c.execute("UPDATE members SET role = ?4 WHERE tenant_id = ?1 AND workspace_id = ?2 AND user_id = ?3", params![t, w, u, role.as_str()])?;
@@ -643,7 +745,7 @@ impl SqliteStore {
             let (t, w) = scope_strs(&scope);
             let u = user.to_string();
             let old = member_tx(c, &t, &w, &u)?;
-            if old.role == Role::Owner && owners(c, &t, &w)? <= 1 {
+            if old.role == Role::Owner && !old.pending && owners(c, &t, &w)? <= 1 {
                 return Err(StoreError::Rule(
                     "this is the workspace's last owner; make another member owner first".into(),
                 ));
@@ -669,6 +771,39 @@ impl SqliteStore {
         .await
     }
 
+    /// Accepts `user`'s invitation to a workspace; `NotFound` when there is none.
+    pub async fn accept_invitation(
+        &self,
+        user: UserId,
+        workspace: WorkspaceId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(WorkspaceRecord, Role), StoreError> {
+        self.write(move |c| {
+            let (t, ro): (String, String) = c
+                .prepare_cached("SELECT tenant_id, role FROM members WHERE workspace_id = ?1 AND user_id = ?2 AND accepted_at IS NULL")?
+                .query_row(params![workspace.to_string(), user.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            c.execute(
+                "UPDATE members SET accepted_at = ?4 WHERE tenant_id = ?1 AND workspace_id = ?2 AND user_id = ?3",
+                params![t, workspace.to_string(), user.to_string(), now],
+            )?;
+            append(c, &t, now, &Audit {
+                actor, action: "member.accept", object_kind: "user", object_id: user.to_string(),
+                workspace: Some(workspace), detail: json!({"role": ro}),
+            })?;
+            let (slug, name, created_at): (String, String, Millis) = c
+                .prepare_cached("SELECT slug, name, created_at FROM workspaces WHERE tenant_id = ?1 AND id = ?2")?
+                .query_row(params![t, workspace.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok((
+                WorkspaceRecord { scope: Scope { tenant: parse(t, "tenant id")?, workspace }, slug, name, created_at },
+                role(ro)?,
+            ))
+        })
+        .await
+    }
+
     // ---- API keys ---------------------------------------------------------------------------
 
     /// System: resolves an API key secret to its identity, if the key exists, is not revoked
@@ -681,19 +816,28 @@ impl SqliteStore {
         let hash = hash_secret(secret);
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT k.tenant_id, k.workspace_id, w.slug, k.role, k.id, k.created_by, k.last_used_at FROM api_keys k
+                "SELECT k.tenant_id, k.workspace_id, w.slug, k.role, k.id, k.created_by, k.last_used_at, m.role FROM api_keys k
                  JOIN workspaces w ON w.tenant_id = k.tenant_id AND w.id = k.workspace_id
+                 LEFT JOIN members m ON m.tenant_id = k.tenant_id AND m.workspace_id = k.workspace_id AND m.user_id = k.created_by AND m.accepted_at IS NOT NULL
                  WHERE k.secret_hash = ?1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?2)",
             )?
             .query_row(params![hash, now], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?, r.get(6)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, Option<String>>(5)?, r.get(6)?, r.get::<_, Option<String>>(7)?))
             })
             .optional()?
-            .map(|(t, w, slug, ro, id, by, last_used_at)| {
+            // A key acts for its creator: it dies with their membership and never exceeds their
+            // current role, so removing or demoting a person also disarms their keys.
+            .filter(|row| row.5.is_none() || row.7.is_some())
+            .map(|(t, w, slug, ro, id, by, last_used_at, member_role)| {
+                let key_role = role(ro)?;
+                let effective = match member_role {
+                    Some(m) => key_role.min(role(m)?),
+                    None => key_role,
+                };
                 Ok(KeyIdentity {
                     scope: Scope { tenant: parse(t, "tenant id")?, workspace: parse(w, "workspace id")? },
                     workspace_slug: slug,
-                    role: role(ro)?,
+                    role: effective,
                     key_id: parse(id, "key id")?,
                     user: by.map(|u| parse(u, "user id")).transpose()?,
                     last_used_at,

@@ -18,15 +18,30 @@ CREATE TABLE members (
     user_id      TEXT NOT NULL REFERENCES users(id),
     role         TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
+    -- NULL while an invitation of someone from another tenant waits for them to accept it.
+    accepted_at  INTEGER,
     PRIMARY KEY (tenant_id, workspace_id, user_id),
     FOREIGN KEY (tenant_id, workspace_id) REFERENCES workspaces(tenant_id, id)
 );
 CREATE INDEX members_by_user ON members (user_id);
 -- Every v1 user owned its tenant's workspaces.
-INSERT OR IGNORE INTO members (tenant_id, workspace_id, user_id, role, created_at)
-    SELECT o.tenant_id, w.id, u.id, 'owner', o.created_at
+INSERT OR IGNORE INTO members (tenant_id, workspace_id, user_id, role, created_at, accepted_at)
+    SELECT o.tenant_id, w.id, u.id, 'owner', o.created_at, o.created_at
     FROM users_v1 o JOIN users u ON u.email = lower(o.email) JOIN workspaces w ON w.tenant_id = o.tenant_id;
 DROP TABLE users_v1;
+-- v1 had no passwords and no login, so folding v1 users of the same email (the operator used one
+-- address for several tenants) into one person grants nothing until the operator sets a password.
+
+-- Who may act on the tenant itself (create workspaces, read the whole audit trail): a tenant
+-- role, separate from the per-workspace roles in `members`.
+CREATE TABLE tenant_owners (
+    tenant_id  TEXT NOT NULL REFERENCES tenants(id),
+    user_id    TEXT NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+INSERT OR IGNORE INTO tenant_owners (tenant_id, user_id, created_at)
+    SELECT m.tenant_id, m.user_id, m.created_at FROM members m WHERE m.role = 'owner';
 
 -- Who made a key (its user), a display prefix, an optional expiry.
 ALTER TABLE api_keys ADD COLUMN created_by TEXT;
