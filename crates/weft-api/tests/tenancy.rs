@@ -619,6 +619,25 @@ async fn sessions_log_in_need_csrf_for_writes_and_log_out() {
         .call_with("GET", "/api/v1/workspaces/default/flows", None, None, &c)
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Forged, malformed and oversized cookies are refused the same way.
+    for bad in [
+        "weft_session=0123456789abcdef".to_string(),
+        "weft_session=".to_string(),
+        format!("weft_session={}", "a".repeat(500)),
+        "other=1; weft_session=%%%".to_string(),
+    ] {
+        let r = w
+            .app
+            .call_with(
+                "GET",
+                "/api/v1/workspaces/default/flows",
+                None,
+                None,
+                &[("cookie", bad.as_str())],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
     // Expired sessions do not work either.
     let r = w
         .app
