@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod fair;
 mod model;
+pub mod postgres;
 mod sqlite;
 
 pub use model::*;

@@ -1,0 +1,210 @@
+//! The PostgreSQL schema against a real server (started by `scripts/pg.sh`, which
+//! `scripts/test.sh` and `.ci/run` do): forced row-level security on every tenant table, an
+//! application role that cannot bypass it, no tenant carried over on a pooled connection, and
+//! the same tables and columns as the SQLite schema.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use weft_store::postgres::{TENANT_TABLES, migrate};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
+    })
+}
+
+/// A fresh database for one test: (owner URL, app URL).
+async fn fresh_db() -> (String, String) {
+    let owner = env("WEFT_TEST_DATABASE_URL");
+    let app = env("WEFT_TEST_APP_DATABASE_URL");
+    let name = format!("weft_t_{}", &weft_types::random_secret()[..16]);
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let (owner, app) = (swap(&owner), swap(&app));
+    migrate(&owner, "weft_app").await.unwrap();
+    (owner, app)
+}
+
+#[tokio::test]
+async fn every_tenant_table_has_forced_row_level_security() {
+    let (owner, _) = fresh_db().await;
+    // Migrating again changes nothing and does not fail.
+    migrate(&owner, "weft_app").await.unwrap();
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
+                EXISTS (SELECT 1 FROM information_schema.columns k WHERE k.table_schema = 'public' AND k.table_name = c.relname AND k.column_name = 'tenant_id')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r'",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    for r in rows {
+        let (name, rls, forced, has_tenant): (String, bool, bool, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if has_tenant || name == "tenants" {
+            assert!(
+                TENANT_TABLES.contains(&name.as_str()),
+                "{name} holds tenant data but is not in TENANT_TABLES"
+            );
+            assert!(
+                rls && forced,
+                "{name}: row-level security must be enabled and forced"
+            );
+            seen.insert(name);
+        }
+    }
+    let expected: BTreeSet<String> = TENANT_TABLES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn the_app_role_is_neither_owner_superuser_nor_bypassrls() {
+    let (_, app) = fresh_db().await;
+    let mut c = PgConnection::connect(&app).await.unwrap();
+    let r = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(!r.get::<bool, _>(0) && !r.get::<bool, _>(1));
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(owned, 0, "the application role must own no table");
+    // It cannot read the migration history or change the schema.
+    assert!(
+        sqlx::query("SELECT * FROM schema_migrations")
+            .execute(&mut c)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("ALTER TABLE runs DISABLE ROW LEVEL SECURITY")
+            .execute(&mut c)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn an_unscoped_query_sees_only_the_transactions_tenant_and_nothing_carries_over() {
+    let (owner, app) = fresh_db().await;
+    let mut o = PgConnection::connect(&owner).await.unwrap();
+    // Seed two tenants as system work (even the owner is bound by the forced policies).
+    let mut tx = o.begin().await.unwrap();
+    sqlx::query("SELECT set_config('weft.system', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for t in ["ten_a", "ten_b"] {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)")
+            .bind(t)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO workspaces (tenant_id, id, slug, name, created_at) VALUES ($1, 'wsp', 'default', 'D', 0)")
+            .bind(t)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO flows (tenant_id, workspace_id, id, name, hook_id, latest_version, created_at, updated_at) VALUES ($1, 'wsp', 'flw', 'f', $1 || '_hook', 1, 0, 0)")
+            .bind(t)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    // One application connection, reused like a pooled one.
+    let mut c = PgConnection::connect(&app).await.unwrap();
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query("SELECT set_config('weft.tenant_id', 'ten_a', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // A deliberately unscoped query (no WHERE tenant_id) sees tenant A only.
+    let seen: Vec<String> = sqlx::query_scalar("SELECT tenant_id FROM flows")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, vec!["ten_a".to_string()]);
+    // Writing another tenant's row is refused by the policy's check.
+    let err = sqlx::query("UPDATE flows SET tenant_id = 'ten_b' WHERE id = 'flw'")
+        .execute(&mut *tx)
+        .await;
+    assert!(err.is_err(), "moving a row to another tenant must fail");
+    tx.rollback().await.unwrap();
+    // The next transaction on the same connection carries nothing over: it sees no tenant
+    // ('' after the setting's transaction ended) and does not fail.
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM flows")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let setting: String = sqlx::query_scalar("SELECT current_setting('weft.tenant_id', true)")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(setting, "");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the tenants table is walled too");
+}
+
+#[tokio::test]
+async fn the_postgres_schema_has_the_same_tables_and_columns_as_sqlite() {
+    let (owner, _) = fresh_db().await;
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    let pg: BTreeSet<(String, String)> = sqlx::query(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name <> 'schema_migrations'",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    drop(
+        weft_store::SqliteStore::open(weft_store::SqliteOptions {
+            path: path.clone(),
+            readers: 1,
+        })
+        .unwrap(),
+    );
+    let lite = rusqlite::Connection::open(&path).unwrap();
+    let mut st = lite
+        .prepare(
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> 'schema_migrations'",
+        )
+        .unwrap();
+    let sqlite: BTreeSet<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let only_pg: Vec<_> = pg.difference(&sqlite).collect();
+    let only_sqlite: Vec<_> = sqlite.difference(&pg).collect();
+    assert!(
+        only_pg.is_empty() && only_sqlite.is_empty(),
+        "schemas differ: only in PostgreSQL {only_pg:?}; only in SQLite {only_sqlite:?}"
+    );
+}

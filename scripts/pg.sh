@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for tests, from the machine's own binaries (Debian's
+# `postgresql` package, installed if missing), on 127.0.0.1, as a non-root user, in a temp dir.
+#   scripts/pg.sh start   prints `export` lines: WEFT_TEST_PG_DIR, WEFT_TEST_DATABASE_URL (the
+#                         owner role, for migrations) and WEFT_TEST_APP_DATABASE_URL (the
+#                         application role: not owner, not superuser, no BYPASSRLS)
+#   scripts/pg.sh stop DIR
+set -euo pipefail
+
+find_bin() {
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
+  return 1
+}
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "${1:-}" in
+  start)
+    if ! bin="$(find_bin)"; then
+      if [ "$(id -u)" = 0 ]; then
+        echo "installing PostgreSQL from Debian's packages…" >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+        bin="$(find_bin)"
+      else
+        echo "PostgreSQL is not installed; run: sudo apt-get install -y postgresql" >&2
+        exit 1
+      fi
+    fi
+    dir="$(mktemp -d /tmp/weft-pg.XXXXXX)"
+    chmod 755 "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; exit 1; }
+    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
+      || { cat "$dir/server.log" >&2; exit 1; }
+    psql() { as_pg "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+    psql -d postgres -c "CREATE ROLE weft_owner LOGIN PASSWORD 'weft_owner' CREATEROLE CREATEDB" \
+      -c "CREATE ROLE weft_app LOGIN PASSWORD 'weft_app' NOSUPERUSER NOBYPASSRLS NOCREATEDB" \
+      -c "CREATE DATABASE weft OWNER weft_owner" >&2
+    echo "$port" >"$dir/port"
+    echo "export WEFT_TEST_PG_DIR=$dir"
+    echo "export WEFT_TEST_DATABASE_URL=postgres://weft_owner:weft_owner@127.0.0.1:$port/weft"
+    echo "export WEFT_TEST_APP_DATABASE_URL=postgres://weft_app:weft_app@127.0.0.1:$port/weft"
+    ;;
+  stop)
+    dir="${2:?usage: scripts/pg.sh stop DIR}"
+    bin="$(find_bin)"
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    ;;
+  *)
+    echo "usage: scripts/pg.sh start | stop DIR" >&2
+    exit 2
+    ;;
+esac
