@@ -7,6 +7,7 @@
 
 mod client;
 mod load;
+mod neighbour;
 mod rss;
 mod sink;
 mod weft;
@@ -63,6 +64,12 @@ struct Args {
     /// Keep weft's temp dir (data dir and weft.log).
     #[arg(long)]
     keep: bool,
+    /// Noisy-neighbour phase: tenant B's requests/s beside tenant A's flood (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    neighbour: u64,
+    /// Concurrency of tenant A's flood in the noisy-neighbour phase.
+    #[arg(long, default_value_t = 256)]
+    neighbour_flood: usize,
     /// Extra argument for `weft serve` (repeatable), e.g. `--weft-arg=--max-in-flight=512`.
     #[arg(long = "weft-arg", allow_hyphen_values = true)]
     weft_args: Vec<String>,
@@ -78,6 +85,8 @@ struct Config {
     max_conns: usize,
     keep: bool,
     weft_args: Vec<String>,
+    neighbour: u64,
+    neighbour_flood: usize,
 }
 
 impl Config {
@@ -106,6 +115,8 @@ impl Config {
             max_conns: a.max_conns.max(1),
             keep: a.keep,
             weft_args: a.weft_args,
+            neighbour: a.neighbour,
+            neighbour_flood: a.neighbour_flood.max(1),
         })
     }
 }
@@ -317,7 +328,7 @@ fn print_phase(p: &Phase, a: &Analysis) {
 }
 
 /// Waits until the sink has every id of `sent` (or the timeout, or weft died).
-async fn drain(
+pub(crate) async fn drain(
     sink: &Sink,
     sent: &[load::Sent],
     timeout: Duration,
@@ -392,6 +403,7 @@ struct Ctx {
     pid: u32,
     url: String,
     key: String,
+    admin: String,
     mon: Arc<rss::Monitor>,
     tck: u64,
     data_dir: PathBuf,
@@ -588,6 +600,24 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         rate_phase = Some(p);
     }
 
+    let mut neighbour_ok = true;
+    if cfg.neighbour > 0 {
+        neighbour_ok = neighbour::run(
+            &ctx.url,
+            &ctx.admin,
+            &flow,
+            hook.clone(),
+            &sink,
+            cfg.neighbour,
+            cfg.neighbour_flood,
+            cfg.duration,
+            ids.clone(),
+            cfg.drain_timeout,
+            ctx.pid,
+        )
+        .await?;
+    }
+
     // ---- Summary ----
     let mut all_ok = true;
     let mut best_completed = 0.0f64;
@@ -741,7 +771,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             sink.without_id()
         );
     }
-    Ok(all_ok)
+    Ok(all_ok && neighbour_ok)
 }
 
 fn real_main(args: Args) -> anyhow::Result<bool> {
@@ -757,6 +787,7 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         pid: w.pid,
         url: w.url.clone(),
         key: w.key.clone(),
+        admin: w.admin.clone(),
         mon: mon.clone(),
         tck: rss::clk_tck(),
         data_dir: w.data_dir.clone(),

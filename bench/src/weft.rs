@@ -14,6 +14,8 @@ pub struct Weft {
     pub pid: u32,
     pub url: String,
     pub key: String,
+    /// The instance admin token printed at first start.
+    pub admin: String,
     pub root: Option<tempfile::TempDir>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -59,12 +61,13 @@ impl Weft {
             pid,
             url: String::new(),
             key: String::new(),
+            admin: String::new(),
             root: Some(root),
             data_dir: data,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while w.url.is_empty() || w.key.is_empty() {
+        while w.url.is_empty() || w.key.is_empty() || w.admin.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
@@ -79,6 +82,10 @@ impl Weft {
                         line.strip_prefix("Owner API key (shown once, keep it): ")
                     {
                         w.key = k.trim().to_string();
+                    } else if let Some(t) =
+                        line.strip_prefix("Instance admin token for /api/v1/admin (shown once): ")
+                    {
+                        w.admin = t.trim().to_string();
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
