@@ -70,6 +70,9 @@ struct Args {
     /// Concurrency of tenant A's flood in the noisy-neighbour phase.
     #[arg(long, default_value_t = 256)]
     neighbour_flood: usize,
+    /// Tenant A's plan limit on webhook requests/s during the noisy-neighbour phase (0: none).
+    #[arg(long, default_value_t = 0)]
+    neighbour_a_rps: u64,
     /// Extra argument for `weft serve` (repeatable), e.g. `--weft-arg=--max-in-flight=512`.
     #[arg(long = "weft-arg", allow_hyphen_values = true)]
     weft_args: Vec<String>,
@@ -87,6 +90,7 @@ struct Config {
     weft_args: Vec<String>,
     neighbour: u64,
     neighbour_flood: usize,
+    neighbour_a_rps: u64,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Config {
             weft_args: a.weft_args,
             neighbour: a.neighbour,
             neighbour_flood: a.neighbour_flood.max(1),
+            neighbour_a_rps: a.neighbour_a_rps,
         })
     }
 }
@@ -614,6 +619,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             ids.clone(),
             cfg.drain_timeout,
             ctx.pid,
+            cfg.neighbour_a_rps,
         )
         .await?;
     }

@@ -74,6 +74,45 @@ fn latencies(sink: &Sink, out: &Outcome) -> ([f64; 4], usize) {
     )
 }
 
+/// Sets tenant A's (the default tenant's) plan limit on webhook requests per second.
+async fn limit_a(url: &str, admin: &str, rps: u64) -> anyhow::Result<()> {
+    let list = Target::parse(&format!("{url}/api/v1/admin/tenants"))?;
+    let mut conn = client::connect(list.addr).await?;
+    conn.ready().await?;
+    let req = hyper::Request::get("/api/v1/admin/tenants")
+        .header("host", list.host.clone())
+        .header("authorization", format!("Bearer {admin}"))
+        .body(http_body_util::Full::new(Bytes::new()))?;
+    let (st, body) = client::send(&mut conn, req).await?;
+    if !st.is_success() {
+        bail!("listing tenants answered {st}");
+    }
+    let v: Value = serde_json::from_slice(&body)?;
+    let id = v["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "default"))
+        .and_then(|t| t["id"].as_str())
+        .context("no default tenant")?
+        .to_string();
+    let mut conn = client::connect(list.addr).await?;
+    conn.ready().await?;
+    let req = hyper::Request::patch(format!("/api/v1/admin/tenants/{id}"))
+        .header("host", list.host.clone())
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(
+            json!({"limits": {"webhook_rps": rps}}).to_string(),
+        )))?;
+    let (st, body) = client::send(&mut conn, req).await?;
+    if !st.is_success() {
+        bail!(
+            "limiting tenant A answered {st}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
 /// Runs the phase; returns whether every accepted event of both tenants reached the sink.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -88,8 +127,13 @@ pub async fn run(
     ids_a: Arc<AtomicU64>,
     drain_timeout: Duration,
     pid: u32,
+    a_rps: u64,
 ) -> anyhow::Result<bool> {
     let hook_b = Arc::new(tenant_b(url, admin, flow).await?);
+    if a_rps > 0 {
+        limit_a(url, admin, a_rps).await?;
+        println!("tenant A's plan: webhook_rps = {a_rps}");
+    }
     let ids_b = Arc::new(AtomicU64::new(B_IDS));
     println!(
         "\n== noisy neighbour: tenant B at {rate_b} req/s alone, then beside tenant A flooding at concurrency {flood} ({} s each)",
