@@ -1,6 +1,11 @@
-//! PostgreSQL backend — so far its schema: migrations with forced row-level security and the
-//! grants that let a non-owner application role use it. The store operations themselves are
-//! still SQLite-only (`weft serve --database-url` refuses with a clear error until they land).
+//! PostgreSQL backend: migrations with forced row-level security, the grants that let a
+//! non-owner application role use them, and [`PgStore`], whose operations are being written
+//! against the same conformance tests as the SQLite store. Until every operation exists it is
+//! not behind `Store`, and `weft serve --database-url` refuses with a clear error.
+
+mod store;
+
+pub use store::PgStore;
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;

@@ -1,0 +1,239 @@
+//! One storage contract, two backends: each case below runs against SQLite and against a real
+//! PostgreSQL (started by `scripts/pg.sh`, as `scripts/test.sh` and CI do). The PostgreSQL store
+//! is being filled in operation by operation; every operation it has is covered here.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use weft_store::postgres::{PgStore, migrate};
+use weft_store::{Actor, Limits, SqliteOptions, SqliteStore, StoreError};
+use weft_types::Scope;
+
+/// Keeps a backend's storage alive for the test.
+#[allow(dead_code)]
+enum Guard {
+    Dir(tempfile::TempDir),
+    Db(String),
+}
+
+async fn sqlite() -> (SqliteStore, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(SqliteOptions {
+        path: dir.path().join("w.db"),
+        readers: 2,
+    })
+    .unwrap();
+    (s, Guard::Dir(dir))
+}
+
+async fn postgres() -> (PgStore, Guard) {
+    use sqlx::Connection;
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| {
+            panic!("{n} is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
+        })
+    };
+    let (owner, app) = (
+        var("WEFT_TEST_DATABASE_URL"),
+        var("WEFT_TEST_APP_DATABASE_URL"),
+    );
+    let name = format!("weft_c_{}", &weft_types::random_secret()[..16]);
+    let mut c = sqlx::postgres::PgConnection::connect(&owner).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    migrate(&swap(&owner), "weft_app").await.unwrap();
+    let s = PgStore::connect(&swap(&app), 4).await.unwrap();
+    (s, Guard::Db(name))
+}
+
+/// Runs `$body` with `$s` bound to each backend in turn.
+macro_rules! conformance {
+    ($name:ident, |$s:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let ($s, _g) = super::sqlite().await;
+                $body
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let ($s, _g) = super::postgres().await;
+                $body
+            }
+        }
+    };
+}
+
+fn op() -> Actor {
+    Actor::operator()
+}
+
+conformance!(bootstrap_once_and_keys_resolve, |s| {
+    let b = s.bootstrap_if_empty(1_000).await.unwrap().unwrap();
+    assert!(b.owner_key.starts_with("wft_"));
+    assert!(s.bootstrap_if_empty(1_000).await.unwrap().is_none());
+    let k = s.resolve_key(&b.owner_key, 2_000).await.unwrap().unwrap();
+    assert_eq!(k.scope.tenant, b.tenant);
+    assert_eq!(k.workspace_slug, "default");
+    assert_eq!(k.user, Some(b.owner));
+    assert!(s.resolve_key("wft_nope", 2_000).await.unwrap().is_none());
+});
+
+conformance!(flows_save_version_publish_and_delete, |s| {
+    let b = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    let scope = Scope {
+        tenant: b.tenant,
+        workspace: b.workspace,
+    };
+    let f = s
+        .save_flow(scope, "f", json!({"v": 1}), true, op(), 5)
+        .await
+        .unwrap();
+    assert_eq!((f.latest_version, f.published_version), (1, Some(1)));
+    let f2 = s
+        .save_flow(scope, "f", json!({"v": 2}), false, op(), 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        (f2.id, f2.latest_version, f2.published_version),
+        (f.id, 2, Some(1))
+    );
+    assert_eq!(
+        f2.hook_id, f.hook_id,
+        "the hook id is stable across versions"
+    );
+    let f3 = s.publish(scope, f.id, 2, op(), 7).await.unwrap();
+    assert_eq!(f3.published_version, Some(2));
+    assert!(matches!(
+        s.publish(scope, f.id, 9, op(), 8).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.flow_version(scope, f.id, 1).await.unwrap().definition,
+        json!({"v": 1})
+    );
+    let vs = s.list_versions(scope, f.id).await.unwrap();
+    assert_eq!(vs.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(s.get_flow(scope, "f").await.unwrap().id, f.id);
+    assert_eq!(
+        s.get_flow(scope, &f.id.to_string()).await.unwrap().name,
+        "f"
+    );
+    s.save_flow(scope, "a", json!({}), false, op(), 9)
+        .await
+        .unwrap();
+    let page = s.list_flows(scope, None, 1).await.unwrap();
+    assert_eq!(page[0].name, "a");
+    let rest = s.list_flows(scope, Some("a".into()), 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        vec!["f"]
+    );
+    s.delete_flow(scope, f.id, op(), 10).await.unwrap();
+    assert!(matches!(
+        s.get_flow(scope, "f").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_flow(scope, f.id, op(), 11).await,
+        Err(StoreError::NotFound)
+    ));
+    let chain = s.verify_audit(b.tenant).await.unwrap();
+    assert_eq!(chain.broken, None);
+    assert_eq!(
+        chain.entries,
+        3 + 5,
+        "bootstrap 3; create, update, publish, create, delete"
+    );
+});
+
+conformance!(another_tenants_flows_are_not_found, |s| {
+    let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    let b = s
+        .create_tenant("b", "b@example.com", Limits::default(), op(), 2)
+        .await
+        .unwrap();
+    let (sa, sb) = (
+        Scope {
+            tenant: a.tenant,
+            workspace: a.workspace,
+        },
+        Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        },
+    );
+    let f = s
+        .save_flow(sa, "secret", json!({}), true, op(), 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get_flow(sb, "secret").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.get_flow(sb, &f.id.to_string()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.flow_version(sb, f.id, 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.list_versions(sb, f.id).await.unwrap().is_empty());
+    assert!(s.list_flows(sb, None, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        s.publish(sb, f.id, 1, op(), 4).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_flow(sb, f.id, op(), 5).await,
+        Err(StoreError::NotFound)
+    ));
+    // Both tenants may use the same flow name.
+    s.save_flow(sb, "secret", json!({}), true, op(), 6)
+        .await
+        .unwrap();
+    assert_eq!(s.get_flow(sa, "secret").await.unwrap().id, f.id);
+    assert_eq!(s.verify_audit(b.tenant).await.unwrap().broken, None);
+});
+
+conformance!(the_active_flow_quota_refuses_and_writes_nothing, |s| {
+    let plan = Limits {
+        active_flows: Some(1),
+        ..Limits::default()
+    };
+    let b = s
+        .create_tenant("q", "q@example.com", plan, op(), 1)
+        .await
+        .unwrap();
+    let scope = Scope {
+        tenant: b.tenant,
+        workspace: b.workspace,
+    };
+    s.save_flow(scope, "one", json!({}), true, op(), 2)
+        .await
+        .unwrap();
+    let before = s.verify_audit(b.tenant).await.unwrap().entries;
+    assert!(matches!(
+        s.save_flow(scope, "two", json!({}), true, op(), 3).await,
+        Err(StoreError::Quota {
+            limit: "active_flows",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.get_flow(scope, "two").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.verify_audit(b.tenant).await.unwrap().entries, before);
+    // Republishing the active flow is fine; a draft is fine.
+    s.save_flow(scope, "one", json!({"v": 2}), true, op(), 4)
+        .await
+        .unwrap();
+    s.save_flow(scope, "two", json!({}), false, op(), 5)
+        .await
+        .unwrap();
+});
