@@ -52,6 +52,7 @@ async fn postgres() -> (PgStore, Guard) {
 macro_rules! conformance {
     ($name:ident, |$s:ident| $body:block) => {
         mod $name {
+            #[allow(unused_imports)]
             use super::*;
             #[tokio::test]
             async fn sqlite() {
