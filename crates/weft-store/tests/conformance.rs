@@ -238,3 +238,143 @@ conformance!(the_active_flow_quota_refuses_and_writes_nothing, |s| {
         .await
         .unwrap();
 });
+
+conformance!(
+    keys_create_list_revoke_expire_and_act_for_their_creator,
+    |s| {
+        let b = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+        let scope = Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        };
+        let new = |role, expires_at| weft_store::NewKey {
+            name: "k".into(),
+            role,
+            created_by: Some(b.owner),
+            expires_at,
+        };
+        let (k, secret) = s
+            .create_key(scope, new(weft_types::Role::Editor, None), op(), 2)
+            .await
+            .unwrap();
+        assert!(secret.starts_with(&k.prefix));
+        let id = s.resolve_key(&secret, 3).await.unwrap().unwrap();
+        assert_eq!((id.key_id, id.role), (k.id, weft_types::Role::Editor));
+        let (_, short) = s
+            .create_key(scope, new(weft_types::Role::Viewer, Some(10)), op(), 4)
+            .await
+            .unwrap();
+        assert!(s.resolve_key(&short, 9).await.unwrap().is_some());
+        assert!(
+            s.resolve_key(&short, 10).await.unwrap().is_none(),
+            "expired"
+        );
+        s.touch_key(scope, k.id, 50).await.unwrap();
+        let listed = s.list_keys(scope).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(
+            listed.iter().find(|x| x.id == k.id).unwrap().last_used_at,
+            Some(50)
+        );
+        let r = s.revoke_key(scope, k.id, op(), 60).await.unwrap();
+        assert_eq!(r.revoked_at, Some(60));
+        assert!(s.resolve_key(&secret, 61).await.unwrap().is_none());
+        // Revoking again changes nothing and writes no second audit entry.
+        let before = s.verify_audit(b.tenant).await.unwrap().entries;
+        assert_eq!(
+            s.revoke_key(scope, k.id, op(), 70)
+                .await
+                .unwrap()
+                .revoked_at,
+            Some(60)
+        );
+        assert_eq!(s.verify_audit(b.tenant).await.unwrap().entries, before);
+        // Another tenant's scope neither lists nor revokes it.
+        let other = s
+            .create_tenant("o", "o@example.com", Limits::default(), op(), 80)
+            .await
+            .unwrap();
+        let os = Scope {
+            tenant: other.tenant,
+            workspace: other.workspace,
+        };
+        assert!(s.list_keys(os).await.unwrap().iter().all(|x| x.id != k.id));
+        assert!(matches!(
+            s.revoke_key(os, k.id, op(), 81).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+);
+
+conformance!(tenant_plans_patch_and_list, |s| {
+    let b = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    let t = s.get_tenant(b.tenant).await.unwrap();
+    assert_eq!(
+        (t.name.as_str(), t.weight, t.limits.clone()),
+        ("default", 1, Limits::default())
+    );
+    let plan = Limits {
+        runs_per_month: Some(10),
+        ..Limits::default()
+    };
+    let t = s
+        .patch_tenant_plan(b.tenant, Some(plan.clone()), None, op(), 2)
+        .await
+        .unwrap();
+    assert_eq!((t.limits.clone(), t.weight), (plan.clone(), 1));
+    let t = s
+        .patch_tenant_plan(b.tenant, None, Some(5), op(), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.limits, t.weight),
+        (plan, 5),
+        "a patch keeps what it does not name"
+    );
+    s.create_tenant("x", "x@example.com", Limits::default(), op(), 4)
+        .await
+        .unwrap();
+    let all = s.list_tenants(None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let page = s
+        .list_tenants(Some(all[0].id.to_string()), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(matches!(
+        s.get_tenant(weft_types::TenantId::new()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.verify_audit(b.tenant).await.unwrap().broken, None);
+});
+
+conformance!(sessions_expire_and_end_and_settings_persist, |s| {
+    let b = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    s.create_session(b.owner, "h1".into(), "csrf".into(), 100, 10)
+        .await
+        .unwrap();
+    let got = s.resolve_session("h1".into(), 50).await.unwrap().unwrap();
+    assert_eq!(
+        (got.user_id, got.email.as_str(), got.csrf_token.as_str()),
+        (b.owner, "owner@localhost", "csrf")
+    );
+    assert!(
+        s.resolve_session("h1".into(), 100).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(
+        s.resolve_session("nope".into(), 50)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.create_session(b.owner, "h2".into(), "c2".into(), 1_000, 20)
+        .await
+        .unwrap();
+    s.delete_session("h2".into()).await.unwrap();
+    assert!(s.resolve_session("h2".into(), 30).await.unwrap().is_none());
+    assert_eq!(s.setting("k").await.unwrap(), None);
+    s.set_setting("k", "v1").await.unwrap();
+    s.set_setting("k", "v2").await.unwrap();
+    assert_eq!(s.setting("k").await.unwrap().as_deref(), Some("v2"));
+});

@@ -3,6 +3,7 @@
 //! against the same conformance tests as the SQLite store. Until every operation exists it is
 //! not behind `Store`, and `weft serve --database-url` refuses with a clear error.
 
+mod identity;
 mod store;
 
 pub use store::PgStore;

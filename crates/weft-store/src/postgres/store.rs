@@ -13,7 +13,7 @@ use weft_types::{
 use crate::audit::{check_chain, entry_hash};
 use crate::*;
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(super) fn db(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::RowNotFound => StoreError::NotFound,
         sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() => {
@@ -23,12 +23,12 @@ fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
+pub(super) fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
 }
 
-fn role(s: String) -> Result<Role, StoreError> {
+pub(super) fn role(s: String) -> Result<Role, StoreError> {
     Role::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("bad role {s}")))
 }
 
@@ -40,12 +40,12 @@ fn json_text(s: Option<String>) -> Result<Value, StoreError> {
     }
 }
 
-type Tx = Transaction<'static, Postgres>;
+pub(super) type Tx = Transaction<'static, Postgres>;
 
 /// The PostgreSQL store (not yet behind `Store`: see the module docs of `postgres`).
 #[derive(Clone, Debug)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
@@ -66,7 +66,12 @@ fn read_flow(r: &PgRow) -> Result<FlowRecord, StoreError> {
     })
 }
 
-async fn append(tx: &mut Tx, tenant: &str, now: Millis, a: &Audit) -> Result<(), StoreError> {
+pub(super) async fn append(
+    tx: &mut Tx,
+    tenant: &str,
+    now: Millis,
+    a: &Audit,
+) -> Result<(), StoreError> {
     // The row lock serializes appends per tenant across processes.
     let row = sqlx::query("SELECT audit_seq, audit_head FROM tenants WHERE id = $1 FOR UPDATE")
         .bind(tenant)
@@ -196,7 +201,7 @@ impl PgStore {
     }
 
     /// A transaction that sees one tenant's rows.
-    async fn tenant_tx(&self, tenant: &str) -> Result<Tx, StoreError> {
+    pub(super) async fn tenant_tx(&self, tenant: &str) -> Result<Tx, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SELECT set_config('weft.tenant_id', $1, true)")
             .bind(tenant)
@@ -207,7 +212,7 @@ impl PgStore {
     }
 
     /// A transaction for cross-tenant system work.
-    async fn system_tx(&self) -> Result<Tx, StoreError> {
+    pub(super) async fn system_tx(&self) -> Result<Tx, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SELECT set_config('weft.system', 'on', true)")
             .execute(&mut *tx)
