@@ -378,3 +378,139 @@ conformance!(sessions_expire_and_end_and_settings_persist, |s| {
     s.set_setting("k", "v2").await.unwrap();
     assert_eq!(s.setting("k").await.unwrap().as_deref(), Some("v2"));
 });
+
+conformance!(workspaces_members_owners_and_invitations, |s| {
+    use weft_types::Role;
+    let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    let sa = Scope {
+        tenant: a.tenant,
+        workspace: a.workspace,
+    };
+    assert!(s.is_tenant_owner(a.tenant, a.owner).await.unwrap());
+    assert_eq!(s.owned_tenants(a.owner).await.unwrap(), vec![a.tenant]);
+    // Workspaces: unique slugs per tenant, found by id or slug.
+    let ops = s
+        .create_workspace(a.tenant, "ops", "Ops", Some(a.owner), op(), 2)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_workspace(a.tenant, "ops", "Again", None, op(), 3)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.get_workspace(a.tenant, "ops").await.unwrap().scope,
+        ops.scope
+    );
+    assert_eq!(
+        s.get_workspace(a.tenant, &ops.scope.workspace.to_string())
+            .await
+            .unwrap()
+            .slug,
+        "ops"
+    );
+    s.rename_workspace(ops.scope, "Operations", op(), 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_workspace(a.tenant, "ops").await.unwrap().name,
+        "Operations"
+    );
+    assert_eq!(s.user_workspaces(a.owner).await.unwrap().len(), 2);
+    // Members: add, duplicate, change role, last owner, remove.
+    let ann = s
+        .add_member(sa, "Ann@A.example", Role::Editor, op(), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ann.email.as_str(), ann.role, ann.pending),
+        ("ann@a.example", Role::Editor, false)
+    );
+    assert!(matches!(
+        s.add_member(sa, "ann@a.example", Role::Viewer, op(), 6)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.member_role(sa, ann.user_id).await.unwrap(),
+        Some(Role::Editor)
+    );
+    assert!(matches!(
+        s.remove_member(sa, a.owner, op(), 7).await,
+        Err(StoreError::Rule(_))
+    ));
+    assert!(matches!(
+        s.set_member_role(sa, a.owner, Role::Admin, op(), 7).await,
+        Err(StoreError::Rule(_))
+    ));
+    s.set_member_role(sa, ann.user_id, Role::Owner, op(), 8)
+        .await
+        .unwrap();
+    s.set_member_role(sa, a.owner, Role::Admin, op(), 9)
+        .await
+        .unwrap();
+    assert_eq!(s.list_members(sa).await.unwrap().len(), 2);
+    s.remove_member(sa, a.owner, op(), 10).await.unwrap();
+    assert_eq!(s.member_role(sa, a.owner).await.unwrap(), None);
+    // Someone from another tenant is invited, not added, until they accept.
+    let b = s
+        .create_tenant("b", "bob@b.example", Limits::default(), op(), 11)
+        .await
+        .unwrap();
+    let sb = Scope {
+        tenant: b.tenant,
+        workspace: b.workspace,
+    };
+    let inv = s
+        .add_member(sb, "ann@a.example", Role::Admin, op(), 12)
+        .await
+        .unwrap();
+    assert!(inv.pending);
+    assert_eq!(s.member_role(sb, ann.user_id).await.unwrap(), None);
+    assert_eq!(s.pending_invitations(ann.user_id).await.unwrap().len(), 1);
+    let (w, r) = s
+        .accept_invitation(ann.user_id, sb.workspace, op(), 13)
+        .await
+        .unwrap();
+    assert_eq!((w.scope, r), (sb, Role::Admin));
+    assert!(matches!(
+        s.accept_invitation(ann.user_id, sb.workspace, op(), 14)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.member_role(sb, ann.user_id).await.unwrap(),
+        Some(Role::Admin)
+    );
+    // Users and passwords.
+    let id = s.set_password("new@x.example", "hash", 15).await.unwrap();
+    let u = s.user_by_email("NEW@x.example").await.unwrap().unwrap();
+    assert_eq!((u.id, u.password_hash.as_deref()), (id, Some("hash")));
+    // The audit trails list newest first, per workspace or whole, and verify.
+    let all = s.list_audit(a.tenant, None, None, 100).await.unwrap();
+    assert!(all.windows(2).all(|p| p[0].seq > p[1].seq));
+    let only_ops = s
+        .list_audit(a.tenant, Some(ops.scope.workspace), None, 100)
+        .await
+        .unwrap();
+    assert!(
+        !only_ops.is_empty()
+            && only_ops.iter().all(
+                |e| e.workspace_id.as_deref() == Some(ops.scope.workspace.to_string().as_str())
+            )
+    );
+    let older = s
+        .list_audit(a.tenant, None, Some(all[1].seq), 100)
+        .await
+        .unwrap();
+    assert_eq!(older[0].seq, all[2].seq);
+    assert_eq!(s.verify_audit(a.tenant).await.unwrap().broken, None);
+    assert_eq!(s.verify_audit(b.tenant).await.unwrap().broken, None);
+    assert!(
+        s.list_audit(b.tenant, None, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.workspace_id.as_deref() != Some(sa.workspace.to_string().as_str()))
+    );
+});

@@ -4,6 +4,7 @@
 //! not behind `Store`, and `weft serve --database-url` refuses with a clear error.
 
 mod identity;
+mod members;
 mod store;
 
 pub use store::PgStore;

@@ -126,7 +126,11 @@ pub(super) async fn append(
     Ok(())
 }
 
-async fn user_for_email(tx: &mut Tx, email: &str, now: Millis) -> Result<UserId, StoreError> {
+pub(super) async fn user_for_email(
+    tx: &mut Tx,
+    email: &str,
+    now: Millis,
+) -> Result<UserId, StoreError> {
     let email = email.trim().to_lowercase();
     let id = UserId::new().to_string();
     // Insert-or-get in one statement: concurrent creators of the same email agree on one user.
