@@ -8,6 +8,7 @@ pub mod audit;
 pub mod fair;
 mod model;
 pub mod postgres;
+mod quota;
 mod sqlite;
 
 pub use model::*;

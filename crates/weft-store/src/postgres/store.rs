@@ -166,13 +166,7 @@ async fn check_active_flows(tx: &mut Tx, t: &str, w: &str, flow: &str) -> Result
     .map_err(db)?;
     let (active, this): (i64, i64) = (row.get(0), row.get(1));
     if this == 0 && active >= limit {
-        return Err(StoreError::Quota {
-            limit: "active_flows",
-            detail: format!(
-                "the tenant has {active} published flows, its plan's limit; save this one as a draft, delete a flow, or raise the plan's active_flows"
-            ),
-            retry_after: None,
-        });
+        return Err(crate::quota::flows_exceeded(active));
     }
     Ok(())
 }

@@ -440,7 +440,7 @@ impl SqliteStore {
                 .prepare_cached("SELECT COUNT(*) FROM runs WHERE tenant_id = ?1 AND status = 'running'")?
                 .query_row([&t], |r| r.get(0))?;
             // A count from an earlier month is stale: this month has none yet.
-            let current = super::ops::month_of(now);
+            let current = crate::quota::month_of(now);
             let runs_in_month = if month == current { runs_in_month } else { 0 };
             Ok(Usage { month: current, runs_in_month, stored_bytes, active_flows, running })
         })

@@ -197,35 +197,12 @@ fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, 
     })
 }
 
-/// `YYYY-MM` (UTC) of a time: the period of the monthly run quota.
-pub(super) fn month_of(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m")
-        .to_string()
-}
-
-/// Seconds from `ms` to the start of the next UTC month.
-fn secs_to_next_month(ms: Millis) -> u64 {
-    use chrono::Datelike;
-    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    let (y, m) = if t.month() == 12 {
-        (t.year() + 1, 1)
-    } else {
-        (t.year(), t.month() + 1)
-    };
-    chrono::NaiveDate::from_ymd_opt(y, m, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|n| ((n.and_utc().timestamp_millis() - ms).max(0) / 1000) as u64)
-        .unwrap_or(3600)
-}
-
 /// Counts a new run against the tenant's monthly and storage limits, or refuses it.
 fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
     let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) = c
         .prepare_cached("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = ?1")?
         .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let month = month_of(now);
+    let month = crate::quota::month_of(now);
     if runs_limit.is_some() || bytes_limit.is_some() {
         let (m, runs, stored): (String, i64, i64) = c
             .prepare_cached(
@@ -238,24 +215,12 @@ fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(
         if let Some(limit) = runs_limit
             && runs >= limit
         {
-            return Err(StoreError::Quota {
-                limit: "runs_per_month",
-                detail: format!(
-                    "the tenant has started {runs} runs this month, its plan's limit; the count resets at the start of next month (UTC), or raise the plan's runs_per_month"
-                ),
-                retry_after: Some(secs_to_next_month(now)),
-            });
+            return Err(crate::quota::runs_exceeded(runs, now));
         }
         if let Some(limit) = bytes_limit
             && stored + bytes > limit
         {
-            return Err(StoreError::Quota {
-                limit: "stored_bytes",
-                detail: format!(
-                    "the tenant stores {stored} bytes of run data and its plan allows {limit}; delete old runs or raise the plan's stored_bytes"
-                ),
-                retry_after: None,
-            });
+            return Err(crate::quota::bytes_exceeded(stored, limit));
         }
     }
     c.prepare_cached(
@@ -290,13 +255,7 @@ fn check_active_flows(c: &Connection, tenant: &str, w: &str, flow: &str) -> Resu
         )?
         .query_row(params![tenant, w, flow], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if this == 0 && active >= limit {
-        return Err(StoreError::Quota {
-            limit: "active_flows",
-            detail: format!(
-                "the tenant has {active} published flows, its plan's limit; save this one as a draft, delete a flow, or raise the plan's active_flows"
-            ),
-            retry_after: None,
-        });
+        return Err(crate::quota::flows_exceeded(active));
     }
     Ok(())
 }
