@@ -514,3 +514,394 @@ conformance!(workspaces_members_owners_and_invitations, |s| {
             .all(|e| e.workspace_id.as_deref() != Some(sa.workspace.to_string().as_str()))
     );
 });
+
+fn run(scope: Scope, flow: weft_types::FlowId, key: Option<&str>, now: i64) -> weft_store::NewRun {
+    weft_store::NewRun {
+        scope,
+        id: weft_types::RunId::new(),
+        flow_id: flow,
+        flow_name: "f".into(),
+        flow_version: 1,
+        trigger: json!({"n": now}),
+        dedupe_key: key.map(str::to_string),
+        dedupe_window_ms: 10_000,
+        now,
+        audit: None,
+    }
+}
+
+async fn scope_of<S>(s: &S) -> Scope
+where
+    S: Bootstrapper,
+{
+    s.boot().await
+}
+
+/// Both stores bootstrap the same way; this names it for the run cases.
+trait Bootstrapper {
+    async fn boot(&self) -> Scope;
+}
+impl Bootstrapper for SqliteStore {
+    async fn boot(&self) -> Scope {
+        let b = self.bootstrap_if_empty(1).await.unwrap().unwrap();
+        Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        }
+    }
+}
+impl Bootstrapper for PgStore {
+    async fn boot(&self) -> Scope {
+        let b = self.bootstrap_if_empty(1).await.unwrap().unwrap();
+        Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        }
+    }
+}
+
+conformance!(
+    runs_dedupe_within_the_window_only_even_when_concurrent,
+    |s| {
+        let scope = scope_of(&s).await;
+        let f = weft_types::FlowId::new();
+        let a = s.insert_run(run(scope, f, Some("k"), 1_000)).await.unwrap();
+        let b = s.insert_run(run(scope, f, Some("k"), 5_000)).await.unwrap();
+        assert!(!a.duplicate);
+        assert_eq!((b.run_id, b.duplicate), (a.run_id, true));
+        let c = s
+            .insert_run(run(scope, f, Some("k"), 20_000))
+            .await
+            .unwrap();
+        assert!(
+            !c.duplicate && c.run_id != a.run_id,
+            "outside the window the key starts a new run"
+        );
+        let other = s
+            .insert_run(run(scope, weft_types::FlowId::new(), Some("k"), 20_000))
+            .await
+            .unwrap();
+        assert!(!other.duplicate, "keys are per flow");
+        // 200 concurrent deliveries of 50 keys: 50 runs, 150 duplicates (a lost race may be retried).
+        let g = weft_types::FlowId::new();
+        let mut hs = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            hs.push(tokio::spawn(async move {
+                loop {
+                    match s
+                        .insert_run(run(scope, g, Some(&format!("d{}", i % 50)), 30_000))
+                        .await
+                    {
+                        Err(StoreError::Conflict(_)) => continue,
+                        other => return other.unwrap(),
+                    }
+                }
+            }));
+        }
+        let mut dups = 0;
+        for h in hs {
+            dups += usize::from(h.await.unwrap().duplicate);
+        }
+        assert_eq!(dups, 150);
+        let queued: i64 = s.count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+        assert_eq!(queued, 3 + 50);
+    }
+);
+
+conformance!(claims_checkpoints_leases_finish_and_resume, |s| {
+    let scope = scope_of(&s).await;
+    let r = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    let claimed = s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].steps.is_empty());
+    assert!(
+        s.claim_runs("w2", 200, 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claimed run is not claimed twice"
+    );
+    let step = weft_store::StepRecord {
+        step_id: "a".into(),
+        idx: 0,
+        status: weft_types::StepStatus::Succeeded,
+        attempts: 1,
+        output: Some(json!({"x": 1})),
+        error: None,
+        started_at: Some(200),
+        finished_at: Some(210),
+    };
+    let cp = weft_store::StepCheckpoint {
+        step: step.clone(),
+        logs: vec![weft_store::NewLog {
+            level: "info",
+            step_id: Some("a".into()),
+            message: "ok".into(),
+        }],
+    };
+    assert!(
+        s.checkpoint_step(scope, r, "w1", cp.clone(), 210)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.checkpoint_step(scope, r, "w2", cp, 210).await.unwrap(),
+        "only the lease owner checkpoints"
+    );
+    assert_eq!(s.renew_leases("w1", 60_000).await.unwrap(), 1);
+    assert_eq!(
+        s.reclaim_expired(50_000).await.unwrap(),
+        0,
+        "a renewed lease holds"
+    );
+    // The worker dies; its lease expires; the run is reclaimed with its checkpoint.
+    assert_eq!(s.reclaim_expired(100_000).await.unwrap(), 1);
+    let again = s.claim_runs("w2", 100_001, 30_000, 10).await.unwrap();
+    assert_eq!(again[0].steps, vec![step]);
+    assert!(
+        s.finish_run(
+            scope,
+            r,
+            "w2",
+            weft_types::RunStatus::Succeeded,
+            Some(json!(1)),
+            None,
+            vec![],
+            100_002
+        )
+        .await
+        .unwrap()
+    );
+    let (got, steps) = s.get_run(scope, r).await.unwrap();
+    assert_eq!(
+        (got.status, got.output, steps.len()),
+        (weft_types::RunStatus::Succeeded, Some(json!(1)), 1)
+    );
+    assert_eq!(s.run_logs(scope, r, 0, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        s.cancel_run(scope, r, op(), 100_003).await.unwrap(),
+        weft_types::RunStatus::Succeeded,
+        "finished runs stay finished"
+    );
+    // Graceful shutdown hands runs back; a restarted single process reclaims foreign runs.
+    let r2 = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 200_000))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w3", 200_001, 30_000, 10).await.unwrap();
+    assert_eq!(s.release_leases("w3").await.unwrap(), 1);
+    s.claim_runs("w4", 200_002, 30_000, 10).await.unwrap();
+    assert_eq!(s.reclaim_all_except("w5").await.unwrap(), 1);
+    assert_eq!(
+        s.get_run(scope, r2).await.unwrap().0.status,
+        weft_types::RunStatus::Queued
+    );
+});
+
+conformance!(cancel_takes_the_run_from_its_worker, |s| {
+    let scope = scope_of(&s).await;
+    let r = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    assert_eq!(
+        s.cancel_run(scope, r, op(), 300).await.unwrap(),
+        weft_types::RunStatus::Cancelled
+    );
+    assert!(
+        !s.finish_run(
+            scope,
+            r,
+            "w1",
+            weft_types::RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            400
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, r).await.unwrap().0.status,
+        weft_types::RunStatus::Cancelled
+    );
+    let other = s
+        .create_tenant("o", "o@example.com", Limits::default(), op(), 500)
+        .await
+        .unwrap();
+    let os = Scope {
+        tenant: other.tenant,
+        workspace: other.workspace,
+    };
+    assert!(matches!(s.get_run(os, r).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.cancel_run(os, r, op(), 600).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.run_logs(os, r, 0, 10).await.unwrap().is_empty());
+});
+
+conformance!(run_lists_filter_and_page, |s| {
+    let scope = scope_of(&s).await;
+    let f = weft_types::FlowId::new();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(
+            s.insert_run(run(scope, f, None, 100 + i))
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    s.insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap();
+    let page = |before| weft_store::RunFilter {
+        flow_id: Some(f),
+        limit: 4,
+        before,
+        ..Default::default()
+    };
+    let p1 = s.list_runs(scope, page(None)).await.unwrap();
+    let p2 = s.list_runs(scope, page(Some(p1[3].id))).await.unwrap();
+    let got: Vec<_> = p1.iter().chain(p2.iter()).map(|r| r.id).collect();
+    ids.reverse();
+    assert_eq!(got, ids);
+    let since = s
+        .list_runs(
+            scope,
+            weft_store::RunFilter {
+                flow_id: Some(f),
+                since: Some(105),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 2);
+    let queued = s
+        .list_runs(
+            scope,
+            weft_store::RunFilter {
+                status: Some(weft_types::RunStatus::Queued),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 8);
+});
+
+conformance!(claims_are_fair_across_tenants_and_honour_caps, |s| {
+    let a = scope_of(&s).await;
+    let bt = s
+        .create_tenant("b", "b@example.com", Limits::default(), op(), 2)
+        .await
+        .unwrap();
+    let b = Scope {
+        tenant: bt.tenant,
+        workspace: bt.workspace,
+    };
+    let (fa, fb) = (weft_types::FlowId::new(), weft_types::FlowId::new());
+    for _ in 0..300 {
+        s.insert_run(run(a, fa, None, 10)).await.unwrap();
+    }
+    let first = s.claim_runs("w", 20, 30_000, 64).await.unwrap();
+    assert!(first.len() == 64 && first.iter().all(|c| c.run.scope == a));
+    let rb = s.insert_run(run(b, fb, None, 30)).await.unwrap();
+    let next = s.claim_runs("w", 40, 30_000, 1).await.unwrap();
+    assert_eq!(
+        next[0].run.id, rb.run_id,
+        "B's run goes first, ahead of A's backlog"
+    );
+    for _ in 0..50 {
+        s.insert_run(run(b, fb, None, 50)).await.unwrap();
+    }
+    s.set_tenant_plan(
+        b.tenant,
+        Limits {
+            concurrent_runs: Some(5),
+            ..Limits::default()
+        },
+        1,
+        op(),
+        60,
+    )
+    .await
+    .unwrap();
+    let got = s.claim_runs("w", 70, 30_000, 100).await.unwrap();
+    assert_eq!(
+        got.iter().filter(|c| c.run.scope == b).count(),
+        4,
+        "1 running + 4 = B's cap of 5"
+    );
+    // Concurrent claimers never take the same run.
+    let (s1, s2) = (s.clone(), s.clone());
+    let (x, y) = tokio::join!(
+        s1.claim_runs("x", 80, 30_000, 100),
+        s2.claim_runs("y", 80, 30_000, 100)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(y.iter()).map(|c| c.run.id).collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a run was claimed twice");
+});
+
+conformance!(monthly_run_quota_counts_and_refuses, |s| {
+    let plan = Limits {
+        runs_per_month: Some(2),
+        ..Limits::default()
+    };
+    let t = s
+        .create_tenant("q", "q@example.com", plan, op(), 1)
+        .await
+        .unwrap();
+    let scope = Scope {
+        tenant: t.tenant,
+        workspace: t.workspace,
+    };
+    let f = weft_types::FlowId::new();
+    // 2026-01-15
+    let jan = 1_768_435_200_000;
+    s.insert_run(run(scope, f, None, jan)).await.unwrap();
+    s.insert_run(run(scope, f, Some("d"), jan)).await.unwrap();
+    assert!(
+        s.insert_run(run(scope, f, Some("d"), jan + 1))
+            .await
+            .unwrap()
+            .duplicate,
+        "duplicates are free"
+    );
+    let err = s
+        .insert_run(run(scope, f, None, jan + 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Quota {
+                limit: "runs_per_month",
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // February starts a new count.
+    s.insert_run(run(scope, f, None, jan + 20 * 86_400_000))
+        .await
+        .unwrap();
+});

@@ -5,6 +5,7 @@
 
 mod identity;
 mod members;
+mod runs;
 mod store;
 
 pub use store::PgStore;

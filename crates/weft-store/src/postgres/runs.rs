@@ -1,0 +1,661 @@
+//! PostgreSQL: runs, their steps and logs, claims and leases (mirrors `sqlite/ops.rs`; the
+//! conformance suite checks they agree). Claims use `FOR UPDATE SKIP LOCKED`, so workers in
+//! many processes take disjoint runs, with the same weighted-fair shares as SQLite.
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use weft_types::{Millis, RunId, RunStatus, Scope, StepStatus};
+
+use super::PgStore;
+use super::store::{Tx, append, db, parse};
+use crate::*;
+
+const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
+
+fn json_opt(s: Option<String>) -> Result<Option<Value>, StoreError> {
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
+    })
+    .transpose()
+}
+
+fn read_run(r: &PgRow) -> Result<(RunRecord, i64), StoreError> {
+    let status: String = r.try_get(6).map_err(db)?;
+    Ok((
+        RunRecord {
+            scope: Scope {
+                tenant: parse(r.try_get(0).map_err(db)?, "tenant id")?,
+                workspace: parse(r.try_get(1).map_err(db)?, "workspace id")?,
+            },
+            id: parse(r.try_get(2).map_err(db)?, "run id")?,
+            flow_id: parse(r.try_get(3).map_err(db)?, "flow id")?,
+            flow_name: r.try_get(4).map_err(db)?,
+            flow_version: r.try_get(5).map_err(db)?,
+            status: RunStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?,
+            trigger: json_opt(r.try_get(7).map_err(db)?)?.unwrap_or(Value::Null),
+            output: json_opt(r.try_get(8).map_err(db)?)?,
+            error: r.try_get(9).map_err(db)?,
+            created_at: r.try_get(10).map_err(db)?,
+            started_at: r.try_get(11).map_err(db)?,
+            finished_at: r.try_get(12).map_err(db)?,
+        },
+        r.try_get(13).map_err(db)?,
+    ))
+}
+
+async fn steps_of(tx: &mut Tx, t: &str, w: &str, run: &str) -> Result<Vec<StepRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT step_id, idx, status, attempts, output::text, error, started_at, finished_at FROM run_steps
+         WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 ORDER BY idx",
+    )
+    .bind(t)
+    .bind(w)
+    .bind(run)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.get(2);
+            Ok(StepRecord {
+                step_id: r.get(0),
+                idx: r.get(1),
+                status: StepStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
+                attempts: r.get(3),
+                output: json_opt(r.get(4))?,
+                error: r.get(5),
+                started_at: r.get(6),
+                finished_at: r.get(7),
+            })
+        })
+        .collect()
+}
+
+async fn insert_logs(
+    tx: &mut Tx,
+    t: &str,
+    w: &str,
+    run: &str,
+    now: Millis,
+    logs: &[NewLog],
+) -> Result<(), StoreError> {
+    for l in logs {
+        sqlx::query("INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(t)
+            .bind(w)
+            .bind(run)
+            .bind(now)
+            .bind(l.level)
+            .bind(&l.step_id)
+            .bind(&l.message)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Counts a new run against the tenant's plan, or refuses it (same rules as SQLite).
+async fn charge_run(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
+    // The usage row lock orders concurrent inserts of one tenant, so a limit is never overshot.
+    let r = sqlx::query(
+        "SELECT tn.max_runs_per_month, tn.max_stored_bytes, u.month, u.runs_in_month, u.stored_bytes
+         FROM tenants tn JOIN tenant_usage u ON u.tenant_id = tn.id WHERE tn.id = $1 FOR UPDATE OF u",
+    )
+    .bind(t)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) = (r.get(0), r.get(1));
+    let month = crate::quota::month_of(now);
+    let (m, runs, stored): (String, i64, i64) = (r.get(2), r.get(3), r.get(4));
+    let runs = if m == month { runs } else { 0 };
+    if let Some(limit) = runs_limit
+        && runs >= limit
+    {
+        return Err(crate::quota::runs_exceeded(runs, now));
+    }
+    if let Some(limit) = bytes_limit
+        && stored + bytes > limit
+    {
+        return Err(crate::quota::bytes_exceeded(stored, limit));
+    }
+    sqlx::query(
+        "UPDATE tenant_usage SET runs_in_month = CASE WHEN month = $2 THEN runs_in_month + 1 ELSE 1 END, month = $2, stored_bytes = stored_bytes + $3 WHERE tenant_id = $1",
+    )
+    .bind(t)
+    .bind(month)
+    .bind(bytes)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn insert_run_tx(tx: &mut Tx, r: &NewRun, trigger: &str) -> Result<Inserted, StoreError> {
+    let (t, w) = scope_strs(&r.scope);
+    let flow = r.flow_id.to_string();
+    if let Some(key) = &r.dedupe_key {
+        let existing = sqlx::query("SELECT id, created_at FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND dedupe_key = $4 FOR UPDATE")
+            .bind(&t)
+            .bind(&w)
+            .bind(&flow)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+        if let Some(row) = existing {
+            let (id, created): (String, Millis) = (row.get(0), row.get(1));
+            if r.now - created < r.dedupe_window_ms {
+                return Ok(Inserted {
+                    run_id: parse(id, "run id")?,
+                    duplicate: true,
+                });
+            }
+            sqlx::query("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3")
+                .bind(&t)
+                .bind(&w)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+    }
+    charge_run(tx, &t, trigger.len() as i64, r.now).await?;
+    if let Some(actor) = &r.audit {
+        append(
+            tx,
+            &t,
+            r.now,
+            &Audit {
+                actor: actor.clone(),
+                action: "run.start",
+                object_kind: "run",
+                object_id: r.id.to_string(),
+                workspace: Some(r.scope.workspace),
+                detail: json!({"flow": r.flow_name, "flow_version": r.flow_version}),
+            },
+        )
+        .await?;
+    }
+    // A concurrent insert of the same dedupe key loses on the unique index and reports the winner.
+    let n = sqlx::query(
+        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9) ON CONFLICT DO NOTHING",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(r.id.to_string())
+    .bind(&flow)
+    .bind(&r.flow_name)
+    .bind(r.flow_version)
+    .bind(trigger)
+    .bind(&r.dedupe_key)
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if n == 0 {
+        return Err(StoreError::Conflict(
+            "a run with this delivery key was accepted at the same moment; retry to get its id"
+                .into(),
+        ));
+    }
+    Ok(Inserted {
+        run_id: r.id,
+        duplicate: false,
+    })
+}
+
+impl PgStore {
+    /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
+    pub async fn insert_run(&self, run: NewRun) -> Result<Inserted, StoreError> {
+        let trigger = run.trigger.to_string();
+        let mut tx = self.tenant_tx(&run.scope.tenant.to_string()).await?;
+        let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(ins)
+    }
+
+    /// System: claims up to `limit` ready runs for `owner`, shared fairly across tenants.
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let found = sqlx::query(
+            "WITH RECURSIVE t(id) AS (
+               SELECT MIN(tenant_id) FROM runs WHERE status = 'queued'
+               UNION ALL
+               SELECT (SELECT MIN(tenant_id) FROM runs WHERE status = 'queued' AND tenant_id > t.id) FROM t WHERE t.id IS NOT NULL)
+             SELECT t.id, tn.weight, tn.max_concurrent_runs FROM t JOIN tenants tn ON tn.id = t.id WHERE t.id IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let capped = found.iter().any(|r| r.get::<Option<i64>, _>(2).is_some());
+        if capped {
+            // Caps count running runs on every worker: claims that could overshoot one take turns.
+            sqlx::query("SELECT pg_advisory_xact_lock(7265767403)")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let mut tenants = Vec::new();
+        let mut demands = Vec::new();
+        if let [only] = found.as_slice()
+            && only.get::<Option<i64>, _>(2).is_none()
+        {
+            tenants.push(only.get::<String, _>(0));
+            demands.push(crate::fair::Demand {
+                running: 0,
+                ready: limit as i64,
+                weight: 1,
+                cap: None,
+            });
+        } else {
+            for r in &found {
+                let tenant: String = r.get(0);
+                let c = sqlx::query(
+                    "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND tenant_id = $1 AND not_before <= $2 LIMIT $3) q),
+                            (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant_id = $1)",
+                )
+                .bind(&tenant)
+                .bind(now)
+                .bind(limit as i64)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                let (ready, running): (i64, i64) = (c.get(0), c.get(1));
+                if ready == 0 {
+                    continue;
+                }
+                tenants.push(tenant);
+                demands.push(crate::fair::Demand {
+                    running,
+                    ready,
+                    weight: r.get(1),
+                    cap: r.get(2),
+                });
+            }
+        }
+        let shares = crate::fair::shares(&demands, limit);
+        let sql = format!(
+            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2, claims = claims + 1, started_at = COALESCE(started_at, $3)
+             WHERE (tenant_id, workspace_id, id) IN (
+               SELECT tenant_id, workspace_id, id FROM runs WHERE status = 'queued' AND tenant_id = $5 AND not_before <= $3
+               ORDER BY not_before, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING {RUN_COLS}"
+        );
+        let mut out = Vec::new();
+        for (tenant, n) in tenants.iter().zip(shares) {
+            if n == 0 {
+                continue;
+            }
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(n as i64)
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+            for r in &rows {
+                let (run, claims) = read_run(r)?;
+                let steps = if claims > 1 {
+                    let (t, w) = scope_strs(&run.scope);
+                    steps_of(&mut tx, &t, &w, &run.id.to_string()).await?
+                } else {
+                    Vec::new()
+                };
+                out.push(ClaimedRun { run, steps });
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        out.sort_by_key(|c| c.run.id);
+        Ok(out)
+    }
+
+    async fn system_update(
+        &self,
+        sql: &'static str,
+        a: &str,
+        b: Option<Millis>,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let q = sqlx::query(sql).bind(a);
+        let q = match b {
+            Some(b) => q.bind(b),
+            None => q,
+        };
+        let n = q.execute(&mut *tx).await.map_err(db)?.rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// System: extends the leases of every run `owner` is running.
+    pub async fn renew_leases(&self, owner: &str, until: Millis) -> Result<usize, StoreError> {
+        self.system_update(
+            "UPDATE runs SET lease_expires = $2 WHERE status = 'running' AND lease_owner = $1",
+            owner,
+            Some(until),
+        )
+        .await
+    }
+
+    /// System: returns runs whose lease expired (their worker died) to the queue.
+    pub async fn reclaim_expired(&self, now: Millis) -> Result<usize, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let n = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_expires < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// System: returns every running run not owned by `owner` to the queue.
+    pub async fn reclaim_all_except(&self, owner: &str) -> Result<usize, StoreError> {
+        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS DISTINCT FROM $1", owner, None)
+            .await
+    }
+
+    /// Hands `owner`'s running runs back to the queue (graceful shutdown).
+    pub async fn release_leases(&self, owner: &str) -> Result<usize, StoreError> {
+        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = $1", owner, None)
+            .await
+    }
+
+    /// Checkpoints a step of a run `owner` holds; false (nothing written) when it no longer holds it.
+    pub async fn checkpoint_step(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        cp: StepCheckpoint,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let s = &cp.step;
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
+             WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running' AND lease_owner = $12)
+             ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+               output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .bind(&s.step_id)
+        .bind(s.idx)
+        .bind(s.status.as_str())
+        .bind(s.attempts)
+        .bind(s.output.as_ref().map(Value::to_string))
+        .bind(&s.error)
+        .bind(s.started_at)
+        .bind(s.finished_at)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        insert_logs(&mut tx, &t, &w, &rid, now, &cp.logs).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let output = output.as_ref().map(Value::to_string);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8, lease_owner = NULL, lease_expires = NULL
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running' AND lease_owner = $4",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .bind(owner)
+        .bind(status.as_str())
+        .bind(&output)
+        .bind(&error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        let steps: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(output::text)), 0)::bigint FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3")
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let bytes = steps + output.as_ref().map_or(0, |o| o.len() as i64);
+        if bytes > 0 {
+            sqlx::query(
+                "UPDATE tenant_usage SET stored_bytes = stored_bytes + $2 WHERE tenant_id = $1",
+            )
+            .bind(&t)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        insert_logs(&mut tx, &t, &w, &rid, now, &logs).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Cancels a run that has not finished; returns its status afterwards.
+    pub async fn cancel_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<RunStatus, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let mut tx = self.tenant_tx(&t).await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 FOR UPDATE")
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let status = RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?;
+        if status.is_terminal() {
+            return Ok(status);
+        }
+        sqlx::query(
+            "UPDATE runs SET status = 'cancelled', finished_at = $4, error = 'cancelled on request', lease_owner = NULL, lease_expires = NULL
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        insert_logs(
+            &mut tx,
+            &t,
+            &w,
+            &rid,
+            now,
+            &[NewLog {
+                level: "warn",
+                step_id: None,
+                message: "run cancelled on request".into(),
+            }],
+        )
+        .await?;
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: "run.cancel",
+                object_kind: "run",
+                object_id: rid.clone(),
+                workspace: Some(scope.workspace),
+                detail: json!({"previous_status": status.as_str()}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(RunStatus::Cancelled)
+    }
+
+    /// Appends log lines to a run.
+    pub async fn append_logs(
+        &self,
+        scope: Scope,
+        run: RunId,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        insert_logs(&mut tx, &t, &w, &run.to_string(), now, &logs).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// A run with its steps.
+    pub async fn get_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let mut tx = self.tenant_tx(&t).await?;
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let run = read_run(&row)?.0;
+        let steps = steps_of(&mut tx, &t, &w, &rid).await?;
+        tx.commit().await.map_err(db)?;
+        Ok((run, steps))
+    }
+
+    /// Runs of a workspace, newest first, filtered.
+    pub async fn list_runs(
+        &self,
+        scope: Scope,
+        f: RunFilter,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2
+             AND ($3::text IS NULL OR flow_id = $3) AND ($4::text IS NULL OR status = $4) AND ($5::bigint IS NULL OR created_at >= $5)
+             AND ($6::text IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&t)
+            .bind(&w)
+            .bind(f.flow_id.map(|x| x.to_string()))
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.since)
+            .bind(f.before.map(|x| x.to_string()))
+            .bind(f.limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(|r| read_run(r).map(|x| x.0)).collect()
+    }
+
+    /// Log lines of a run after sequence `after`.
+    pub async fn run_logs(
+        &self,
+        scope: Scope,
+        run: RunId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let rows = sqlx::query("SELECT seq, ts, level, step_id, message FROM run_logs WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND seq > $4 ORDER BY seq LIMIT $5")
+            .bind(&t)
+            .bind(&w)
+            .bind(run.to_string())
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| LogRecord {
+                seq: r.get(0),
+                ts: r.get(1),
+                level: r.get(2),
+                step_id: r.get(3),
+                message: r.get(4),
+            })
+            .collect())
+    }
+
+    /// System: how many runs are in each status.
+    pub async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM runs GROUP BY status")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| RunStatus::parse(&r.get::<String, _>(0)).map(|s| (s, r.get(1))))
+            .collect())
+    }
+}
