@@ -53,6 +53,10 @@ pub struct StoreArgs {
     /// PostgreSQL URL (instead of the embedded store).
     #[arg(long, env = "WEFT_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
+    /// PostgreSQL role the servers connect as, granted row access by `weft admin migrate`
+    /// (default: the role of --database-url).
+    #[arg(long, env = "WEFT_DATABASE_APP_ROLE", global = true)]
+    pub database_app_role: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

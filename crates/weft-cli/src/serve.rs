@@ -147,11 +147,26 @@ pub enum TenantCmd {
     },
 }
 
-fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    if args.database_url.is_some() {
-        bail!(
-            "PostgreSQL (--database-url) is not available in this version of Weft yet; omit it to use the embedded store in --data-dir"
-        );
+/// Opens the store: PostgreSQL when `--database-url` is given (migrating it first when it is
+/// behind and the role may), else the embedded SQLite store in `--data-dir`.
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    if let Some(url) = &args.database_url {
+        let have = weft_store::postgres::schema_version(url)
+            .await
+            .context("cannot reach PostgreSQL at --database-url")?;
+        let want = weft_store::postgres::latest_version();
+        if have < want {
+            migrate_postgres(url, args.database_app_role.as_deref())
+                .await
+                .with_context(|| format!("the PostgreSQL schema is at version {have} and this Weft needs {want}; run `weft admin migrate --database-url <owner URL>` as the schema's owner"))?;
+        } else if have > want {
+            bail!(
+                "the PostgreSQL schema is at version {have}, newer than this Weft ({want}); upgrade Weft"
+            );
+        }
+        return Store::connect_postgres(url, 16)
+            .await
+            .context("cannot connect to PostgreSQL at --database-url");
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
@@ -164,6 +179,21 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
         readers: 4,
     })
     .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))
+}
+
+/// Applies PostgreSQL migrations and grants `app_role` (default: the connecting role).
+async fn migrate_postgres(url: &str, app_role: Option<&str>) -> anyhow::Result<()> {
+    let role = match app_role {
+        Some(r) => r.to_string(),
+        None => url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(user, _)| user.split(':').next().unwrap_or("").to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "postgres".into()),
+    };
+    weft_store::postgres::migrate(url, &role).await?;
+    Ok(())
 }
 
 /// Takes the data directory's lock: one serving process per embedded store.
@@ -185,10 +215,18 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()> {
-    let s = open_store(&store)?;
+    if let (AdminCmd::Migrate, Some(url)) = (&cmd, &store.database_url) {
+        migrate_postgres(url, store.database_app_role.as_deref()).await?;
+        println!(
+            "PostgreSQL schema is at the latest version ({})",
+            weft_store::postgres::latest_version()
+        );
+        return Ok(());
+    }
+    let s = open_store(&store).await?;
     match cmd {
         AdminCmd::Migrate => {
-            println!("store is at the latest schema ({})", s.path().display());
+            println!("store is at the latest schema ({})", s.describe());
         }
         AdminCmd::Tenant {
             cmd:
@@ -305,8 +343,13 @@ async fn apply_dir(engine: &Engine, scope: Scope, dir: &Path) -> anyhow::Result<
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
-    let store = open_store(&args.store)?;
-    let _lock = lock_data_dir(&args.store.data_dir)?;
+    let store = open_store(&args.store).await?;
+    // The embedded store has one serving process; a shared store has many, coordinated by leases.
+    let _lock = if store.is_shared() {
+        None
+    } else {
+        Some(lock_data_dir(&args.store.data_dir)?)
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut allow = Vec::new();
     for n in &args.allow_network {
@@ -375,11 +418,15 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(dir), Some(scope)) = (&args.flows, scope) {
         apply_dir(&engine, scope, dir).await?;
     }
-    engine.start(true).await?;
+    engine.start(!store.is_shared()).await?;
 
     println!(
         "Weft is serving on http://{local} (data: {})",
-        args.store.data_dir.display()
+        if store.is_shared() {
+            store.describe()
+        } else {
+            args.store.data_dir.display().to_string()
+        }
     );
     if let Some(b) = &boot {
         println!("Owner API key (shown once, keep it): {}", b.owner_key);

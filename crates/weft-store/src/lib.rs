@@ -10,6 +10,7 @@ mod model;
 pub mod postgres;
 mod quota;
 mod sqlite;
+mod store;
 
 pub use model::*;
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -63,8 +64,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// The store used by the rest of Weft: one type, dispatching to a backend.
-pub type Store = SqliteStore;
+pub use store::Store;
 
 /// Hashes an API key secret for storage and lookup (keys are high-entropy, so a fast hash fits).
 pub fn hash_secret(secret: &str) -> String {

@@ -3,13 +3,14 @@
 
 use serde_json::json;
 use weft_store::{
-    Actor, NewLog, NewRun, RunFilter, SqliteOptions, StepCheckpoint, StepRecord, Store, StoreError,
+    Actor, NewLog, NewRun, RunFilter, SqliteOptions, SqliteStore, StepCheckpoint, StepRecord,
+    StoreError,
 };
 use weft_types::{FlowId, RunId, RunStatus, Scope, StepStatus};
 
-async fn open() -> (Store, Scope, tempfile::TempDir) {
+async fn open() -> (SqliteStore, Scope, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(SqliteOptions {
+    let s = SqliteStore::open(SqliteOptions {
         path: dir.path().join("w.db"),
         readers: 2,
     })
@@ -373,7 +374,7 @@ async fn data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.db");
     let (scope, run) = {
-        let s = Store::open(SqliteOptions {
+        let s = SqliteStore::open(SqliteOptions {
             path: path.clone(),
             readers: 1,
         })
@@ -391,7 +392,7 @@ async fn data_survives_reopening() {
                 .run_id,
         )
     };
-    let s = Store::open(SqliteOptions { path, readers: 1 }).unwrap();
+    let s = SqliteStore::open(SqliteOptions { path, readers: 1 }).unwrap();
     assert_eq!(
         s.get_run(scope, run).await.unwrap().0.status,
         RunStatus::Queued

@@ -7,6 +7,7 @@ mod identity;
 mod members;
 mod runs;
 mod store;
+mod system;
 
 pub use store::PgStore;
 
@@ -92,7 +93,8 @@ pub async fn migrate(owner_url: &str, app_role: &str) -> Result<(), StoreError> 
         "GRANT USAGE ON SCHEMA public TO {app_role};
          GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app_role};
          GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app_role};
-         REVOKE ALL ON schema_migrations FROM {app_role};"
+         REVOKE ALL ON schema_migrations FROM {app_role};
+         GRANT SELECT ON schema_migrations TO {app_role};"
     );
     // The role name was checked above: letters, digits and `_` only.
     sqlx::raw_sql(sqlx::AssertSqlSafe(grants))
@@ -104,4 +106,26 @@ pub async fn migrate(owner_url: &str, app_role: &str) -> Result<(), StoreError> 
         .await
         .map_err(db)?;
     Ok(())
+}
+
+/// The schema version the database is at (0 when it has none yet).
+pub async fn schema_version(url: &str) -> Result<i64, StoreError> {
+    let mut c = PgConnection::connect(url).await.map_err(db)?;
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('public.schema_migrations')::text")
+            .fetch_one(&mut c)
+            .await
+            .map_err(db)?;
+    if exists.is_none() {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        .fetch_one(&mut c)
+        .await
+        .map_err(db)
+}
+
+/// The newest schema version this Weft knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
 }

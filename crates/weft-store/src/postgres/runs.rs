@@ -135,7 +135,11 @@ async fn charge_run(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(),
     Ok(())
 }
 
-async fn insert_run_tx(tx: &mut Tx, r: &NewRun, trigger: &str) -> Result<Inserted, StoreError> {
+pub(super) async fn insert_run_tx(
+    tx: &mut Tx,
+    r: &NewRun,
+    trigger: &str,
+) -> Result<Inserted, StoreError> {
     let (t, w) = scope_strs(&r.scope);
     let flow = r.flow_id.to_string();
     if let Some(key) = &r.dedupe_key {

@@ -1,0 +1,98 @@
+//! `weft serve --database-url`: the real binary on a real PostgreSQL (started by
+//! `scripts/pg.sh`, as `scripts/test.sh` and CI do), one process and two sharing the store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Server, Sink, SinkBehavior, post_hook};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A fresh database on the test cluster; returns its owner URL.
+fn fresh_db() -> String {
+    let owner = std::env::var("WEFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("WEFT_TEST_DATABASE_URL is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
+    });
+    let name = format!("weft_e_{}", &weft_types::random_secret()[..16]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::postgres::PgConnection::connect(&owner).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    format!("{}/{name}", owner.rsplit_once('/').unwrap().0)
+}
+
+fn flow(sink: &str) -> String {
+    format!(
+        "name: orders\ntrigger:\n  webhook: {{}}\nsteps:\n  - id: shape\n    transform: '{{id: .trigger.body.id}}'\n  - id: send\n    action: http.request\n    input:\n      method: POST\n      url: \"{sink}/orders\"\n      body: \"{{{{ .steps.shape.output }}}}\"\n"
+    )
+}
+
+#[test]
+fn serve_on_postgres_runs_the_example_and_survives_a_restart() {
+    let url = fresh_db();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &["--database-url", &url]);
+    // The newcomer path works on PostgreSQL too: the printed curl runs the example flow.
+    let curl = srv.hello_curl.clone().expect("the example's curl line");
+    let hook = curl
+        .split_whitespace()
+        .find(|w| w.contains("/hooks/"))
+        .unwrap()
+        .to_string();
+    let (st, ack) = post_hook(&hook, r#"{"name":"Ada"}"#, &[]).unwrap();
+    assert!(st == 200 || st == 202, "{st} {ack}");
+    let (_, runs) = srv.api_get("/api/v1/workspaces/default/runs");
+    let run = runs["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(srv.wait_run(&run, T)["status"], "succeeded");
+    let key = srv.key.clone();
+    drop(srv);
+    // A restart finds the same tenant, key, flows and runs; it does not bootstrap again.
+    let srv = Server::start(dir.path(), Some(&key), &[], &["--database-url", &url]);
+    let (st, runs) = srv.api_get("/api/v1/workspaces/default/runs");
+    assert_eq!(st, 200);
+    let items = runs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"], "succeeded", "{runs}");
+    assert!(srv.admin_token.is_none(), "no second bootstrap");
+}
+
+#[test]
+fn two_processes_on_one_database_run_every_event_once() {
+    let url = fresh_db();
+    let sink = Sink::start(SinkBehavior::default());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(d1.path(), None, &[], &["--database-url", &url]);
+    let b = Server::start(d2.path(), Some(&a.key), &[], &["--database-url", &url]);
+    let f = a.apply(&flow(&sink.url));
+    let hook_a = f["hook_url"].as_str().unwrap().to_string();
+    let hook_b = hook_a.replace(&a.url, &b.url);
+    let mut runs = Vec::new();
+    for i in 0..60 {
+        let hook = if i % 2 == 0 { &hook_a } else { &hook_b };
+        let (st, ack) = post_hook(hook, &format!(r#"{{"id": {i}}}"#), &[]).unwrap();
+        assert_eq!(st, 202, "{ack}");
+        runs.push(ack["run_id"].as_str().unwrap().to_string());
+    }
+    for r in &runs {
+        let got = a.wait_run(r, T);
+        assert_eq!(got["status"], "succeeded", "{got}");
+    }
+    // Every event reached the sink exactly once, whichever process ran it.
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for r in sink.all() {
+        *seen.entry(r.body["id"].as_i64().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 60);
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}

@@ -1,0 +1,194 @@
+//! `Store`: the one storage type the rest of Weft uses, dispatching each operation to the
+//! embedded SQLite backend or to PostgreSQL. Both implement the same operations with the same
+//! signatures (`tests/conformance.rs` runs every case on both); this file only forwards.
+
+use serde_json::Value;
+use weft_types::{
+    FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, TenantId, UserId, WorkspaceId,
+};
+
+use crate::postgres::PgStore;
+use crate::*;
+
+/// The store: SQLite on one machine, PostgreSQL for many processes.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// The embedded default.
+    Sqlite(SqliteStore),
+    /// The shared store of a scaled-out deployment.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded store.
+    pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
+        SqliteStore::open(opts).map(Store::Sqlite)
+    }
+
+    /// Connects to PostgreSQL (the schema must be migrated: `weft admin migrate`).
+    pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        PgStore::connect(url, max_connections)
+            .await
+            .map(Store::Postgres)
+    }
+
+    /// Whether several processes may share this store (PostgreSQL), so leases, not a
+    /// data-dir lock, decide who runs what.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Where the data lives, for messages (a file path, or the PostgreSQL server).
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(_) => "PostgreSQL".into(),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                #[allow(clippy::too_many_arguments)]
+                pub async fn $name(&self, $($arg: $ty),*) -> $ret {
+                    match self {
+                        Store::Sqlite(s) => s.$name($($arg),*).await,
+                        Store::Postgres(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+dispatch! {
+    /// Creates the flow or saves a new version of it; publishes the new version when `publish`.
+    fn save_flow(scope: Scope, name: &str, definition: Value, publish: bool, actor: Actor, now: Millis) -> Result<FlowRecord, StoreError>;
+    /// A flow by id (`flw_…`) or by name.
+    fn get_flow(scope: Scope, id_or_name: &str) -> Result<FlowRecord, StoreError>;
+    /// Flows of a workspace ordered by name, after the `after` name (cursor).
+    fn list_flows(scope: Scope, after: Option<String>, limit: usize) -> Result<Vec<FlowRecord>, StoreError>;
+    /// One version of a flow.
+    fn flow_version(scope: Scope, flow: FlowId, version: i64) -> Result<FlowVersion, StoreError>;
+    /// Every version of a flow, newest first.
+    fn list_versions(scope: Scope, flow: FlowId) -> Result<Vec<FlowVersion>, StoreError>;
+    /// Makes `version` the active one.
+    fn publish(scope: Scope, flow: FlowId, version: i64, actor: Actor, now: Millis) -> Result<FlowRecord, StoreError>;
+    /// Deletes a flow, its versions and its schedule (runs stay in history).
+    fn delete_flow(scope: Scope, flow: FlowId, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// System: where an (unguessable) hook id leads.
+    fn lookup_hook(hook: HookId) -> Result<Option<HookTarget>, StoreError>;
+    /// Sets (or with `None`, removes) a flow's next schedule tick.
+    fn set_schedule(scope: Scope, flow: FlowId, next_tick: Option<Millis>) -> Result<(), StoreError>;
+    /// System: schedules whose tick is at or before `now`.
+    fn due_schedules(now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError>;
+    /// System: the earliest pending schedule tick.
+    fn next_schedule_at() -> Result<Option<Millis>, StoreError>;
+    /// Starts the run of a due tick (deduplicated on the tick) and moves the schedule to `next_tick`,
+    fn fire_schedule(run: NewRun, tick_at: Millis, next_tick: Option<Millis>) -> Result<Option<Inserted>, StoreError>;
+    /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
+    fn insert_run(run: NewRun) -> Result<Inserted, StoreError>;
+    /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
+    fn claim_runs(owner: &str, now: Millis, lease_ms: Millis, limit: usize) -> Result<Vec<ClaimedRun>, StoreError>;
+    /// System: extends the leases of every run `owner` is running.
+    fn renew_leases(owner: &str, until: Millis) -> Result<usize, StoreError>;
+    /// System: returns runs whose lease expired (their worker died) to the queue.
+    fn reclaim_expired(now: Millis) -> Result<usize, StoreError>;
+    /// System: returns every running run not owned by `owner` to the queue (embedded mode at start:
+    fn reclaim_all_except(owner: &str) -> Result<usize, StoreError>;
+    /// Hands `owner`'s running runs back to the queue (graceful shutdown).
+    fn release_leases(owner: &str) -> Result<usize, StoreError>;
+    /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
+    fn checkpoint_step(scope: Scope, run: RunId, owner: &str, cp: StepCheckpoint, now: Millis) -> Result<bool, StoreError>;
+    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    fn finish_run(scope: Scope, run: RunId, owner: &str, status: RunStatus, output: Option<Value>, error: Option<String>, logs: Vec<NewLog>, now: Millis) -> Result<bool, StoreError>;
+    /// Cancels a run that has not finished; returns its status afterwards.
+    fn cancel_run(scope: Scope, run: RunId, actor: Actor, now: Millis) -> Result<RunStatus, StoreError>;
+    /// Appends log lines to a run.
+    fn append_logs(scope: Scope, run: RunId, logs: Vec<NewLog>, now: Millis) -> Result<(), StoreError>;
+    /// A run with its steps.
+    fn get_run(scope: Scope, run: RunId) -> Result<(RunRecord, Vec<StepRecord>), StoreError>;
+    /// Runs of a workspace, newest first, filtered.
+    fn list_runs(scope: Scope, f: RunFilter) -> Result<Vec<RunRecord>, StoreError>;
+    /// Log lines of a run after sequence `after`.
+    fn run_logs(scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
+    /// System: how many runs are in each status (for metrics, benchmarks and tests).
+    fn count_runs() -> Result<Vec<(RunStatus, i64)>, StoreError>;
+    /// A workspace of `tenant` by slug.
+    fn workspace_by_slug(tenant: TenantId, slug: &str) -> Result<WorkspaceId, StoreError>;
+    /// System: the first tenant's `default` workspace (where `--flows` and the example flow go).
+    fn default_scope() -> Result<Option<Scope>, StoreError>;
+    /// On an empty store, creates the default tenant, its `default` workspace and owner, and returns the owner key (once).
+    fn bootstrap_if_empty(now: Millis) -> Result<Option<Bootstrap>, StoreError>;
+    /// Creates a tenant with its `default` workspace and owner (an existing user when the email
+    fn create_tenant(name: &str, owner_email: &str, limits: Limits, actor: Actor, now: Millis) -> Result<Bootstrap, StoreError>;
+    /// Whether `user` owns `tenant` (may create workspaces and read the tenant's whole trail).
+    fn is_tenant_owner(tenant: TenantId, user: UserId) -> Result<bool, StoreError>;
+    /// Tenants `user` owns.
+    fn owned_tenants(user: UserId) -> Result<Vec<TenantId>, StoreError>;
+    /// System (instance admin): tenants ordered by id, after `after`.
+    fn list_tenants(after: Option<String>, limit: usize) -> Result<Vec<TenantRecord>, StoreError>;
+    /// A tenant.
+    fn get_tenant(tenant: TenantId) -> Result<TenantRecord, StoreError>;
+    /// Sets a tenant's plan limits and weight.
+    fn set_tenant_plan(tenant: TenantId, limits: Limits, weight: i64, actor: Actor, now: Millis) -> Result<TenantRecord, StoreError>;
+    /// Changes a tenant's plan: the given parts replace the stored ones, in one transaction.
+    fn patch_tenant_plan(tenant: TenantId, limits: Option<Limits>, weight: Option<i64>, actor: Actor, now: Millis) -> Result<TenantRecord, StoreError>;
+    /// A tenant's consumption.
+    fn usage(tenant: TenantId, now: Millis) -> Result<Usage, StoreError>;
+    /// Creates a workspace in `tenant`; `owner` (if any) becomes its owner.
+    fn create_workspace(tenant: TenantId, slug: &str, name: &str, owner: Option<UserId>, actor: Actor, now: Millis) -> Result<WorkspaceRecord, StoreError>;
+    /// A workspace of `tenant` by id or slug.
+    fn get_workspace(tenant: TenantId, id_or_slug: &str) -> Result<WorkspaceRecord, StoreError>;
+    /// Renames a workspace.
+    fn rename_workspace(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// Workspaces `user` is a member of (across tenants), with the role in each.
+    fn user_workspaces(user: UserId) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError>;
+    /// Invitations waiting for `user` to accept them.
+    fn pending_invitations(user: UserId) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError>;
+    /// System (login): a user by email.
+    fn user_by_email(email: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Sets a user's password hash (and ends their sessions); creates the user if `email` is new.
+    fn set_password(email: &str, password_hash: &str, now: Millis) -> Result<UserId, StoreError>;
+    /// A member's role in a workspace, if they are one.
+    fn member_role(scope: Scope, user: UserId) -> Result<Option<Role>, StoreError>;
+    /// Members of a workspace, by email.
+    fn list_members(scope: Scope) -> Result<Vec<MemberRecord>, StoreError>;
+    /// Adds the user with `email` (created without a password if new) to a workspace.
+    fn add_member(scope: Scope, email: &str, role: Role, actor: Actor, now: Millis) -> Result<MemberRecord, StoreError>;
+    /// Changes a member's role; refuses to demote the last owner.
+    fn set_member_role(scope: Scope, user: UserId, role: Role, actor: Actor, now: Millis) -> Result<MemberRecord, StoreError>;
+    /// Removes a member; refuses to remove the last owner.
+    fn remove_member(scope: Scope, user: UserId, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// Accepts `user`'s invitation to a workspace; `NotFound` when there is none.
+    fn accept_invitation(user: UserId, workspace: WorkspaceId, actor: Actor, now: Millis) -> Result<(WorkspaceRecord, Role), StoreError>;
+    /// System: resolves an API key secret to its identity, if the key exists, is not revoked
+    fn resolve_key(secret: &str, now: Millis) -> Result<Option<KeyIdentity>, StoreError>;
+    /// Records that a key was used (callers throttle this).
+    fn touch_key(scope: Scope, key: KeyId, now: Millis) -> Result<(), StoreError>;
+    /// Creates an API key; returns it and its secret (shown once).
+    fn create_key(scope: Scope, key: NewKey, actor: Actor, now: Millis) -> Result<(KeyRecord, String), StoreError>;
+    /// The workspace's keys, newest first.
+    fn list_keys(scope: Scope) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes a key (revoking twice changes nothing).
+    fn revoke_key(scope: Scope, key: KeyId, actor: Actor, now: Millis) -> Result<KeyRecord, StoreError>;
+    /// Stores a session under the hash of its cookie secret.
+    fn create_session(user: UserId, secret_hash: String, csrf_token: String, expires_at: Millis, now: Millis) -> Result<(), StoreError>;
+    /// System: the live session with this secret hash.
+    fn resolve_session(secret_hash: String, now: Millis) -> Result<Option<SessionRecord>, StoreError>;
+    /// Ends a session.
+    fn delete_session(secret_hash: String) -> Result<(), StoreError>;
+    /// An instance setting.
+    fn setting(key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets an instance setting.
+    fn set_setting(key: &str, value: &str) -> Result<(), StoreError>;
+    /// A tenant's audit entries, newest first, before `before` (cursor); only one workspace's
+    fn list_audit(tenant: TenantId, workspace: Option<WorkspaceId>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Walks a tenant's whole audit chain and names the first entry that does not check.
+    fn verify_audit(tenant: TenantId) -> Result<ChainCheck, StoreError>;
+    /// Whether the database answers.
+    fn ping() -> Result<(), StoreError>;
+}
