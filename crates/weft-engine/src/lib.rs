@@ -227,6 +227,22 @@ impl Engine {
         }
         let mut tasks = Vec::new();
         if self.inner.opts.execute {
+            // Work announced by other processes wakes the dispatcher at once; the poll stays as
+            // the fallback for notifications lost while the listener reconnects.
+            if let Some(mut signals) = store.work_signals().await? {
+                let inner = self.inner.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            s = signals.recv() => match s {
+                                Some(()) => inner.wake.notify_one(),
+                                None => return,
+                            },
+                            _ = inner.shutdown.cancelled() => return,
+                        }
+                    }
+                }));
+            }
             tasks.push(tokio::spawn(dispatch::dispatcher(self.inner.clone())));
             tasks.push(tokio::spawn(dispatch::lease_keeper(self.inner.clone())));
             tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));

@@ -38,6 +38,17 @@ impl Store {
         matches!(self, Store::Postgres(_))
     }
 
+    /// Signals of new ready work from other processes (PostgreSQL LISTEN/NOTIFY); `None` for
+    /// the embedded store, where all work is announced in-process.
+    pub async fn work_signals(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<()>>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => s.work_signals().await.map(Some),
+        }
+    }
+
     /// Where the data lives, for messages (a file path, or the PostgreSQL server).
     pub fn describe(&self) -> String {
         match self {

@@ -905,3 +905,31 @@ conformance!(monthly_run_quota_counts_and_refuses, |s| {
         .await
         .unwrap();
 });
+
+/// PostgreSQL only: work inserted through one connection pool wakes listeners on another
+/// (LISTEN/NOTIFY), and a duplicate delivery announces nothing.
+#[tokio::test]
+async fn postgres_announces_new_work_to_other_processes() {
+    let (s, _g) = postgres().await;
+    let scope = s.boot().await;
+    let store = weft_store::Store::Postgres(s.clone());
+    let mut signals = store
+        .work_signals()
+        .await
+        .unwrap()
+        .expect("PostgreSQL has work signals");
+    let f = weft_types::FlowId::new();
+    s.insert_run(run(scope, f, Some("once"), 10)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), signals.recv())
+        .await
+        .expect("a signal within 10 s")
+        .expect("the listener is alive");
+    let sqlite = sqlite().await.0;
+    assert!(
+        weft_store::Store::Sqlite(sqlite)
+            .work_signals()
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -8,7 +8,7 @@ use sqlx::postgres::PgRow;
 use weft_types::{Millis, RunId, RunStatus, Scope, StepStatus};
 
 use super::PgStore;
-use super::store::{Tx, append, db, parse};
+use super::store::{Tx, append, db, notify_work, parse};
 use crate::*;
 
 const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
@@ -221,6 +221,9 @@ impl PgStore {
         let trigger = run.trigger.to_string();
         let mut tx = self.tenant_tx(&run.scope.tenant.to_string()).await?;
         let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
+        if !ins.duplicate {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(ins)
     }
@@ -341,6 +344,9 @@ impl PgStore {
             None => q,
         };
         let n = q.execute(&mut *tx).await.map_err(db)?.rows_affected();
+        if n > 0 && sql.contains("status = 'queued'") {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(n as usize)
     }
@@ -364,6 +370,9 @@ impl PgStore {
             .await
             .map_err(db)?
             .rows_affected();
+        if n > 0 {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(n as usize)
     }

@@ -786,3 +786,51 @@ impl PgStore {
         ))
     }
 }
+
+/// The channel on which PostgreSQL announces new ready work to every worker process.
+pub(super) const WORK_CHANNEL: &str = "weft_work";
+
+/// Announces new ready work when the transaction commits (notifications are transactional).
+pub(super) async fn notify_work(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+impl PgStore {
+    /// A stream of "there may be new work" signals from every process (LISTEN/NOTIFY). The
+    /// listener reconnects by itself; notifications sent while it reconnects are lost, which is
+    /// why workers also poll.
+    pub async fn work_signals(&self) -> Result<tokio::sync::mpsc::Receiver<()>, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db)?;
+        listener.listen(WORK_CHANNEL).await.map_err(db)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => {
+                        // A full channel already holds a wake-up: dropping this one loses nothing.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "work listener lost its connection; retrying");
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
