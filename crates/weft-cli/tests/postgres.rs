@@ -96,3 +96,42 @@ fn two_processes_on_one_database_run_every_event_once() {
     assert_eq!(seen.len(), 60);
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
 }
+
+#[test]
+fn an_api_process_takes_webhooks_and_a_worker_process_runs_them() {
+    let url = fresh_db();
+    let sink = Sink::start(SinkBehavior::default());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let api = Server::start(
+        d1.path(),
+        None,
+        &[],
+        &["--database-url", &url, "--role", "api"],
+    );
+    let f = api.apply(&flow(&sink.url));
+    let hook = f["hook_url"].as_str().unwrap().to_string();
+    // Accepted while no worker runs: the events wait, durably queued.
+    let mut runs = Vec::new();
+    for i in 0..10 {
+        let (st, ack) = post_hook(&hook, &format!(r#"{{"id": {i}}}"#), &[]).unwrap();
+        assert_eq!(st, 202, "{ack}");
+        runs.push(ack["run_id"].as_str().unwrap().to_string());
+    }
+    let (_, queued) = api.api_get("/api/v1/workspaces/default/runs?status=queued");
+    assert_eq!(
+        queued["items"].as_array().unwrap().len(),
+        10,
+        "the api role executes nothing"
+    );
+    // A worker process on the same database picks them up.
+    let _worker = Server::start(
+        d2.path(),
+        Some(&api.key),
+        &[],
+        &["--database-url", &url, "--role", "worker"],
+    );
+    for r in &runs {
+        assert_eq!(api.wait_run(r, T)["status"], "succeeded");
+    }
+    assert_eq!(sink.all().len(), 10);
+}
