@@ -15,10 +15,7 @@ use crate::identity::check_email;
 use crate::{AppState, Problem};
 
 fn store_err(e: StoreError) -> Problem {
-    match e {
-        StoreError::NotFound => Problem::not_found("tenant"),
-        other => Problem::from(weft_engine::EngineError::from(other)),
-    }
+    Problem::store(e, "tenant")
 }
 
 fn limits(l: LimitsIo) -> Result<Limits, Problem> {

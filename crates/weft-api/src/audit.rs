@@ -38,12 +38,12 @@ pub(crate) async fn list(
 ) -> Result<Json<Page<AuditOut>>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let tenant_owner = match auth.user {
-        Some(u) if auth.role.allows(Permission::TenantManage) => s
-            .engine
-            .store()
-            .is_tenant_owner(auth.scope.tenant, u)
-            .await
-            .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?,
+        Some(u) if auth.role.allows(Permission::TenantManage) => {
+            s.engine
+                .store()
+                .is_tenant_owner(auth.scope.tenant, u)
+                .await?
+        }
         _ => false,
     };
     let workspace = match q.scope.as_deref().unwrap_or("workspace") {
@@ -69,8 +69,7 @@ pub(crate) async fn list(
         .engine
         .store()
         .list_audit(auth.scope.tenant, workspace, before, limit + 1)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+        .await?;
     let next = crate::body::cut_page(&mut entries, limit, |e| e.seq.to_string());
     Ok(Json(Page {
         items: entries.into_iter().map(AuditOut::from).collect(),
@@ -86,12 +85,7 @@ pub(crate) async fn verify(
     State(s): State<AppState>,
     auth: Ws<AuditRead>,
 ) -> Result<Json<AuditVerifyOut>, Problem> {
-    let c = s
-        .engine
-        .store()
-        .verify_audit(auth.scope.tenant)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+    let c = s.engine.store().verify_audit(auth.scope.tenant).await?;
     Ok(Json(AuditVerifyOut {
         ok: c.broken.is_none(),
         entries: c.entries,

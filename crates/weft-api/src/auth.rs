@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use weft_store::{Actor, KeyIdentity, SessionRecord, StoreError, hash_secret};
+use weft_store::{Actor, KeyIdentity, SessionRecord, hash_secret};
 use weft_types::{Permission, Role, Scope, UserId};
 
 use crate::{AppState, Problem};
@@ -98,10 +98,6 @@ fn unauthenticated(detail: &str) -> Problem {
     Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
 }
 
-fn store_problem(e: StoreError) -> Problem {
-    Problem::from(weft_engine::EngineError::from(e))
-}
-
 /// The bearer token of the request, if any.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -156,8 +152,7 @@ pub(crate) async fn authenticate(parts: &Parts, s: &AppState) -> Result<Principa
             .engine
             .store()
             .resolve_key(token, now)
-            .await
-            .map_err(store_problem)?
+            .await?
             .ok_or_else(|| unauthenticated("the API key is not valid, was revoked or expired"))?;
         if ident.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
             // Best effort and off the request path: a lost touch only delays `last_used_at`.
@@ -175,8 +170,7 @@ pub(crate) async fn authenticate(parts: &Parts, s: &AppState) -> Result<Principa
             .engine
             .store()
             .resolve_session(hash, now)
-            .await
-            .map_err(store_problem)?
+            .await?
             .ok_or_else(|| unauthenticated("the session expired or was ended; log in again"))?;
         if is_write(&parts.method) {
             let sent = parts
@@ -245,12 +239,7 @@ impl<P: Perm> FromRequestParts<AppState> for Ws<P> {
                 (k.scope, k.workspace_slug.clone(), k.role)
             }
             Principal::Session { session, .. } => {
-                let mine = s
-                    .engine
-                    .store()
-                    .user_workspaces(session.user_id)
-                    .await
-                    .map_err(store_problem)?;
+                let mine = s.engine.store().user_workspaces(session.user_id).await?;
                 let mut hits = mine
                     .iter()
                     .filter(|(w, _)| w.slug == ws || w.scope.workspace.to_string() == ws);
@@ -337,12 +326,7 @@ impl FromRequestParts<AppState> for InstanceAdmin {
         }
         let expected = match &s.opts.admin_token_hash {
             Some(h) => Some(h.clone()),
-            None => s
-                .engine
-                .store()
-                .setting(ADMIN_TOKEN_SETTING)
-                .await
-                .map_err(store_problem)?,
+            None => s.engine.store().setting(ADMIN_TOKEN_SETTING).await?,
         };
         let Some(expected) = expected else {
             return Err(unauthenticated(

@@ -26,8 +26,7 @@ pub(crate) async fn flow_json(
         .engine
         .store()
         .flow_version(scope, f.id, f.latest_version)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+        .await?;
     // A hook URL lets its holder start runs: it is shown to those who may change the flow.
     let is_webhook = v.definition.pointer("/trigger/webhook").is_some()
         && role.allows(weft_types::Permission::FlowsWrite);
@@ -138,8 +137,7 @@ pub(crate) async fn list(
         .engine
         .store()
         .list_flows(auth.scope, q.cursor, limit + 1)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+        .await?;
     let next = crate::body::cut_page(&mut flows, limit, |f| f.name.clone());
     let mut items = Vec::new();
     for f in &flows {
@@ -193,12 +191,7 @@ pub(crate) async fn versions(
 ) -> Result<Json<Page<FlowVersionOut>>, Problem> {
     let (_, flow) = path;
     let rec = s.engine.get_flow(auth.scope, &flow).await?;
-    let vs = s
-        .engine
-        .store()
-        .list_versions(auth.scope, rec.id)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+    let vs = s.engine.store().list_versions(auth.scope, rec.id).await?;
     let items = vs
         .into_iter()
         .map(|v| FlowVersionOut {

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use weft_store::{NewKey, StoreError, hash_secret};
+use weft_store::{NewKey, hash_secret};
 use weft_types::{KeyId, Permission, Role, UserId, random_secret};
 
 use crate::auth::{
@@ -26,13 +26,6 @@ use crate::{AppState, Problem};
 /// How long a session lasts.
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 const SMALL_BODY: usize = 16 * 1024;
-
-fn store_err(e: StoreError, what: &str) -> Problem {
-    match e {
-        StoreError::NotFound => Problem::not_found(what),
-        other => Problem::from(weft_engine::EngineError::from(other)),
-    }
-}
 
 fn parse_role(field: &str, s: &str) -> Result<Role, Problem> {
     Role::parse(s).ok_or_else(|| Problem::invalid(field, "must be viewer, editor, admin or owner"))
@@ -111,13 +104,13 @@ pub(crate) async fn list_workspaces(
             let w = store
                 .get_workspace(k.scope.tenant, &k.scope.workspace.to_string())
                 .await
-                .map_err(|e| store_err(e, "workspace"))?;
+                .map_err(|e| Problem::store(e, "workspace"))?;
             vec![WorkspaceOut::new(&w, k.role)]
         }
         Principal::Session { session, .. } => store
             .user_workspaces(session.user_id)
             .await
-            .map_err(|e| store_err(e, "workspace"))?
+            .map_err(|e| Problem::store(e, "workspace"))?
             .iter()
             .map(|(w, r)| WorkspaceOut::new(w, *r))
             .collect(),
@@ -155,7 +148,7 @@ pub(crate) async fn create_workspace(
         Some(u) => store
             .owned_tenants(u)
             .await
-            .map_err(|e| store_err(e, "tenant"))?,
+            .map_err(|e| Problem::store(e, "tenant"))?,
         None => Vec::new(),
     };
     let tenant = match &caller.principal {
@@ -199,7 +192,7 @@ pub(crate) async fn create_workspace(
             s.engine.clock().now_ms(),
         )
         .await
-        .map_err(|e| store_err(e, "workspace"))?;
+        .map_err(|e| Problem::store(e, "workspace"))?;
     Ok((
         StatusCode::CREATED,
         Json(WorkspaceOut::new(&w, Role::Owner)),
@@ -219,7 +212,7 @@ pub(crate) async fn show_workspace(
         .store()
         .get_workspace(auth.scope.tenant, &auth.scope.workspace.to_string())
         .await
-        .map_err(|e| store_err(e, "workspace"))?;
+        .map_err(|e| Problem::store(e, "workspace"))?;
     Ok(Json(WorkspaceOut::new(&w, auth.role)))
 }
 
@@ -240,11 +233,11 @@ pub(crate) async fn update_workspace(
     store
         .rename_workspace(auth.scope, &b.name, auth.actor, s.engine.clock().now_ms())
         .await
-        .map_err(|e| store_err(e, "workspace"))?;
+        .map_err(|e| Problem::store(e, "workspace"))?;
     let w = store
         .get_workspace(auth.scope.tenant, &auth.scope.workspace.to_string())
         .await
-        .map_err(|e| store_err(e, "workspace"))?;
+        .map_err(|e| Problem::store(e, "workspace"))?;
     Ok(Json(WorkspaceOut::new(&w, auth.role)))
 }
 
@@ -281,7 +274,7 @@ pub(crate) async fn list_keys(
         .store()
         .list_keys(auth.scope)
         .await
-        .map_err(|e| store_err(e, "API key"))?;
+        .map_err(|e| Problem::store(e, "API key"))?;
     Ok(Json(Page {
         items: keys.iter().map(KeyOut::from).collect(),
         next_cursor: None,
@@ -331,7 +324,7 @@ pub(crate) async fn create_key(
             now,
         )
         .await
-        .map_err(|e| store_err(e, "API key"))?;
+        .map_err(|e| Problem::store(e, "API key"))?;
     Ok((
         StatusCode::CREATED,
         Json(KeyCreated {
@@ -356,7 +349,7 @@ pub(crate) async fn revoke_key(
     let target = store
         .list_keys(auth.scope)
         .await
-        .map_err(|e| store_err(e, "API key"))?
+        .map_err(|e| Problem::store(e, "API key"))?
         .into_iter()
         .find(|k| k.id == id)
         .ok_or_else(|| Problem::not_found("API key"))?;
@@ -364,7 +357,7 @@ pub(crate) async fn revoke_key(
     let rec = store
         .revoke_key(auth.scope, id, auth.actor, s.engine.clock().now_ms())
         .await
-        .map_err(|e| store_err(e, "API key"))?;
+        .map_err(|e| Problem::store(e, "API key"))?;
     Ok(Json(KeyOut::from(&rec)))
 }
 
@@ -383,7 +376,7 @@ pub(crate) async fn list_members(
         .store()
         .list_members(auth.scope)
         .await
-        .map_err(|e| store_err(e, "member"))?;
+        .map_err(|e| Problem::store(e, "member"))?;
     Ok(Json(Page {
         items: ms.iter().map(MemberOut::from).collect(),
         next_cursor: None,
@@ -416,7 +409,7 @@ pub(crate) async fn add_member(
             s.engine.clock().now_ms(),
         )
         .await
-        .map_err(|e| store_err(e, "member"))?;
+        .map_err(|e| Problem::store(e, "member"))?;
     Ok((StatusCode::CREATED, Json(MemberOut::from(&m))))
 }
 
@@ -429,7 +422,7 @@ async fn current_role(
         .store()
         .member_role(auth_scope, user)
         .await
-        .map_err(|e| store_err(e, "member"))?
+        .map_err(|e| Problem::store(e, "member"))?
         .ok_or_else(|| Problem::not_found("member"))
 }
 
@@ -462,7 +455,7 @@ pub(crate) async fn update_member(
             s.engine.clock().now_ms(),
         )
         .await
-        .map_err(|e| store_err(e, "member"))?;
+        .map_err(|e| Problem::store(e, "member"))?;
     Ok(Json(MemberOut::from(&m)))
 }
 
@@ -482,7 +475,7 @@ pub(crate) async fn remove_member(
         .store()
         .remove_member(auth.scope, user, auth.actor, s.engine.clock().now_ms())
         .await
-        .map_err(|e| store_err(e, "member"))?;
+        .map_err(|e| Problem::store(e, "member"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -585,13 +578,13 @@ async fn me_for(
         .store()
         .user_workspaces(user)
         .await
-        .map_err(|e| store_err(e, "user"))?;
+        .map_err(|e| Problem::store(e, "user"))?;
     let inv = s
         .engine
         .store()
         .pending_invitations(user)
         .await
-        .map_err(|e| store_err(e, "user"))?;
+        .map_err(|e| Problem::store(e, "user"))?;
     Ok(MeOut {
         user_id: Some(user.to_string()),
         email: Some(email),
@@ -624,7 +617,7 @@ pub(crate) async fn login(
         .store()
         .user_by_email(&email)
         .await
-        .map_err(|e| store_err(e, "user"))?;
+        .map_err(|e| Problem::store(e, "user"))?;
     // Verify against a fixed hash for unknown users too, so timing does not reveal who exists.
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = crate::password::verify(b.password, stored).await;
@@ -643,7 +636,7 @@ pub(crate) async fn login(
         .store()
         .create_session(user.id, hash_secret(&secret), csrf.clone(), expires_at, now)
         .await
-        .map_err(|e| store_err(e, "session"))?;
+        .map_err(|e| Problem::store(e, "session"))?;
     let me = me_for(&s, user.id, user.email, Some(csrf), Some(expires_at)).await?;
     let mut resp = Json(me).into_response();
     resp.headers_mut().insert(
@@ -668,7 +661,7 @@ pub(crate) async fn logout(
             .store()
             .delete_session(hash_secret(&secret))
             .await
-            .map_err(|e| store_err(e, "session"))?;
+            .map_err(|e| Problem::store(e, "session"))?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
@@ -698,7 +691,7 @@ pub(crate) async fn me(State(s): State<AppState>, caller: Caller) -> Result<Json
                 .store()
                 .get_workspace(k.scope.tenant, &k.scope.workspace.to_string())
                 .await
-                .map_err(|e| store_err(e, "workspace"))?;
+                .map_err(|e| Problem::store(e, "workspace"))?;
             Ok(Json(MeOut {
                 user_id: k.user.map(|u| u.to_string()),
                 email: None,
@@ -737,6 +730,6 @@ pub(crate) async fn accept_invitation(
             s.engine.clock().now_ms(),
         )
         .await
-        .map_err(|e| store_err(e, "invitation"))?;
+        .map_err(|e| Problem::store(e, "invitation"))?;
     Ok(Json(WorkspaceOut::new(&w, role)))
 }

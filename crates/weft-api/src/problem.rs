@@ -83,6 +83,22 @@ impl IntoResponse for Problem {
     }
 }
 
+impl Problem {
+    /// A store failure, naming the missing object as `what` when it is a not-found.
+    pub fn store(e: weft_store::StoreError, what: &str) -> Self {
+        match e {
+            weft_store::StoreError::NotFound => Problem::not_found(what),
+            other => Problem::from(EngineError::from(other)),
+        }
+    }
+}
+
+impl From<weft_store::StoreError> for Problem {
+    fn from(e: weft_store::StoreError) -> Self {
+        Problem::from(EngineError::from(e))
+    }
+}
+
 impl From<EngineError> for Problem {
     fn from(e: EngineError) -> Self {
         match e {

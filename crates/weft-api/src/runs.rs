@@ -158,8 +158,7 @@ pub(crate) async fn list(
                 limit: limit + 1,
             },
         )
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+        .await?;
     let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
     let items = runs.iter().map(|r| RunOut::new(r, None)).collect();
     Ok(Json(Page {
@@ -185,10 +184,7 @@ pub(crate) async fn show(
         .store()
         .get_run(auth.scope, id)
         .await
-        .map_err(|e| match e {
-            weft_store::StoreError::NotFound => Problem::not_found("run"),
-            other => Problem::from(weft_engine::EngineError::from(other)),
-        })?;
+        .map_err(|e| Problem::store(e, "run"))?;
     Ok(Json(RunOut::new(&r, Some(&steps))))
 }
 
@@ -218,15 +214,14 @@ pub(crate) async fn logs(
     let q: LogsQuery = parse_query(q.as_deref())?;
     let id: RunId = parse_id("run", &run)?;
     let store = s.engine.store();
-    let (r, _) = store.get_run(auth.scope, id).await.map_err(|e| match e {
-        weft_store::StoreError::NotFound => Problem::not_found("run"),
-        other => Problem::from(weft_engine::EngineError::from(other)),
-    })?;
+    let (r, _) = store
+        .get_run(auth.scope, id)
+        .await
+        .map_err(|e| Problem::store(e, "run"))?;
     let limit = q.limit.unwrap_or(500).clamp(1, 5000);
     let lines = store
         .run_logs(auth.scope, id, q.after.unwrap_or(0), limit)
-        .await
-        .map_err(|e| Problem::from(weft_engine::EngineError::from(e)))?;
+        .await?;
     let next = lines.last().map(|l| l.seq);
     let items = lines.into_iter().map(LogOut::from).collect();
     Ok(Json(LogPage {

@@ -851,12 +851,30 @@ async fn workspaces_slugs_are_unique_per_tenant_and_keys_stay_in_theirs() {
         .call("GET", "/api/v1/workspaces/ops/flows", Some(&w.a_key), None)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    // But A's owner, logged in, sees both (sessions follow memberships).
+    // A key lists only its own workspace; A's owner, logged in, sees both (sessions follow
+    // memberships).
     let list = w
         .app
         .call("GET", "/api/v1/workspaces", Some(&w.a_key), None)
         .await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    let (cookie, _) = session(&w.app, "owner@localhost").await;
+    let list = w
+        .app
+        .call_with(
+            "GET",
+            "/api/v1/workspaces",
+            None,
+            None,
+            &[("cookie", cookie.as_str())],
+        )
+        .await;
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        2,
+        "{}",
+        list.body
+    );
 }
 
 async fn start(app: &App, key: &str) -> common::Resp {
@@ -1094,11 +1112,33 @@ async fn audit_trail_records_changes_and_verifies() {
             None,
         )
         .await;
-    assert!(
-        r2.body["items"][0]["seq"].as_i64().unwrap()
-            < r.body["items"][1]["seq"].as_i64().unwrap() + 1
+    // The next page starts right below the last entry of this one.
+    assert_eq!(
+        r2.body["items"][0]["seq"].as_i64().unwrap(),
+        r.body["items"][1]["seq"].as_i64().unwrap() - 1
     );
-    // Viewers cannot read it; B sees none of A's entries.
+    // Viewers cannot read it.
+    let viewer = w
+        .app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/api-keys",
+            Some(&w.a_key),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    let viewer = viewer.body["secret"].as_str().unwrap().to_string();
+    let r = w
+        .app
+        .call(
+            "GET",
+            "/api/v1/workspaces/default/audit",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // B sees none of A's entries.
     let r = w
         .app
         .call(

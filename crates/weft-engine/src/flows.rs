@@ -38,9 +38,32 @@ pub(crate) struct FlowCache {
 
 /// A tenant's webhook rate limit as last read from its plan.
 struct IntakeLimit {
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     rps: Option<i64>,
+    rule: IntakeRule,
     read_at: std::time::Instant,
+}
+
+/// What a tenant's plan says about webhook requests.
+#[derive(Clone)]
+enum IntakeRule {
+    /// No limit.
+    Open,
+    /// A limit of 0: every request is refused.
+    Closed,
+    /// A token bucket of the plan's requests per second.
+    Limited(Arc<DefaultDirectRateLimiter>),
+}
+
+impl IntakeRule {
+    fn of(rps: Option<i64>) -> Self {
+        match rps {
+            None => IntakeRule::Open,
+            Some(r) => match std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32) {
+                None => IntakeRule::Closed,
+                Some(n) => IntakeRule::Limited(Arc::new(RateLimiter::direct(Quota::per_second(n)))),
+            },
+        }
+    }
 }
 
 /// How long a resolved hook id is trusted before it is read again (other processes may publish).
@@ -347,10 +370,10 @@ impl Engine {
         let cached = self.inner.flows.intake.lock().ok().and_then(|m| {
             m.get(&tenant)
                 .filter(|l| l.read_at.elapsed() < HOOK_TTL)
-                .map(|l| l.limiter.clone())
+                .map(|l| l.rule.clone())
         });
-        let limiter = match cached {
-            Some(l) => l,
+        let rule = match cached {
+            Some(r) => r,
             None => {
                 let rps = self
                     .inner
@@ -369,47 +392,34 @@ impl Engine {
                 if m.len() >= CACHE_MAX {
                     m.clear();
                 }
+                let now = std::time::Instant::now();
                 let entry = m.entry(tenant).or_insert_with(|| IntakeLimit {
-                    limiter: None,
-                    rps: None,
-                    read_at: std::time::Instant::now(),
+                    rps,
+                    rule: IntakeRule::of(rps),
+                    read_at: now,
                 });
                 // Keep the bucket's state while the limit is unchanged.
-                if entry.rps != rps || (rps.is_some() && entry.limiter.is_none()) {
-                    // A limit of 0 has no bucket at all: every request is refused below.
-                    entry.limiter = rps.and_then(|r| {
-                        std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32)
-                            .map(|n| Arc::new(RateLimiter::direct(Quota::per_second(n))))
-                    });
+                if entry.rps != rps {
                     entry.rps = rps;
+                    entry.rule = IntakeRule::of(rps);
                 }
-                entry.read_at = std::time::Instant::now();
-                entry.limiter.clone()
+                entry.read_at = now;
+                entry.rule.clone()
             }
         };
-        let zero = limiter.is_none()
-            && self
-                .inner
-                .flows
-                .intake
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&tenant).map(|l| l.rps == Some(0)))
-                .unwrap_or(false);
-        if zero {
-            return Err(EngineError::Quota {
+        match rule {
+            IntakeRule::Open => Ok(()),
+            IntakeRule::Closed => Err(EngineError::Quota {
                 limit: "webhook_rps",
                 detail: "the tenant's plan allows no webhook requests (webhook_rps is 0); nothing was stored".into(),
                 retry_after: None,
-            });
-        }
-        match limiter {
-            Some(l) if l.check().is_err() => Err(EngineError::Quota {
+            }),
+            IntakeRule::Limited(l) if l.check().is_err() => Err(EngineError::Quota {
                 limit: "webhook_rps",
                 detail: "the tenant is over its plan's webhook requests per second; nothing was stored. Retry after a second".into(),
                 retry_after: Some(1),
             }),
-            _ => Ok(()),
+            IntakeRule::Limited(_) => Ok(()),
         }
     }
 

@@ -128,8 +128,6 @@ dispatch! {
     fn run_logs(scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
     /// System: how many runs are in each status (for metrics, benchmarks and tests).
     fn count_runs() -> Result<Vec<(RunStatus, i64)>, StoreError>;
-    /// A workspace of `tenant` by slug.
-    fn workspace_by_slug(tenant: TenantId, slug: &str) -> Result<WorkspaceId, StoreError>;
     /// System: the first tenant's `default` workspace (where `--flows` and the example flow go).
     fn default_scope() -> Result<Option<Scope>, StoreError>;
     /// On an empty store, creates the default tenant, its `default` workspace and owner, and returns the owner key (once).

@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use weft_types::{Millis, Role, Scope, TenantId, UserId, WorkspaceId};
 
 use super::PgStore;
-use super::store::{Tx, append, db, parse, role, user_for_email};
+use super::store::{Tx, append, db, parse, read_audit, role, user_for_email};
 use crate::*;
 
 fn read_ws(r: &PgRow) -> Result<(WorkspaceRecord, Role), StoreError> {
@@ -599,23 +599,6 @@ impl PgStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditEntry {
-                seq: r.get(0),
-                ts: r.get(1),
-                workspace_id: r.get(2),
-                actor_kind: r.get(3),
-                actor_id: r.get(4),
-                via: r.get(5),
-                request_id: r.get(6),
-                action: r.get(7),
-                object_kind: r.get(8),
-                object_id: r.get(9),
-                detail: r.get(10),
-                prev_hash: r.get(11),
-                hash: r.get(12),
-            })
-            .collect())
+        Ok(rows.iter().map(read_audit).collect())
     }
 }

@@ -1,7 +1,6 @@
 //! PostgreSQL backend: migrations with forced row-level security, the grants that let a
-//! non-owner application role use them, and [`PgStore`], whose operations are being written
-//! against the same conformance tests as the SQLite store. Until every operation exists it is
-//! not behind `Store`, and `weft serve --database-url` refuses with a clear error.
+//! non-owner application role use them, and [`PgStore`], which implements every store
+//! operation (behind `Store::Postgres`; `tests/conformance.rs` runs each case on both backends).
 
 mod identity;
 mod members;

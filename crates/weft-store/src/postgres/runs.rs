@@ -336,6 +336,7 @@ impl PgStore {
         sql: &'static str,
         a: &str,
         b: Option<Millis>,
+        requeues: bool,
     ) -> Result<usize, StoreError> {
         let mut tx = self.system_tx().await?;
         let q = sqlx::query(sql).bind(a);
@@ -344,7 +345,7 @@ impl PgStore {
             None => q,
         };
         let n = q.execute(&mut *tx).await.map_err(db)?.rows_affected();
-        if n > 0 && sql.contains("status = 'queued'") {
+        if n > 0 && requeues {
             notify_work(&mut tx).await?;
         }
         tx.commit().await.map_err(db)?;
@@ -357,6 +358,7 @@ impl PgStore {
             "UPDATE runs SET lease_expires = $2 WHERE status = 'running' AND lease_owner = $1",
             owner,
             Some(until),
+            false,
         )
         .await
     }
@@ -379,13 +381,13 @@ impl PgStore {
 
     /// System: returns every running run not owned by `owner` to the queue.
     pub async fn reclaim_all_except(&self, owner: &str) -> Result<usize, StoreError> {
-        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS DISTINCT FROM $1", owner, None)
+        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS DISTINCT FROM $1", owner, None, true)
             .await
     }
 
     /// Hands `owner`'s running runs back to the queue (graceful shutdown).
     pub async fn release_leases(&self, owner: &str) -> Result<usize, StoreError> {
-        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = $1", owner, None)
+        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = $1", owner, None, true)
             .await
     }
 

@@ -42,7 +42,7 @@ fn json_text(s: Option<String>) -> Result<Value, StoreError> {
 
 pub(super) type Tx = Transaction<'static, Postgres>;
 
-/// The PostgreSQL store (not yet behind `Store`: see the module docs of `postgres`).
+/// The PostgreSQL store (used through `Store::Postgres`).
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pub(super) pool: PgPool,
@@ -124,6 +124,25 @@ pub(super) async fn append(
         .await
         .map_err(db)?;
     Ok(())
+}
+
+/// An `audit_log` row selected as `seq, ts, workspace_id, …, prev_hash, hash` (column order).
+pub(super) fn read_audit(r: &PgRow) -> AuditEntry {
+    AuditEntry {
+        seq: r.get(0),
+        ts: r.get(1),
+        workspace_id: r.get(2),
+        actor_kind: r.get(3),
+        actor_id: r.get(4),
+        via: r.get(5),
+        request_id: r.get(6),
+        action: r.get(7),
+        object_kind: r.get(8),
+        object_id: r.get(9),
+        detail: r.get(10),
+        prev_hash: r.get(11),
+        hash: r.get(12),
+    }
 }
 
 pub(super) async fn user_for_email(
@@ -760,24 +779,7 @@ impl PgStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let entries: Vec<AuditEntry> = rows
-            .iter()
-            .map(|r| AuditEntry {
-                seq: r.get(0),
-                ts: r.get(1),
-                workspace_id: r.get(2),
-                actor_kind: r.get(3),
-                actor_id: r.get(4),
-                via: r.get(5),
-                request_id: r.get(6),
-                action: r.get(7),
-                object_kind: r.get(8),
-                object_id: r.get(9),
-                detail: r.get(10),
-                prev_hash: r.get(11),
-                hash: r.get(12),
-            })
-            .collect();
+        let entries: Vec<AuditEntry> = rows.iter().map(read_audit).collect();
         Ok(check_chain(
             &t,
             &entries,

@@ -3,7 +3,7 @@
 //! same transaction as the run's insert, so only one worker's update matches.
 
 use sqlx::Row;
-use weft_types::{FlowId, HookId, Millis, Scope, TenantId, WorkspaceId};
+use weft_types::{FlowId, HookId, Millis, Scope, TenantId};
 
 use super::PgStore;
 use super::runs::insert_run_tx;
@@ -166,15 +166,6 @@ impl PgStore {
                 ..Usage::default()
             },
         })
-    }
-
-    /// A workspace of `tenant` by slug.
-    pub async fn workspace_by_slug(
-        &self,
-        tenant: TenantId,
-        slug: &str,
-    ) -> Result<WorkspaceId, StoreError> {
-        Ok(self.get_workspace(tenant, slug).await?.scope.workspace)
     }
 
     /// System: the first tenant's `default` workspace (where `--flows` and the example flow go).

@@ -2,9 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Value, json};
-use weft_types::{
-    FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus, TenantId, WorkspaceId,
-};
+use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope, StepStatus};
 
 use super::SqliteStore;
 use super::audit::append;
@@ -954,25 +952,6 @@ fn get_flow_tx(c: &Connection, scope: &Scope, id: &str) -> Result<FlowRecord, St
     match rows.next()? {
         Some(r) => read_flow(r),
         None => Err(StoreError::NotFound),
-    }
-}
-
-/// Workspace id for a slug in a tenant.
-impl SqliteStore {
-    /// A workspace of `tenant` by slug.
-    pub async fn workspace_by_slug(
-        &self,
-        tenant: TenantId,
-        slug: &str,
-    ) -> Result<WorkspaceId, StoreError> {
-        let slug = slug.to_string();
-        self.read(move |c| {
-            let id: String = c
-                .prepare_cached("SELECT id FROM workspaces WHERE tenant_id = ?1 AND slug = ?2")?
-                .query_row(params![tenant.to_string(), slug], |r| r.get(0))?;
-            parse(id, "workspace id")
-        })
-        .await
     }
 }
 
