@@ -5,6 +5,8 @@
 #                         owner role, for migrations) and WEFT_TEST_APP_DATABASE_URL (the
 #                         application role: not owner, not superuser, no BYPASSRLS)
 #   scripts/pg.sh stop DIR
+# WEFT_PG_DURABLE=1 makes a cluster with fsync on and production-like memory settings (for the
+# benchmark); the default (for tests) turns fsync off.
 set -euo pipefail
 
 find_bin() {
@@ -35,15 +37,24 @@ case "${1:-}" in
     chmod 755 "$dir"
     [ "$(id -u)" = 0 ] && chown postgres "$dir"
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    if [ "${WEFT_PG_DURABLE:-0}" = 1 ]; then
+      settings="-c shared_preload_libraries=pg_stat_statements -c fsync=on -c synchronous_commit=on -c shared_buffers=1GB -c wal_buffers=16MB -c max_wal_size=4GB -c checkpoint_timeout=15min"
+    else
+      settings="-c fsync=off"
+    fi
     as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
       || { cat "$dir/initdb.log" >&2; exit 1; }
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200 $settings" start >&2 \
       || { cat "$dir/server.log" >&2; exit 1; }
     psql() { as_pg "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
     psql -d postgres -c "CREATE ROLE weft_owner LOGIN PASSWORD 'weft_owner' CREATEROLE CREATEDB" \
       -c "CREATE ROLE weft_app LOGIN PASSWORD 'weft_app' NOSUPERUSER NOBYPASSRLS NOCREATEDB" \
       -c "CREATE DATABASE weft OWNER weft_owner" >&2
+    if [ "${WEFT_PG_DURABLE:-0}" = 1 ]; then
+      # Claim-query statistics for the benchmark.
+      psql -d weft -c "CREATE EXTENSION pg_stat_statements" -c "GRANT pg_read_all_stats TO weft_owner" >&2
+    fi
     echo "$port" >"$dir/port"
     echo "export WEFT_TEST_PG_DIR=$dir"
     echo "export WEFT_TEST_DATABASE_URL=postgres://weft_owner:weft_owner@127.0.0.1:$port/weft"

@@ -8,6 +8,7 @@
 mod client;
 mod load;
 mod neighbour;
+mod pg;
 mod rss;
 mod sink;
 mod weft;
@@ -73,6 +74,19 @@ struct Args {
     /// Tenant A's plan limit on webhook requests/s during the noisy-neighbour phase (0: none).
     #[arg(long, default_value_t = 0)]
     neighbour_a_rps: u64,
+    /// Soak phase: closed loop at --soak-concurrency for this many seconds (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    soak: u64,
+    /// Concurrency of the soak phase.
+    #[arg(long, default_value_t = 64)]
+    soak_concurrency: usize,
+    /// Seconds per reported interval of the soak phase.
+    #[arg(long, default_value_t = 60)]
+    soak_interval: u64,
+    /// Owner URL of weft's PostgreSQL database, for database size and claim statistics
+    /// (`bench/run.sh --backend postgres` sets it).
+    #[arg(long)]
+    pg_url: Option<String>,
     /// Extra argument for `weft serve` (repeatable), e.g. `--weft-arg=--max-in-flight=512`.
     #[arg(long = "weft-arg", allow_hyphen_values = true)]
     weft_args: Vec<String>,
@@ -91,6 +105,10 @@ struct Config {
     neighbour: u64,
     neighbour_flood: usize,
     neighbour_a_rps: u64,
+    soak: Duration,
+    soak_concurrency: usize,
+    soak_interval: Duration,
+    pg: Option<pg::Pg>,
 }
 
 impl Config {
@@ -122,6 +140,10 @@ impl Config {
             neighbour: a.neighbour,
             neighbour_flood: a.neighbour_flood.max(1),
             neighbour_a_rps: a.neighbour_a_rps,
+            soak: Duration::from_secs(a.soak),
+            soak_concurrency: a.soak_concurrency.max(1),
+            soak_interval: Duration::from_secs(a.soak_interval.max(1)),
+            pg: a.pg_url.map(pg::Pg::new),
         })
     }
 }
@@ -434,6 +456,10 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
     );
     let sink = Sink::start().await?;
     println!("sink on http://{}", sink.addr);
+    let db_start = match &cfg.pg {
+        Some(pg) => Some(pg.db_bytes()?),
+        None => None,
+    };
 
     tokio::time::sleep(cfg.idle).await;
     let (idle_kib, idle_tree_kib) = ctx.mon.now();
@@ -605,6 +631,11 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         rate_phase = Some(p);
     }
 
+    let mut soak_phase = None;
+    if !cfg.soak.is_zero() {
+        soak_phase = Some(soak(ctx, &sink, hook.clone(), ids.clone()).await?);
+    }
+
     let mut neighbour_ok = true;
     if cfg.neighbour > 0 {
         neighbour_ok = neighbour::run(
@@ -646,14 +677,18 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         "sink=acc",
         "dups"
     );
-    let rows = phases.iter().map(|(p, _)| p).chain(rate_phase.iter());
+    let rows = phases
+        .iter()
+        .map(|(p, _)| p)
+        .chain(rate_phase.iter())
+        .chain(soak_phase.iter());
     for p in rows {
         let a = analyze(&sink, p);
         all_ok &= a.ok();
         max_peak = max_peak.max(p.peak_kib);
         max_peak_tree = max_peak_tree.max(p.peak_tree_kib);
         let completed = a.completed_rate.unwrap_or(0.0);
-        if !p.label.ends_with("/s") {
+        if !p.label.ends_with("/s") && !p.label.starts_with("soak") {
             best_completed = best_completed.max(completed);
         }
         let f = |us: u64| format!("{:.2}", us as f64 / 1000.0);
@@ -661,6 +696,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
             "{:>11} {:>11.0} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>9.1} {:>8.1} {:>11} {:>8} {:>5}  {}",
             if p.label.ends_with("/s") {
                 format!("rate {}", p.label)
+            } else if p.label.starts_with("soak") {
+                p.label.clone()
             } else {
                 format!("conc {}", p.label)
             },
@@ -765,12 +802,27 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
     );
     println!("{:<34} {:>16}", "sink count = accepted count", yes(all_ok));
     let runs = sink.distinct();
-    let disk = dir_bytes(&ctx.data_dir);
-    println!(
-        "data dir: {:.1} MB after {runs} runs ({:.1} KB per run)",
-        disk as f64 / 1e6,
-        disk as f64 / 1e3 / runs.max(1) as f64
-    );
+    match (&cfg.pg, db_start) {
+        (Some(pg), Some(start)) => {
+            let end = pg.db_bytes()?;
+            let grew = end.saturating_sub(start);
+            println!(
+                "PostgreSQL database: {:.1} MB → {:.1} MB after {runs} runs ({:.2} KB per run; {:.2} GB per million runs)",
+                start as f64 / 1e6,
+                end as f64 / 1e6,
+                grew as f64 / 1e3 / runs.max(1) as f64,
+                grew as f64 / runs.max(1) as f64 * 1e6 / 1e9
+            );
+        }
+        _ => {
+            let disk = dir_bytes(&ctx.data_dir);
+            println!(
+                "data dir: {:.1} MB after {runs} runs ({:.1} KB per run)",
+                disk as f64 / 1e6,
+                disk as f64 / 1e3 / runs.max(1) as f64
+            );
+        }
+    }
     if sink.without_id() > 0 {
         println!(
             "note: the sink got {} requests without a numeric id",
@@ -778,6 +830,108 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         );
     }
     Ok(all_ok && neighbour_ok)
+}
+
+/// The soak phase: a long closed loop, reported per interval, to show whether the rate holds.
+async fn soak(
+    ctx: &Ctx,
+    sink: &Arc<Sink>,
+    hook: Arc<Target>,
+    ids: Arc<AtomicU64>,
+) -> anyhow::Result<Phase> {
+    let cfg = &ctx.cfg;
+    let n = cfg.soak_concurrency;
+    println!(
+        "\n== soak: concurrency {n} for {} s, reported every {} s",
+        cfg.soak.as_secs(),
+        cfg.soak_interval.as_secs()
+    );
+    println!(
+        "  {:>7} {:>12} {:>14} {:>12} {:>10} {:>12} {:>10}",
+        "at s", "completed/s", "claim mean ms", "runs/claim", "DB MB", "live runs", "dead"
+    );
+    ctx.mon.reset();
+    let lo = ids.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let meter = rss::CpuMeter::start(ctx.pid, ctx.tck);
+    let load = tokio::spawn(load::closed_loop(
+        hook,
+        n,
+        cfg.soak,
+        ids.clone(),
+        Arc::new(Progress::default()),
+    ));
+    let mut rates = Vec::new();
+    let mut prev_count = sink.distinct();
+    let mut prev_claims = match &cfg.pg {
+        Some(pg) => pg.claims().unwrap_or_default(),
+        None => pg::ClaimStats::default(),
+    };
+    let mut next = start + cfg.soak_interval;
+    while next <= start + cfg.soak {
+        tokio::time::sleep_until(next.into()).await;
+        let count = sink.distinct();
+        let rate = (count - prev_count) as f64 / cfg.soak_interval.as_secs_f64();
+        prev_count = count;
+        rates.push(rate);
+        let (claim, batch, db, live, dead) = match &cfg.pg {
+            Some(pg) => {
+                let c = pg.claims().unwrap_or_default();
+                let row = (
+                    c.mean_ms_since(&prev_claims)
+                        .map_or("-".into(), |m| format!("{m:.3}")),
+                    c.batch_since(&prev_claims)
+                        .map_or("-".into(), |b| format!("{b:.1}")),
+                    pg.db_bytes()
+                        .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+                    pg.runs_tuples(),
+                );
+                prev_claims = c;
+                let (live, dead) = row.3.unwrap_or_default();
+                (row.0, row.1, row.2, live.to_string(), dead.to_string())
+            }
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "  {:>7.0} {:>12.0} {:>14} {:>12} {:>10} {:>12} {:>10}",
+            next.duration_since(start).as_secs_f64(),
+            rate,
+            claim,
+            batch,
+            db,
+            live,
+            dead
+        );
+        next += cfg.soak_interval;
+    }
+    let out = load.await.context("the soak load task failed")?;
+    let cpu = meter.finish();
+    let hi = ids.load(Ordering::Relaxed);
+    drain(sink, &out.sent, cfg.drain_timeout, ctx.pid).await?;
+    if let (Some(first), Some(last)) = (rates.first(), rates.last())
+        && *first > 0.0
+    {
+        println!(
+            "  held rate       last interval {last:.0}/s = {:.0} % of the first ({first:.0}/s); target ≥ 80 %: {}",
+            last / first * 100.0,
+            met(last / first >= 0.8)
+        );
+    }
+    let (peak_kib, peak_tree_kib) = ctx.mon.peak();
+    let p = Phase {
+        label: format!("soak {n}"),
+        dur: cfg.soak,
+        start,
+        lo,
+        hi,
+        out,
+        peak_kib,
+        peak_tree_kib,
+        hwm_kib: ctx.mon.hwm(),
+        cpu,
+    };
+    print_phase(&p, &analyze(sink, &p));
+    Ok(p)
 }
 
 fn real_main(args: Args) -> anyhow::Result<bool> {

@@ -16,7 +16,10 @@ use sqlx::postgres::PgConnection;
 use crate::StoreError;
 
 /// The PostgreSQL migrations, in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_scale.sql")),
+];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
 /// security. A test checks this list against the live schema.

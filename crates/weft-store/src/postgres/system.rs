@@ -138,33 +138,25 @@ impl PgStore {
     pub async fn usage(&self, tenant: TenantId, now: Millis) -> Result<Usage, StoreError> {
         let t = tenant.to_string();
         let mut tx = self.tenant_tx(&t).await?;
+        let current = crate::quota::month_of(now);
         let r = sqlx::query(
-            "SELECT u.month, u.runs_in_month, u.stored_bytes,
+            "SELECT COALESCE((SELECT SUM(runs_in_month) FILTER (WHERE month = $2) FROM tenant_usage WHERE tenant_id = $1), 0)::bigint,
+                    COALESCE((SELECT SUM(stored_bytes) FROM tenant_usage WHERE tenant_id = $1), 0)::bigint,
                     (SELECT COUNT(*) FROM flows WHERE tenant_id = $1 AND published_version IS NOT NULL),
-                    (SELECT COUNT(*) FROM runs WHERE tenant_id = $1 AND status = 'running')
-             FROM tenant_usage u WHERE u.tenant_id = $1",
+                    (SELECT COUNT(*) FROM runs WHERE tenant_id = $1 AND status = 'running')",
         )
         .bind(&t)
-        .fetch_optional(&mut *tx)
+        .bind(&current)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let current = crate::quota::month_of(now);
-        Ok(match r {
-            Some(r) => {
-                let month: String = r.get(0);
-                Usage {
-                    runs_in_month: if month == current { r.get(1) } else { 0 },
-                    month: current,
-                    stored_bytes: r.get(2),
-                    active_flows: r.get(3),
-                    running: r.get(4),
-                }
-            }
-            None => Usage {
-                month: current,
-                ..Usage::default()
-            },
+        Ok(Usage {
+            runs_in_month: r.get(0),
+            month: current,
+            stored_bytes: r.get(1),
+            active_flows: r.get(2),
+            running: r.get(3),
         })
     }
 

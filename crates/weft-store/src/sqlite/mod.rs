@@ -25,6 +25,7 @@ const MAX_BATCH: usize = 512;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_identity.sql")),
+    (3, include_str!("migrations/0003_usage_shard.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
