@@ -5,6 +5,8 @@
 #                         owner role, for migrations) and WEFT_TEST_APP_DATABASE_URL (the
 #                         application role: not owner, not superuser, no BYPASSRLS)
 #   scripts/pg.sh stop DIR
+#   scripts/pg.sh down DIR / up DIR   stop (fast) and start again the server of DIR, same port
+#                                     (fault tests restart PostgreSQL under load)
 # WEFT_PG_DURABLE=1 makes a cluster with fsync on and production-like memory settings (for the
 # benchmark); the default (for tests) turns fsync off.
 set -euo pipefail
@@ -56,6 +58,7 @@ case "${1:-}" in
       psql -d weft -c "CREATE EXTENSION pg_stat_statements" -c "GRANT pg_read_all_stats TO weft_owner" >&2
     fi
     echo "$port" >"$dir/port"
+    echo "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200 $settings" >"$dir/opts"
     echo "export WEFT_TEST_PG_DIR=$dir"
     echo "export WEFT_TEST_DATABASE_URL=postgres://weft_owner:weft_owner@127.0.0.1:$port/weft"
     echo "export WEFT_TEST_APP_DATABASE_URL=postgres://weft_app:weft_app@127.0.0.1:$port/weft"
@@ -66,8 +69,16 @@ case "${1:-}" in
     as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
+  down)
+    dir="${2:?usage: scripts/pg.sh down DIR}"
+    as_pg "$(find_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >&2
+    ;;
+  up)
+    dir="${2:?usage: scripts/pg.sh up DIR}"
+    as_pg "$(find_bin)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$(cat "$dir/opts")" start >&2
+    ;;
   *)
-    echo "usage: scripts/pg.sh start | stop DIR" >&2
+    echo "usage: scripts/pg.sh start | stop DIR | down DIR | up DIR" >&2
     exit 2
     ;;
 esac

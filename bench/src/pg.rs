@@ -49,7 +49,10 @@ impl Pg {
             .output()
             .context("cannot run psql")?;
         if !out.status.success() {
-            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Most runs executing at once in this process.
     #[arg(long, env = "WEFT_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
+    /// Seconds a worker's lease on a run lasts without a heartbeat: how soon another worker
+    /// takes over the runs of one that died.
+    #[arg(long, env = "WEFT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_secs: u64,
     /// Sandbox worker processes for expressions.
     #[arg(long, env = "WEFT_SANDBOX_WORKERS", default_value_t = 2)]
     sandbox_workers: usize,
@@ -385,7 +389,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http,
         owner,
         max_in_flight: args.max_in_flight,
-        lease: Duration::from_secs(30),
+        lease: Duration::from_secs(args.lease_secs),
         poll_interval: Duration::from_secs(1),
         dedupe_window: Duration::from_secs(args.dedupe_window_secs),
         execute: args.role != Role::Api,

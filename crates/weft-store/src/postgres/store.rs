@@ -211,6 +211,9 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // While PostgreSQL is down, callers fail fast (intake answers 503) instead of
+            // queueing for sqlx's default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect(url)
             .await
             .map_err(db)?;
