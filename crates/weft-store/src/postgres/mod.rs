@@ -37,7 +37,12 @@ pub const TENANT_TABLES: &[&str] = &[
     "schedules",
     "tenant_usage",
     "audit_log",
+    "run_queue",
 ];
+
+/// Tables only the PostgreSQL schema has (the schema parity test skips them). `run_queue`
+/// keeps the MVCC churn of claiming out of `runs`; SQLite updates in place and needs none.
+pub const PG_ONLY_TABLES: &[&str] = &["run_queue"];
 
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Db(e.to_string())

@@ -1,6 +1,9 @@
 //! PostgreSQL: runs, their steps and logs, claims and leases (mirrors `sqlite/ops.rs`; the
 //! conformance suite checks they agree). Claims use `FOR UPDATE SKIP LOCKED`, so workers in
 //! many processes take disjoint runs, with the same weighted-fair shares as SQLite.
+//!
+//! The queue is `run_queue` (a row per queued or running run, with its lease), not `runs`:
+//! see migration 0002 for why. Locks are always taken queue row first, then run row.
 
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -12,6 +15,13 @@ use super::store::{Tx, append, db, notify_work, parse};
 use crate::*;
 
 const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
+/// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
+const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims";
+
+/// Puts the runs leaving `run_queue` in the CTE `back` (tenant_id, workspace_id, run_id) back
+/// to `queued` in `runs`.
+const REQUEUE_RUNS: &str = "UPDATE runs r SET status = 'queued' FROM back b
+     WHERE r.tenant_id = b.tenant_id AND r.workspace_id = b.workspace_id AND r.id = b.run_id";
 
 fn json_opt(s: Option<String>) -> Result<Option<Value>, StoreError> {
     s.map(|s| {
@@ -237,6 +247,16 @@ pub(super) async fn insert_run_tx(
                 .into(),
         ));
     }
+    sqlx::query(
+        "INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(r.id.to_string())
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
     Ok(Inserted {
         run_id: r.id,
         duplicate: false,
@@ -267,9 +287,9 @@ impl PgStore {
         let mut tx = self.system_tx().await?;
         let found = sqlx::query(
             "WITH RECURSIVE t(id) AS (
-               SELECT MIN(tenant_id) FROM runs WHERE status = 'queued'
+               SELECT MIN(tenant_id) FROM run_queue WHERE lease_owner IS NULL
                UNION ALL
-               SELECT (SELECT MIN(tenant_id) FROM runs WHERE status = 'queued' AND tenant_id > t.id) FROM t WHERE t.id IS NOT NULL)
+               SELECT (SELECT MIN(tenant_id) FROM run_queue WHERE lease_owner IS NULL AND tenant_id > t.id) FROM t WHERE t.id IS NOT NULL)
              SELECT t.id, tn.weight, tn.max_concurrent_runs FROM t JOIN tenants tn ON tn.id = t.id WHERE t.id IS NOT NULL",
         )
         .fetch_all(&mut *tx)
@@ -299,8 +319,8 @@ impl PgStore {
             for r in &found {
                 let tenant: String = r.get(0);
                 let c = sqlx::query(
-                    "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND tenant_id = $1 AND not_before <= $2 LIMIT $3) q),
-                            (SELECT COUNT(*) FROM runs WHERE status = 'running' AND tenant_id = $1)",
+                    "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM run_queue WHERE lease_owner IS NULL AND tenant_id = $1 AND not_before <= $2 LIMIT $3) q),
+                            (SELECT COUNT(*) FROM run_queue WHERE lease_owner IS NOT NULL AND tenant_id = $1)",
                 )
                 .bind(&tenant)
                 .bind(now)
@@ -323,11 +343,17 @@ impl PgStore {
         }
         let shares = crate::fair::shares(&demands, limit);
         let sql = format!(
-            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2, claims = claims + 1, started_at = COALESCE(started_at, $3)
-             WHERE (tenant_id, workspace_id, id) IN (
-               SELECT tenant_id, workspace_id, id FROM runs WHERE status = 'queued' AND tenant_id = $5 AND not_before <= $3
-               ORDER BY not_before, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING {RUN_COLS}"
+            "WITH picked AS (
+               SELECT tenant_id, workspace_id, run_id FROM run_queue
+               WHERE lease_owner IS NULL AND tenant_id = $5 AND not_before <= $3
+               ORDER BY not_before, run_id LIMIT $4 FOR UPDATE SKIP LOCKED),
+             leased AS (
+               UPDATE run_queue q SET lease_owner = $1, lease_expires = $2 FROM picked p
+               WHERE q.tenant_id = p.tenant_id AND q.workspace_id = p.workspace_id AND q.run_id = p.run_id
+               RETURNING q.tenant_id, q.workspace_id, q.run_id)
+             UPDATE runs r SET status = 'running', claims = r.claims + 1, started_at = COALESCE(r.started_at, $3)
+             FROM leased l WHERE r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
+             RETURNING {R_RUN_COLS}"
         );
         let mut out = Vec::new();
         // Custom plans, and the tenant set as well as the system flag: the planner estimates the
@@ -374,13 +400,13 @@ impl PgStore {
 
     async fn system_update(
         &self,
-        sql: &'static str,
+        sql: &str,
         a: &str,
         b: Option<Millis>,
         requeues: bool,
     ) -> Result<usize, StoreError> {
         let mut tx = self.system_tx().await?;
-        let q = sqlx::query(sql).bind(a);
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(a);
         let q = match b {
             Some(b) => q.bind(b),
             None => q,
@@ -396,7 +422,7 @@ impl PgStore {
     /// System: extends the leases of every run `owner` is running.
     pub async fn renew_leases(&self, owner: &str, until: Millis) -> Result<usize, StoreError> {
         self.system_update(
-            "UPDATE runs SET lease_expires = $2 WHERE status = 'running' AND lease_owner = $1",
+            "UPDATE run_queue SET lease_expires = $2 WHERE lease_owner = $1",
             owner,
             Some(until),
             false,
@@ -407,7 +433,12 @@ impl PgStore {
     /// System: returns runs whose lease expired (their worker died) to the queue.
     pub async fn reclaim_expired(&self, now: Millis) -> Result<usize, StoreError> {
         let mut tx = self.system_tx().await?;
-        let n = sqlx::query("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_expires < $1")
+        let sql = format!(
+            "WITH back AS (UPDATE run_queue SET lease_owner = NULL, lease_expires = NULL
+               WHERE lease_owner IS NOT NULL AND lease_expires < $1 RETURNING tenant_id, workspace_id, run_id)
+             {REQUEUE_RUNS}"
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -422,14 +453,22 @@ impl PgStore {
 
     /// System: returns every running run not owned by `owner` to the queue.
     pub async fn reclaim_all_except(&self, owner: &str) -> Result<usize, StoreError> {
-        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS DISTINCT FROM $1", owner, None, true)
-            .await
+        let sql = format!(
+            "WITH back AS (UPDATE run_queue SET lease_owner = NULL, lease_expires = NULL
+               WHERE lease_owner IS NOT NULL AND lease_owner <> $1 RETURNING tenant_id, workspace_id, run_id)
+             {REQUEUE_RUNS}"
+        );
+        self.system_update(&sql, owner, None, true).await
     }
 
     /// Hands `owner`'s running runs back to the queue (graceful shutdown).
     pub async fn release_leases(&self, owner: &str) -> Result<usize, StoreError> {
-        self.system_update("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = $1", owner, None, true)
-            .await
+        let sql = format!(
+            "WITH back AS (UPDATE run_queue SET lease_owner = NULL, lease_expires = NULL
+               WHERE lease_owner = $1 RETURNING tenant_id, workspace_id, run_id)
+             {REQUEUE_RUNS}"
+        );
+        self.system_update(&sql, owner, None, true).await
     }
 
     /// Checkpoints a step of a run `owner` holds; false (nothing written) when it no longer holds it.
@@ -448,7 +487,7 @@ impl PgStore {
         let n = sqlx::query(
             "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
-             WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running' AND lease_owner = $12)
+             WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
              ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
                output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
         )
@@ -493,14 +532,27 @@ impl PgStore {
         let rid = run.to_string();
         let output = output.as_ref().map(Value::to_string);
         let mut tx = self.tenant_tx(&t).await?;
-        let n = sqlx::query(
-            "UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8, lease_owner = NULL, lease_expires = NULL
-             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running' AND lease_owner = $4",
+        let held = sqlx::query(
+            "DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4",
         )
         .bind(&t)
         .bind(&w)
         .bind(&rid)
         .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if held == 0 {
+            return Ok(false);
+        }
+        let n = sqlx::query(
+            "UPDATE runs SET status = $4, output = $5::jsonb, error = $6, finished_at = $7
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running'",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
         .bind(status.as_str())
         .bind(&output)
         .bind(&error)
@@ -539,6 +591,14 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let rid = run.to_string();
         let mut tx = self.tenant_tx(&t).await?;
+        // Queue row first (the lock order of claims and finishes), then the run.
+        sqlx::query("DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3")
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 FOR UPDATE")
             .bind(&t)
             .bind(&w)
@@ -553,7 +613,7 @@ impl PgStore {
             return Ok(status);
         }
         sqlx::query(
-            "UPDATE runs SET status = 'cancelled', finished_at = $4, error = 'cancelled on request', lease_owner = NULL, lease_expires = NULL
+            "UPDATE runs SET status = 'cancelled', finished_at = $4, error = 'cancelled on request'
              WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         )
         .bind(&t)

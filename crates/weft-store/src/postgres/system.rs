@@ -143,7 +143,7 @@ impl PgStore {
             "SELECT COALESCE((SELECT SUM(runs_in_month) FILTER (WHERE month = $2) FROM tenant_usage WHERE tenant_id = $1), 0)::bigint,
                     COALESCE((SELECT SUM(stored_bytes) FROM tenant_usage WHERE tenant_id = $1), 0)::bigint,
                     (SELECT COUNT(*) FROM flows WHERE tenant_id = $1 AND published_version IS NOT NULL),
-                    (SELECT COUNT(*) FROM runs WHERE tenant_id = $1 AND status = 'running')",
+                    (SELECT COUNT(*) FROM run_queue WHERE tenant_id = $1 AND lease_owner IS NOT NULL)",
         )
         .bind(&t)
         .bind(&current)
