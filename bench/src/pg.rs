@@ -68,7 +68,7 @@ impl Pg {
     pub fn claims(&self) -> anyhow::Result<ClaimStats> {
         let s = self.query(
             "SELECT coalesce(sum(calls),0) || '|' || coalesce(sum(total_exec_time),0) || '|' || coalesce(sum(rows),0)
-             FROM pg_stat_statements WHERE query LIKE '%SKIP LOCKED%' AND query LIKE 'UPDATE runs%'",
+             FROM pg_stat_statements WHERE query LIKE '%SKIP LOCKED%' AND query NOT LIKE '%pg_stat_statements%'",
         )?;
         let mut it = s.split('|').map(|x| x.trim().parse::<f64>().unwrap_or(0.0));
         Ok(ClaimStats {

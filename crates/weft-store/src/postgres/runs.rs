@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use weft_types::{Millis, RunId, RunStatus, Scope, StepStatus};
 
 use super::PgStore;
-use super::store::{Tx, append, db, notify_work, parse};
+use super::store::{Tx, append, db, parse};
 use crate::*;
 
 const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
@@ -158,7 +158,7 @@ async fn add_usage(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
-         VALUES ($1, pg_backend_pid() % 16, $2, $3, $4)
+         VALUES ($1, pg_backend_pid() % 256, $2, $3, $4)
          ON CONFLICT (tenant_id, shard) DO UPDATE SET
            runs_in_month = CASE WHEN u.month = $2 THEN u.runs_in_month + $3 ELSE $3 END,
            month = $2, stored_bytes = u.stored_bytes + $4",
@@ -269,10 +269,10 @@ impl PgStore {
         let trigger = run.trigger.to_string();
         let mut tx = self.tenant_tx(&run.scope.tenant.to_string()).await?;
         let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
-        if !ins.duplicate {
-            notify_work(&mut tx).await?;
-        }
         tx.commit().await.map_err(db)?;
+        if !ins.duplicate {
+            self.announce();
+        }
         Ok(ins)
     }
 
@@ -412,10 +412,10 @@ impl PgStore {
             None => q,
         };
         let n = q.execute(&mut *tx).await.map_err(db)?.rows_affected();
-        if n > 0 && requeues {
-            notify_work(&mut tx).await?;
-        }
         tx.commit().await.map_err(db)?;
+        if n > 0 && requeues {
+            self.announce();
+        }
         Ok(n as usize)
     }
 
@@ -444,10 +444,10 @@ impl PgStore {
             .await
             .map_err(db)?
             .rows_affected();
-        if n > 0 {
-            notify_work(&mut tx).await?;
-        }
         tx.commit().await.map_err(db)?;
+        if n > 0 {
+            self.announce();
+        }
         Ok(n as usize)
     }
 
@@ -592,13 +592,15 @@ impl PgStore {
         let rid = run.to_string();
         let mut tx = self.tenant_tx(&t).await?;
         // Queue row first (the lock order of claims and finishes), then the run.
-        sqlx::query("DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3")
-            .bind(&t)
-            .bind(&w)
-            .bind(&rid)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        sqlx::query(
+            "DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 FOR UPDATE")
             .bind(&t)
             .bind(&w)

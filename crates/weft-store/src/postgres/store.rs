@@ -46,6 +46,8 @@ pub(super) type Tx = Transaction<'static, Postgres>;
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pub(super) pool: PgPool,
+    /// Asks the announcer task to NOTIFY other processes of new work (see [`PgStore::announce`]).
+    announce: tokio::sync::mpsc::Sender<()>,
 }
 
 const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
@@ -217,7 +219,32 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(db)?;
-        Ok(Self { pool })
+        let (announce, mut wants) = tokio::sync::mpsc::channel::<()>(1);
+        let p = pool.clone();
+        tokio::spawn(async move {
+            // Ends when the last store clone is dropped.
+            while wants.recv().await.is_some() {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WORK_CHANNEL)
+                    .execute(&p)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not announce new work; workers will poll");
+                }
+                // Announcements asked for meanwhile are folded into the next one.
+                tokio::time::sleep(ANNOUNCE_EVERY).await;
+            }
+        });
+        Ok(Self { pool, announce })
+    }
+
+    /// Tells workers in other processes (after the caller committed) that there is new work:
+    /// at most one NOTIFY per [`ANNOUNCE_EVERY`] per process. A NOTIFY inside each inserting
+    /// transaction made every such commit queue on PostgreSQL's notification lock, so intake
+    /// commits were flushed one at a time instead of group-committed.
+    pub(super) fn announce(&self) {
+        // A full channel already holds a pending announcement.
+        let _ = self.announce.try_send(());
     }
 
     /// A transaction that sees one tenant's rows.
@@ -796,14 +823,8 @@ impl PgStore {
 pub(super) const WORK_CHANNEL: &str = "weft_work";
 
 /// Announces new ready work when the transaction commits (notifications are transactional).
-pub(super) async fn notify_work(tx: &mut Tx) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WORK_CHANNEL)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    Ok(())
-}
+/// How often a process may NOTIFY other processes of new work.
+const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl PgStore {
     /// A stream of "there may be new work" signals from every process (LISTEN/NOTIFY). The

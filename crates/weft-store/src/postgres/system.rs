@@ -7,7 +7,7 @@ use weft_types::{FlowId, HookId, Millis, Scope, TenantId};
 
 use super::PgStore;
 use super::runs::insert_run_tx;
-use super::store::{db, notify_work, parse};
+use super::store::{db, parse};
 use crate::*;
 
 impl PgStore {
@@ -129,8 +129,8 @@ impl PgStore {
             return Ok(None);
         }
         let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
-        notify_work(&mut tx).await?;
         tx.commit().await.map_err(db)?;
+        self.announce();
         Ok(Some(ins))
     }
 
