@@ -1,7 +1,6 @@
 //! Identity routes: workspaces, API keys, members, and browser sessions (login/logout).
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::Json;
@@ -10,7 +9,6 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use weft_store::{NewKey, hash_secret};
 use weft_types::{KeyId, Permission, Role, UserId, random_secret};
 
@@ -481,12 +479,9 @@ pub(crate) async fn remove_member(
 
 // ---- sessions --------------------------------------------------------------------------------
 
-/// Login throttles: per client address and per account.
-pub(crate) struct LoginLimits {
-    by_net: DefaultKeyedRateLimiter<IpAddr>,
-    by_account_net: DefaultKeyedRateLimiter<(String, Option<IpAddr>)>,
-    by_account: DefaultKeyedRateLimiter<String>,
-}
+/// Login throttles: per client address and per account, counted in the store so every API
+/// process shares them.
+pub(crate) struct LoginLimits;
 
 /// The network an address belongs to for throttling: the address for IPv4, its /64 for IPv6
 /// (one host usually owns a whole /64).
@@ -505,40 +500,37 @@ impl LoginLimits {
     /// per account from everywhere. Guessing from one place stops quickly, and locking a user
     /// out takes many networks.
     pub(crate) fn new() -> Arc<Self> {
-        let n = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Arc::new(LoginLimits {
-            by_net: RateLimiter::keyed(Quota::per_minute(n(20))),
-            by_account_net: RateLimiter::keyed(Quota::per_minute(n(5))),
-            by_account: RateLimiter::keyed(Quota::per_hour(n(100))),
-        })
+        Arc::new(LoginLimits)
     }
 
-    fn check(&self, ip: Option<IpAddr>, account: &str) -> Result<(), Problem> {
-        // Bound the memory of the keyed state under a spray of distinct keys.
-        if self.by_account.len() > 50_000 {
-            self.by_account.retain_recent();
-        }
-        if self.by_account_net.len() > 50_000 {
-            self.by_account_net.retain_recent();
-        }
-        if self.by_net.len() > 50_000 {
-            self.by_net.retain_recent();
-        }
+    async fn check(&self, s: &AppState, ip: Option<IpAddr>, account: &str) -> Result<(), Problem> {
+        use weft_store::rate::{Rate, RateDecision};
+        let store = s.engine.store();
+        let now_us = s.engine.clock().now_ms().saturating_mul(1000);
+        // Keys hold a hash of the email: bounded size, and no addresses in the table.
+        let acct = hash_secret(account);
         let net = ip.map(network);
-        let limited = net.is_some_and(|n| self.by_net.check_key(&n).is_err())
-            || self
-                .by_account_net
-                .check_key(&(account.to_string(), net))
-                .is_err()
-            || self.by_account.check_key(&account.to_string()).is_err();
-        if limited {
-            let mut p = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                "too many login attempts for this account or from this address; wait a minute and try again",
-            );
-            p.retry_after = Some(60);
-            return Err(p);
+        let mut checks = Vec::with_capacity(3);
+        if let Some(n) = net {
+            checks.push((format!("login:net:{n}"), Rate::per_minute(20)));
+        }
+        let net_s = net.map_or_else(|| "-".to_string(), |n| n.to_string());
+        checks.push((
+            format!("login:acct-net:{acct}:{net_s}"),
+            Rate::per_minute(5),
+        ));
+        checks.push((format!("login:acct:{acct}"), Rate::per_hour(100)));
+        for (key, rate) in checks {
+            let d = store.rate_take(&key, rate, now_us).await?;
+            if d != RateDecision::Allowed {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "too many login attempts for this account or from this address; wait a minute and try again",
+                );
+                p.retry_after = Some(60);
+                return Err(p);
+            }
         }
         Ok(())
     }
@@ -611,7 +603,7 @@ pub(crate) async fn login(
     if b.password.len() > 1024 {
         return Err(Problem::invalid("password", "must be at most 1024 bytes"));
     }
-    s.login_limits.check(ip, &email)?;
+    s.login_limits.check(&s, ip, &email).await?;
     let user = s
         .engine
         .store()

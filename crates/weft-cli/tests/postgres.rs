@@ -135,3 +135,94 @@ fn an_api_process_takes_webhooks_and_a_worker_process_runs_them() {
     }
     assert_eq!(sink.all().len(), 10);
 }
+
+/// An HTTP call with an optional bearer token; (status, JSON body).
+fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().request(method.parse().unwrap(), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+#[test]
+fn rate_limits_are_shared_by_every_process() {
+    let url = fresh_db();
+    let sink = Sink::start(SinkBehavior::default());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(d1.path(), None, &[], &["--database-url", &url]);
+    let b = Server::start(d2.path(), Some(&a.key), &[], &["--database-url", &url]);
+    let admin = a.admin_token.clone().unwrap();
+    let (st, tenants) = http(
+        "GET",
+        &format!("{}/api/v1/admin/tenants", a.url),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(st, 200, "{tenants}");
+    let tenant = tenants["items"][0]["id"].as_str().unwrap().to_string();
+    let (st, v) = http(
+        "PATCH",
+        &format!("{}/api/v1/admin/tenants/{tenant}", a.url),
+        Some(&admin),
+        Some(serde_json::json!({"limits": {"webhook_rps": 3}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let f = a.apply(&flow(&sink.url));
+    let hook_a = f["hook_url"].as_str().unwrap().to_string();
+    let hook_b = hook_a.replace(&a.url, &b.url);
+    // Process b may have cached the plan before the change: its cache lives 2 s.
+    std::thread::sleep(Duration::from_millis(2100));
+    // Alternate between the processes: with a bucket each, about twice the plan would pass.
+    let t0 = std::time::Instant::now();
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..12 {
+        let hook = if i % 2 == 0 { &hook_a } else { &hook_b };
+        let (st, ack) = post_hook(hook, &format!(r#"{{"id": {i}}}"#), &[]).unwrap();
+        match st {
+            202 => accepted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected {other}: {ack}"),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let allowed = 3 + (elapsed * 3.0).ceil() as i32;
+    assert!(accepted >= 3, "the burst passes: {accepted}");
+    assert!(
+        accepted <= allowed,
+        "{accepted} accepted in {elapsed:.2} s across two processes; one shared limit allows {allowed}"
+    );
+    assert_eq!(accepted + limited, 12);
+
+    // Login attempts too: 5 a minute per account from one address, wherever they land.
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 { &a.url } else { &b.url };
+        let (st, _) = http(
+            "POST",
+            &format!("{base}/api/v1/auth/login"),
+            None,
+            Some(serde_json::json!({"email": "nobody@example.com", "password": "wrong password"})),
+        );
+        codes.push(st);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
+}

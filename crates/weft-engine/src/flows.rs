@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use weft_flow::{ActionCatalog, CompiledFlow, FlowDef, TriggerKind};
@@ -50,8 +49,8 @@ enum IntakeRule {
     Open,
     /// A limit of 0: every request is refused.
     Closed,
-    /// A token bucket of the plan's requests per second.
-    Limited(Arc<DefaultDirectRateLimiter>),
+    /// The plan's requests per second, counted in the store (shared by every process).
+    Limited(weft_store::rate::Rate),
 }
 
 impl IntakeRule {
@@ -60,7 +59,7 @@ impl IntakeRule {
             None => IntakeRule::Open,
             Some(r) => match std::num::NonZeroU32::new(r.clamp(0, u32::MAX as i64) as u32) {
                 None => IntakeRule::Closed,
-                Some(n) => IntakeRule::Limited(Arc::new(RateLimiter::direct(Quota::per_second(n)))),
+                Some(n) => IntakeRule::Limited(weft_store::rate::Rate::per_second(n.get())),
             },
         }
     }
@@ -414,12 +413,25 @@ impl Engine {
                 detail: "the tenant's plan allows no webhook requests (webhook_rps is 0); nothing was stored".into(),
                 retry_after: None,
             }),
-            IntakeRule::Limited(l) if l.check().is_err() => Err(EngineError::Quota {
-                limit: "webhook_rps",
-                detail: "the tenant is over its plan's webhook requests per second; nothing was stored. Retry after a second".into(),
-                retry_after: Some(1),
-            }),
-            IntakeRule::Limited(_) => Ok(()),
+            IntakeRule::Limited(rate) => {
+                let now_us = self.inner.opts.clock.now_ms().saturating_mul(1000);
+                match self
+                    .inner
+                    .opts
+                    .store
+                    .rate_take(&format!("webhook:{tenant}"), rate, now_us)
+                    .await?
+                {
+                    weft_store::rate::RateDecision::Allowed => Ok(()),
+                    weft_store::rate::RateDecision::Limited { retry_after_ms } => {
+                        Err(EngineError::Quota {
+                            limit: "webhook_rps",
+                            detail: "the tenant is over its plan's webhook requests per second; nothing was stored. Retry after a second".into(),
+                            retry_after: Some(retry_after_ms.div_ceil(1000).max(1)),
+                        })
+                    }
+                }
+            }
         }
     }
 

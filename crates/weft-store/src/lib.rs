@@ -9,6 +9,7 @@ pub mod fair;
 mod model;
 pub mod postgres;
 mod quota;
+pub mod rate;
 mod sqlite;
 mod store;
 

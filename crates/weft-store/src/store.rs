@@ -76,6 +76,9 @@ macro_rules! dispatch {
 }
 
 dispatch! {
+    /// Counts one request against the limit `rate` of `key`: in memory for the embedded store,
+    /// in a row every process shares for PostgreSQL.
+    fn rate_take(key: &str, rate: crate::rate::Rate, now_us: i64) -> Result<crate::rate::RateDecision, StoreError>;
     /// Creates the flow or saves a new version of it; publishes the new version when `publish`.
     fn save_flow(scope: Scope, name: &str, definition: Value, publish: bool, actor: Actor, now: Millis) -> Result<FlowRecord, StoreError>;
     /// A flow by id (`flw_…`) or by name.

@@ -933,3 +933,32 @@ async fn postgres_announces_new_work_to_other_processes() {
             .is_none()
     );
 }
+
+conformance!(rate_limits_allow_the_burst_refuse_then_refill, |s| {
+    use weft_store::rate::{Rate, RateDecision};
+    let r = Rate::per_second(3);
+    let t0 = 1_000_000_000;
+    for _ in 0..3 {
+        assert_eq!(
+            s.rate_take("k1", r, t0).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+    match s.rate_take("k1", r, t0).await.unwrap() {
+        RateDecision::Limited { retry_after_ms } => assert_eq!(retry_after_ms, 334),
+        RateDecision::Allowed => panic!("the fourth request in the same instant is over the limit"),
+    }
+    // Another key has its own bucket; a third of a second later one more fits.
+    assert_eq!(
+        s.rate_take("k2", r, t0).await.unwrap(),
+        RateDecision::Allowed
+    );
+    assert_eq!(
+        s.rate_take("k1", r, t0 + 333_334).await.unwrap(),
+        RateDecision::Allowed
+    );
+    assert_ne!(
+        s.rate_take("k1", r, t0 + 333_334).await.unwrap(),
+        RateDecision::Allowed
+    );
+});

@@ -41,8 +41,9 @@ pub const TENANT_TABLES: &[&str] = &[
 ];
 
 /// Tables only the PostgreSQL schema has (the schema parity test skips them). `run_queue`
-/// keeps the MVCC churn of claiming out of `runs`; SQLite updates in place and needs none.
-pub const PG_ONLY_TABLES: &[&str] = &["run_queue"];
+/// keeps the MVCC churn of claiming out of `runs`, and `rate_limits` shares limits between
+/// processes; SQLite updates in place and has one process, which keeps its limits in memory.
+pub const PG_ONLY_TABLES: &[&str] = &["run_queue", "rate_limits"];
 
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Db(e.to_string())

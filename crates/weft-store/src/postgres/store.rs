@@ -48,6 +48,8 @@ pub struct PgStore {
     pub(super) pool: PgPool,
     /// Asks the announcer task to NOTIFY other processes of new work (see [`PgStore::announce`]).
     announce: tokio::sync::mpsc::Sender<()>,
+    /// Rate-limit calls so far (every 4096th also prunes idle keys).
+    rate_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
@@ -235,7 +237,61 @@ impl PgStore {
                 tokio::time::sleep(ANNOUNCE_EVERY).await;
             }
         });
-        Ok(Self { pool, announce })
+        Ok(Self {
+            pool,
+            announce,
+            rate_calls: Default::default(),
+        })
+    }
+
+    /// Counts one request against the limit `rate` of `key`, shared by every process (GCRA:
+    /// one atomic upsert that only moves the key's TAT when the request is allowed).
+    pub async fn rate_take(
+        &self,
+        key: &str,
+        rate: crate::rate::Rate,
+        now_us: i64,
+    ) -> Result<crate::rate::RateDecision, StoreError> {
+        let n = self
+            .rate_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 4096 == 4095 {
+            // Keys whose bucket is full again carry no state worth keeping.
+            sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
+                .bind(now_us)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
+        let cap = rate.interval_us.saturating_mul(rate.burst.max(1));
+        let allowed = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO rate_limits AS r (key, tat) VALUES ($1, $2 + $3)
+             ON CONFLICT (key) DO UPDATE SET tat = GREATEST(r.tat, $2) + $3
+               WHERE GREATEST(r.tat, $2) + $3 - $2 <= $4
+             RETURNING tat",
+        )
+        .bind(key)
+        .bind(now_us)
+        .bind(rate.interval_us)
+        .bind(cap)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        if allowed.is_some() {
+            return Ok(crate::rate::RateDecision::Allowed);
+        }
+        let tat: Option<i64> = sqlx::query_scalar("SELECT tat FROM rate_limits WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        // Decided again from the row just read: the same rule as the upsert, for the wait.
+        Ok(match crate::rate::gcra(tat, now_us, rate).0 {
+            crate::rate::RateDecision::Allowed => {
+                crate::rate::RateDecision::Limited { retry_after_ms: 1 }
+            }
+            limited => limited,
+        })
     }
 
     /// Tells workers in other processes (after the caller committed) that there is new work:

@@ -60,6 +60,8 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     commits: Arc<AtomicU64>,
+    /// Rate-limit state (TAT per key): one process owns an embedded store, so memory suffices.
+    rates: Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Drop for Inner {
@@ -123,8 +125,28 @@ impl SqliteStore {
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(readers),
                 commits,
+                rates: Mutex::default(),
             }),
         })
+    }
+
+    /// Counts one request against the limit `rate` of `key` (GCRA, in memory).
+    pub async fn rate_take(
+        &self,
+        key: &str,
+        rate: crate::rate::Rate,
+        now_us: i64,
+    ) -> Result<crate::rate::RateDecision, StoreError> {
+        let mut m = self.inner.rates.lock().map_err(|_| StoreError::Closed)?;
+        if m.len() >= 100_000 {
+            // Keys whose bucket is full again carry no state worth keeping.
+            m.retain(|_, tat| *tat > now_us);
+        }
+        let (d, tat) = crate::rate::gcra(m.get(key).copied(), now_us, rate);
+        if let Some(t) = tat {
+            m.insert(key.to_string(), t);
+        }
+        Ok(d)
     }
 
     /// Write transactions committed so far (each may carry many writes: group commit).

@@ -48,3 +48,11 @@ ALTER TABLE run_queue FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON run_queue
     USING (tenant_id = current_setting('weft.tenant_id', true) OR current_setting('weft.system', true) = 'on')
     WITH CHECK (tenant_id = current_setting('weft.tenant_id', true) OR current_setting('weft.system', true) = 'on');
+
+-- Rate limits shared by every process (GCRA: one theoretical arrival time per key, in µs).
+-- Unlogged: the state is worth nothing after a crash (limits just start afresh), and commits
+-- that touch only unlogged tables do not wait for a WAL flush.
+CREATE UNLOGGED TABLE rate_limits (
+    key TEXT PRIMARY KEY,
+    tat BIGINT NOT NULL
+);
