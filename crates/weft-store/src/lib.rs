@@ -49,6 +49,10 @@ pub enum StoreError {
     /// A rule about the data was broken (e.g. removing the last owner).
     #[error("{0}")]
     Rule(String),
+    /// The database gave up on a transaction that may succeed when retried (a deadlock or a
+    /// serialization failure); nothing of it was written.
+    #[error("the database asked to retry: {0}")]
+    Busy(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -2,6 +2,7 @@
 //! non-owner application role use them, and [`PgStore`], which implements every store
 //! operation (behind `Store::Postgres`; `tests/conformance.rs` runs each case on both backends).
 
+mod batch;
 mod identity;
 mod members;
 mod runs;

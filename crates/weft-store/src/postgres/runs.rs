@@ -92,24 +92,35 @@ async fn insert_logs(
     now: Millis,
     logs: &[NewLog],
 ) -> Result<(), StoreError> {
-    for l in logs {
-        sqlx::query("INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(t)
-            .bind(w)
-            .bind(run)
-            .bind(now)
-            .bind(l.level)
-            .bind(&l.step_id)
-            .bind(&l.message)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
+    if logs.is_empty() {
+        return Ok(());
     }
+    // One statement for all lines, in order (their seq follows the ordinality).
+    let levels: Vec<&str> = logs.iter().map(|l| l.level).collect();
+    let steps: Vec<Option<&str>> = logs.iter().map(|l| l.step_id.as_deref()).collect();
+    let messages: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
+         SELECT $1, $2, $3, $4, l.level, l.step_id, l.message
+         FROM UNNEST($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
+         ORDER BY l.n",
+    )
+    .bind(t)
+    .bind(w)
+    .bind(run)
+    .bind(now)
+    .bind(levels)
+    .bind(steps)
+    .bind(messages)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
-/// Counts a new run against the tenant's plan, or refuses it (same rules as SQLite).
-async fn charge_run(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
+/// Refuses a new run the tenant's plan does not allow (same rules as SQLite); writes nothing.
+/// The caller charges the run with [`add_usage`] once it is inserted.
+async fn check_quota(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
     let month = crate::quota::month_of(now);
     let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = $1")
@@ -145,7 +156,7 @@ async fn charge_run(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(),
             return Err(crate::quota::bytes_exceeded(stored, limit));
         }
     }
-    add_usage(tx, t, &month, 1, bytes).await
+    Ok(())
 }
 
 /// Adds to this connection's shard of the tenant's usage counters.
@@ -173,6 +184,8 @@ async fn add_usage(
     Ok(())
 }
 
+/// Inserts a queued run in `tx`. Every check comes before any write that could be wrong to
+/// keep, so a refusal leaves nothing behind even inside a batch of other writes.
 pub(super) async fn insert_run_tx(
     tx: &mut Tx,
     r: &NewRun,
@@ -180,6 +193,7 @@ pub(super) async fn insert_run_tx(
 ) -> Result<Inserted, StoreError> {
     let (t, w) = scope_strs(&r.scope);
     let flow = r.flow_id.to_string();
+    let mut expired_key_holder = None;
     if let Some(key) = &r.dedupe_key {
         let existing = sqlx::query("SELECT id, created_at FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND dedupe_key = $4 FOR UPDATE")
             .bind(&t)
@@ -197,36 +211,28 @@ pub(super) async fn insert_run_tx(
                     duplicate: true,
                 });
             }
-            sqlx::query("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3")
-                .bind(&t)
-                .bind(&w)
-                .bind(&id)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+            expired_key_holder = Some(id);
         }
     }
-    charge_run(tx, &t, trigger.len() as i64, r.now).await?;
-    if let Some(actor) = &r.audit {
-        append(
-            tx,
-            &t,
-            r.now,
-            &Audit {
-                actor: actor.clone(),
-                action: "run.start",
-                object_kind: "run",
-                object_id: r.id.to_string(),
-                workspace: Some(r.scope.workspace),
-                detail: json!({"flow": r.flow_name, "flow_version": r.flow_version}),
-            },
-        )
-        .await?;
+    check_quota(tx, &t, trigger.len() as i64, r.now).await?;
+    if let Some(id) = expired_key_holder {
+        // The old run keeps its history but gives up the expired key.
+        sqlx::query("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3")
+            .bind(&t)
+            .bind(&w)
+            .bind(&id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
     }
     // A concurrent insert of the same dedupe key loses on the unique index and reports the winner.
     let n = sqlx::query(
-        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9) ON CONFLICT DO NOTHING",
+        "WITH ins AS (
+           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9) ON CONFLICT DO NOTHING
+           RETURNING tenant_id, workspace_id, id, not_before)
+         INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
+         SELECT tenant_id, workspace_id, id, not_before FROM ins",
     )
     .bind(&t)
     .bind(&w)
@@ -247,33 +253,140 @@ pub(super) async fn insert_run_tx(
                 .into(),
         ));
     }
-    sqlx::query(
-        "INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before) VALUES ($1, $2, $3, $4)",
+    add_usage(
+        tx,
+        &t,
+        &crate::quota::month_of(r.now),
+        1,
+        trigger.len() as i64,
     )
-    .bind(&t)
-    .bind(&w)
-    .bind(r.id.to_string())
-    .bind(r.now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
+    if let Some(actor) = &r.audit {
+        append(
+            tx,
+            &t,
+            r.now,
+            &Audit {
+                actor: actor.clone(),
+                action: "run.start",
+                object_kind: "run",
+                object_id: r.id.to_string(),
+                workspace: Some(r.scope.workspace),
+                detail: json!({"flow": r.flow_name, "flow_version": r.flow_version}),
+            },
+        )
+        .await?;
+    }
     Ok(Inserted {
         run_id: r.id,
         duplicate: false,
     })
 }
 
+/// Checkpoints a step in `tx` (tenant set); false, writing nothing, when `owner` no longer
+/// holds the run.
+pub(super) async fn checkpoint_tx(
+    tx: &mut Tx,
+    scope: &Scope,
+    run: RunId,
+    owner: &str,
+    cp: &StepCheckpoint,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let (t, w) = scope_strs(scope);
+    let rid = run.to_string();
+    let s = &cp.step;
+    let n = sqlx::query(
+        "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
+         WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
+         ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+           output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(&rid)
+    .bind(&s.step_id)
+    .bind(s.idx)
+    .bind(s.status.as_str())
+    .bind(s.attempts)
+    .bind(s.output.as_ref().map(Value::to_string))
+    .bind(&s.error)
+    .bind(s.started_at)
+    .bind(s.finished_at)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
+    insert_logs(tx, &t, &w, &rid, now, &cp.logs).await?;
+    Ok(true)
+}
+
+/// Finishes a run in `tx` (tenant set); false, writing nothing, when `owner` no longer holds it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn finish_tx(
+    tx: &mut Tx,
+    scope: &Scope,
+    run: RunId,
+    owner: &str,
+    status: RunStatus,
+    output: Option<&Value>,
+    error: Option<&str>,
+    logs: &[NewLog],
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let (t, w) = scope_strs(scope);
+    let rid = run.to_string();
+    let output = output.map(Value::to_string);
+    // Queue row first (the lock order of claims and cancels), then the run.
+    let n = sqlx::query(
+        "WITH held AS (
+           DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4
+           RETURNING run_id)
+         UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8
+         WHERE tenant_id = $1 AND workspace_id = $2 AND id IN (SELECT run_id FROM held)",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(&rid)
+    .bind(owner)
+    .bind(status.as_str())
+    .bind(&output)
+    .bind(error)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if n == 0 {
+        return Ok(false);
+    }
+    let bytes: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(LENGTH(output::text)), 0)::bigint + $4 FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(&rid)
+    .bind(output.as_ref().map_or(0, |o| o.len() as i64))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    if bytes > 0 {
+        add_usage(tx, &t, &crate::quota::month_of(now), 0, bytes).await?;
+    }
+    insert_logs(tx, &t, &w, &rid, now, logs).await?;
+    Ok(true)
+}
+
 impl PgStore {
     /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
     pub async fn insert_run(&self, run: NewRun) -> Result<Inserted, StoreError> {
-        let trigger = run.trigger.to_string();
-        let mut tx = self.tenant_tx(&run.scope.tenant.to_string()).await?;
-        let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
-        tx.commit().await.map_err(db)?;
-        if !ins.duplicate {
-            self.announce();
-        }
-        Ok(ins)
+        self.batch(|reply| super::batch::Job::Insert { run, reply })
+            .await
     }
 
     /// System: claims up to `limit` ready runs for `owner`, shared fairly across tenants.
@@ -480,39 +593,15 @@ impl PgStore {
         cp: StepCheckpoint,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (t, w) = scope_strs(&scope);
-        let rid = run.to_string();
-        let s = &cp.step;
-        let mut tx = self.tenant_tx(&t).await?;
-        let n = sqlx::query(
-            "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
-             WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
-             ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-               output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
-        )
-        .bind(&t)
-        .bind(&w)
-        .bind(&rid)
-        .bind(&s.step_id)
-        .bind(s.idx)
-        .bind(s.status.as_str())
-        .bind(s.attempts)
-        .bind(s.output.as_ref().map(Value::to_string))
-        .bind(&s.error)
-        .bind(s.started_at)
-        .bind(s.finished_at)
-        .bind(owner)
-        .execute(&mut *tx)
+        self.batch(|reply| super::batch::Job::Checkpoint {
+            scope,
+            run,
+            owner: owner.to_string(),
+            cp,
+            now,
+            reply,
+        })
         .await
-        .map_err(db)?
-        .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        insert_logs(&mut tx, &t, &w, &rid, now, &cp.logs).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
     }
 
     /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
@@ -528,56 +617,18 @@ impl PgStore {
         logs: Vec<NewLog>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (t, w) = scope_strs(&scope);
-        let rid = run.to_string();
-        let output = output.as_ref().map(Value::to_string);
-        let mut tx = self.tenant_tx(&t).await?;
-        let held = sqlx::query(
-            "DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4",
-        )
-        .bind(&t)
-        .bind(&w)
-        .bind(&rid)
-        .bind(owner)
-        .execute(&mut *tx)
+        self.batch(|reply| super::batch::Job::Finish {
+            scope,
+            run,
+            owner: owner.to_string(),
+            status,
+            output,
+            error,
+            logs,
+            now,
+            reply,
+        })
         .await
-        .map_err(db)?
-        .rows_affected();
-        if held == 0 {
-            return Ok(false);
-        }
-        let n = sqlx::query(
-            "UPDATE runs SET status = $4, output = $5::jsonb, error = $6, finished_at = $7
-             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'running'",
-        )
-        .bind(&t)
-        .bind(&w)
-        .bind(&rid)
-        .bind(status.as_str())
-        .bind(&output)
-        .bind(&error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        let steps: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(LENGTH(output::text)), 0)::bigint FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3")
-            .bind(&t)
-            .bind(&w)
-            .bind(&rid)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-        let bytes = steps + output.as_ref().map_or(0, |o| o.len() as i64);
-        if bytes > 0 {
-            add_usage(&mut tx, &t, &crate::quota::month_of(now), 0, bytes).await?;
-        }
-        insert_logs(&mut tx, &t, &w, &rid, now, &logs).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
     }
 
     /// Cancels a run that has not finished; returns its status afterwards.

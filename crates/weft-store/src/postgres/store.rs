@@ -19,6 +19,10 @@ pub(super) fn db(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() => {
             StoreError::Conflict(d.message().to_string())
         }
+        // deadlock_detected, serialization_failure
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
+            StoreError::Busy(d.message().to_string())
+        }
         other => StoreError::Db(other.to_string()),
     }
 }
@@ -50,6 +54,8 @@ pub struct PgStore {
     announce: tokio::sync::mpsc::Sender<()>,
     /// Rate-limit calls so far (every 4096th also prunes idle keys).
     rate_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The group-commit writers' queue (see `batch.rs`).
+    writes: tokio::sync::mpsc::Sender<super::batch::Job>,
 }
 
 const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
@@ -237,11 +243,26 @@ impl PgStore {
                 tokio::time::sleep(ANNOUNCE_EVERY).await;
             }
         });
+        let writes = super::batch::start(pool.clone(), announce.clone());
         Ok(Self {
             pool,
             announce,
             rate_calls: Default::default(),
+            writes,
         })
+    }
+
+    /// Queues a write for the group-commit writers and waits for its committed answer.
+    pub(super) async fn batch<T>(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> super::batch::Job,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(job(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Counts one request against the limit `rate` of `key`, shared by every process (GCRA:
