@@ -222,13 +222,19 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
         if let Some(e) = err {
             match e {
                 // These abort the transaction (and so every job in it).
-                StoreError::Db(_) | StoreError::Busy(_) | StoreError::Corrupt(_) | StoreError::Closed => {
+                StoreError::Db(_)
+                | StoreError::Busy(_)
+                | StoreError::Corrupt(_)
+                | StoreError::Closed => {
                     return Err(e);
                 }
                 // A refusal the job reported before writing; but a database-raised conflict
                 // would have aborted the transaction: make sure it is still usable.
                 _ => {
-                    sqlx::query("SELECT 1").execute(&mut *tx).await.map_err(|_| e)?;
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|_| e)?;
                 }
             }
         }

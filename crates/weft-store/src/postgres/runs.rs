@@ -348,7 +348,7 @@ pub(super) async fn finish_tx(
            DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4
            RETURNING run_id)
          UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8
-         WHERE tenant_id = $1 AND workspace_id = $2 AND id IN (SELECT run_id FROM held)",
+         WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND EXISTS (SELECT 1 FROM held)",
     )
     .bind(&t)
     .bind(&w)
@@ -535,7 +535,10 @@ impl PgStore {
     /// System: extends the leases of every run `owner` is running.
     pub async fn renew_leases(&self, owner: &str, until: Millis) -> Result<usize, StoreError> {
         self.system_update(
-            "UPDATE run_queue SET lease_expires = $2 WHERE lease_owner = $1",
+            // Rows locked right now are being finished or cancelled: skip rather than queue
+            // behind (and possibly deadlock with) their batches.
+            "UPDATE run_queue SET lease_expires = $2 WHERE (tenant_id, workspace_id, run_id) IN (
+               SELECT tenant_id, workspace_id, run_id FROM run_queue WHERE lease_owner = $1 FOR UPDATE SKIP LOCKED)",
             owner,
             Some(until),
             false,
