@@ -962,3 +962,79 @@ conformance!(rate_limits_allow_the_burst_refuse_then_refill, |s| {
         RateDecision::Allowed
     );
 });
+
+conformance!(
+    concurrent_inserts_refused_by_a_quota_leave_nothing_behind,
+    |s| {
+        // Many inserts at once, for a limited and an unlimited tenant, with repeated delivery keys:
+        // on PostgreSQL they share group-commit transactions, so a refused insert must not leave a
+        // charge, a cleared key or a queue row in the batch it shared.
+        let open = scope_of(&s).await;
+        let plan = Limits {
+            runs_per_month: Some(30),
+            ..Limits::default()
+        };
+        let t = s
+            .create_tenant("q", "q@example.com", plan, op(), 1)
+            .await
+            .unwrap();
+        let limited = Scope {
+            tenant: t.tenant,
+            workspace: t.workspace,
+        };
+        let (fo, fl) = (weft_types::FlowId::new(), weft_types::FlowId::new());
+        let jan = 1_768_435_200_000;
+        let mut hs = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            let (scope, f) = if i % 2 == 0 {
+                (open, fo)
+            } else {
+                (limited, fl)
+            };
+            let key = format!("k{}", i % 160);
+            hs.push(tokio::spawn(async move {
+                loop {
+                    match s.insert_run(run(scope, f, Some(&key), jan)).await {
+                        Err(StoreError::Conflict(_)) => continue,
+                        other => return (scope, other),
+                    }
+                }
+            }));
+        }
+        let (mut ok, mut dup, mut refused) = (0, 0, 0);
+        for h in hs {
+            match h.await.unwrap() {
+                (_, Ok(i)) if i.duplicate => dup += 1,
+                (_, Ok(_)) => ok += 1,
+                (sc, Err(StoreError::Quota { .. })) => {
+                    assert_eq!(sc, limited);
+                    refused += 1
+                }
+                (_, Err(e)) => panic!("{e:?}"),
+            }
+        }
+        // 100 open inserts with 80 distinct keys; 100 limited ones with 80 distinct keys, of which
+        // only 30 may start a run.
+        assert_eq!(s.usage(open.tenant, jan).await.unwrap().runs_in_month, 80);
+        assert_eq!(
+            s.usage(limited.tenant, jan).await.unwrap().runs_in_month,
+            30
+        );
+        assert_eq!(ok, 80 + 30);
+        assert_eq!(ok + dup + refused, 200);
+        let total: i64 = s.count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 110);
+        let listed = s
+            .list_runs(
+                limited,
+                weft_store::RunFilter {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 30);
+    }
+);
