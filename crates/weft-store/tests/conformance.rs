@@ -1038,3 +1038,91 @@ conformance!(
         assert_eq!(listed.len(), 30);
     }
 );
+
+conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
+    let scope = scope_of(&s).await;
+    let jan = 1_768_435_200_000;
+    let before = s.usage(scope.tenant, jan).await.unwrap().stored_bytes;
+    let new = run(scope, weft_types::FlowId::new(), None, jan);
+    let trigger_len = new.trigger.to_string().len() as i64;
+    let r = s.insert_run(new).await.unwrap().run_id;
+    s.claim_runs("w1", jan, 30_000, 10).await.unwrap();
+    let log = |m: &str, step: Option<&str>| weft_store::NewLog {
+        level: "info",
+        step_id: step.map(str::to_string),
+        message: m.into(),
+    };
+    let out = json!({"big": "x".repeat(100)});
+    let cp = weft_store::StepCheckpoint {
+        step: weft_store::StepRecord {
+            step_id: "a".into(),
+            idx: 0,
+            status: weft_types::StepStatus::Succeeded,
+            attempts: 1,
+            output: Some(out.clone()),
+            error: None,
+            started_at: Some(jan),
+            finished_at: Some(jan + 1),
+        },
+        logs: vec![
+            log("one", Some("a")),
+            log("two", Some("a")),
+            log("three", None),
+        ],
+    };
+    assert!(
+        s.checkpoint_step(scope, r, "w1", cp, jan + 1)
+            .await
+            .unwrap()
+    );
+    let done = json!({"ok": true});
+    assert!(
+        s.finish_run(
+            scope,
+            r,
+            "w1",
+            weft_types::RunStatus::Succeeded,
+            Some(done.clone()),
+            None,
+            vec![log("four", None), log("five", None)],
+            jan + 2,
+        )
+        .await
+        .unwrap()
+    );
+    // A second finish by anyone changes nothing and charges nothing.
+    assert!(
+        !s.finish_run(
+            scope,
+            r,
+            "w1",
+            weft_types::RunStatus::Failed,
+            None,
+            None,
+            vec![log("six", None)],
+            jan + 3,
+        )
+        .await
+        .unwrap()
+    );
+    // Stored bytes are the database's text size of the JSON: compact on SQLite; PostgreSQL's
+    // jsonb text puts a space after each ':' and ','.
+    let u = s.usage(scope.tenant, jan).await.unwrap();
+    let compact = trigger_len + out.to_string().len() as i64 + done.to_string().len() as i64;
+    let charged = u.stored_bytes - before;
+    assert!(
+        (compact..=compact + 4).contains(&charged),
+        "charged {charged} bytes for {compact} bytes of compact JSON"
+    );
+    let lines: Vec<String> = s
+        .run_logs(scope, r, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(lines, ["one", "two", "three", "four", "five"]);
+    let (got, _) = s.get_run(scope, r).await.unwrap();
+    assert_eq!(got.status, weft_types::RunStatus::Succeeded);
+    assert_eq!(got.output, Some(done));
+});

@@ -119,7 +119,7 @@ async fn insert_logs(
 }
 
 /// Refuses a new run the tenant's plan does not allow (same rules as SQLite); writes nothing.
-/// The caller charges the run with [`add_usage`] once it is inserted.
+/// The insert statement charges the run once it is in.
 async fn check_quota(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
     let month = crate::quota::month_of(now);
     let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) =
@@ -156,31 +156,6 @@ async fn check_quota(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<()
             return Err(crate::quota::bytes_exceeded(stored, limit));
         }
     }
-    Ok(())
-}
-
-/// Adds to this connection's shard of the tenant's usage counters.
-async fn add_usage(
-    tx: &mut Tx,
-    t: &str,
-    month: &str,
-    runs: i64,
-    bytes: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
-         VALUES ($1, pg_backend_pid() % 256, $2, $3, $4)
-         ON CONFLICT (tenant_id, shard) DO UPDATE SET
-           runs_in_month = CASE WHEN u.month = $2 THEN u.runs_in_month + $3 ELSE $3 END,
-           month = $2, stored_bytes = u.stored_bytes + $4",
-    )
-    .bind(t)
-    .bind(month)
-    .bind(runs)
-    .bind(bytes)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
     Ok(())
 }
 
@@ -225,14 +200,25 @@ pub(super) async fn insert_run_tx(
             .await
             .map_err(db)?;
     }
-    // A concurrent insert of the same dedupe key loses on the unique index and reports the winner.
-    let n = sqlx::query(
+    // A concurrent insert of the same dedupe key loses on the unique index and reports the
+    // winner. One statement: the run, its queue row and the tenant's charge.
+    let n: i64 = sqlx::query_scalar(
         "WITH ins AS (
            INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9) ON CONFLICT DO NOTHING
-           RETURNING tenant_id, workspace_id, id, not_before)
-         INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
-         SELECT tenant_id, workspace_id, id, not_before FROM ins",
+           RETURNING tenant_id, workspace_id, id, not_before),
+         q AS (
+           INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
+           SELECT tenant_id, workspace_id, id, not_before FROM ins
+           RETURNING 1),
+         charge AS (
+           INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
+           SELECT tenant_id, pg_backend_pid() % 256, $10, 1, $11 FROM ins
+           ON CONFLICT (tenant_id, shard) DO UPDATE SET
+             runs_in_month = CASE WHEN u.month = $10 THEN u.runs_in_month + 1 ELSE 1 END,
+             month = $10, stored_bytes = u.stored_bytes + excluded.stored_bytes
+           RETURNING 1)
+         SELECT COUNT(*) FROM q",
     )
     .bind(&t)
     .bind(&w)
@@ -243,24 +229,17 @@ pub(super) async fn insert_run_tx(
     .bind(trigger)
     .bind(&r.dedupe_key)
     .bind(r.now)
-    .execute(&mut **tx)
+    .bind(crate::quota::month_of(r.now))
+    .bind(trigger.len() as i64)
+    .fetch_one(&mut **tx)
     .await
-    .map_err(db)?
-    .rows_affected();
+    .map_err(db)?;
     if n == 0 {
         return Err(StoreError::Conflict(
             "a run with this delivery key was accepted at the same moment; retry to get its id"
                 .into(),
         ));
     }
-    add_usage(
-        tx,
-        &t,
-        &crate::quota::month_of(r.now),
-        1,
-        trigger.len() as i64,
-    )
-    .await?;
     if let Some(actor) = &r.audit {
         append(
             tx,
@@ -283,8 +262,20 @@ pub(super) async fn insert_run_tx(
     })
 }
 
+/// The log lines of `logs` as three parallel arrays (level, step, message), for `UNNEST`.
+type LogArrays<'a> = (Vec<&'a str>, Vec<Option<&'a str>>, Vec<&'a str>);
+
+fn log_arrays(logs: &[NewLog]) -> LogArrays<'_> {
+    (
+        logs.iter().map(|l| l.level).collect(),
+        logs.iter().map(|l| l.step_id.as_deref()).collect(),
+        logs.iter().map(|l| l.message.as_str()).collect(),
+    )
+}
+
 /// Checkpoints a step in `tx` (tenant set); false, writing nothing, when `owner` no longer
-/// holds the run.
+/// holds the run. One statement: the step row and its log lines (each statement is a round
+/// trip and most of PostgreSQL's cost per run).
 pub(super) async fn checkpoint_tx(
     tx: &mut Tx,
     scope: &Scope,
@@ -296,12 +287,22 @@ pub(super) async fn checkpoint_tx(
     let (t, w) = scope_strs(scope);
     let rid = run.to_string();
     let s = &cp.step;
-    let n = sqlx::query(
-        "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
-         WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
-         ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-           output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+    let (levels, steps, messages) = log_arrays(&cp.logs);
+    let n: i64 = sqlx::query_scalar(
+        "WITH st AS (
+           INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
+           WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
+           ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+             output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
+           RETURNING 1),
+         lg AS (
+           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
+           SELECT $1, $2, $3, $13, l.level, l.step_id, l.message
+           FROM UNNEST($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
+           WHERE EXISTS (SELECT 1 FROM st) ORDER BY l.n
+           RETURNING 1)
+         SELECT COUNT(*) FROM st",
     )
     .bind(&t)
     .bind(&w)
@@ -315,18 +316,19 @@ pub(super) async fn checkpoint_tx(
     .bind(s.started_at)
     .bind(s.finished_at)
     .bind(owner)
-    .execute(&mut **tx)
+    .bind(now)
+    .bind(levels)
+    .bind(steps)
+    .bind(messages)
+    .fetch_one(&mut **tx)
     .await
-    .map_err(db)?
-    .rows_affected();
-    if n == 0 {
-        return Ok(false);
-    }
-    insert_logs(tx, &t, &w, &rid, now, &cp.logs).await?;
-    Ok(true)
+    .map_err(db)?;
+    Ok(n > 0)
 }
 
 /// Finishes a run in `tx` (tenant set); false, writing nothing, when `owner` no longer holds it.
+/// One statement: the queue row goes (first: the lock order of claims and cancels), the run
+/// gets its outcome, the tenant is charged for the run's stored bytes, the log lines land.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn finish_tx(
     tx: &mut Tx,
@@ -342,13 +344,32 @@ pub(super) async fn finish_tx(
     let (t, w) = scope_strs(scope);
     let rid = run.to_string();
     let output = output.map(Value::to_string);
-    // Queue row first (the lock order of claims and cancels), then the run.
-    let n = sqlx::query(
+    let (levels, steps, messages) = log_arrays(logs);
+    let n: i64 = sqlx::query_scalar(
         "WITH held AS (
            DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4
-           RETURNING run_id)
-         UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8
-         WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND EXISTS (SELECT 1 FROM held)",
+           RETURNING run_id),
+         upd AS (
+           UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8
+           WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND EXISTS (SELECT 1 FROM held)
+           RETURNING id),
+         charge AS (
+           INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
+           SELECT $1, pg_backend_pid() % 256, $9, 0,
+                  COALESCE((SELECT SUM(LENGTH(output::text)) FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3), 0)
+                  + COALESCE(LENGTH($6), 0)
+           FROM upd
+           ON CONFLICT (tenant_id, shard) DO UPDATE SET
+             runs_in_month = CASE WHEN u.month = $9 THEN u.runs_in_month ELSE 0 END,
+             month = $9, stored_bytes = u.stored_bytes + excluded.stored_bytes
+           RETURNING 1),
+         lg AS (
+           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
+           SELECT $1, $2, $3, $8, l.level, l.step_id, l.message
+           FROM UNNEST($10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
+           WHERE EXISTS (SELECT 1 FROM upd) ORDER BY l.n
+           RETURNING 1)
+         SELECT COUNT(*) FROM upd",
     )
     .bind(&t)
     .bind(&w)
@@ -358,28 +379,14 @@ pub(super) async fn finish_tx(
     .bind(&output)
     .bind(error)
     .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?
-    .rows_affected();
-    if n == 0 {
-        return Ok(false);
-    }
-    let bytes: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(LENGTH(output::text)), 0)::bigint + $4 FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
-    )
-    .bind(&t)
-    .bind(&w)
-    .bind(&rid)
-    .bind(output.as_ref().map_or(0, |o| o.len() as i64))
+    .bind(crate::quota::month_of(now))
+    .bind(levels)
+    .bind(steps)
+    .bind(messages)
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
-    if bytes > 0 {
-        add_usage(tx, &t, &crate::quota::month_of(now), 0, bytes).await?;
-    }
-    insert_logs(tx, &t, &w, &rid, now, logs).await?;
-    Ok(true)
+    Ok(n > 0)
 }
 
 impl PgStore {
