@@ -521,14 +521,18 @@ impl LoginLimits {
         ));
         checks.push((format!("login:acct:{acct}"), Rate::per_hour(100)));
         for (key, rate) in checks {
-            let d = store.rate_take(&key, rate, now_us).await?;
-            if d != RateDecision::Allowed {
+            if let RateDecision::Limited { retry_after_ms } =
+                store.rate_take(&key, rate, now_us).await?
+            {
+                let secs = retry_after_ms.div_ceil(1000).max(1);
                 let mut p = Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too_many_attempts",
-                    "too many login attempts for this account or from this address; wait a minute and try again",
+                    format!(
+                        "too many login attempts for this account or from this address; try again in {secs} s"
+                    ),
                 );
-                p.retry_after = Some(60);
+                p.retry_after = Some(secs);
                 return Err(p);
             }
         }

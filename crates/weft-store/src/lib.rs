@@ -49,6 +49,10 @@ pub enum StoreError {
     /// A rule about the data was broken (e.g. removing the last owner).
     #[error("{0}")]
     Rule(String),
+    /// The database cannot be reached (down, restarting, connections exhausted); nothing was
+    /// written.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The database gave up on a transaction that may succeed when retried (a deadlock or a
     /// serialization failure); nothing of it was written.
     #[error("the database asked to retry: {0}")]

@@ -1126,3 +1126,60 @@ conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
     assert_eq!(got.status, weft_types::RunStatus::Succeeded);
     assert_eq!(got.output, Some(done));
 });
+
+conformance!(nul_characters_are_stored_and_fail_nothing_else, |s| {
+    // PostgreSQL text and jsonb cannot hold U+0000; a webhook body, an HTTP answer or an error
+    // text may. It must not fail the write, nor the other writes committed with it.
+    let scope = scope_of(&s).await;
+    let f = weft_types::FlowId::new();
+    let mut nul = run(scope, f, None, 100);
+    nul.trigger = json!({"body": "a\u{0}b", "k\u{0}": ["\u{0}"], "literal": "\\u0000"});
+    let plain = run(scope, f, None, 100);
+    let (a, b) = tokio::join!(s.insert_run(nul), s.insert_run(plain));
+    let (a, _b) = (a.unwrap().run_id, b.unwrap().run_id);
+    let (got, _) = s.get_run(scope, a).await.unwrap();
+    let body = got.trigger["body"].as_str().unwrap();
+    assert!(body == "a\u{0}b" || body == "a\u{FFFD}b", "{body:?}");
+    assert_eq!(
+        got.trigger["literal"], "\\u0000",
+        "an escaped backslash is not a NUL"
+    );
+    let claimed = s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let cp = weft_store::StepCheckpoint {
+        step: weft_store::StepRecord {
+            step_id: "a".into(),
+            idx: 0,
+            status: weft_types::StepStatus::Failed,
+            attempts: 1,
+            output: Some(json!({"text": "x\u{0}y"})),
+            error: Some("bad \u{0} byte".into()),
+            started_at: Some(200),
+            finished_at: Some(210),
+        },
+        logs: vec![weft_store::NewLog {
+            level: "error",
+            step_id: Some("a".into()),
+            message: "got \u{0}".into(),
+        }],
+    };
+    assert!(s.checkpoint_step(scope, a, "w1", cp, 210).await.unwrap());
+    assert!(
+        s.finish_run(
+            scope,
+            a,
+            "w1",
+            weft_types::RunStatus::Failed,
+            Some(json!("\u{0}")),
+            Some("step a failed: \u{0}".into()),
+            vec![],
+            220,
+        )
+        .await
+        .unwrap()
+    );
+    let (got, steps) = s.get_run(scope, a).await.unwrap();
+    assert_eq!(got.status, weft_types::RunStatus::Failed);
+    assert!(steps[0].error.as_deref().unwrap().starts_with("bad "));
+    assert_eq!(s.run_logs(scope, a, 0, 10).await.unwrap().len(), 1);
+});

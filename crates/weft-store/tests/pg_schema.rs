@@ -215,3 +215,70 @@ async fn the_postgres_schema_has_the_same_tables_and_columns_as_sqlite() {
         "schemas differ: only in PostgreSQL {only_pg:?}; only in SQLite {only_sqlite:?}"
     );
 }
+
+#[tokio::test]
+async fn upgrading_from_version_1_moves_queued_and_running_runs_into_the_queue() {
+    let owner = env("WEFT_TEST_DATABASE_URL");
+    let name = format!("weft_u_{}", &weft_types::random_secret()[..16]);
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let owner = format!("{}/{name}", owner.rsplit_once('/').unwrap().0);
+    // A database at schema version 1 with runs in every state.
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    let (v1, sql) = weft_store::postgres::MIGRATIONS[0];
+    assert_eq!(v1, 1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+         {sql}
+         INSERT INTO schema_migrations (version) VALUES (1);"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let mut tx = c.begin().await.unwrap();
+    sqlx::raw_sql(
+        "SELECT set_config('weft.system', 'on', true);
+         INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0);
+         INSERT INTO tenant_usage (tenant_id, month, runs_in_month, stored_bytes) VALUES ('ten_a', '2026-12', 3, 10);
+         INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, not_before, created_at, lease_owner, lease_expires)
+         VALUES ('ten_a', 'wsp_a', 'run_q', 'flw_a', 'f', 1, 'queued', '{}', 5, 5, NULL, NULL),
+                ('ten_a', 'wsp_a', 'run_r', 'flw_a', 'f', 1, 'running', '{}', 6, 6, 'proc-1', 99),
+                ('ten_a', 'wsp_a', 'run_s', 'flw_a', 'f', 1, 'succeeded', '{}', 7, 7, NULL, NULL);",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    drop(c);
+
+    migrate(&owner, "weft_app").await.unwrap();
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query("SELECT set_config('weft.system', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let queue: Vec<(String, Option<String>, Option<i64>)> =
+        sqlx::query_as("SELECT run_id, lease_owner, lease_expires FROM run_queue ORDER BY run_id")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(
+        queue,
+        vec![
+            ("run_q".to_string(), None, None),
+            ("run_r".to_string(), Some("proc-1".to_string()), Some(99)),
+        ],
+        "unfinished runs are in the queue, with their leases; finished ones are not"
+    );
+    let runs_in_month: i64 = sqlx::query_scalar(
+        "SELECT SUM(runs_in_month)::bigint FROM tenant_usage WHERE tenant_id = 'ten_a'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(runs_in_month, 3, "usage survives the sharding");
+}

@@ -56,15 +56,31 @@ impl Job {
     /// then take per-tenant locks (plan checks, the audit head) and dedupe-key index entries
     /// in one order, which keeps them from deadlocking on each other in the common cases (the
     /// rest is retried).
-    fn order_key(&self) -> (String, String) {
+    fn order_key(&self) -> (String, u8, String, String, String) {
         match self {
+            // Finishes and checkpoints first: they lock a queue row, then its run, as claims
+            // and cancels do, before any insert of the batch takes the tenant's audit head.
+            Job::Checkpoint { scope, .. } | Job::Finish { scope, .. } => (
+                scope.tenant.to_string(),
+                0,
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
             Job::Insert { run, .. } => (
                 run.scope.tenant.to_string(),
+                1,
+                run.scope.workspace.to_string(),
+                run.flow_id.to_string(),
                 run.dedupe_key.clone().unwrap_or_default(),
             ),
-            Job::Checkpoint { scope, .. } | Job::Finish { scope, .. } => {
-                (scope.tenant.to_string(), String::new())
-            }
+        }
+    }
+
+    fn tenant(&self) -> String {
+        match self {
+            Job::Insert { run, .. } => run.scope.tenant.to_string(),
+            Job::Checkpoint { scope, .. } | Job::Finish { scope, .. } => scope.tenant.to_string(),
         }
     }
 
@@ -133,31 +149,55 @@ pub(super) fn start(pool: PgPool, announce: mpsc::Sender<()>) -> mpsc::Sender<Jo
     tx
 }
 
-/// Runs `jobs` in one transaction and answers each; true when a run was inserted.
+/// Runs `jobs` in one transaction and answers each; true when a run was inserted. When the
+/// batch fails for a reason other than a deadlock, each job is run again on its own, so one
+/// job whose data the database rejects fails alone instead of taking the others with it.
 async fn run_batch(pool: &PgPool, mut jobs: Vec<Job>) -> bool {
     jobs.sort_by_cached_key(Job::order_key);
+    match with_retries(pool, &jobs).await {
+        Ok(outcomes) => answer_all(jobs, outcomes),
+        // Only an error about some job's data is worth splitting the batch for.
+        Err(e) if jobs.len() == 1 || !matches!(e, StoreError::Db(_)) => {
+            for job in jobs {
+                job.fail(&e);
+            }
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "a batch of writes failed; writing its jobs one by one");
+            let mut inserted = false;
+            for job in jobs {
+                match with_retries(pool, std::slice::from_ref(&job)).await {
+                    Ok(outcomes) => inserted |= answer_all(vec![job], outcomes),
+                    Err(e) => job.fail(&e),
+                }
+            }
+            inserted
+        }
+    }
+}
+
+/// Answers each job with its outcome; true when a run was inserted.
+fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) -> bool {
+    let inserted = outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Insert(Ok(i)) if !i.duplicate));
+    for (job, o) in jobs.into_iter().zip(outcomes) {
+        job.answer(o);
+    }
+    inserted
+}
+
+/// [`attempt_batch`], again when the database asks for a retry (deadlock, serialization).
+async fn with_retries(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
     let mut attempt = 1;
     loop {
-        match attempt_batch(pool, &jobs).await {
-            Ok(outcomes) => {
-                let inserted = outcomes
-                    .iter()
-                    .any(|o| matches!(o, Outcome::Insert(Ok(i)) if !i.duplicate));
-                for (job, o) in jobs.into_iter().zip(outcomes) {
-                    job.answer(o);
-                }
-                return inserted;
-            }
+        match attempt_batch(pool, jobs).await {
             Err(StoreError::Busy(m)) if attempt < ATTEMPTS => {
                 tracing::debug!(error = %m, attempt, "retrying a batch of writes");
                 attempt += 1;
             }
-            Err(e) => {
-                for job in jobs {
-                    job.fail(&e);
-                }
-                return false;
-            }
+            other => return other,
         }
     }
 }
@@ -168,7 +208,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut current: Option<String> = None;
     for job in jobs {
-        let tenant = job.order_key().0;
+        let tenant = job.tenant();
         if current.as_deref() != Some(tenant.as_str()) {
             sqlx::query("SELECT set_config('weft.tenant_id', $1, true)")
                 .bind(&tenant)
@@ -179,7 +219,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
         }
         let outcome = match job {
             Job::Insert { run, .. } => {
-                let trigger = run.trigger.to_string();
+                let trigger = super::pg_json(&run.trigger);
                 Outcome::Insert(insert_run_tx(&mut tx, run, &trigger).await)
             }
             Job::Checkpoint {
@@ -224,6 +264,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                 // These abort the transaction (and so every job in it).
                 StoreError::Db(_)
                 | StoreError::Busy(_)
+                | StoreError::Unavailable(_)
                 | StoreError::Corrupt(_)
                 | StoreError::Closed => {
                     return Err(e);

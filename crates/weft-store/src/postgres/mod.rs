@@ -46,6 +46,40 @@ pub const TENANT_TABLES: &[&str] = &[
 /// processes; SQLite updates in place and has one process, which keeps its limits in memory.
 pub const PG_ONLY_TABLES: &[&str] = &["run_queue", "rate_limits"];
 
+/// Text for a PostgreSQL `text` column: PostgreSQL cannot store U+0000, so it becomes U+FFFD
+/// (SQLite keeps it). Without this, one NUL in a log line or error failed its whole batch.
+pub(super) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// JSON text for a `jsonb` column, with U+0000 in strings and keys replaced as in [`pg_text`]
+/// (jsonb rejects `\u0000`; a webhook body may well contain it).
+pub(super) fn pg_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    // serde_json writes U+0000 as the escape `\u0000`; only then walk the value.
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    fn clean(v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => Value::String(pg_text(s).into_owned()),
+            Value::Array(a) => Value::Array(a.iter().map(clean).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (pg_text(k).into_owned(), clean(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    clean(v).to_string()
+}
+
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -87,6 +121,12 @@ pub async fn migrate(owner_url: &str, app_role: &str) -> Result<(), StoreError> 
     }
     for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let mut tx = c.begin().await.map_err(db)?;
+        // Row security is forced on the owner too: a migration that moves data must see
+        // every tenant's rows.
+        sqlx::query("SELECT set_config('weft.system', 'on', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
             .execute(&mut *tx)
             .await

@@ -12,6 +12,7 @@ use weft_types::{Millis, RunId, RunStatus, Scope, StepStatus};
 
 use super::PgStore;
 use super::store::{Tx, append, db, parse};
+use super::{pg_json, pg_text};
 use crate::*;
 
 const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
@@ -96,9 +97,7 @@ async fn insert_logs(
         return Ok(());
     }
     // One statement for all lines, in order (their seq follows the ordinality).
-    let levels: Vec<&str> = logs.iter().map(|l| l.level).collect();
-    let steps: Vec<Option<&str>> = logs.iter().map(|l| l.step_id.as_deref()).collect();
-    let messages: Vec<&str> = logs.iter().map(|l| l.message.as_str()).collect();
+    let (levels, steps, messages) = log_arrays(logs);
     sqlx::query(
         "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
          SELECT $1, $2, $3, $4, l.level, l.step_id, l.message
@@ -170,7 +169,9 @@ pub(super) async fn insert_run_tx(
     let flow = r.flow_id.to_string();
     let mut expired_key_holder = None;
     if let Some(key) = &r.dedupe_key {
-        let existing = sqlx::query("SELECT id, created_at FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND dedupe_key = $4 FOR UPDATE")
+        // No lock: a duplicate answer needs none, and the key's unique index settles races
+        // (locking the run here, without its queue row first, could deadlock with a claim).
+        let existing = sqlx::query("SELECT id, created_at FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND dedupe_key = $4")
             .bind(&t)
             .bind(&w)
             .bind(&flow)
@@ -215,8 +216,8 @@ pub(super) async fn insert_run_tx(
            INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
            SELECT tenant_id, pg_backend_pid() % 256, $10, 1, $11 FROM ins
            ON CONFLICT (tenant_id, shard) DO UPDATE SET
-             runs_in_month = CASE WHEN u.month = $10 THEN u.runs_in_month + 1 ELSE 1 END,
-             month = $10, stored_bytes = u.stored_bytes + excluded.stored_bytes
+             runs_in_month = CASE WHEN u.month = $10 THEN u.runs_in_month + 1 WHEN u.month > $10 THEN u.runs_in_month ELSE 1 END,
+             month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
            RETURNING 1)
          SELECT COUNT(*) FROM q",
     )
@@ -263,13 +264,17 @@ pub(super) async fn insert_run_tx(
 }
 
 /// The log lines of `logs` as three parallel arrays (level, step, message), for `UNNEST`.
-type LogArrays<'a> = (Vec<&'a str>, Vec<Option<&'a str>>, Vec<&'a str>);
+type LogArrays<'a> = (Vec<&'a str>, Vec<Option<String>>, Vec<String>);
 
 fn log_arrays(logs: &[NewLog]) -> LogArrays<'_> {
     (
         logs.iter().map(|l| l.level).collect(),
-        logs.iter().map(|l| l.step_id.as_deref()).collect(),
-        logs.iter().map(|l| l.message.as_str()).collect(),
+        logs.iter()
+            .map(|l| l.step_id.as_deref().map(|x| pg_text(x).into_owned()))
+            .collect(),
+        logs.iter()
+            .map(|l| pg_text(&l.message).into_owned())
+            .collect(),
     )
 }
 
@@ -311,8 +316,8 @@ pub(super) async fn checkpoint_tx(
     .bind(s.idx)
     .bind(s.status.as_str())
     .bind(s.attempts)
-    .bind(s.output.as_ref().map(Value::to_string))
-    .bind(&s.error)
+    .bind(s.output.as_ref().map(pg_json))
+    .bind(s.error.as_deref().map(pg_text))
     .bind(s.started_at)
     .bind(s.finished_at)
     .bind(owner)
@@ -343,7 +348,8 @@ pub(super) async fn finish_tx(
 ) -> Result<bool, StoreError> {
     let (t, w) = scope_strs(scope);
     let rid = run.to_string();
-    let output = output.map(Value::to_string);
+    let output = output.map(pg_json);
+    let error = error.map(pg_text);
     let (levels, steps, messages) = log_arrays(logs);
     let n: i64 = sqlx::query_scalar(
         "WITH held AS (
@@ -360,8 +366,8 @@ pub(super) async fn finish_tx(
                   + COALESCE(LENGTH($6), 0)
            FROM upd
            ON CONFLICT (tenant_id, shard) DO UPDATE SET
-             runs_in_month = CASE WHEN u.month = $9 THEN u.runs_in_month ELSE 0 END,
-             month = $9, stored_bytes = u.stored_bytes + excluded.stored_bytes
+             runs_in_month = CASE WHEN u.month >= $9 THEN u.runs_in_month ELSE 0 END,
+             month = GREATEST(u.month, $9), stored_bytes = u.stored_bytes + excluded.stored_bytes
            RETURNING 1),
          lg AS (
            INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)

@@ -19,6 +19,20 @@ pub(super) fn db(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() => {
             StoreError::Conflict(d.message().to_string())
         }
+        // connection_exception, admin/crash shutdown, cannot_connect_now, too_many_connections
+        sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            }) =>
+        {
+            StoreError::Unavailable(d.message().to_string())
+        }
+        e @ (sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed) => StoreError::Unavailable(e.to_string()),
         // deadlock_detected, serialization_failure
         sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
             StoreError::Busy(d.message().to_string())
@@ -277,12 +291,18 @@ impl PgStore {
             .rate_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % 4096 == 4095 {
-            // Keys whose bucket is full again carry no state worth keeping.
-            sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
-                .bind(now_us)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?;
+            // Keys whose bucket is full again carry no state worth keeping; pruned off the
+            // request's path.
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
+                    .bind(now_us)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not prune rate-limit keys");
+                }
+            });
         }
         let cap = rate.interval_us.saturating_mul(rate.burst.max(1));
         let allowed = sqlx::query_scalar::<_, i64>(

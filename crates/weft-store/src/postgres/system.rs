@@ -110,7 +110,7 @@ impl PgStore {
     ) -> Result<Option<Inserted>, StoreError> {
         let (t, w) = scope_strs(&run.scope);
         let flow = run.flow_id.to_string();
-        let trigger = run.trigger.to_string();
+        let trigger = super::pg_json(&run.trigger);
         let mut tx = self.tenant_tx(&t).await?;
         let q = match next_tick {
             Some(next) => sqlx::query("UPDATE schedules SET next_tick_at = $5 WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND next_tick_at = $4")
