@@ -30,6 +30,8 @@ if [ -z "$key" ] || [ -z "$admin" ]; then
   echo "weft serve did not start:"; cat "$work/out.log" "$work/err.log"; exit 1
 fi
 base="http://127.0.0.1:$port"
+# One worker: with two, hypothesis parses lambdas from two threads and CPython 3.11's ast can
+# fail with "AST constructor recursion depth mismatch" (a crash of the tool, not of Weft).
 checks="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth"
 st() {
   # Realistic values for path parameters so requests reach real objects, not only 404s.
@@ -39,7 +41,7 @@ ws = "default"
 flow = "hello"
 TOML
   "$OLDPWD/$venv/bin/schemathesis" run "$base/api/v1/openapi.json" --checks "$checks" \
-    --phases examples,coverage,fuzzing --max-time "$SECONDS_PER_PASS" -w 2 --seed 1 "$@")
+    --phases examples,coverage,fuzzing --max-time "$SECONDS_PER_PASS" -w 1 --seed 1 "$@")
 }
 echo "schemathesis: workspace API as the owner"
 st -H "Authorization: Bearer $key" --exclude-path-regex '^/api/v1/admin'
