@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, Sink, SinkBehavior};
+use common::{Server, Sink, SinkBehavior, fresh_pg_db};
 use serde_json::Value;
 
 fn script(name: &str) -> PathBuf {
@@ -63,23 +63,6 @@ impl Drop for OwnCluster {
             .args(["stop", &self.dir])
             .status();
     }
-}
-
-/// A fresh database on the shared test cluster; returns its owner URL.
-fn fresh_db() -> String {
-    let owner = std::env::var("WEFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!("WEFT_TEST_DATABASE_URL is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
-    });
-    let name = format!("weft_f_{}", &weft_types::random_secret()[..16]);
-    rt().block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::postgres::PgConnection::connect(&owner).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
-    format!("{}/{name}", owner.rsplit_once('/').unwrap().0)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -222,7 +205,7 @@ fn effects(sink: &Sink) -> HashMap<String, usize> {
 fn kill_9_of_one_of_two_workers_under_10k_runs_loses_nothing_and_repeats_only_in_flight_steps() {
     const RUNS: u64 = 10_000;
     const IN_FLIGHT: usize = 64;
-    let url = fresh_db();
+    let url = fresh_pg_db();
     let sink = Sink::start(SinkBehavior::default());
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let api = Server::start(
@@ -321,37 +304,17 @@ fn restarting_postgresql_under_load_answers_503_while_down_and_loses_nothing_ack
     // While it is down, intake answers 503 with a problem, quickly (not a hang, never 2xx).
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
-    let r = rt.block_on(async {
-        reqwest::Client::new()
-            .post(&hook)
-            .header("content-type", "application/json")
-            .body(r#"{"id": "probe"}"#)
-            .send()
-            .await
-            .unwrap()
-    });
+    let (status, content_type) = probe(&rt, &hook, "probe");
     let waited = t0.elapsed();
-    assert_eq!(r.status().as_u16(), 503);
-    assert_eq!(
-        r.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
+    assert_eq!(status, 503);
+    assert_eq!(content_type, "application/problem+json");
     assert!(waited < Duration::from_secs(10), "answered in {waited:?}");
     std::thread::sleep(Duration::from_secs(2));
     pg.pg("up");
     // The same process reconnects by itself and takes webhooks again.
     let back = Instant::now();
     loop {
-        let st = rt.block_on(async {
-            reqwest::Client::new()
-                .post(&hook)
-                .header("content-type", "application/json")
-                .body(r#"{"id": "after"}"#)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        });
+        let (st, _) = probe(&rt, &hook, "after");
         if st == 202 {
             break;
         }
@@ -396,6 +359,29 @@ fn restarting_postgresql_under_load_answers_503_while_down_and_loses_nothing_ack
         "{} accepted, {refused} refused during the outage",
         accepted.len()
     );
+}
+
+/// One webhook POST: (status, content type); status 0 when no answer came.
+fn probe(rt: &tokio::runtime::Runtime, hook: &str, id: &str) -> (u16, String) {
+    rt.block_on(async {
+        match reqwest::Client::new()
+            .post(hook)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"id": "{id}"}}"#))
+            .send()
+            .await
+        {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    })
 }
 
 /// Runs committed for requests whose answer was lost or 503 (the commit landed, the answer did

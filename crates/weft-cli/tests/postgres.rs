@@ -7,30 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Server, Sink, SinkBehavior, post_hook};
+use common::{Server, Sink, SinkBehavior, fresh_pg_db, post_hook};
 
 const T: Duration = Duration::from_secs(30);
-
-/// A fresh database on the test cluster; returns its owner URL.
-fn fresh_db() -> String {
-    let owner = std::env::var("WEFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!("WEFT_TEST_DATABASE_URL is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
-    });
-    let name = format!("weft_e_{}", &weft_types::random_secret()[..16]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::postgres::PgConnection::connect(&owner).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    });
-    format!("{}/{name}", owner.rsplit_once('/').unwrap().0)
-}
 
 fn flow(sink: &str) -> String {
     format!(
@@ -40,7 +19,7 @@ fn flow(sink: &str) -> String {
 
 #[test]
 fn serve_on_postgres_runs_the_example_and_survives_a_restart() {
-    let url = fresh_db();
+    let url = fresh_pg_db();
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), None, &[], &["--database-url", &url]);
     // The newcomer path works on PostgreSQL too: the printed curl runs the example flow.
@@ -69,7 +48,7 @@ fn serve_on_postgres_runs_the_example_and_survives_a_restart() {
 
 #[test]
 fn two_processes_on_one_database_run_every_event_once() {
-    let url = fresh_db();
+    let url = fresh_pg_db();
     let sink = Sink::start(SinkBehavior::default());
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Server::start(d1.path(), None, &[], &["--database-url", &url]);
@@ -99,7 +78,7 @@ fn two_processes_on_one_database_run_every_event_once() {
 
 #[test]
 fn an_api_process_takes_webhooks_and_a_worker_process_runs_them() {
-    let url = fresh_db();
+    let url = fresh_pg_db();
     let sink = Sink::start(SinkBehavior::default());
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let api = Server::start(
@@ -163,7 +142,7 @@ fn http(
 
 #[test]
 fn rate_limits_are_shared_by_every_process() {
-    let url = fresh_db();
+    let url = fresh_pg_db();
     let sink = Sink::start(SinkBehavior::default());
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Server::start(d1.path(), None, &[], &["--database-url", &url]);

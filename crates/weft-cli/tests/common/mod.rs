@@ -309,3 +309,24 @@ pub fn post_hook(url: &str, body: &str, headers: &[(&str, &str)]) -> Option<(u16
         ))
     })
 }
+
+/// A fresh database on the shared PostgreSQL test cluster (`scripts/pg.sh`); its owner URL.
+pub fn fresh_pg_db() -> String {
+    let owner = std::env::var("WEFT_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("WEFT_TEST_DATABASE_URL is not set: start PostgreSQL with `eval \"$(scripts/pg.sh start)\"` (scripts/test.sh does this)")
+    });
+    let name = format!("weft_e_{}", &weft_types::random_secret()[..16]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::postgres::PgConnection::connect(&owner).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    });
+    format!("{}/{name}", owner.rsplit_once('/').unwrap().0)
+}
