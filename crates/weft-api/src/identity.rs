@@ -1,7 +1,6 @@
 //! Identity routes: workspaces, API keys, members, and browser sessions (login/logout).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -479,10 +478,6 @@ pub(crate) async fn remove_member(
 
 // ---- sessions --------------------------------------------------------------------------------
 
-/// Login throttles: per client address and per account, counted in the store so every API
-/// process shares them.
-pub(crate) struct LoginLimits;
-
 /// The network an address belongs to for throttling: the address for IPv4, its /64 for IPv6
 /// (one host usually owns a whole /64).
 fn network(ip: IpAddr) -> IpAddr {
@@ -495,49 +490,48 @@ fn network(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl LoginLimits {
-    /// 20 attempts a minute per network; 5 a minute per account from one network; 100 an hour
-    /// per account from everywhere. Guessing from one place stops quickly, and locking a user
-    /// out takes many networks.
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(LoginLimits)
+/// Login throttles, counted in the store so every API process shares them: 20 attempts a
+/// minute per network; 5 a minute per account from one network; 100 an hour per account from
+/// everywhere. Guessing from one place stops quickly, and locking a user out takes many
+/// networks.
+async fn check_login_limits(
+    s: &AppState,
+    ip: Option<IpAddr>,
+    account: &str,
+) -> Result<(), Problem> {
+    use weft_store::rate::{Rate, RateDecision};
+    let store = s.engine.store();
+    let now_us = s.engine.clock().now_ms().saturating_mul(1000);
+    // Keys hold a hash of the email: bounded size, and no addresses in the table.
+    let acct = hash_secret(account);
+    let net = ip.map(network);
+    let mut checks = Vec::with_capacity(3);
+    if let Some(n) = net {
+        checks.push((format!("login:net:{n}"), Rate::per_minute(20)));
     }
-
-    async fn check(&self, s: &AppState, ip: Option<IpAddr>, account: &str) -> Result<(), Problem> {
-        use weft_store::rate::{Rate, RateDecision};
-        let store = s.engine.store();
-        let now_us = s.engine.clock().now_ms().saturating_mul(1000);
-        // Keys hold a hash of the email: bounded size, and no addresses in the table.
-        let acct = hash_secret(account);
-        let net = ip.map(network);
-        let mut checks = Vec::with_capacity(3);
-        if let Some(n) = net {
-            checks.push((format!("login:net:{n}"), Rate::per_minute(20)));
+    let net_s = net.map_or_else(|| "-".to_string(), |n| n.to_string());
+    checks.push((
+        format!("login:acct-net:{acct}:{net_s}"),
+        Rate::per_minute(5),
+    ));
+    checks.push((format!("login:acct:{acct}"), Rate::per_hour(100)));
+    for (key, rate) in checks {
+        if let RateDecision::Limited { retry_after_ms } =
+            store.rate_take(&key, rate, now_us).await?
+        {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            let mut p = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!(
+                    "too many login attempts for this account or from this address; try again in {secs} s"
+                ),
+            );
+            p.retry_after = Some(secs);
+            return Err(p);
         }
-        let net_s = net.map_or_else(|| "-".to_string(), |n| n.to_string());
-        checks.push((
-            format!("login:acct-net:{acct}:{net_s}"),
-            Rate::per_minute(5),
-        ));
-        checks.push((format!("login:acct:{acct}"), Rate::per_hour(100)));
-        for (key, rate) in checks {
-            if let RateDecision::Limited { retry_after_ms } =
-                store.rate_take(&key, rate, now_us).await?
-            {
-                let secs = retry_after_ms.div_ceil(1000).max(1);
-                let mut p = Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_attempts",
-                    format!(
-                        "too many login attempts for this account or from this address; try again in {secs} s"
-                    ),
-                );
-                p.retry_after = Some(secs);
-                return Err(p);
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The client address, as an extractor.
@@ -607,7 +601,7 @@ pub(crate) async fn login(
     if b.password.len() > 1024 {
         return Err(Problem::invalid("password", "must be at most 1024 bytes"));
     }
-    s.login_limits.check(&s, ip, &email).await?;
+    check_login_limits(&s, ip, &email).await?;
     let user = s
         .engine
         .store()

@@ -53,7 +53,6 @@ pub struct ApiOptions {
 pub struct AppState {
     pub(crate) engine: Engine,
     pub(crate) opts: Arc<ApiOptions>,
-    pub(crate) login_limits: Arc<identity::LoginLimits>,
 }
 
 /// Every route with its OpenAPI description.
@@ -141,7 +140,6 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
     let state = AppState {
         engine,
         opts: Arc::new(opts),
-        login_limits: identity::LoginLimits::new(),
     };
     let spec = Arc::new(openapi());
     let (router, _) = routes().split_for_parts();

@@ -1183,3 +1183,36 @@ conformance!(nul_characters_are_stored_and_fail_nothing_else, |s| {
     assert!(steps[0].error.as_deref().unwrap().starts_with("bad "));
     assert_eq!(s.run_logs(scope, a, 0, 10).await.unwrap().len(), 1);
 });
+
+conformance!(a_schedule_tick_fires_once_however_many_workers_try, |s| {
+    let scope = scope_of(&s).await;
+    let f = s
+        .save_flow(scope, "cron", json!({}), true, op(), 5)
+        .await
+        .unwrap();
+    s.set_schedule(scope, f.id, Some(1_000)).await.unwrap();
+    let due = s.due_schedules(1_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    // Eight workers saw the same due tick and all try to fire it.
+    let mut hs = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        hs.push(tokio::spawn(async move {
+            let mut r = run(scope, f.id, None, 1_000);
+            r.flow_name = "cron".into();
+            s.fire_schedule(r, 1_000, Some(61_000)).await.unwrap()
+        }));
+    }
+    let mut fired = 0;
+    for h in hs {
+        fired += usize::from(h.await.unwrap().is_some());
+    }
+    assert_eq!(
+        fired, 1,
+        "one worker fires the tick, the others find it moved on"
+    );
+    let total: i64 = s.count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1);
+    assert!(s.due_schedules(60_999, 10).await.unwrap().is_empty());
+    assert_eq!(s.next_schedule_at().await.unwrap(), Some(61_000));
+});

@@ -22,7 +22,7 @@ use crate::{Inserted, NewLog, NewRun, StepCheckpoint, StoreError};
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 64;
 /// Writer tasks (each holds a pool connection while it writes).
-pub(super) const WRITERS: usize = 3;
+const WRITERS: usize = 3;
 
 /// One queued write and where its answer goes.
 pub(super) enum Job {
