@@ -72,7 +72,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(flows::publish))
         .routes(routes!(runs::start))
         .routes(routes!(runs::list))
-        .routes(routes!(runs::show))
+        .routes(routes!(runs::show, runs::delete))
         .routes(routes!(runs::logs))
         .routes(routes!(runs::cancel))
         .routes(routes!(identity::list_keys, identity::create_key))

@@ -1,4 +1,4 @@
-//! Run routes: manual start, list with filters and cursor, show with steps, logs, cancel.
+//! Run routes: manual start, list with filters and cursor, show with steps, logs, cancel, delete.
 
 use axum::Json;
 use axum::body::Body;
@@ -229,6 +229,23 @@ pub(crate) async fn logs(
         next_cursor: next,
         run_status: r.status.as_str().into(),
     }))
+}
+
+/// Delete a finished run with its steps, logs and stored payloads; a run that has not finished
+/// must be cancelled first (409).
+#[utoipa::path(delete, path = "/api/v1/workspaces/{ws}/runs/{run}", tag = "runs",
+    params(WsParam, RunParam),
+    responses((status = 204, description = "deleted"), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let (_, run) = path;
+    let id: RunId = parse_id("run", &run)?;
+    s.engine.delete_run(auth.scope, id, auth.actor).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Cancel a run that has not finished (a finished run is left as it is).

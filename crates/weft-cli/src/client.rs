@@ -106,6 +106,11 @@ pub enum RunsCmd {
         /// Run id.
         run: String,
     },
+    /// Delete a finished run with its steps, logs and stored payloads.
+    Delete {
+        /// Run id.
+        run: String,
+    },
 }
 
 /// `weft connectors …`.
@@ -475,6 +480,14 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                 print_json(&v)
             } else {
                 println!("run {} is {}", s(&v, "id"), s(&v, "status"))
+            }
+        }
+        RunsCmd::Delete { run } => {
+            api.delete(api.ws(&format!("/runs/{}", enc(&run)))).await?;
+            if json_out {
+                print_json(&serde_json::json!({"id": run, "deleted": true}))
+            } else {
+                println!("run {run} deleted")
             }
         }
         RunsCmd::Logs { run, follow } => {

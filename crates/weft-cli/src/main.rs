@@ -57,6 +57,15 @@ pub struct StoreArgs {
     /// (default: the role of --database-url).
     #[arg(long, env = "WEFT_DATABASE_APP_ROLE", global = true)]
     pub database_app_role: Option<String>,
+    /// Where payloads larger than --payload-threshold go: `s3://BUCKET[/PREFIX]` (configured by
+    /// the `AWS_*` variables), `file:///DIR` or a directory (default: DATA_DIR/payloads). Every
+    /// process of a deployment must use the same one.
+    #[arg(long, env = "WEFT_PAYLOAD_STORE", global = true)]
+    pub payload_store: Option<String>,
+    /// Trigger events, step outputs and run outputs whose JSON is larger than this many bytes
+    /// are kept in the payload store instead of the database.
+    #[arg(long, env = "WEFT_PAYLOAD_THRESHOLD", default_value_t = weft_store::payloads::DEFAULT_THRESHOLD, global = true)]
+    pub payload_threshold: usize,
 }
 
 #[derive(Subcommand, Debug)]

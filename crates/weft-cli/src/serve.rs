@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use weft_connectors::{GuardedClient, NetPolicy};
 use weft_engine::{Engine, EngineOptions};
 use weft_sandbox::{SandboxOptions, SandboxPool};
+use weft_store::payloads::Payloads;
 use weft_store::{SqliteOptions, Store};
 use weft_types::{Clock, Scope, SystemClock};
 
@@ -110,6 +111,27 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Maintain the payload store.
+    Payloads {
+        #[command(subcommand)]
+        cmd: PayloadsCmd,
+    },
+}
+
+/// `weft admin payloads …`.
+#[derive(Subcommand, Debug)]
+pub enum PayloadsCmd {
+    /// Delete payloads whose run does not exist (writes that never committed, runs deleted while
+    /// the payload store was unreachable).
+    Sweep {
+        /// Only payloads older than this many seconds (younger ones may belong to a run being
+        /// accepted right now).
+        #[arg(long, default_value_t = 3600)]
+        older_than_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `weft admin user …`.
@@ -168,9 +190,10 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
                 "the PostgreSQL schema is at version {have}, newer than this Weft ({want}); upgrade Weft"
             );
         }
-        return Store::connect_postgres(url, 16)
+        let store = Store::connect_postgres(url, 16)
             .await
-            .context("cannot connect to PostgreSQL at --database-url");
+            .context("cannot connect to PostgreSQL at --database-url")?;
+        return Ok(store.with_payloads(open_payloads(args)?));
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
@@ -178,11 +201,25 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
             args.data_dir.display()
         )
     })?;
-    Store::open(SqliteOptions {
+    let store = Store::open(SqliteOptions {
         path: args.data_dir.join("weft.db"),
         readers: 4,
     })
-    .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))
+    .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    Ok(store.with_payloads(open_payloads(args)?))
+}
+
+/// The payload store of `--payload-store` (default: a `payloads` directory in the data dir).
+fn open_payloads(args: &StoreArgs) -> anyhow::Result<Payloads> {
+    match &args.payload_store {
+        Some(url) => Payloads::open(url, args.payload_threshold)
+            .with_context(|| format!("cannot open the payload store {url}")),
+        None => {
+            let dir = args.data_dir.join("payloads");
+            Payloads::local(&dir, args.payload_threshold)
+                .with_context(|| format!("cannot open the payload directory {}", dir.display()))
+        }
+    }
 }
 
 /// Applies PostgreSQL migrations and grants `app_role` (default: the connecting role).
@@ -266,6 +303,27 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                     b.tenant
                 );
                 println!("owner API key (shown once): {}", b.owner_key);
+            }
+        }
+        AdminCmd::Payloads {
+            cmd:
+                PayloadsCmd::Sweep {
+                    older_than_secs,
+                    json,
+                },
+        } => {
+            let before = SystemClock
+                .now_ms()
+                .saturating_sub(older_than_secs.saturating_mul(1000) as i64);
+            let swept = s.sweep_payloads(before).await?;
+            let at = s.payloads().map_or("", |p| p.describe()).to_string();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "runs_swept": swept, "payload_store": at })
+                );
+            } else {
+                println!("removed the payloads of {swept} runs that do not exist, from {at}");
             }
         }
         AdminCmd::Token { json } => {

@@ -469,4 +469,23 @@ impl Engine {
         self.signal_cancel(run);
         Ok(status)
     }
+
+    /// Deletes a finished run with its steps, logs and payloads (a run that has not finished
+    /// must be cancelled first).
+    pub async fn delete_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+    ) -> Result<(), EngineError> {
+        self.inner
+            .opts
+            .store
+            .delete_run(scope, run, actor, self.inner.now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => EngineError::NotFound("run"),
+                other => other.into(),
+            })
+    }
 }

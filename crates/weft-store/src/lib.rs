@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod fair;
 mod model;
+pub mod payloads;
 pub mod postgres;
 mod quota;
 pub mod rate;
@@ -74,6 +75,17 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub use store::Store;
+
+/// The refusal to delete a run that has not finished.
+pub(crate) fn run_not_finished(
+    run: weft_types::RunId,
+    status: weft_types::RunStatus,
+) -> StoreError {
+    StoreError::Rule(format!(
+        "run {run} is {}; cancel it before deleting it",
+        status.as_str()
+    ))
+}
 
 /// Hashes an API key secret for storage and lookup (keys are high-entropy, so a fast hash fits).
 pub fn hash_secret(secret: &str) -> String {

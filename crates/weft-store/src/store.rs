@@ -7,35 +7,87 @@ use weft_types::{
     FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, TenantId, UserId, WorkspaceId,
 };
 
+use crate::payloads::Payloads;
 use crate::postgres::PgStore;
 use crate::*;
 
-/// The store: SQLite on one machine, PostgreSQL for many processes.
+/// The store: SQLite on one machine, PostgreSQL for many processes; with large payloads in
+/// object storage when a payload store is configured.
 #[derive(Clone, Debug)]
-pub enum Store {
-    /// The embedded default.
+pub struct Store {
+    backend: Backend,
+    payloads: Option<Payloads>,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
     Sqlite(SqliteStore),
-    /// The shared store of a scaled-out deployment.
     Postgres(PgStore),
+}
+
+impl From<SqliteStore> for Store {
+    fn from(s: SqliteStore) -> Self {
+        Store {
+            backend: Backend::Sqlite(s),
+            payloads: None,
+        }
+    }
+}
+
+impl From<PgStore> for Store {
+    fn from(s: PgStore) -> Self {
+        Store {
+            backend: Backend::Postgres(s),
+            payloads: None,
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the embedded store.
     pub fn open(opts: SqliteOptions) -> Result<Self, StoreError> {
-        SqliteStore::open(opts).map(Store::Sqlite)
+        SqliteStore::open(opts).map(Store::from)
     }
 
     /// Connects to PostgreSQL (the schema must be migrated: `weft admin migrate`).
     pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         PgStore::connect(url, max_connections)
             .await
-            .map(Store::Postgres)
+            .map(Store::from)
+    }
+
+    /// Keeps values larger than the payload store's threshold there. Without one, every value
+    /// stays in the database.
+    pub fn with_payloads(mut self, payloads: Payloads) -> Self {
+        self.payloads = Some(payloads);
+        self
+    }
+
+    /// The payload store, if one is configured.
+    pub fn payloads(&self) -> Option<&Payloads> {
+        self.payloads.as_ref()
+    }
+
+    /// The embedded backend, if that is what this is.
+    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL backend, if that is what this is.
+    pub fn as_postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// Whether several processes may share this store (PostgreSQL), so leases, not a
     /// data-dir lock, decide who runs what.
     pub fn is_shared(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Signals of new ready work from other processes (PostgreSQL LISTEN/NOTIFY); `None` for
@@ -43,17 +95,17 @@ impl Store {
     pub async fn work_signals(
         &self,
     ) -> Result<Option<tokio::sync::mpsc::Receiver<()>>, StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(s) => s.work_signals().await.map(Some),
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.work_signals().await.map(Some),
         }
     }
 
     /// Where the data lives, for messages (a file path, or the PostgreSQL server).
     pub fn describe(&self) -> String {
-        match self {
-            Store::Sqlite(s) => s.path().display().to_string(),
-            Store::Postgres(_) => "PostgreSQL".into(),
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(_) => "PostgreSQL".into(),
         }
     }
 }
@@ -65,9 +117,9 @@ macro_rules! dispatch {
                 $(#[$doc])*
                 #[allow(clippy::too_many_arguments)]
                 pub async fn $name(&self, $($arg: $ty),*) -> $ret {
-                    match self {
-                        Store::Sqlite(s) => s.$name($($arg),*).await,
-                        Store::Postgres(s) => s.$name($($arg),*).await,
+                    match &self.backend {
+                        Backend::Sqlite(s) => s.$name($($arg),*).await,
+                        Backend::Postgres(s) => s.$name($($arg),*).await,
                     }
                 }
             )*
@@ -101,12 +153,6 @@ dispatch! {
     fn due_schedules(now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError>;
     /// System: the earliest pending schedule tick.
     fn next_schedule_at() -> Result<Option<Millis>, StoreError>;
-    /// Starts the run of a due tick (deduplicated on the tick) and moves the schedule to `next_tick`,
-    fn fire_schedule(run: NewRun, tick_at: Millis, next_tick: Option<Millis>) -> Result<Option<Inserted>, StoreError>;
-    /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
-    fn insert_run(run: NewRun) -> Result<Inserted, StoreError>;
-    /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
-    fn claim_runs(owner: &str, now: Millis, lease_ms: Millis, limit: usize) -> Result<Vec<ClaimedRun>, StoreError>;
     /// System: extends the leases of every run `owner` is running.
     fn renew_leases(owner: &str, until: Millis) -> Result<usize, StoreError>;
     /// System: returns runs whose lease expired (their worker died) to the queue.
@@ -115,18 +161,10 @@ dispatch! {
     fn reclaim_all_except(owner: &str) -> Result<usize, StoreError>;
     /// Hands `owner`'s running runs back to the queue (graceful shutdown).
     fn release_leases(owner: &str) -> Result<usize, StoreError>;
-    /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
-    fn checkpoint_step(scope: Scope, run: RunId, owner: &str, cp: StepCheckpoint, now: Millis) -> Result<bool, StoreError>;
-    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
-    fn finish_run(scope: Scope, run: RunId, owner: &str, status: RunStatus, output: Option<Value>, error: Option<String>, logs: Vec<NewLog>, now: Millis) -> Result<bool, StoreError>;
     /// Cancels a run that has not finished; returns its status afterwards.
     fn cancel_run(scope: Scope, run: RunId, actor: Actor, now: Millis) -> Result<RunStatus, StoreError>;
     /// Appends log lines to a run.
     fn append_logs(scope: Scope, run: RunId, logs: Vec<NewLog>, now: Millis) -> Result<(), StoreError>;
-    /// A run with its steps.
-    fn get_run(scope: Scope, run: RunId) -> Result<(RunRecord, Vec<StepRecord>), StoreError>;
-    /// Runs of a workspace, newest first, filtered.
-    fn list_runs(scope: Scope, f: RunFilter) -> Result<Vec<RunRecord>, StoreError>;
     /// Log lines of a run after sequence `after`.
     fn run_logs(scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
     /// System: how many runs are in each status (for metrics, benchmarks and tests).
@@ -203,4 +241,255 @@ dispatch! {
     fn verify_audit(tenant: TenantId) -> Result<ChainCheck, StoreError>;
     /// Whether the database answers.
     fn ping() -> Result<(), StoreError>;
+}
+
+/// Calls one backend operation.
+macro_rules! on_backend {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($s) => $call.await,
+            Backend::Postgres($s) => $call.await,
+        }
+    };
+}
+
+/// The operations that carry run data: values over the payload threshold are offloaded on the
+/// way in and resolved on the way out, so nothing above this layer sees a reference.
+impl Store {
+    /// The stored form of `v` (see [`crate::payloads`]), and the object written for it, if any.
+    async fn put_value(
+        &self,
+        scope: &Scope,
+        run: RunId,
+        slot: &str,
+        v: Value,
+    ) -> Result<(Value, Option<object_store::path::Path>), StoreError> {
+        match &self.payloads {
+            Some(p) => p.store(scope, run, slot, v).await,
+            None => Ok((crate::payloads::encode(v), None)),
+        }
+    }
+
+    /// Removes an object whose database write did not happen.
+    async fn forget(&self, written: Option<object_store::path::Path>) {
+        if let (Some(p), Some(path)) = (&self.payloads, written) {
+            p.forget(path).await;
+        }
+    }
+
+    /// The value a stored `v` of `run` stands for.
+    async fn resolve(&self, scope: &Scope, run: RunId, v: Value) -> Result<Value, StoreError> {
+        match crate::payloads::decode(v)? {
+            crate::payloads::Decoded::Inline(v) => Ok(v),
+            crate::payloads::Decoded::Blob(b) => match &self.payloads {
+                Some(p) => p.load(scope, run, b).await,
+                None => Err(StoreError::Unavailable(format!(
+                    "run {run} keeps a payload in object storage, and this process was started without a payload store (--payload-store)"
+                ))),
+            },
+        }
+    }
+
+    async fn resolve_run(&self, mut r: RunRecord) -> Result<RunRecord, StoreError> {
+        let trigger = std::mem::take(&mut r.trigger);
+        r.trigger = self.resolve(&r.scope, r.id, trigger).await?;
+        if let Some(o) = r.output.take() {
+            r.output = Some(self.resolve(&r.scope, r.id, o).await?);
+        }
+        Ok(r)
+    }
+
+    async fn resolve_steps(
+        &self,
+        scope: &Scope,
+        run: RunId,
+        steps: &mut [StepRecord],
+    ) -> Result<(), StoreError> {
+        for s in steps {
+            if let Some(o) = s.output.take() {
+                s.output = Some(self.resolve(scope, run, o).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Durably inserts a queued run, or reports the run that already holds its dedupe key.
+    pub async fn insert_run(&self, mut run: NewRun) -> Result<Inserted, StoreError> {
+        let trigger = std::mem::take(&mut run.trigger);
+        let (stored, written) = self
+            .put_value(&run.scope, run.id, "trigger", trigger)
+            .await?;
+        run.trigger = stored;
+        let r = on_backend!(self, s => s.insert_run(run));
+        if !matches!(
+            r,
+            Ok(Inserted {
+                duplicate: false,
+                ..
+            })
+        ) {
+            self.forget(written).await;
+        }
+        r
+    }
+
+    /// Starts the run of a due tick (deduplicated on the tick) and moves the schedule to
+    /// `next_tick`, in one transaction; `None` when another worker fired the tick.
+    pub async fn fire_schedule(
+        &self,
+        mut run: NewRun,
+        tick_at: Millis,
+        next_tick: Option<Millis>,
+    ) -> Result<Option<Inserted>, StoreError> {
+        let trigger = std::mem::take(&mut run.trigger);
+        let (stored, written) = self
+            .put_value(&run.scope, run.id, "trigger", trigger)
+            .await?;
+        run.trigger = stored;
+        let r = on_backend!(self, s => s.fire_schedule(run, tick_at, next_tick));
+        if !matches!(
+            r,
+            Ok(Some(Inserted {
+                duplicate: false,
+                ..
+            }))
+        ) {
+            self.forget(written).await;
+        }
+        r
+    }
+
+    /// System: claims up to `limit` ready runs for `owner` with a lease until `now + lease_ms`.
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: Millis,
+        limit: usize,
+    ) -> Result<Vec<ClaimedRun>, StoreError> {
+        let mut claimed = on_backend!(self, s => s.claim_runs(owner, now, lease_ms, limit))?;
+        for c in &mut claimed {
+            let run = std::mem::replace(&mut c.run.trigger, Value::Null);
+            c.run.trigger = self.resolve(&c.run.scope, c.run.id, run).await?;
+            self.resolve_steps(&c.run.scope, c.run.id, &mut c.steps)
+                .await?;
+        }
+        Ok(claimed)
+    }
+
+    /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
+    /// is no longer held by `owner`.
+    pub async fn checkpoint_step(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        mut cp: StepCheckpoint,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut written = None;
+        if let Some(o) = cp.step.output.take() {
+            let slot = format!("step-{}", cp.step.idx);
+            let (stored, w) = self.put_value(&scope, run, &slot, o).await?;
+            cp.step.output = Some(stored);
+            written = w;
+        }
+        let r = on_backend!(self, s => s.checkpoint_step(scope, run, owner, cp, now));
+        if !matches!(r, Ok(true)) {
+            self.forget(written).await;
+        }
+        r
+    }
+
+    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (output, written) = match output {
+            Some(o) => {
+                let (stored, w) = self.put_value(&scope, run, "output", o).await?;
+                (Some(stored), w)
+            }
+            None => (None, None),
+        };
+        let r = on_backend!(self, s => s.finish_run(scope, run, owner, status, output, error, logs, now));
+        if !matches!(r, Ok(true)) {
+            self.forget(written).await;
+        }
+        r
+    }
+
+    /// A run with its steps.
+    pub async fn get_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>), StoreError> {
+        let (r, mut steps) = on_backend!(self, s => s.get_run(scope, run))?;
+        self.resolve_steps(&scope, run, &mut steps).await?;
+        Ok((self.resolve_run(r).await?, steps))
+    }
+
+    /// Runs of a workspace, newest first, filtered.
+    pub async fn list_runs(
+        &self,
+        scope: Scope,
+        f: RunFilter,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let runs = on_backend!(self, s => s.list_runs(scope, f))?;
+        let mut out = Vec::with_capacity(runs.len());
+        for r in runs {
+            out.push(self.resolve_run(r).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a finished run with its steps, logs and payloads, and gives its stored bytes
+    /// back to the tenant. A queued or running run must be cancelled first.
+    pub async fn delete_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, s => s.delete_run(scope, run, actor, now))?;
+        if let Some(p) = &self.payloads {
+            p.delete_run(&scope, run).await?;
+        }
+        Ok(())
+    }
+
+    /// Operator: deletes the payloads of runs that do not exist (writes that never committed,
+    /// runs deleted while the payload store was unreachable) whose newest object is older than
+    /// `before`. Returns the runs swept.
+    pub async fn sweep_payloads(&self, before: Millis) -> Result<usize, StoreError> {
+        let Some(p) = &self.payloads else {
+            return Ok(0);
+        };
+        let mut swept = 0;
+        for (scope, run, newest) in p.runs_with_objects().await? {
+            if newest >= before {
+                continue;
+            }
+            match on_backend!(self, s => s.get_run(scope, run)) {
+                Err(StoreError::NotFound) => {
+                    p.delete_run(&scope, run).await?;
+                    swept += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(swept)
+    }
 }

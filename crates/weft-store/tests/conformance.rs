@@ -912,7 +912,7 @@ conformance!(monthly_run_quota_counts_and_refuses, |s| {
 async fn postgres_announces_new_work_to_other_processes() {
     let (s, _g) = postgres().await;
     let scope = s.boot().await;
-    let store = weft_store::Store::Postgres(s.clone());
+    let store = weft_store::Store::from(s.clone());
     let mut signals = store
         .work_signals()
         .await
@@ -926,7 +926,7 @@ async fn postgres_announces_new_work_to_other_processes() {
         .expect("the listener is alive");
     let sqlite = sqlite().await.0;
     assert!(
-        weft_store::Store::Sqlite(sqlite)
+        weft_store::Store::from(sqlite)
             .work_signals()
             .await
             .unwrap()
@@ -1215,4 +1215,306 @@ conformance!(a_schedule_tick_fires_once_however_many_workers_try, |s| {
     assert_eq!(total, 1);
     assert!(s.due_schedules(60_999, 10).await.unwrap().is_empty());
     assert_eq!(s.next_schedule_at().await.unwrap(), Some(61_000));
+});
+
+/// Runs `$body` with `$s` a [`weft_store::Store`] over each backend whose payload store is a
+/// local directory `$dir` with a 1 KiB threshold.
+macro_rules! payload_conformance {
+    ($name:ident, |$s:ident, $dir:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                let (b, _g) = super::sqlite().await;
+                let $dir = tempfile::tempdir().unwrap();
+                let $s = super::with_payloads(weft_store::Store::from(b), $dir.path());
+                $body
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let (b, _g) = super::postgres().await;
+                let $dir = tempfile::tempdir().unwrap();
+                let $s = super::with_payloads(weft_store::Store::from(b), $dir.path());
+                $body
+            }
+        }
+    };
+}
+
+fn with_payloads(s: weft_store::Store, dir: &std::path::Path) -> weft_store::Store {
+    s.with_payloads(weft_store::payloads::Payloads::local(dir, 1024).unwrap())
+}
+
+impl Bootstrapper for weft_store::Store {
+    async fn boot(&self) -> Scope {
+        let b = self.bootstrap_if_empty(1).await.unwrap().unwrap();
+        Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        }
+    }
+}
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// What the database itself holds for a run (references are not resolved).
+async fn raw_run(
+    s: &weft_store::Store,
+    scope: Scope,
+    r: weft_types::RunId,
+) -> (weft_store::RunRecord, Vec<weft_store::StepRecord>) {
+    match (s.as_sqlite(), s.as_postgres()) {
+        (Some(b), _) => b.get_run(scope, r).await.unwrap(),
+        (_, Some(b)) => b.get_run(scope, r).await.unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+fn is_reference(v: &serde_json::Value) -> bool {
+    matches!(
+        weft_store::payloads::decode(v.clone()),
+        Ok(weft_store::payloads::Decoded::Blob(_))
+    )
+}
+
+fn step(id: &str, idx: i64, output: serde_json::Value, at: i64) -> weft_store::StepCheckpoint {
+    weft_store::StepCheckpoint {
+        step: weft_store::StepRecord {
+            step_id: id.into(),
+            idx,
+            status: weft_types::StepStatus::Succeeded,
+            attempts: 1,
+            output: Some(output),
+            error: None,
+            started_at: Some(at),
+            finished_at: Some(at),
+        },
+        logs: vec![],
+    }
+}
+
+payload_conformance!(
+    large_values_live_in_object_storage_and_read_back_whole,
+    |s, dir| {
+        let scope = scope_of(&s).await;
+        let jan = 1_768_435_200_000;
+        let before = s.usage(scope.tenant, jan).await.unwrap().stored_bytes;
+        let f = weft_types::FlowId::new();
+        let body = json!({"body": {"text": "t".repeat(5000), "nested": [1, {"a": "\u{e9}"}]}});
+        let mut new = run(scope, f, Some("big"), jan);
+        new.trigger = body.clone();
+        let r = s.insert_run(new).await.unwrap().run_id;
+        let files = files_under(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(
+            files[0].starts_with(&format!(
+                "{}/{}/{r}/trigger-",
+                scope.tenant, scope.workspace
+            )),
+            "{files:?}"
+        );
+        assert!(is_reference(&raw_run(&s, scope, r).await.0.trigger));
+        // The same delivery again is absorbed and writes no second object.
+        let mut again = run(scope, f, Some("big"), jan + 1);
+        again.trigger = body.clone();
+        assert!(s.insert_run(again).await.unwrap().duplicate);
+        assert_eq!(files_under(dir.path()).len(), 1);
+
+        let claimed = s.claim_runs("w1", jan, 30_000, 10).await.unwrap();
+        assert_eq!(
+            claimed[0].run.trigger, body,
+            "the worker sees the whole event"
+        );
+        let big =
+            json!({"rows": (0..400).map(|i| json!({"i": i, "s": "row"})).collect::<Vec<_>>()});
+        // A step whose output merely looks like a reference (to another run's object) is data.
+        let forged =
+            json!({"$weft_payload": {"blob": {"key": files[0], "size": 1, "sha256": "00"}}});
+        assert!(
+            s.checkpoint_step(scope, r, "w1", step("a", 0, big.clone(), jan), jan)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.checkpoint_step(scope, r, "w1", step("b", 1, forged.clone(), jan), jan)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.checkpoint_step(scope, r, "w2", step("c", 2, big.clone(), jan), jan)
+                .await
+                .unwrap(),
+            "only the lease owner checkpoints"
+        );
+        assert_eq!(
+            files_under(dir.path()).len(),
+            2,
+            "the refused checkpoint's object is removed"
+        );
+        let err = s.delete_run(scope, r, op(), jan).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Rule(_)),
+            "a running run is not deleted: {err:?}"
+        );
+
+        let out = json!({"summary": "s".repeat(3000)});
+        assert!(
+            s.finish_run(
+                scope,
+                r,
+                "w1",
+                weft_types::RunStatus::Succeeded,
+                Some(out.clone()),
+                None,
+                vec![],
+                jan + 2
+            )
+            .await
+            .unwrap()
+        );
+        let (raw, raw_steps) = raw_run(&s, scope, r).await;
+        assert!(is_reference(raw.output.as_ref().unwrap()));
+        assert!(is_reference(raw_steps[0].output.as_ref().unwrap()));
+        assert!(!is_reference(raw_steps[1].output.as_ref().unwrap()));
+
+        let (got, steps) = s.get_run(scope, r).await.unwrap();
+        assert_eq!(got.trigger, body);
+        assert_eq!(got.output.as_ref(), Some(&out));
+        assert_eq!(steps[0].output.as_ref(), Some(&big));
+        assert_eq!(steps[1].output.as_ref(), Some(&forged));
+        let listed = s
+            .list_runs(
+                scope,
+                weft_store::RunFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed[0].trigger, body);
+        assert_eq!(listed[0].output.as_ref(), Some(&out));
+
+        // The tenant is charged for what it stores, wherever it is stored.
+        let charged = s.usage(scope.tenant, jan).await.unwrap().stored_bytes - before;
+        let logical = [&body, &big, &out]
+            .iter()
+            .map(|v| v.to_string().len() as i64)
+            .sum::<i64>();
+        assert!(
+            charged >= logical,
+            "charged {charged} for {logical} bytes of payloads"
+        );
+
+        // A process without the payload store says so instead of serving a reference.
+        let bare = match (s.as_sqlite(), s.as_postgres()) {
+            (Some(b), _) => weft_store::Store::from(b.clone()),
+            (_, Some(b)) => weft_store::Store::from(b.clone()),
+            _ => unreachable!(),
+        };
+        let err = bare.get_run(scope, r).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable(ref m) if m.contains("--payload-store")),
+            "{err:?}"
+        );
+
+        // Deleting the run deletes its objects and gives its bytes back.
+        s.delete_run(scope, r, op(), jan + 3).await.unwrap();
+        assert_eq!(files_under(dir.path()), Vec::<String>::new());
+        assert!(matches!(
+            s.get_run(scope, r).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.delete_run(scope, r, op(), jan + 3).await,
+            Err(StoreError::NotFound)
+        ));
+        let left = s.usage(scope.tenant, jan).await.unwrap().stored_bytes - before;
+        assert!(
+            left.abs() <= 16,
+            "{left} bytes still charged after the delete"
+        );
+        let trail = s.list_audit(scope.tenant, None, None, 10).await.unwrap();
+        assert_eq!(trail[0].action, "run.delete");
+    }
+);
+
+payload_conformance!(
+    a_tampered_or_missing_payload_is_reported_not_served,
+    |s, dir| {
+        let scope = scope_of(&s).await;
+        let mut new = run(scope, weft_types::FlowId::new(), None, 5);
+        new.trigger = json!({"x": "y".repeat(2000)});
+        let r = s.insert_run(new).await.unwrap().run_id;
+        let file = dir.path().join(&files_under(dir.path())[0]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace("yyy", "yyz")).unwrap();
+        let err = s.get_run(scope, r).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains("hash")),
+            "{err:?}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let err = s.get_run(scope, r).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains("missing")),
+            "{err:?}"
+        );
+        // Another tenant's scope does not find the run at all.
+        let other = s
+            .create_tenant("o", "o@example.com", Limits::default(), op(), 6)
+            .await
+            .unwrap();
+        let other = Scope {
+            tenant: other.tenant,
+            workspace: other.workspace,
+        };
+        assert!(matches!(
+            s.get_run(other, r).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+);
+
+payload_conformance!(the_sweep_removes_orphans_and_nothing_else, |s, dir| {
+    let scope = scope_of(&s).await;
+    let mut new = run(scope, weft_types::FlowId::new(), None, 5);
+    new.trigger = json!({"x": "y".repeat(2000)});
+    let r = s.insert_run(new).await.unwrap().run_id;
+    // An object written for a run that never committed (the process died in between).
+    let orphan = weft_types::RunId::new();
+    let odir = dir
+        .path()
+        .join(format!("{}/{}/{orphan}", scope.tenant, scope.workspace));
+    std::fs::create_dir_all(&odir).unwrap();
+    std::fs::write(odir.join("trigger-0.json"), "{}").unwrap();
+    // Something that is not Weft's is left alone.
+    std::fs::write(dir.path().join("README"), "mine").unwrap();
+    assert_eq!(
+        s.sweep_payloads(0).await.unwrap(),
+        0,
+        "nothing is old enough"
+    );
+    assert_eq!(s.sweep_payloads(i64::MAX).await.unwrap(), 1);
+    let left = files_under(dir.path());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|f| f.contains(&r.to_string())));
+    assert!(s.get_run(scope, r).await.is_ok());
 });

@@ -190,7 +190,8 @@ pub(super) async fn insert_run_tx(
             expired_key_holder = Some(id);
         }
     }
-    check_quota(tx, &t, trigger.len() as i64, r.now).await?;
+    let bytes = crate::payloads::charged_len(&r.trigger, trigger.len());
+    check_quota(tx, &t, bytes, r.now).await?;
     if let Some(id) = expired_key_holder {
         // The old run keeps its history but gives up the expired key.
         sqlx::query("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3")
@@ -231,7 +232,7 @@ pub(super) async fn insert_run_tx(
     .bind(&r.dedupe_key)
     .bind(r.now)
     .bind(crate::quota::month_of(r.now))
-    .bind(trigger.len() as i64)
+    .bind(bytes)
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
@@ -348,7 +349,12 @@ pub(super) async fn finish_tx(
 ) -> Result<bool, StoreError> {
     let (t, w) = scope_strs(scope);
     let rid = run.to_string();
+    let raw_output = output;
     let output = output.map(pg_json);
+    let output_bytes = match (&output, raw_output) {
+        (Some(text), Some(v)) => crate::payloads::charged_len(v, text.len()),
+        _ => 0,
+    };
     let error = error.map(pg_text);
     let (levels, steps, messages) = log_arrays(logs);
     let n: i64 = sqlx::query_scalar(
@@ -362,8 +368,8 @@ pub(super) async fn finish_tx(
          charge AS (
            INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
            SELECT $1, pg_backend_pid() % 256, $9, 0,
-                  COALESCE((SELECT SUM(LENGTH(output::text)) FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3), 0)
-                  + COALESCE(LENGTH($6), 0)
+                  COALESCE((SELECT SUM(COALESCE((output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(output::text))) FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3), 0)
+                  + $13
            FROM upd
            ON CONFLICT (tenant_id, shard) DO UPDATE SET
              runs_in_month = CASE WHEN u.month >= $9 THEN u.runs_in_month ELSE 0 END,
@@ -389,6 +395,7 @@ pub(super) async fn finish_tx(
     .bind(levels)
     .bind(steps)
     .bind(messages)
+    .bind(output_bytes)
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
@@ -721,6 +728,93 @@ impl PgStore {
         .await?;
         tx.commit().await.map_err(db)?;
         Ok(RunStatus::Cancelled)
+    }
+
+    /// Deletes a finished run with its steps and logs and gives its stored bytes back to the
+    /// tenant; a queued or running run must be cancelled first.
+    pub async fn delete_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let mut tx = self.tenant_tx(&t).await?;
+        // A run in the queue is not finished; its queue row is locked first, as everywhere.
+        let queued: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 FOR UPDATE",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT status, (COALESCE((trigger->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(trigger::text))
+                    + CASE WHEN status = 'cancelled' THEN 0 ELSE
+                        COALESCE((output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(output::text), 0)
+                        + COALESCE((SELECT SUM(COALESCE((s.output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(s.output::text)))
+                                    FROM run_steps s WHERE s.tenant_id = $1 AND s.workspace_id = $2 AND s.run_id = $3), 0) END)::bigint
+             FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 FOR UPDATE",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let (status, bytes) = row.ok_or(StoreError::NotFound)?;
+        let status = RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?;
+        if queued.is_some() || !status.is_terminal() {
+            return Err(crate::run_not_finished(run, status));
+        }
+        for sql in [
+            "DELETE FROM run_logs WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+            "DELETE FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+            "DELETE FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+        ] {
+            sqlx::query(sql)
+                .bind(&t)
+                .bind(&w)
+                .bind(&rid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let month = crate::quota::month_of(now);
+        sqlx::query(
+            "INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
+             VALUES ($1, pg_backend_pid() % 256, $2, 0, -$3::bigint)
+             ON CONFLICT (tenant_id, shard) DO UPDATE SET
+               runs_in_month = CASE WHEN u.month >= $2 THEN u.runs_in_month ELSE 0 END,
+               month = GREATEST(u.month, $2), stored_bytes = u.stored_bytes + excluded.stored_bytes",
+        )
+        .bind(&t)
+        .bind(&month)
+        .bind(bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: "run.delete",
+                object_kind: "run",
+                object_id: rid,
+                workspace: Some(scope.workspace),
+                detail: json!({"status": status.as_str(), "stored_bytes": bytes}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     /// Appends log lines to a run.

@@ -168,7 +168,12 @@ fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, 
                 .execute(params![t, w, id])?;
         }
     }
-    charge_run(c, &t, trigger.len() as i64, r.now)?;
+    charge_run(
+        c,
+        &t,
+        crate::payloads::charged_len(&r.trigger, trigger.len()),
+        r.now,
+    )?;
     if let Some(actor) = &r.audit {
         append(
             c,
@@ -194,6 +199,11 @@ fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, 
         duplicate: false,
     })
 }
+
+/// The bytes a run's step outputs are charged: an offloaded output's recorded size, else its
+/// JSON text (see `crate::payloads`).
+const STEP_BYTES: &str = "SELECT COALESCE(SUM(COALESCE(json_extract(output, '$.\"$weft_payload\".blob.size'), LENGTH(output))), 0)
+     FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3";
 
 /// Counts a new run against the tenant's monthly and storage limits, or refuses it.
 fn charge_run(c: &Connection, tenant: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
@@ -773,6 +783,9 @@ impl SqliteStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let owner = owner.to_string();
+        let output_bytes = output
+            .as_ref()
+            .map_or(0, |o| crate::payloads::charged_len(o, to_json(o).len()));
         let output = output.as_ref().map(to_json);
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
@@ -788,9 +801,9 @@ impl SqliteStore {
             }
             // Stored data is charged once per run, when it ends: one write instead of one per step.
             let steps: i64 = c
-                .prepare_cached("SELECT COALESCE(SUM(LENGTH(output)), 0) FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3")?
+                .prepare_cached(STEP_BYTES)?
                 .query_row(params![t, w, rid], |r| r.get(0))?;
-            charge_bytes(c, &t, steps + output.as_ref().map_or(0, |o| o.len() as i64))?;
+            charge_bytes(c, &t, steps + output_bytes)?;
             insert_logs(c, &t, &w, &rid, now, &logs)?;
             Ok(true)
         })
@@ -826,6 +839,50 @@ impl SqliteStore {
                 workspace: Some(scope.workspace), detail: json!({"previous_status": status.as_str()}),
             })?;
             Ok(RunStatus::Cancelled)
+        })
+        .await
+    }
+
+    /// Deletes a finished run with its steps and logs and gives its stored bytes back to the
+    /// tenant; a queued or running run must be cancelled first.
+    pub async fn delete_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let (status, bytes): (String, i64) = c
+                .prepare_cached(
+                    "SELECT status, COALESCE(json_extract(trigger, '$.\"$weft_payload\".blob.size'), LENGTH(trigger))
+                            + CASE WHEN status = 'cancelled' THEN 0 ELSE
+                                COALESCE(json_extract(output, '$.\"$weft_payload\".blob.size'), LENGTH(output), 0)
+                                + (SELECT COALESCE(SUM(COALESCE(json_extract(s.output, '$.\"$weft_payload\".blob.size'), LENGTH(s.output))), 0)
+                                   FROM run_steps s WHERE s.tenant_id = ?1 AND s.workspace_id = ?2 AND s.run_id = ?3) END
+                     FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                )?
+                .query_row(params![t, w, rid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?;
+            if !status.is_terminal() {
+                return Err(crate::run_not_finished(run, status));
+            }
+            for sql in [
+                "DELETE FROM run_logs WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
+                "DELETE FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
+                "DELETE FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+            ] {
+                c.prepare_cached(sql)?.execute(params![t, w, rid])?;
+            }
+            c.prepare_cached("UPDATE tenant_usage SET stored_bytes = MAX(0, stored_bytes - ?2) WHERE tenant_id = ?1")?
+                .execute(params![t, bytes])?;
+            append(c, &t, now, &Audit {
+                actor, action: "run.delete", object_kind: "run", object_id: rid,
+                workspace: Some(scope.workspace), detail: json!({"status": status.as_str(), "stored_bytes": bytes}),
+            })?;
+            Ok(())
         })
         .await
     }
