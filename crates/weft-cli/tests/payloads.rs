@@ -172,3 +172,83 @@ fn a_bad_payload_store_setting_is_one_clear_line() {
         "{err}"
     );
 }
+
+/// An unsigned call to the S3 test server (moto accepts them); (status, body text).
+fn s3(method: &str, url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .request(method.parse().unwrap(), url)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+#[test]
+fn on_postgres_an_api_and_a_worker_process_share_payloads_in_s3() {
+    let endpoint = std::env::var("WEFT_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("WEFT_TEST_S3_ENDPOINT is not set: start the S3 test server with `eval \"$(scripts/s3.sh start)\"` (scripts/test.sh does this)")
+    });
+    let bucket = format!("weft-{}", &weft_types::random_secret()[..12]);
+    assert_eq!(s3("PUT", &format!("{endpoint}/{bucket}")).0, 200);
+    let url = common::fresh_pg_db();
+    let store = format!("s3://{bucket}/tenants");
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let common_flags = [
+        "--database-url",
+        url.as_str(),
+        "--payload-store",
+        store.as_str(),
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut flags = common_flags.to_vec();
+    flags.extend(["--role", "api"]);
+    let api = Server::start(d1.path(), None, &env, &flags);
+    let mut flags = common_flags.to_vec();
+    flags.extend(["--role", "worker"]);
+    let _worker = Server::start(d2.path(), Some(&api.key), &env, &flags);
+
+    let hook = api.apply(FLOW)["hook_url"].as_str().unwrap().to_string();
+    let body = big_body();
+    let (st, ack) = post_hook(&hook, &body.to_string(), &[]).unwrap();
+    assert_eq!(st, 202, "{ack}");
+    let run = ack["run_id"].as_str().unwrap().to_string();
+    // The worker read the event the api process stored, and wrote the large output back.
+    let r = api.wait_run(&run, T);
+    assert_eq!(r["status"], "succeeded", "{}", r["error"]);
+    assert_eq!(
+        r["steps"][0]["output"],
+        json!({"n": 20_000, "last": "sku-19999"})
+    );
+    assert_eq!(r["steps"][1]["output"], body);
+    let (_, listing) = s3(
+        "GET",
+        &format!("{endpoint}/{bucket}?list-type=2&prefix=tenants/"),
+    );
+    assert!(listing.contains(&format!("{run}/trigger-")), "{listing}");
+    assert!(listing.contains(&format!("{run}/step-1-")), "{listing}");
+    assert!(!d1.path().join("payloads").join("tenants").exists());
+
+    let out = api.cli(&["runs", "delete", &run]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, listing) = s3(
+        "GET",
+        &format!("{endpoint}/{bucket}?list-type=2&prefix=tenants/"),
+    );
+    assert!(!listing.contains(&run), "{listing}");
+}

@@ -69,6 +69,10 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         m.remove(&run.id);
     }
     let Some((status, output, error)) = result else {
+        // Stopped without an outcome. If this process still holds the run (a checkpoint could not
+        // be written), it goes back to the queue now rather than when the process goes idle; a
+        // cancelled run or one another worker took over is not held, and nothing changes.
+        hand_back(&inner, &run).await;
         let _ = inner
             .events
             .send(crate::EngineEvent::RunStopped { run: run.id });
@@ -109,8 +113,23 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         }
         Ok(false) => (),
         Err(e) => {
-            tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed")
+            tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
+            hand_back(&inner, &run).await;
         }
+    }
+}
+
+/// Returns a run this process holds to the queue, ready again in a second (so a store that is
+/// failing is not hammered by the same run).
+async fn hand_back(inner: &Arc<Inner>, run: &RunRecord) {
+    let at = inner.now() + 1_000;
+    if let Err(e) = inner
+        .opts
+        .store
+        .release_run(run.scope, run.id, &inner.opts.owner, at)
+        .await
+    {
+        tracing::warn!(run = %run.id, error = %e, "could not hand a run back; its lease will expire");
     }
 }
 

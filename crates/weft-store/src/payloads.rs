@@ -189,8 +189,16 @@ impl Payloads {
                     "the payload store URL {url} names no bucket; use s3://BUCKET[/PREFIX]"
                 )));
             }
+            // Intake waits on the write: fail within seconds (503) rather than the crate's default
+            // of retrying for minutes.
+            let retry = object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(15),
+                ..Default::default()
+            };
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry)
                 .build()
                 .map_err(|e| {
                     StoreError::Rule(format!("cannot configure the payload store {url}: {e}"))

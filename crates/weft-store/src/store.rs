@@ -153,6 +153,9 @@ dispatch! {
     fn due_schedules(now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError>;
     /// System: the earliest pending schedule tick.
     fn next_schedule_at() -> Result<Option<Millis>, StoreError>;
+    /// Hands one run `owner` holds back to the queue, ready again at `not_before`; false when it
+    /// does not hold it.
+    fn release_run(scope: Scope, run: RunId, owner: &str, not_before: Millis) -> Result<bool, StoreError>;
     /// System: extends the leases of every run `owner` is running.
     fn renew_leases(owner: &str, until: Millis) -> Result<usize, StoreError>;
     /// System: returns runs whose lease expired (their worker died) to the queue.
@@ -242,6 +245,9 @@ dispatch! {
     /// Whether the database answers.
     fn ping() -> Result<(), StoreError>;
 }
+
+/// How long a run whose payload store is unreachable waits in the queue before another claim.
+const PAYLOAD_RETRY_MS: Millis = 10_000;
 
 /// Calls one backend operation.
 macro_rules! on_backend {
@@ -367,14 +373,41 @@ impl Store {
         lease_ms: Millis,
         limit: usize,
     ) -> Result<Vec<ClaimedRun>, StoreError> {
-        let mut claimed = on_backend!(self, s => s.claim_runs(owner, now, lease_ms, limit))?;
-        for c in &mut claimed {
-            let run = std::mem::replace(&mut c.run.trigger, Value::Null);
-            c.run.trigger = self.resolve(&c.run.scope, c.run.id, run).await?;
-            self.resolve_steps(&c.run.scope, c.run.id, &mut c.steps)
-                .await?;
+        let claimed = on_backend!(self, s => s.claim_runs(owner, now, lease_ms, limit))?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for mut c in claimed {
+            let (scope, id) = (c.run.scope, c.run.id);
+            let trigger = std::mem::take(&mut c.run.trigger);
+            let resolved = match self.resolve(&scope, id, trigger).await {
+                Ok(t) => {
+                    c.run.trigger = t;
+                    self.resolve_steps(&scope, id, &mut c.steps).await
+                }
+                Err(e) => Err(e),
+            };
+            match resolved {
+                Ok(()) => out.push(c),
+                // The run's data is gone or damaged: retrying cannot help, so the run fails
+                // with the reason rather than coming back forever.
+                Err(StoreError::Corrupt(m)) => {
+                    let error = format!("the run's stored data cannot be read: {m}");
+                    tracing::error!(run = %id, %error, "failing a run whose payload cannot be read");
+                    let log = NewLog {
+                        level: "error",
+                        step_id: None,
+                        message: format!("run failed: {error}"),
+                    };
+                    on_backend!(self, s => s.finish_run(scope, id, owner, RunStatus::Failed, None, Some(error), vec![log], now))?;
+                }
+                // The payload store is unreachable: the run waits in the queue and is tried
+                // again later, instead of holding a lease this worker keeps renewing.
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "a run's payload cannot be read now; it goes back to the queue for 10 s");
+                    on_backend!(self, s => s.release_run(scope, id, owner, now + PAYLOAD_RETRY_MS))?;
+                }
+            }
         }
-        Ok(claimed)
+        Ok(out)
     }
 
     /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run

@@ -1518,3 +1518,70 @@ payload_conformance!(the_sweep_removes_orphans_and_nothing_else, |s, dir| {
     assert!(left.iter().any(|f| f.contains(&r.to_string())));
     assert!(s.get_run(scope, r).await.is_ok());
 });
+
+payload_conformance!(
+    a_run_whose_payload_cannot_be_read_fails_or_waits,
+    |s, dir| {
+        let scope = scope_of(&s).await;
+        let big = |n: i64| {
+            let mut r = run(scope, weft_types::FlowId::new(), None, n);
+            r.trigger = json!({"x": "y".repeat(2000), "n": n});
+            r
+        };
+        let lost = s.insert_run(big(1)).await.unwrap().run_id;
+        for f in files_under(dir.path()) {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        // A payload that is gone cannot come back: the run fails with the reason, once.
+        assert!(s.claim_runs("w1", 10, 30_000, 10).await.unwrap().is_empty());
+        let (r, _) = raw_run(&s, scope, lost).await;
+        assert_eq!(r.status, weft_types::RunStatus::Failed);
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("missing"),
+            "{:?}",
+            r.error
+        );
+
+        // A payload store that does not answer: the run goes back to the queue for a while.
+        let waits = s.insert_run(big(20)).await.unwrap().run_id;
+        let dead = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint("http://127.0.0.1:9")
+            .with_allow_http(true)
+            .with_bucket_name("b")
+            .with_region("us-east-1")
+            .with_access_key_id("k")
+            .with_secret_access_key("s")
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        let backend = match (s.as_sqlite(), s.as_postgres()) {
+            (Some(b), _) => weft_store::Store::from(b.clone()),
+            (_, Some(b)) => weft_store::Store::from(b.clone()),
+            _ => unreachable!(),
+        };
+        let unreachable = backend.with_payloads(weft_store::payloads::Payloads::new(
+            std::sync::Arc::new(dead),
+            1024,
+            "dead".into(),
+        ));
+        assert!(
+            unreachable
+                .claim_runs("w1", 30, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (r, _) = raw_run(&s, scope, waits).await;
+        assert_eq!(r.status, weft_types::RunStatus::Queued, "{:?}", r.error);
+        assert!(
+            s.claim_runs("w1", 31, 30_000, 10).await.unwrap().is_empty(),
+            "not yet"
+        );
+        let back = s.claim_runs("w1", 30 + 10_001, 30_000, 10).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].run.trigger["n"], 20);
+    }
+);

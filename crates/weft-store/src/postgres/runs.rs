@@ -607,6 +607,37 @@ impl PgStore {
         self.system_update(&sql, owner, None, true).await
     }
 
+    /// Hands one run `owner` holds back to the queue, ready again at `not_before`; false when it
+    /// does not hold it.
+    pub async fn release_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        not_before: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "WITH back AS (UPDATE run_queue SET lease_owner = NULL, lease_expires = NULL, not_before = $5
+               WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4
+               RETURNING tenant_id, workspace_id, run_id)
+             UPDATE runs r SET status = 'queued' FROM back b
+             WHERE r.tenant_id = b.tenant_id AND r.workspace_id = b.workspace_id AND r.id = b.run_id",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(run.to_string())
+        .bind(owner)
+        .bind(not_before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
+    }
+
     /// Checkpoints a step of a run `owner` holds; false (nothing written) when it no longer holds it.
     pub async fn checkpoint_step(
         &self,

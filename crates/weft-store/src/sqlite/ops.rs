@@ -735,6 +735,28 @@ impl SqliteStore {
         .await
     }
 
+    /// Hands one run `owner` holds back to the queue, ready again at `not_before`; false when it
+    /// does not hold it.
+    pub async fn release_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        not_before: Millis,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c.prepare_cached(
+                "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL, not_before = ?5
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4",
+            )?
+            .execute(params![t, w, run.to_string(), owner, not_before])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
     /// is no longer running under this owner (cancelled, or reclaimed after a lost lease).
     pub async fn checkpoint_step(
