@@ -1585,3 +1585,91 @@ payload_conformance!(
         assert_eq!(back[0].run.trigger["n"], 20);
     }
 );
+
+conformance!(concurrent_checkpoints_each_get_their_own_answer, |s| {
+    // On PostgreSQL, checkpoints queued together are written by one statement: each must
+    // still be refused or written on its own, with its own log lines in order.
+    let scope = scope_of(&s).await;
+    let f = weft_types::FlowId::new();
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        runs.push(s.insert_run(run(scope, f, None, i)).await.unwrap().run_id);
+    }
+    assert_eq!(s.claim_runs("w1", 100, 30_000, 50).await.unwrap().len(), 20);
+    let mut hs = Vec::new();
+    for (n, r) in runs.iter().enumerate() {
+        for (idx, step) in ["a", "b"].into_iter().enumerate() {
+            let s = s.clone();
+            let r = *r;
+            // Every fifth run's checkpoints come from a worker that does not hold it.
+            let owner = if n % 5 == 0 { "w2" } else { "w1" };
+            hs.push(tokio::spawn(async move {
+                let mut cp = step_cp(step, idx as i64, json!({"run": n, "step": step}));
+                cp.logs = (0..3)
+                    .map(|k| weft_store::NewLog {
+                        level: "info",
+                        step_id: Some(step.into()),
+                        message: format!("{step}{k}"),
+                    })
+                    .collect();
+                (
+                    n,
+                    s.checkpoint_step(scope, r, owner, cp, 200).await.unwrap(),
+                )
+            }));
+        }
+    }
+    for h in hs {
+        let (n, held) = h.await.unwrap();
+        assert_eq!(held, n % 5 != 0, "run {n}");
+    }
+    for (n, r) in runs.iter().enumerate() {
+        let (_, steps) = s.get_run(scope, *r).await.unwrap();
+        let logs: Vec<String> = s
+            .run_logs(scope, *r, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        if n % 5 == 0 {
+            assert!(
+                steps.is_empty() && logs.is_empty(),
+                "run {n}: {steps:?} {logs:?}"
+            );
+            continue;
+        }
+        assert_eq!(steps.len(), 2, "run {n}");
+        for st in &steps {
+            assert_eq!(st.output, Some(json!({"run": n, "step": st.step_id})));
+        }
+        // Each step's lines stay in their order (the two steps may interleave).
+        for step in ["a", "b"] {
+            let mine: Vec<&String> = logs.iter().filter(|l| l.starts_with(step)).collect();
+            assert_eq!(
+                mine,
+                [
+                    &format!("{step}0"),
+                    &format!("{step}1"),
+                    &format!("{step}2")
+                ]
+            );
+        }
+    }
+});
+
+fn step_cp(id: &str, idx: i64, output: serde_json::Value) -> weft_store::StepCheckpoint {
+    weft_store::StepCheckpoint {
+        step: weft_store::StepRecord {
+            step_id: id.into(),
+            idx,
+            status: weft_types::StepStatus::Succeeded,
+            attempts: 1,
+            output: Some(output),
+            error: None,
+            started_at: Some(150),
+            finished_at: Some(160),
+        },
+        logs: vec![],
+    }
+}

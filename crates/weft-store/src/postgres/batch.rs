@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use weft_types::{Millis, RunId, RunStatus, Scope};
 
-use super::runs::{checkpoint_tx, finish_tx, insert_run_tx};
+use super::runs::{CheckpointRow, checkpoint_many_tx, checkpoint_tx, finish_tx, insert_run_tx};
 use super::store::db;
 use crate::{Inserted, NewLog, NewRun, StepCheckpoint, StoreError};
 
@@ -60,16 +60,24 @@ impl Job {
         match self {
             // Finishes and checkpoints first: they lock a queue row, then its run, as claims
             // and cancels do, before any insert of the batch takes the tenant's audit head.
-            Job::Checkpoint { scope, .. } | Job::Finish { scope, .. } => (
+            // Checkpoints come together so that they go in one statement.
+            Job::Checkpoint { scope, .. } => (
                 scope.tenant.to_string(),
                 0,
                 String::new(),
                 String::new(),
                 String::new(),
             ),
+            Job::Finish { scope, .. } => (
+                scope.tenant.to_string(),
+                1,
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
             Job::Insert { run, .. } => (
                 run.scope.tenant.to_string(),
-                1,
+                2,
                 run.scope.workspace.to_string(),
                 run.flow_id.to_string(),
                 run.dedupe_key.clone().unwrap_or_default(),
@@ -207,7 +215,9 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
     let mut tx = pool.begin().await.map_err(db)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut current: Option<String> = None;
-    for job in jobs {
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = &jobs[i];
         let tenant = job.tenant();
         if current.as_deref() != Some(tenant.as_str()) {
             sqlx::query("SELECT set_config('weft.tenant_id', $1, true)")
@@ -215,8 +225,36 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            current = Some(tenant);
+            current = Some(tenant.clone());
         }
+        // A run of checkpoints of one tenant: one statement for all of them.
+        let group: Vec<CheckpointRow<'_>> = jobs[i..]
+            .iter()
+            .map_while(|j| match j {
+                Job::Checkpoint {
+                    scope,
+                    run,
+                    owner,
+                    cp,
+                    now,
+                    ..
+                } if scope.tenant.to_string() == tenant => Some(CheckpointRow {
+                    scope,
+                    run: *run,
+                    owner,
+                    cp,
+                    now: *now,
+                }),
+                _ => None,
+            })
+            .collect();
+        if group.len() > 1 {
+            let held = checkpoint_many_tx(&mut tx, &tenant, &group).await?;
+            i += group.len();
+            outcomes.extend(held.into_iter().map(|h| Outcome::Bool(Ok(h))));
+            continue;
+        }
+        i += 1;
         let outcome = match job {
             Job::Insert { run, .. } => {
                 let trigger = super::pg_json(&run.trigger);
