@@ -1673,3 +1673,119 @@ fn step_cp(id: &str, idx: i64, output: serde_json::Value) -> weft_store::StepChe
         logs: vec![],
     }
 }
+
+conformance!(concurrent_finishes_each_get_their_own_answer, |s| {
+    // On PostgreSQL, finishes queued together are written by one statement, with one charge.
+    let scope = scope_of(&s).await;
+    let jan = 1_768_435_200_000;
+    let f = weft_types::FlowId::new();
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        runs.push(
+            s.insert_run(run(scope, f, None, jan + i))
+                .await
+                .unwrap()
+                .run_id,
+        );
+    }
+    assert_eq!(
+        s.claim_runs("w1", jan + 100, 30_000, 50)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+    for r in &runs {
+        let cp = step_cp("a", 0, json!({"v": "x".repeat(50)}));
+        assert!(
+            s.checkpoint_step(scope, *r, "w1", cp, jan + 150)
+                .await
+                .unwrap()
+        );
+    }
+    let before = s.usage(scope.tenant, jan).await.unwrap().stored_bytes;
+    let mut hs = Vec::new();
+    for (n, r) in runs.iter().enumerate() {
+        let (s, r) = (s.clone(), *r);
+        let owner = if n % 5 == 0 { "w2" } else { "w1" };
+        hs.push(tokio::spawn(async move {
+            let logs = (0..3)
+                .map(|k| weft_store::NewLog {
+                    level: "info",
+                    step_id: None,
+                    message: format!("end{k}"),
+                })
+                .collect();
+            let status = if n % 2 == 0 {
+                weft_types::RunStatus::Succeeded
+            } else {
+                weft_types::RunStatus::Failed
+            };
+            let done = s
+                .finish_run(
+                    scope,
+                    r,
+                    owner,
+                    status,
+                    Some(json!({"n": n})),
+                    None,
+                    logs,
+                    jan + 200,
+                )
+                .await
+                .unwrap();
+            (n, done)
+        }));
+    }
+    for h in hs {
+        let (n, done) = h.await.unwrap();
+        assert_eq!(done, n % 5 != 0, "run {n}");
+    }
+    for (n, r) in runs.iter().enumerate() {
+        let (got, _) = s.get_run(scope, *r).await.unwrap();
+        let logs: Vec<String> = s
+            .run_logs(scope, *r, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        if n % 5 == 0 {
+            assert_eq!(got.status, weft_types::RunStatus::Running, "run {n}");
+            assert!(logs.is_empty());
+            continue;
+        }
+        let want = if n % 2 == 0 { "succeeded" } else { "failed" };
+        assert_eq!(got.status.as_str(), want, "run {n}");
+        assert_eq!(got.output, Some(json!({"n": n})));
+        assert_eq!(got.finished_at, Some(jan + 200));
+        assert_eq!(logs, ["end0", "end1", "end2"]);
+    }
+    // Sixteen runs were charged for their step and run outputs, the four refused ones nothing.
+    let charged = s.usage(scope.tenant, jan).await.unwrap().stored_bytes - before;
+    let step_len = json!({"v": "x".repeat(50)}).to_string().len() as i64;
+    let compact: i64 = (0..20)
+        .filter(|n| n % 5 != 0)
+        .map(|n| step_len + json!({"n": n}).to_string().len() as i64)
+        .sum();
+    // PostgreSQL's jsonb text adds a space after each ':' of the step outputs.
+    assert!(
+        (compact..=compact + 16).contains(&charged),
+        "charged {charged}, expected about {compact}"
+    );
+    // The held runs are still leased to w1 and finish normally.
+    assert!(
+        s.finish_run(
+            scope,
+            runs[0],
+            "w1",
+            weft_types::RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            jan + 300
+        )
+        .await
+        .unwrap()
+    );
+});

@@ -15,7 +15,10 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use weft_types::{Millis, RunId, RunStatus, Scope};
 
-use super::runs::{CheckpointRow, checkpoint_many_tx, checkpoint_tx, finish_tx, insert_run_tx};
+use super::runs::{
+    CheckpointRow, FinishRow, checkpoint_many_tx, checkpoint_tx, finish_many_tx, finish_tx,
+    insert_run_tx,
+};
 use super::store::db;
 use crate::{Inserted, NewLog, NewRun, StepCheckpoint, StoreError};
 
@@ -215,6 +218,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
     let mut tx = pool.begin().await.map_err(db)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut current: Option<String> = None;
+    let mut plans = super::runs::PlanCache::new();
     let mut i = 0;
     while i < jobs.len() {
         let job = &jobs[i];
@@ -254,11 +258,44 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
             outcomes.extend(held.into_iter().map(|h| Outcome::Bool(Ok(h))));
             continue;
         }
+        // Likewise a run of finishes.
+        let finishes: Vec<FinishRow<'_>> = jobs[i..]
+            .iter()
+            .map_while(|j| match j {
+                Job::Finish {
+                    scope,
+                    run,
+                    owner,
+                    status,
+                    output,
+                    error,
+                    logs,
+                    now,
+                    ..
+                } if scope.tenant.to_string() == tenant => Some(FinishRow {
+                    scope,
+                    run: *run,
+                    owner,
+                    status: *status,
+                    output: output.as_ref(),
+                    error: error.as_deref(),
+                    logs,
+                    now: *now,
+                }),
+                _ => None,
+            })
+            .collect();
+        if finishes.len() > 1 {
+            let done = finish_many_tx(&mut tx, &tenant, &finishes).await?;
+            i += finishes.len();
+            outcomes.extend(done.into_iter().map(|d| Outcome::Bool(Ok(d))));
+            continue;
+        }
         i += 1;
         let outcome = match job {
             Job::Insert { run, .. } => {
                 let trigger = super::pg_json(&run.trigger);
-                Outcome::Insert(insert_run_tx(&mut tx, run, &trigger).await)
+                Outcome::Insert(insert_run_tx(&mut tx, run, &trigger, &mut plans).await)
             }
             Job::Checkpoint {
                 scope,

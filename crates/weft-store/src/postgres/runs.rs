@@ -117,16 +117,34 @@ async fn insert_logs(
     Ok(())
 }
 
+/// Tenants' run and stored-byte limits as read earlier in the same transaction: a batch reads
+/// each tenant's plan once, not once per insert.
+pub(super) type PlanCache = std::collections::HashMap<String, (Option<i64>, Option<i64>)>;
+
 /// Refuses a new run the tenant's plan does not allow (same rules as SQLite); writes nothing.
 /// The insert statement charges the run once it is in.
-async fn check_quota(tx: &mut Tx, t: &str, bytes: i64, now: Millis) -> Result<(), StoreError> {
+async fn check_quota(
+    tx: &mut Tx,
+    t: &str,
+    bytes: i64,
+    now: Millis,
+    plans: &mut PlanCache,
+) -> Result<(), StoreError> {
     let month = crate::quota::month_of(now);
-    let (runs_limit, bytes_limit): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = $1")
+    let (runs_limit, bytes_limit) = match plans.get(t) {
+        Some(l) => *l,
+        None => {
+            let l: (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = $1",
+            )
             .bind(t)
             .fetch_one(&mut **tx)
             .await
             .map_err(db)?;
+            plans.insert(t.to_string(), l);
+            l
+        }
+    };
     if runs_limit.is_some() || bytes_limit.is_some() {
         // A limited tenant's inserts take turns (the lock lasts until commit, so each one sees
         // the previous one's charge): a limit is never overshot. Unlimited tenants skip this.
@@ -164,6 +182,7 @@ pub(super) async fn insert_run_tx(
     tx: &mut Tx,
     r: &NewRun,
     trigger: &str,
+    plans: &mut PlanCache,
 ) -> Result<Inserted, StoreError> {
     let (t, w) = scope_strs(&r.scope);
     let flow = r.flow_id.to_string();
@@ -191,7 +210,7 @@ pub(super) async fn insert_run_tx(
         }
     }
     let bytes = crate::payloads::charged_len(&r.trigger, trigger.len());
-    check_quota(tx, &t, bytes, r.now).await?;
+    check_quota(tx, &t, bytes, r.now, plans).await?;
     if let Some(id) = expired_key_holder {
         // The old run keeps its history but gives up the expired key.
         sqlx::query("UPDATE runs SET dedupe_key = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3")
@@ -434,6 +453,117 @@ pub(super) async fn checkpoint_many_tx(
     .map_err(db)?;
     let mut out = vec![false; n];
     for i in held {
+        if let Some(slot) = out.get_mut(i as usize) {
+            *slot = true;
+        }
+    }
+    Ok(out)
+}
+
+/// One finish of a batch (see [`finish_many_tx`]).
+pub(super) struct FinishRow<'a> {
+    pub scope: &'a Scope,
+    pub run: RunId,
+    pub owner: &'a str,
+    pub status: RunStatus,
+    pub output: Option<&'a Value>,
+    pub error: Option<&'a str>,
+    pub logs: &'a [NewLog],
+    pub now: Millis,
+}
+
+/// Finishes many runs of one tenant in `tx` (tenant set) with one statement; for each, whether
+/// it was finished (false: `owner` no longer holds it, and nothing of it was written). Same
+/// effect as [`finish_tx`] on each in turn, with one usage charge for them all.
+pub(super) async fn finish_many_tx(
+    tx: &mut Tx,
+    tenant: &str,
+    rows: &[FinishRow<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    let n = rows.len();
+    let mut ws = Vec::with_capacity(n);
+    let mut runs = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut outputs = Vec::with_capacity(n);
+    let mut output_bytes = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut nows = Vec::with_capacity(n);
+    let (mut l_ord, mut l_level, mut l_step, mut l_msg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, r) in rows.iter().enumerate() {
+        ws.push(r.scope.workspace.to_string());
+        runs.push(r.run.to_string());
+        owners.push(r.owner);
+        statuses.push(r.status.as_str());
+        let text = r.output.map(pg_json);
+        output_bytes.push(match (&text, r.output) {
+            (Some(t), Some(v)) => crate::payloads::charged_len(v, t.len()),
+            _ => 0,
+        });
+        outputs.push(text);
+        errors.push(r.error.map(|e| pg_text(e).into_owned()));
+        nows.push(r.now);
+        for l in r.logs {
+            l_ord.push(i as i64);
+            l_level.push(l.level);
+            l_step.push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
+            l_msg.push(pg_text(&l.message).into_owned());
+        }
+    }
+    let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
+    let done: Vec<i64> = sqlx::query_scalar(
+        "WITH inp AS (
+           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[])
+             WITH ORDINALITY AS i(workspace_id, run_id, owner, status, output, error, now, output_bytes, ord)),
+         held AS (
+           DELETE FROM run_queue q USING inp i
+           WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id AND q.lease_owner = i.owner
+           RETURNING q.workspace_id, q.run_id),
+         upd AS (
+           UPDATE runs r SET status = i.status, output = i.output::jsonb, error = i.error, finished_at = i.now
+           FROM inp i JOIN held h ON h.workspace_id = i.workspace_id AND h.run_id = i.run_id
+           WHERE r.tenant_id = $1 AND r.workspace_id = i.workspace_id AND r.id = i.run_id
+           RETURNING i.ord, i.workspace_id, i.run_id, i.now, i.output_bytes),
+         charge AS (
+           INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
+           SELECT $1, pg_backend_pid() % 256, $10, 0,
+                  SUM(d.output_bytes + COALESCE((SELECT SUM(COALESCE((s.output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(s.output::text)))
+                      FROM run_steps s WHERE s.tenant_id = $1 AND s.workspace_id = d.workspace_id AND s.run_id = d.run_id), 0))::bigint
+           FROM upd d
+           HAVING COUNT(*) > 0
+           ON CONFLICT (tenant_id, shard) DO UPDATE SET
+             runs_in_month = CASE WHEN u.month >= $10 THEN u.runs_in_month ELSE 0 END,
+             month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
+           RETURNING 1),
+         lg AS (
+           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
+           SELECT $1, d.workspace_id, d.run_id, d.now, l.level, l.step_id, l.message
+           FROM UNNEST($11::bigint[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY AS l(ord, level, step_id, message, n)
+           JOIN upd d ON d.ord = l.ord + 1
+           ORDER BY l.ord, l.n
+           RETURNING 1)
+         SELECT ord - 1 FROM upd ORDER BY ord",
+    )
+    .bind(tenant)
+    .bind(ws)
+    .bind(runs)
+    .bind(owners)
+    .bind(statuses)
+    .bind(outputs)
+    .bind(errors)
+    .bind(nows)
+    .bind(output_bytes)
+    .bind(month)
+    .bind(l_ord)
+    .bind(l_level)
+    .bind(l_step)
+    .bind(l_msg)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut out = vec![false; n];
+    for i in done {
         if let Some(slot) = out.get_mut(i as usize) {
             *slot = true;
         }

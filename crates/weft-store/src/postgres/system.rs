@@ -128,7 +128,7 @@ impl PgStore {
         if q.execute(&mut *tx).await.map_err(db)?.rows_affected() == 0 {
             return Ok(None);
         }
-        let ins = insert_run_tx(&mut tx, &run, &trigger).await?;
+        let ins = insert_run_tx(&mut tx, &run, &trigger, &mut Default::default()).await?;
         tx.commit().await.map_err(db)?;
         self.announce();
         Ok(Some(ins))
