@@ -1789,3 +1789,52 @@ conformance!(concurrent_finishes_each_get_their_own_answer, |s| {
         .unwrap()
     );
 });
+
+conformance!(concurrent_plain_inserts_are_all_queued_and_counted, |s| {
+    // On PostgreSQL, plain inserts (no delivery key) of an unlimited tenant queued together are
+    // written by one statement; a limited tenant's still go one by one through its checks.
+    let open = scope_of(&s).await;
+    let plan = Limits {
+        runs_per_month: Some(25),
+        ..Limits::default()
+    };
+    let t = s
+        .create_tenant("q", "q@example.com", plan, op(), 1)
+        .await
+        .unwrap();
+    let limited = Scope {
+        tenant: t.tenant,
+        workspace: t.workspace,
+    };
+    let jan = 1_768_435_200_000;
+    let f = weft_types::FlowId::new();
+    let mut hs = Vec::new();
+    for i in 0..120 {
+        let s = s.clone();
+        let scope = if i % 3 == 0 { limited } else { open };
+        hs.push(tokio::spawn(async move {
+            (scope, s.insert_run(run(scope, f, None, jan + i)).await)
+        }));
+    }
+    let (mut ok_open, mut ok_limited, mut refused) = (0, 0, 0);
+    for h in hs {
+        match h.await.unwrap() {
+            (sc, Ok(ins)) if sc == open => {
+                assert!(!ins.duplicate);
+                ok_open += 1
+            }
+            (_, Ok(_)) => ok_limited += 1,
+            (_, Err(StoreError::Quota { .. })) => refused += 1,
+            (_, Err(e)) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok_open, ok_limited, refused), (80, 25, 15));
+    let u = s.usage(open.tenant, jan).await.unwrap();
+    assert_eq!(u.runs_in_month, 80);
+    let claimed = s.claim_runs("w1", jan + 1_000, 30_000, 500).await.unwrap();
+    assert_eq!(
+        claimed.len(),
+        105,
+        "every accepted run is queued, and only those"
+    );
+});

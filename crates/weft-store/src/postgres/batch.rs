@@ -17,7 +17,7 @@ use weft_types::{Millis, RunId, RunStatus, Scope};
 
 use super::runs::{
     CheckpointRow, FinishRow, checkpoint_many_tx, checkpoint_tx, finish_many_tx, finish_tx,
-    insert_run_tx,
+    insert_many_tx, insert_run_tx, plan_limits,
 };
 use super::store::db;
 use crate::{Inserted, NewLog, NewRun, StepCheckpoint, StoreError};
@@ -257,6 +257,37 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
             i += group.len();
             outcomes.extend(held.into_iter().map(|h| Outcome::Bool(Ok(h))));
             continue;
+        }
+        // A run of plain inserts (no delivery key, no audit) for a tenant without run or byte
+        // limits: one statement too. Others take the path with their checks.
+        if matches!(job, Job::Insert { run, .. } if run.dedupe_key.is_none() && run.audit.is_none())
+            && plan_limits(&mut tx, &tenant, &mut plans).await? == (None, None)
+        {
+            let month = |r: &NewRun| crate::quota::month_of(r.now);
+            let first_month = match job {
+                Job::Insert { run, .. } => month(run),
+                _ => String::new(),
+            };
+            let plain: Vec<(&NewRun, String)> = jobs[i..]
+                .iter()
+                .map_while(|j| match j {
+                    Job::Insert { run, .. }
+                        if run.scope.tenant.to_string() == tenant
+                            && run.dedupe_key.is_none()
+                            && run.audit.is_none()
+                            && month(run) == first_month =>
+                    {
+                        Some((run, super::pg_json(&run.trigger)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if plain.len() > 1 {
+                let results = insert_many_tx(&mut tx, &tenant, &plain).await?;
+                i += plain.len();
+                outcomes.extend(results.into_iter().map(Outcome::Insert));
+                continue;
+            }
         }
         // Likewise a run of finishes.
         let finishes: Vec<FinishRow<'_>> = jobs[i..]

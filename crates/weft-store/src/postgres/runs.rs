@@ -121,6 +121,108 @@ async fn insert_logs(
 /// each tenant's plan once, not once per insert.
 pub(super) type PlanCache = std::collections::HashMap<String, (Option<i64>, Option<i64>)>;
 
+/// A tenant's (runs per month, stored bytes) limits, read once per transaction.
+pub(super) async fn plan_limits(
+    tx: &mut Tx,
+    t: &str,
+    plans: &mut PlanCache,
+) -> Result<(Option<i64>, Option<i64>), StoreError> {
+    if let Some(l) = plans.get(t) {
+        return Ok(*l);
+    }
+    let l: (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = $1")
+            .bind(t)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?;
+    plans.insert(t.to_string(), l);
+    Ok(l)
+}
+
+/// Inserts many queued runs of one tenant whose plan has no run or byte limit, none with a
+/// delivery key or an audit entry (the common webhook), with one statement; for each, the
+/// result [`insert_run_tx`] would give.
+pub(super) async fn insert_many_tx(
+    tx: &mut Tx,
+    tenant: &str,
+    rows: &[(&NewRun, String)],
+) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+    let n = rows.len();
+    let mut ws = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut flows = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut triggers = Vec::with_capacity(n);
+    let mut nows = Vec::with_capacity(n);
+    let mut bytes = Vec::with_capacity(n);
+    for (r, trigger) in rows {
+        ws.push(r.scope.workspace.to_string());
+        ids.push(r.id.to_string());
+        flows.push(r.flow_id.to_string());
+        names.push(r.flow_name.as_str());
+        versions.push(r.flow_version);
+        bytes.push(crate::payloads::charged_len(&r.trigger, trigger.len()));
+        triggers.push(trigger.as_str());
+        nows.push(r.now);
+    }
+    let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "WITH inp AS (
+           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[])
+             WITH ORDINALITY AS i(workspace_id, id, flow_id, flow_name, flow_version, trigger, now, bytes, ord)),
+         ins AS (
+           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, not_before, created_at)
+           SELECT $1, workspace_id, id, flow_id, flow_name, flow_version, 'queued', trigger::jsonb, now, now FROM inp ORDER BY ord
+           ON CONFLICT DO NOTHING
+           RETURNING workspace_id, id, not_before),
+         q AS (
+           INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
+           SELECT $1, workspace_id, id, not_before FROM ins
+           RETURNING run_id),
+         charge AS (
+           INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
+           SELECT $1, pg_backend_pid() % 256, $10, COUNT(*), SUM(i.bytes)::bigint
+           FROM ins JOIN inp i ON i.id = ins.id AND i.workspace_id = ins.workspace_id
+           HAVING COUNT(*) > 0
+           ON CONFLICT (tenant_id, shard) DO UPDATE SET
+             runs_in_month = CASE WHEN u.month = $10 THEN u.runs_in_month + excluded.runs_in_month WHEN u.month > $10 THEN u.runs_in_month ELSE excluded.runs_in_month END,
+             month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
+           RETURNING 1)
+         SELECT run_id FROM q",
+    )
+    .bind(tenant)
+    .bind(ws)
+    .bind(ids)
+    .bind(flows)
+    .bind(names)
+    .bind(versions)
+    .bind(triggers)
+    .bind(nows)
+    .bind(bytes)
+    .bind(month)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    Ok(rows
+        .iter()
+        .map(|(r, _)| {
+            if inserted.contains(&r.id.to_string()) {
+                Ok(Inserted {
+                    run_id: r.id,
+                    duplicate: false,
+                })
+            } else {
+                Err(StoreError::Conflict(
+                    "a run with this id already exists; retry".into(),
+                ))
+            }
+        })
+        .collect())
+}
+
 /// Refuses a new run the tenant's plan does not allow (same rules as SQLite); writes nothing.
 /// The insert statement charges the run once it is in.
 async fn check_quota(
@@ -131,20 +233,7 @@ async fn check_quota(
     plans: &mut PlanCache,
 ) -> Result<(), StoreError> {
     let month = crate::quota::month_of(now);
-    let (runs_limit, bytes_limit) = match plans.get(t) {
-        Some(l) => *l,
-        None => {
-            let l: (Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT max_runs_per_month, max_stored_bytes FROM tenants WHERE id = $1",
-            )
-            .bind(t)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(db)?;
-            plans.insert(t.to_string(), l);
-            l
-        }
-    };
+    let (runs_limit, bytes_limit) = plan_limits(tx, t, plans).await?;
     if runs_limit.is_some() || bytes_limit.is_some() {
         // A limited tenant's inserts take turns (the lock lasts until commit, so each one sees
         // the previous one's charge): a limit is never overshot. Unlimited tenants skip this.
