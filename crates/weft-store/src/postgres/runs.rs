@@ -498,13 +498,17 @@ pub(super) async fn checkpoint_many_tx(
             l_msg.push(pg_text(&l.message).into_owned());
         }
     }
+    // The lease check is a scalar subquery, one primary-key lookup per row. As a join, the
+    // planner trusted run_queue's statistics, which are always stale (the table swings between
+    // empty and the whole backlog), and compared every row of the tenant's queue with every
+    // checkpoint: 25 ms per statement at a backlog of 1,000 runs.
     let held: Vec<i64> = sqlx::query_scalar(
         "WITH inp AS (
            SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[])
              WITH ORDINALITY AS i(workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at, owner, now, ord)),
          ok AS (
            SELECT i.* FROM inp i
-           WHERE EXISTS (SELECT 1 FROM run_queue q WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id AND q.lease_owner = i.owner)),
+           WHERE (SELECT q.lease_owner FROM run_queue q WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id) = i.owner),
          st AS (
            INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
            SELECT $1, workspace_id, run_id, step_id, idx, status, attempts, output::jsonb, error, started_at, finished_at FROM ok
@@ -601,13 +605,22 @@ pub(super) async fn finish_many_tx(
         }
     }
     let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
+    // Which rows are held is found by primary-key lookups (see `checkpoint_many_tx`); the
+    // delete then finds them through the same index and checks the owner again, since a
+    // lease can change hands between the two.
     let done: Vec<i64> = sqlx::query_scalar(
         "WITH inp AS (
            SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[])
              WITH ORDINALITY AS i(workspace_id, run_id, owner, status, output, error, now, output_bytes, ord)),
+         mine AS (
+           SELECT i.workspace_id, i.run_id, i.owner FROM inp i
+           WHERE (SELECT q.lease_owner FROM run_queue q WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id) = i.owner),
          held AS (
-           DELETE FROM run_queue q USING inp i
-           WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id AND q.lease_owner = i.owner
+           DELETE FROM run_queue q
+           WHERE q.tenant_id = $1
+             AND q.workspace_id = ANY (ARRAY(SELECT workspace_id FROM mine))
+             AND q.run_id = ANY (ARRAY(SELECT run_id FROM mine))
+             AND EXISTS (SELECT 1 FROM mine m WHERE m.workspace_id = q.workspace_id AND m.run_id = q.run_id AND m.owner = q.lease_owner)
            RETURNING q.workspace_id, q.run_id),
          upd AS (
            UPDATE runs r SET status = i.status, output = i.output::jsonb, error = i.error, finished_at = i.now

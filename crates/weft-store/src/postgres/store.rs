@@ -233,12 +233,16 @@ async fn get_flow_tx(tx: &mut Tx, scope: &Scope, key: &str) -> Result<FlowRecord
 impl PgStore {
     /// Connects a pool as the application role.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(db)?;
+        // No JIT: Weft's statements touch a few rows each, but the recursive claim query's
+        // estimate crosses `jit_above_cost`, and compiling it took 20 ms of a 30 ms claim.
+        let options = options.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             // While PostgreSQL is down, callers fail fast (intake answers 503) instead of
             // queueing for sqlx's default 30 s.
             .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(db)?;
         let (announce, mut wants) = tokio::sync::mpsc::channel::<()>(1);
