@@ -20,6 +20,7 @@ use crate::StoreError;
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_scale.sql")),
+    (3, include_str!("migrations/0003_vacuum.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
