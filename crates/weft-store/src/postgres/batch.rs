@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use weft_types::{Millis, RunId, RunStatus, Scope};
 
 use super::runs::{
-    CheckpointRow, FinishRow, checkpoint_many_tx, checkpoint_tx, finish_many_tx, finish_tx,
-    insert_many_tx, insert_run_tx, plan_limits,
+    CheckpointRow, FinishRow, checkpoint_many_tx, finish_many_tx, insert_many_tx, insert_run_tx,
+    plan_limits,
 };
 use super::store::db;
 use crate::{Inserted, NewLog, NewRun, StepCheckpoint, StoreError};
@@ -231,7 +231,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                 .map_err(db)?;
             current = Some(tenant.clone());
         }
-        // A run of checkpoints of one tenant: one statement for all of them.
+        // A run of checkpoints of one tenant (one or more): one statement for all of them.
         let group: Vec<CheckpointRow<'_>> = jobs[i..]
             .iter()
             .map_while(|j| match j {
@@ -252,7 +252,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                 _ => None,
             })
             .collect();
-        if group.len() > 1 {
+        if !group.is_empty() {
             let held = checkpoint_many_tx(&mut tx, &tenant, &group).await?;
             i += group.len();
             outcomes.extend(held.into_iter().map(|h| Outcome::Bool(Ok(h))));
@@ -282,7 +282,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                     _ => None,
                 })
                 .collect();
-            if plain.len() > 1 {
+            if !plain.is_empty() {
                 let results = insert_many_tx(&mut tx, &tenant, &plain).await?;
                 i += plain.len();
                 outcomes.extend(results.into_iter().map(Outcome::Insert));
@@ -316,51 +316,22 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                 _ => None,
             })
             .collect();
-        if finishes.len() > 1 {
+        if !finishes.is_empty() {
             let done = finish_many_tx(&mut tx, &tenant, &finishes).await?;
             i += finishes.len();
             outcomes.extend(done.into_iter().map(|d| Outcome::Bool(Ok(d))));
             continue;
         }
         i += 1;
-        let outcome = match job {
-            Job::Insert { run, .. } => {
-                let trigger = super::pg_json(&run.trigger);
-                Outcome::Insert(insert_run_tx(&mut tx, run, &trigger, &mut plans).await)
-            }
-            Job::Checkpoint {
-                scope,
-                run,
-                owner,
-                cp,
-                now,
-                ..
-            } => Outcome::Bool(checkpoint_tx(&mut tx, scope, *run, owner, cp, *now).await),
-            Job::Finish {
-                scope,
-                run,
-                owner,
-                status,
-                output,
-                error,
-                logs,
-                now,
-                ..
-            } => Outcome::Bool(
-                finish_tx(
-                    &mut tx,
-                    scope,
-                    *run,
-                    owner,
-                    *status,
-                    output.as_ref(),
-                    error.as_deref(),
-                    logs,
-                    *now,
-                )
-                .await,
-            ),
+        // Checkpoints and finishes went in their grouped statements above; what is left is an
+        // insert with its own checks (delivery key, audit entry, plan limits).
+        let Job::Insert { run, .. } = job else {
+            return Err(StoreError::Db(
+                "internal: a batch job was left ungrouped".into(),
+            ));
         };
+        let trigger = super::pg_json(&run.trigger);
+        let outcome = Outcome::Insert(insert_run_tx(&mut tx, run, &trigger, &mut plans).await);
         let err = match &outcome {
             Outcome::Insert(Err(e)) | Outcome::Bool(Err(e)) => Some(e.clone()),
             _ => None,

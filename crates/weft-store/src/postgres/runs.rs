@@ -387,57 +387,37 @@ fn log_arrays(logs: &[NewLog]) -> LogArrays<'_> {
     )
 }
 
-/// Checkpoints a step in `tx` (tenant set); false, writing nothing, when `owner` no longer
-/// holds the run. One statement: the step row and its log lines (each statement is a round
-/// trip and most of PostgreSQL's cost per run).
-pub(super) async fn checkpoint_tx(
-    tx: &mut Tx,
-    scope: &Scope,
-    run: RunId,
-    owner: &str,
-    cp: &StepCheckpoint,
-    now: Millis,
-) -> Result<bool, StoreError> {
-    let (t, w) = scope_strs(scope);
-    let rid = run.to_string();
-    let s = &cp.step;
-    let (levels, steps, messages) = log_arrays(&cp.logs);
-    let n: i64 = sqlx::query_scalar(
-        "WITH st AS (
-           INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11
-           WHERE EXISTS (SELECT 1 FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $12)
-           ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-             output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
-           RETURNING 1),
-         lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-           SELECT $1, $2, $3, $13, l.level, l.step_id, l.message
-           FROM UNNEST($14::text[], $15::text[], $16::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
-           WHERE EXISTS (SELECT 1 FROM st) ORDER BY l.n
-           RETURNING 1)
-         SELECT COUNT(*) FROM st",
-    )
-    .bind(&t)
-    .bind(&w)
-    .bind(&rid)
-    .bind(&s.step_id)
-    .bind(s.idx)
-    .bind(s.status.as_str())
-    .bind(s.attempts)
-    .bind(s.output.as_ref().map(pg_json))
-    .bind(s.error.as_deref().map(pg_text))
-    .bind(s.started_at)
-    .bind(s.finished_at)
-    .bind(owner)
-    .bind(now)
-    .bind(levels)
-    .bind(steps)
-    .bind(messages)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(n > 0)
+/// The log lines of many jobs as parallel arrays for `UNNEST`, each tagged with its job's
+/// position in the batch (0-based).
+#[derive(Default)]
+struct JobLogs {
+    ord: Vec<i64>,
+    level: Vec<&'static str>,
+    step: Vec<Option<String>>,
+    message: Vec<String>,
+}
+
+impl JobLogs {
+    fn push(&mut self, job: usize, logs: &[NewLog]) {
+        for l in logs {
+            self.ord.push(job as i64);
+            self.level.push(l.level);
+            self.step
+                .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
+            self.message.push(pg_text(&l.message).into_owned());
+        }
+    }
+}
+
+/// For `n` jobs, which ones a statement reported (by 0-based position) as written.
+fn flags(n: usize, written: Vec<i64>) -> Vec<bool> {
+    let mut out = vec![false; n];
+    for i in written {
+        if let Some(slot) = out.get_mut(i as usize) {
+            *slot = true;
+        }
+    }
+    out
 }
 
 /// One step checkpoint of a batch (see [`checkpoint_many_tx`]).
@@ -451,8 +431,8 @@ pub(super) struct CheckpointRow<'a> {
 
 /// Checkpoints many steps of one tenant's runs in `tx` (tenant set) with one statement; for
 /// each, whether it was written (false: its run is no longer held by its owner, and nothing of
-/// it was written). Same effect as [`checkpoint_tx`] on each in turn: a batch's statements,
-/// not its rows, are most of PostgreSQL's cost per run.
+/// it was written). A batch's statements, not its rows, are most of
+/// PostgreSQL's cost per run, so even one checkpoint goes this way.
 pub(super) async fn checkpoint_many_tx(
     tx: &mut Tx,
     tenant: &str,
@@ -475,8 +455,7 @@ pub(super) async fn checkpoint_many_tx(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut l_ord, mut l_level, mut l_step, mut l_msg) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lines = JobLogs::default();
     for (i, r) in rows.iter().enumerate() {
         let s = &r.cp.step;
         ws.push(r.scope.workspace.to_string());
@@ -491,12 +470,7 @@ pub(super) async fn checkpoint_many_tx(
         finished.push(s.finished_at);
         owners.push(r.owner);
         nows.push(r.now);
-        for l in &r.cp.logs {
-            l_ord.push(i as i64);
-            l_level.push(l.level);
-            l_step.push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
-            l_msg.push(pg_text(&l.message).into_owned());
-        }
+        lines.push(i, &r.cp.logs);
     }
     // The lease check is a scalar subquery, one primary-key lookup per row. As a join, the
     // planner trusted run_queue's statistics, which are always stale (the table swings between
@@ -537,20 +511,14 @@ pub(super) async fn checkpoint_many_tx(
     .bind(finished)
     .bind(owners)
     .bind(nows)
-    .bind(l_ord)
-    .bind(l_level)
-    .bind(l_step)
-    .bind(l_msg)
+    .bind(lines.ord)
+    .bind(lines.level)
+    .bind(lines.step)
+    .bind(lines.message)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    let mut out = vec![false; n];
-    for i in held {
-        if let Some(slot) = out.get_mut(i as usize) {
-            *slot = true;
-        }
-    }
-    Ok(out)
+    Ok(flags(n, held))
 }
 
 /// One finish of a batch (see [`finish_many_tx`]).
@@ -566,8 +534,8 @@ pub(super) struct FinishRow<'a> {
 }
 
 /// Finishes many runs of one tenant in `tx` (tenant set) with one statement; for each, whether
-/// it was finished (false: `owner` no longer holds it, and nothing of it was written). Same
-/// effect as [`finish_tx`] on each in turn, with one usage charge for them all.
+/// it was finished (false: `owner` no longer holds it, and nothing of it was written). One usage
+/// charge covers them all.
 pub(super) async fn finish_many_tx(
     tx: &mut Tx,
     tenant: &str,
@@ -582,8 +550,7 @@ pub(super) async fn finish_many_tx(
     let mut output_bytes = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
-    let (mut l_ord, mut l_level, mut l_step, mut l_msg) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lines = JobLogs::default();
     for (i, r) in rows.iter().enumerate() {
         ws.push(r.scope.workspace.to_string());
         runs.push(r.run.to_string());
@@ -597,12 +564,7 @@ pub(super) async fn finish_many_tx(
         outputs.push(text);
         errors.push(r.error.map(|e| pg_text(e).into_owned()));
         nows.push(r.now);
-        for l in r.logs {
-            l_ord.push(i as i64);
-            l_level.push(l.level);
-            l_step.push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
-            l_msg.push(pg_text(&l.message).into_owned());
-        }
+        lines.push(i, r.logs);
     }
     let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
     // Which rows are held is found by primary-key lookups (see `checkpoint_many_tx`); the
@@ -657,90 +619,14 @@ pub(super) async fn finish_many_tx(
     .bind(nows)
     .bind(output_bytes)
     .bind(month)
-    .bind(l_ord)
-    .bind(l_level)
-    .bind(l_step)
-    .bind(l_msg)
+    .bind(lines.ord)
+    .bind(lines.level)
+    .bind(lines.step)
+    .bind(lines.message)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    let mut out = vec![false; n];
-    for i in done {
-        if let Some(slot) = out.get_mut(i as usize) {
-            *slot = true;
-        }
-    }
-    Ok(out)
-}
-
-/// Finishes a run in `tx` (tenant set); false, writing nothing, when `owner` no longer holds it.
-/// One statement: the queue row goes (first: the lock order of claims and cancels), the run
-/// gets its outcome, the tenant is charged for the run's stored bytes, the log lines land.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn finish_tx(
-    tx: &mut Tx,
-    scope: &Scope,
-    run: RunId,
-    owner: &str,
-    status: RunStatus,
-    output: Option<&Value>,
-    error: Option<&str>,
-    logs: &[NewLog],
-    now: Millis,
-) -> Result<bool, StoreError> {
-    let (t, w) = scope_strs(scope);
-    let rid = run.to_string();
-    let raw_output = output;
-    let output = output.map(pg_json);
-    let output_bytes = match (&output, raw_output) {
-        (Some(text), Some(v)) => crate::payloads::charged_len(v, text.len()),
-        _ => 0,
-    };
-    let error = error.map(pg_text);
-    let (levels, steps, messages) = log_arrays(logs);
-    let n: i64 = sqlx::query_scalar(
-        "WITH held AS (
-           DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND lease_owner = $4
-           RETURNING run_id),
-         upd AS (
-           UPDATE runs SET status = $5, output = $6::jsonb, error = $7, finished_at = $8
-           WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND EXISTS (SELECT 1 FROM held)
-           RETURNING id),
-         charge AS (
-           INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
-           SELECT $1, pg_backend_pid() % 256, $9, 0,
-                  COALESCE((SELECT SUM(COALESCE((output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(output::text))) FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3), 0)
-                  + $13
-           FROM upd
-           ON CONFLICT (tenant_id, shard) DO UPDATE SET
-             runs_in_month = CASE WHEN u.month >= $9 THEN u.runs_in_month ELSE 0 END,
-             month = GREATEST(u.month, $9), stored_bytes = u.stored_bytes + excluded.stored_bytes
-           RETURNING 1),
-         lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-           SELECT $1, $2, $3, $8, l.level, l.step_id, l.message
-           FROM UNNEST($10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
-           WHERE EXISTS (SELECT 1 FROM upd) ORDER BY l.n
-           RETURNING 1)
-         SELECT COUNT(*) FROM upd",
-    )
-    .bind(&t)
-    .bind(&w)
-    .bind(&rid)
-    .bind(owner)
-    .bind(status.as_str())
-    .bind(&output)
-    .bind(error)
-    .bind(now)
-    .bind(crate::quota::month_of(now))
-    .bind(levels)
-    .bind(steps)
-    .bind(messages)
-    .bind(output_bytes)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(n > 0)
+    Ok(flags(n, done))
 }
 
 impl PgStore {
