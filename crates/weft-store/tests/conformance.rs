@@ -1604,7 +1604,7 @@ conformance!(concurrent_checkpoints_each_get_their_own_answer, |s| {
             // Every fifth run's checkpoints come from a worker that does not hold it.
             let owner = if n % 5 == 0 { "w2" } else { "w1" };
             hs.push(tokio::spawn(async move {
-                let mut cp = step_cp(step, idx as i64, json!({"run": n, "step": step}));
+                let mut cp = super::step(step, idx as i64, json!({"run": n, "step": step}), 150);
                 cp.logs = (0..3)
                     .map(|k| weft_store::NewLog {
                         level: "info",
@@ -1658,22 +1658,6 @@ conformance!(concurrent_checkpoints_each_get_their_own_answer, |s| {
     }
 });
 
-fn step_cp(id: &str, idx: i64, output: serde_json::Value) -> weft_store::StepCheckpoint {
-    weft_store::StepCheckpoint {
-        step: weft_store::StepRecord {
-            step_id: id.into(),
-            idx,
-            status: weft_types::StepStatus::Succeeded,
-            attempts: 1,
-            output: Some(output),
-            error: None,
-            started_at: Some(150),
-            finished_at: Some(160),
-        },
-        logs: vec![],
-    }
-}
-
 conformance!(concurrent_finishes_each_get_their_own_answer, |s| {
     // On PostgreSQL, finishes queued together are written by one statement, with one charge.
     let scope = scope_of(&s).await;
@@ -1696,7 +1680,7 @@ conformance!(concurrent_finishes_each_get_their_own_answer, |s| {
         20
     );
     for r in &runs {
-        let cp = step_cp("a", 0, json!({"v": "x".repeat(50)}));
+        let cp = step("a", 0, json!({"v": "x".repeat(50)}), 150);
         assert!(
             s.checkpoint_step(scope, *r, "w1", cp, jan + 150)
                 .await
