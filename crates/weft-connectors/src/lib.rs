@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod error;
 pub mod http;
+pub mod webhook;
 
 pub use catalog::{ActionInfo, builtin_actions, find_action, run_action};
 pub use error::ActionError;

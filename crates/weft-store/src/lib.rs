@@ -76,6 +76,19 @@ impl From<rusqlite::Error> for StoreError {
 
 pub use store::Store;
 
+/// The field names stored beside a sealed credential.
+pub(crate) fn credential_fields(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("credential field list: {e}")))
+}
+
+/// Two writers raced to create the same credential name with different ids.
+pub(crate) fn credential_replaced(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "credential '{name}' was created by another request at the same time; send yours again"
+    ))
+}
+
 /// The refusal to delete a run that has not finished.
 pub(crate) fn run_not_finished(
     run: weft_types::RunId,

@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 use weft_types::{
-    FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, StepStatus, TenantId, UserId,
-    WorkspaceId,
+    CredentialId, FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, StepStatus,
+    TenantId, UserId, WorkspaceId,
 };
 
 /// A flow's current state (its definition lives in [`FlowVersion`]s).
@@ -222,6 +222,64 @@ pub struct Bootstrap {
     pub owner: UserId,
     /// The owner API key, shown once.
     pub owner_key: String,
+}
+
+/// A credential's values as the vault sealed them; the store never sees plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedValues {
+    /// The master key that wraps the data key (`mk_…`).
+    pub key_id: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+    /// The encrypted values.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A credential as listed: its field names, never its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    /// Id; bound into the sealed values, so it never changes.
+    pub id: CredentialId,
+    /// Name, unique in the workspace; flows refer to it.
+    pub name: String,
+    /// The connector whose auth fields it holds.
+    pub connector: String,
+    /// Field names that are set.
+    pub fields: Vec<String>,
+    /// `ok`, or `needs_reauth` when the provider refused it for good.
+    pub status: String,
+    /// Why the status is not `ok`.
+    pub status_reason: Option<String>,
+    /// Created at.
+    pub created_at: Millis,
+    /// Last set at.
+    pub updated_at: Millis,
+}
+
+/// A credential to create or replace (by name).
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    /// The id its values were sealed for: the existing credential's when replacing one.
+    pub id: CredentialId,
+    /// Name.
+    pub name: String,
+    /// Connector.
+    pub connector: String,
+    /// Field names.
+    pub fields: Vec<String>,
+    /// The sealed values.
+    pub sealed: SealedValues,
+}
+
+/// One credential's sealed values, for key rotation.
+#[derive(Debug, Clone)]
+pub struct SealedCredential {
+    /// Where it lives.
+    pub scope: Scope,
+    /// Its id.
+    pub id: CredentialId,
+    /// Its sealed values.
+    pub sealed: SealedValues,
 }
 
 /// An API key as listed (never the secret).

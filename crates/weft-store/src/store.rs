@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 use weft_types::{
-    FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, TenantId, UserId, WorkspaceId,
+    CredentialId, FlowId, HookId, KeyId, Millis, Role, RunId, RunStatus, Scope, TenantId, UserId,
+    WorkspaceId,
 };
 
 use crate::payloads::Payloads;
@@ -244,6 +245,21 @@ dispatch! {
     fn verify_audit(tenant: TenantId) -> Result<ChainCheck, StoreError>;
     /// Whether the database answers.
     fn ping() -> Result<(), StoreError>;
+    /// A credential by name, with its sealed values.
+    fn credential(scope: Scope, name: &str) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError>;
+    /// Creates a credential or replaces the values of the one with the same name (whose id the
+    /// new values must have been sealed for); true when created.
+    fn put_credential(scope: Scope, cred: NewCredential, actor: Actor, now: Millis) -> Result<(CredentialRecord, bool), StoreError>;
+    /// The workspace's credentials (names and fields, never values), by name.
+    fn list_credentials(scope: Scope) -> Result<Vec<CredentialRecord>, StoreError>;
+    /// Deletes a credential by name.
+    fn delete_credential(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// Marks a credential `needs_reauth` with a reason, or back to `ok` with `None`.
+    fn set_credential_status(scope: Scope, id: CredentialId, reason: Option<String>, now: Millis) -> Result<(), StoreError>;
+    /// System (key rotation): credentials whose data key is not wrapped by `key_id`.
+    fn credentials_to_rewrap(key_id: &str, after: Option<(Scope, CredentialId)>, limit: usize) -> Result<Vec<SealedCredential>, StoreError>;
+    /// Replaces a credential's wrapped data key if it is unchanged since it was read.
+    fn rewrap_credential(scope: Scope, id: CredentialId, old_key_id: &str, sealed: SealedValues) -> Result<bool, StoreError>;
 }
 
 /// How long a run whose payload store is unreachable waits in the queue before another claim.

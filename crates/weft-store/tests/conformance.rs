@@ -1822,3 +1822,129 @@ conformance!(concurrent_plain_inserts_are_all_queued_and_counted, |s| {
         "every accepted run is queued, and only those"
     );
 });
+
+fn sealed(key: &str, tag: u8) -> weft_store::SealedValues {
+    weft_store::SealedValues {
+        key_id: key.into(),
+        wrapped_key: vec![tag; 61],
+        ciphertext: vec![tag, 0, 255, tag],
+    }
+}
+
+conformance!(
+    credentials_are_stored_sealed_replaced_listed_rewrapped_and_walled,
+    |s| {
+        use weft_store::NewCredential;
+        use weft_types::CredentialId;
+        let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+        let b = s
+            .create_tenant("b", "b@example.com", Limits::default(), op(), 2)
+            .await
+            .unwrap();
+        let sa = Scope {
+            tenant: a.tenant,
+            workspace: a.workspace,
+        };
+        let sb = Scope {
+            tenant: b.tenant,
+            workspace: b.workspace,
+        };
+        let id = CredentialId::new();
+        let new = |id: CredentialId, tag: u8| NewCredential {
+            id,
+            name: "gh".into(),
+            connector: "github".into(),
+            fields: vec!["token".into(), "webhook_secret".into()],
+            sealed: sealed("mk_old", tag),
+        };
+        let (rec, created) = s.put_credential(sa, new(id, 1), op(), 3).await.unwrap();
+        assert!(created);
+        assert_eq!(
+            (rec.id, rec.name.as_str(), rec.status.as_str()),
+            (id, "gh", "ok")
+        );
+        assert_eq!(rec.fields, vec!["token", "webhook_secret"]);
+        // Replacing keeps the id; a different id for the same name is a race and changes nothing.
+        let (rec2, created) = s.put_credential(sa, new(id, 2), op(), 4).await.unwrap();
+        assert!(!created);
+        assert_eq!((rec2.id, rec2.created_at, rec2.updated_at), (id, 3, 4));
+        assert!(matches!(
+            s.put_credential(sa, new(CredentialId::new(), 9), op(), 5)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let (_, got) = s.credential(sa, "gh").await.unwrap().unwrap();
+        assert_eq!(got, sealed("mk_old", 2));
+        // Another tenant sees nothing and cannot delete it; it may use the same name.
+        assert!(s.credential(sb, "gh").await.unwrap().is_none());
+        assert!(s.list_credentials(sb).await.unwrap().is_empty());
+        assert!(matches!(
+            s.delete_credential(sb, "gh", op(), 6).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.set_credential_status(sb, id, Some("x".into()), 6).await,
+            Err(StoreError::NotFound)
+        ));
+        let idb = CredentialId::new();
+        s.put_credential(sb, new(idb, 7), op(), 6).await.unwrap();
+
+        // Status.
+        s.set_credential_status(sa, id, Some("invalid_grant".into()), 7)
+            .await
+            .unwrap();
+        let l = s.list_credentials(sa).await.unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].status, "needs_reauth");
+        assert_eq!(l[0].status_reason.as_deref(), Some("invalid_grant"));
+
+        // Rotation walks every tenant's credentials not yet under the new key, in pages.
+        let page = s.credentials_to_rewrap("mk_new", None, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        let rest = s
+            .credentials_to_rewrap("mk_new", Some((page[0].scope, page[0].id)), 10)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        let mut seen: Vec<_> = page.iter().chain(&rest).map(|c| c.id).collect();
+        seen.sort();
+        let mut want = vec![id, idb];
+        want.sort();
+        assert_eq!(seen, want);
+        let mut moved = sealed("mk_new", 2);
+        moved.ciphertext = got.ciphertext.clone();
+        // A stale read (the values changed since) is not rewrapped.
+        let mut stale = moved.clone();
+        stale.ciphertext = vec![0];
+        assert!(!s.rewrap_credential(sa, id, "mk_old", stale).await.unwrap());
+        assert!(
+            s.rewrap_credential(sa, id, "mk_old", moved.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.rewrap_credential(sa, id, "mk_old", moved.clone())
+                .await
+                .unwrap()
+        );
+        let (_, now) = s.credential(sa, "gh").await.unwrap().unwrap();
+        assert_eq!(now, moved);
+        let left = s.credentials_to_rewrap("mk_new", None, 10).await.unwrap();
+        assert_eq!(left.iter().map(|c| c.id).collect::<Vec<_>>(), vec![idb]);
+
+        s.delete_credential(sa, "gh", op(), 8).await.unwrap();
+        assert!(s.credential(sa, "gh").await.unwrap().is_none());
+        assert!(s.credential(sb, "gh").await.unwrap().is_some());
+        // Every change is audited, without values.
+        let trail = s.list_audit(a.tenant, None, None, 50).await.unwrap();
+        let actions: Vec<_> = trail.iter().map(|e| e.action.as_str()).collect();
+        for want in [
+            "credential.create",
+            "credential.update",
+            "credential.delete",
+        ] {
+            assert!(actions.contains(&want), "{actions:?}");
+        }
+        assert_eq!(s.verify_audit(a.tenant).await.unwrap().broken, None);
+    }
+);

@@ -89,6 +89,8 @@ typed_id!(/// A user.
     UserId, "usr", "user", now_v7);
 typed_id!(/// An API key (the public part; the secret is separate).
     KeyId, "key", "API key", now_v7);
+typed_id!(/// A credential (its values are sealed by the vault).
+    CredentialId, "crd", "credential", now_v7);
 typed_id!(/// A webhook trigger's unguessable address: fully random, never time-ordered.
     HookId, "hk", "hook", new_v4);
 

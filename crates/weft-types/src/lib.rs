@@ -12,7 +12,8 @@ pub use authz::{Permission, Role};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use failpoint::{failpoint, failpoint_at};
 pub use ids::{
-    FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId, random_secret,
+    CredentialId, FlowId, HookId, IdError, KeyId, RunId, TenantId, UserId, WorkspaceId,
+    random_secret,
 };
 pub use status::{RunStatus, StepStatus};
 

@@ -3,4 +3,5 @@
 
 mod action;
 mod guard;
+mod signature;
 mod support;

@@ -3,6 +3,7 @@
 //! operation (behind `Store::Postgres`; `tests/conformance.rs` runs each case on both backends).
 
 mod batch;
+mod credentials;
 mod identity;
 mod members;
 mod runs;
@@ -21,6 +22,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_scale.sql")),
     (3, include_str!("migrations/0003_vacuum.sql")),
+    (4, include_str!("migrations/0004_credentials.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level

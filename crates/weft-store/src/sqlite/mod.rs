@@ -6,6 +6,7 @@
 //! answers every caller. A caller that got `Ok` knows its write is on disk.
 
 mod audit;
+mod credentials;
 mod identity;
 mod ops;
 
@@ -26,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_identity.sql")),
     (3, include_str!("migrations/0003_usage_shard.sql")),
+    (4, include_str!("migrations/0004_credentials.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

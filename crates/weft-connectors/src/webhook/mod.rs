@@ -1,0 +1,9 @@
+//! Inbound webhooks: verifying providers' delivery signatures, and signing Weft's own outbound
+//! deliveries the same way.
+
+pub mod signature;
+
+pub use signature::{
+    DEFAULT_TOLERANCE_SECS, HmacAlgorithm, HmacScheme, Scheme, SigEncoding, SignatureError,
+    Verified, sign, verify,
+};

@@ -1,0 +1,336 @@
+//! Sealed credentials on PostgreSQL. Values arrive and leave sealed; only field names are
+//! readable.
+
+use serde_json::json;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use weft_types::{CredentialId, Millis, Scope};
+
+use super::PgStore;
+use super::store::{Tx, append, db, parse};
+use crate::*;
+
+const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext";
+
+fn read(r: &PgRow) -> Result<(CredentialRecord, SealedValues), StoreError> {
+    let fields: String = r.try_get(3).map_err(db)?;
+    Ok((
+        CredentialRecord {
+            id: parse(r.try_get(0).map_err(db)?, "credential id")?,
+            name: r.try_get(1).map_err(db)?,
+            connector: r.try_get(2).map_err(db)?,
+            fields: crate::credential_fields(&fields)?,
+            status: r.try_get(4).map_err(db)?,
+            status_reason: r.try_get(5).map_err(db)?,
+            created_at: r.try_get(6).map_err(db)?,
+            updated_at: r.try_get(7).map_err(db)?,
+        },
+        SealedValues {
+            key_id: r.try_get(8).map_err(db)?,
+            wrapped_key: r.try_get(9).map_err(db)?,
+            ciphertext: r.try_get(10).map_err(db)?,
+        },
+    ))
+}
+
+async fn by_name(
+    tx: &mut Tx,
+    scope: &Scope,
+    name: &str,
+) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError> {
+    let (t, w) = scope_strs(scope);
+    let sql = format!(
+        "SELECT {COLS} FROM credentials WHERE tenant_id = $1 AND workspace_id = $2 AND name = $3"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&t)
+        .bind(&w)
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(read).transpose()
+}
+
+impl PgStore {
+    /// A credential by name, with its sealed values.
+    pub async fn credential(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError> {
+        let mut tx = self.tenant_tx(&scope.tenant.to_string()).await?;
+        let out = by_name(&mut tx, &scope, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    /// Creates a credential or replaces the values of the one with the same name (whose id
+    /// `cred.id` must be, since the values were sealed for it).
+    pub async fn put_credential(
+        &self,
+        scope: Scope,
+        cred: NewCredential,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(CredentialRecord, bool), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let fields = json!(cred.fields).to_string();
+        // The row lock makes a concurrent replace of the same name wait instead of racing.
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM credentials WHERE tenant_id = $1 AND workspace_id = $2 AND name = $3 FOR UPDATE",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&cred.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let id = cred.id.to_string();
+        let created = match existing {
+            Some(found) if found == id => {
+                sqlx::query(
+                    "UPDATE credentials SET connector = $4, fields = $5, key_id = $6, wrapped_key = $7, ciphertext = $8,
+                     status = 'ok', status_reason = NULL, updated_at = $9
+                     WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+                )
+                .bind(&t)
+                .bind(&w)
+                .bind(&id)
+                .bind(&cred.connector)
+                .bind(&fields)
+                .bind(&cred.sealed.key_id)
+                .bind(&cred.sealed.wrapped_key)
+                .bind(&cred.sealed.ciphertext)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                false
+            }
+            Some(_) => return Err(crate::credential_replaced(&cred.name)),
+            None => {
+                sqlx::query(
+                    "INSERT INTO credentials (tenant_id, workspace_id, id, name, connector, fields, key_id, wrapped_key, ciphertext, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                )
+                .bind(&t)
+                .bind(&w)
+                .bind(&id)
+                .bind(&cred.name)
+                .bind(&cred.connector)
+                .bind(&fields)
+                .bind(&cred.sealed.key_id)
+                .bind(&cred.sealed.wrapped_key)
+                .bind(&cred.sealed.ciphertext)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match db(e) {
+                    StoreError::Conflict(_) => crate::credential_replaced(&cred.name),
+                    other => other,
+                })?;
+                true
+            }
+        };
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: if created {
+                    "credential.create"
+                } else {
+                    "credential.update"
+                },
+                object_kind: "credential",
+                object_id: id,
+                workspace: Some(scope.workspace),
+                detail: json!({"name": cred.name, "connector": cred.connector, "fields": cred.fields}),
+            },
+        )
+        .await?;
+        let (rec, _) = by_name(&mut tx, &scope, &cred.name)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(db)?;
+        Ok((rec, created))
+    }
+
+    /// The workspace's credentials, by name.
+    pub async fn list_credentials(
+        &self,
+        scope: Scope,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let sql = format!(
+            "SELECT {COLS} FROM credentials WHERE tenant_id = $1 AND workspace_id = $2 ORDER BY name"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&t)
+            .bind(&w)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(|r| read(r).map(|(rec, _)| rec)).collect()
+    }
+
+    /// Deletes a credential by name.
+    pub async fn delete_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let (rec, _) = by_name(&mut tx, &scope, name)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "DELETE FROM credentials WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(rec.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: "credential.delete",
+                object_kind: "credential",
+                object_id: rec.id.to_string(),
+                workspace: Some(scope.workspace),
+                detail: json!({"name": rec.name, "connector": rec.connector}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Marks a credential `needs_reauth` (or back to `ok` with `None`).
+    pub async fn set_credential_status(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let status = if reason.is_some() {
+            "needs_reauth"
+        } else {
+            "ok"
+        };
+        let n = sqlx::query(
+            "UPDATE credentials SET status = $4, status_reason = $5, updated_at = $6
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .bind(status)
+        .bind(&reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// System (key rotation): sealed credentials not wrapped by `key_id`, in id order after
+    /// `after`.
+    pub async fn credentials_to_rewrap(
+        &self,
+        key_id: &str,
+        after: Option<(Scope, CredentialId)>,
+        limit: usize,
+    ) -> Result<Vec<SealedCredential>, StoreError> {
+        let (t, w, i) = match &after {
+            Some((s, id)) => (
+                s.tenant.to_string(),
+                s.workspace.to_string(),
+                id.to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let mut tx = self.system_tx().await?;
+        let rows = sqlx::query(
+            "SELECT tenant_id, workspace_id, id, key_id, wrapped_key, ciphertext FROM credentials
+             WHERE key_id <> $1 AND (tenant_id, workspace_id, id) > ($2, $3, $4)
+             ORDER BY tenant_id, workspace_id, id LIMIT $5",
+        )
+        .bind(key_id)
+        .bind(&t)
+        .bind(&w)
+        .bind(&i)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedCredential {
+                    scope: Scope {
+                        tenant: parse(r.try_get(0).map_err(db)?, "tenant id")?,
+                        workspace: parse(r.try_get(1).map_err(db)?, "workspace id")?,
+                    },
+                    id: parse(r.try_get(2).map_err(db)?, "credential id")?,
+                    sealed: SealedValues {
+                        key_id: r.try_get(3).map_err(db)?,
+                        wrapped_key: r.try_get(4).map_err(db)?,
+                        ciphertext: r.try_get(5).map_err(db)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a credential's wrapped data key, if it is still wrapped by `old_key_id` and
+    /// its values are unchanged; false when someone set it meanwhile.
+    pub async fn rewrap_credential(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        old_key_id: &str,
+        sealed: SealedValues,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "UPDATE credentials SET key_id = $5, wrapped_key = $6
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND key_id = $4 AND ciphertext = $7",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .bind(old_key_id)
+        .bind(&sealed.key_id)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.ciphertext)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n == 1)
+    }
+}

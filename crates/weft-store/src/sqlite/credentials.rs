@@ -1,0 +1,261 @@
+//! Sealed credentials on SQLite. Values arrive and leave sealed; only field names are readable.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::json;
+use weft_types::{CredentialId, Millis, Scope};
+
+use super::SqliteStore;
+use super::audit::append;
+use super::ops::parse;
+use crate::*;
+
+const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext";
+
+fn read(r: &Row<'_>) -> Result<(CredentialRecord, SealedValues), StoreError> {
+    let fields: String = r.get(3)?;
+    Ok((
+        CredentialRecord {
+            id: parse(r.get(0)?, "credential id")?,
+            name: r.get(1)?,
+            connector: r.get(2)?,
+            fields: crate::credential_fields(&fields)?,
+            status: r.get(4)?,
+            status_reason: r.get(5)?,
+            created_at: r.get(6)?,
+            updated_at: r.get(7)?,
+        },
+        SealedValues {
+            key_id: r.get(8)?,
+            wrapped_key: r.get(9)?,
+            ciphertext: r.get(10)?,
+        },
+    ))
+}
+
+fn by_name(
+    c: &Connection,
+    scope: &Scope,
+    name: &str,
+) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError> {
+    let (t, w) = scope_strs(scope);
+    let sql = format!(
+        "SELECT {COLS} FROM credentials WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    let mut rows = st.query(params![t, w, name])?;
+    match rows.next()? {
+        Some(r) => read(r).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl SqliteStore {
+    /// A credential by name, with its sealed values.
+    pub async fn credential(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| by_name(c, &scope, &name)).await
+    }
+
+    /// Creates a credential or replaces the values of the one with the same name (whose id
+    /// `cred.id` must be, since the values were sealed for it).
+    pub async fn put_credential(
+        &self,
+        scope: Scope,
+        cred: NewCredential,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(CredentialRecord, bool), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let fields = json!(cred.fields).to_string();
+            let existing: Option<String> = c
+                .prepare_cached(
+                    "SELECT id FROM credentials WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3",
+                )?
+                .query_row(params![t, w, cred.name], |r| r.get(0))
+                .optional()?;
+            let created = match existing {
+                Some(id) if id == cred.id.to_string() => {
+                    c.prepare_cached(
+                        "UPDATE credentials SET connector = ?4, fields = ?5, key_id = ?6, wrapped_key = ?7, ciphertext = ?8,
+                         status = 'ok', status_reason = NULL, updated_at = ?9
+                         WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                    )?
+                    .execute(params![t, w, id, cred.connector, fields, cred.sealed.key_id, cred.sealed.wrapped_key, cred.sealed.ciphertext, now])?;
+                    false
+                }
+                Some(_) => return Err(crate::credential_replaced(&cred.name)),
+                None => {
+                    c.prepare_cached(
+                        "INSERT INTO credentials (tenant_id, workspace_id, id, name, connector, fields, key_id, wrapped_key, ciphertext, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                    )?
+                    .execute(params![t, w, cred.id.to_string(), cred.name, cred.connector, fields, cred.sealed.key_id, cred.sealed.wrapped_key, cred.sealed.ciphertext, now])?;
+                    true
+                }
+            };
+            append(c, &t, now, &Audit {
+                actor,
+                action: if created { "credential.create" } else { "credential.update" },
+                object_kind: "credential",
+                object_id: cred.id.to_string(),
+                workspace: Some(scope.workspace),
+                detail: json!({"name": cred.name, "connector": cred.connector, "fields": cred.fields}),
+            })?;
+            let (rec, _) = by_name(c, &scope, &cred.name)?.ok_or(StoreError::NotFound)?;
+            Ok((rec, created))
+        })
+        .await
+    }
+
+    /// The workspace's credentials, by name.
+    pub async fn list_credentials(
+        &self,
+        scope: Scope,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let sql = format!(
+                "SELECT {COLS} FROM credentials WHERE tenant_id = ?1 AND workspace_id = ?2 ORDER BY name"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, w])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read(r)?.0);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a credential by name.
+    pub async fn delete_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let (rec, _) = by_name(c, &scope, &name)?.ok_or(StoreError::NotFound)?;
+            c.prepare_cached(
+                "DELETE FROM credentials WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+            )?
+            .execute(params![t, w, rec.id.to_string()])?;
+            append(
+                c,
+                &t,
+                now,
+                &Audit {
+                    actor,
+                    action: "credential.delete",
+                    object_kind: "credential",
+                    object_id: rec.id.to_string(),
+                    workspace: Some(scope.workspace),
+                    detail: json!({"name": rec.name, "connector": rec.connector}),
+                },
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a credential `needs_reauth` (or back to `ok` with `None`).
+    pub async fn set_credential_status(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        reason: Option<String>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let status = if reason.is_some() {
+                "needs_reauth"
+            } else {
+                "ok"
+            };
+            let n = c
+                .prepare_cached(
+                    "UPDATE credentials SET status = ?4, status_reason = ?5, updated_at = ?6
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                )?
+                .execute(params![t, w, id.to_string(), status, reason, now])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// System (key rotation): sealed credentials not wrapped by `key_id`, in id order after
+    /// `after`.
+    pub async fn credentials_to_rewrap(
+        &self,
+        key_id: &str,
+        after: Option<(Scope, CredentialId)>,
+        limit: usize,
+    ) -> Result<Vec<SealedCredential>, StoreError> {
+        let key_id = key_id.to_string();
+        self.read(move |c| {
+            let (t, w, i) = match &after {
+                Some((s, id)) => (s.tenant.to_string(), s.workspace.to_string(), id.to_string()),
+                None => (String::new(), String::new(), String::new()),
+            };
+            let mut st = c.prepare_cached(
+                "SELECT tenant_id, workspace_id, id, key_id, wrapped_key, ciphertext FROM credentials
+                 WHERE key_id <> ?1 AND (tenant_id, workspace_id, id) > (?2, ?3, ?4)
+                 ORDER BY tenant_id, workspace_id, id LIMIT ?5",
+            )?;
+            let mut rows = st.query(params![key_id, t, w, i, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(SealedCredential {
+                    scope: Scope {
+                        tenant: parse(r.get(0)?, "tenant id")?,
+                        workspace: parse(r.get(1)?, "workspace id")?,
+                    },
+                    id: parse(r.get(2)?, "credential id")?,
+                    sealed: SealedValues {
+                        key_id: r.get(3)?,
+                        wrapped_key: r.get(4)?,
+                        ciphertext: r.get(5)?,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Replaces a credential's wrapped data key, if it is still wrapped by `old_key_id`; false
+    /// when someone changed it meanwhile (it was then sealed under the current primary key).
+    pub async fn rewrap_credential(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        old_key_id: &str,
+        sealed: SealedValues,
+    ) -> Result<bool, StoreError> {
+        let old = old_key_id.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c
+                .prepare_cached(
+                    "UPDATE credentials SET key_id = ?5, wrapped_key = ?6
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND key_id = ?4 AND ciphertext = ?7",
+                )?
+                .execute(params![t, w, id.to_string(), old, sealed.key_id, sealed.wrapped_key, sealed.ciphertext])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
