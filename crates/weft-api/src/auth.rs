@@ -50,6 +50,7 @@ perms! {
     MembersManage => MembersManage,
     AuditRead => AuditRead,
     WorkspaceManage => WorkspaceManage,
+    CredentialsWrite => CredentialsWrite,
 }
 
 /// Who is calling, once authenticated.

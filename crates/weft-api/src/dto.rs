@@ -208,6 +208,44 @@ pub struct ConnectorOut {
     pub version: String,
     /// What it does.
     pub description: String,
+    /// Whether the action needs a credential: `required`, `optional` or `none`.
+    pub credential: String,
+}
+
+/// A credential: its name, connector and which fields are set, never their values.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialOut {
+    /// Id (`crd_…`).
+    pub id: String,
+    /// Name, unique in the workspace.
+    pub name: String,
+    /// Connector.
+    pub connector: String,
+    /// Field names that are set.
+    pub fields: Vec<String>,
+    /// `ok`, or `needs_reauth` when the provider refused it for good.
+    pub status: String,
+    /// Why the status is not `ok`.
+    pub status_reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<&weft_store::CredentialRecord> for CredentialOut {
+    fn from(c: &weft_store::CredentialRecord) -> Self {
+        CredentialOut {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            connector: c.connector.clone(),
+            fields: c.fields.clone(),
+            status: c.status.clone(),
+            status_reason: c.status_reason.clone(),
+            created_at: weft_types::rfc3339(c.created_at),
+            updated_at: weft_types::rfc3339(c.updated_at),
+        }
+    }
 }
 
 /// A workspace.

@@ -237,12 +237,13 @@ pub(crate) async fn publish(
 
 fn catalog() -> Page<ConnectorOut> {
     let items = weft_connectors::builtin_actions()
-        .iter()
+        .into_iter()
         .map(|a| ConnectorOut {
-            connector: a.connector.to_string(),
-            action: a.action.to_string(),
-            version: a.version.to_string(),
-            description: a.description.to_string(),
+            connector: a.connector,
+            action: a.action,
+            version: a.version,
+            description: a.description,
+            credential: a.credential,
         })
         .collect();
     Page {

@@ -7,7 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use weft_engine::{EngineError, WebhookResponse};
+use weft_engine::{Delivery, EngineError, Intake, WebhookResponse};
 use weft_types::HookId;
 
 use crate::body::{is_json, media_type, read_limited};
@@ -78,6 +78,8 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Problem> {
         ("Idempotency-Key" = Option<String>, Header, description = "the same key within the dedupe window starts no second run")),
     request_body(content = Object, description = "any JSON, form or text body", content_type = "application/json"),
     responses((status = 202, body = crate::dto::Started),
+        (status = 200, description = "a verified delivery answered at once (Slack's url_verification `{challenge}`), or an event the trigger does not listen for (`{run_id: null, ignored: true, event}`)"),
+        (status = 401, body = crate::dto::ProblemDoc, content_type = "application/problem+json", description = "missing, bad or stale signature of a connector-verified webhook; nothing was stored"),
         (status = "4XX", body = crate::dto::ProblemDoc, content_type = "application/problem+json"),
         (status = 503, body = crate::dto::ProblemDoc, content_type = "application/problem+json"),
         (status = "default", description = "the answer of the flow's respond step")))]
@@ -124,14 +126,34 @@ pub(crate) async fn intake(
         "body": parsed,
         "received_at": weft_types::rfc3339(s.engine.clock().now_ms()),
     });
-    let accepted = s
+    let intake = s
         .engine
-        .accept_webhook(hook, event, key)
+        .accept_webhook(
+            hook,
+            Delivery {
+                event,
+                headers: &headers,
+                raw_body: &bytes,
+                dedupe_key: key,
+            },
+        )
         .await
         .map_err(|e| match e {
             EngineError::NotFound(_) => Problem::not_found("hook"),
             other => Problem::from(other),
         })?;
+    let accepted = match intake {
+        Intake::Accepted(a) => a,
+        Intake::Answered(body) => return Ok((StatusCode::OK, Json(body)).into_response()),
+        // 200, not an error: the sender did nothing wrong, this flow just does not listen.
+        Intake::Ignored { event } => {
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"run_id": null, "duplicate": false, "ignored": true, "event": event})),
+            )
+                .into_response());
+        }
+    };
     weft_types::failpoint("intake.after_commit");
     let ack = (
         StatusCode::ACCEPTED,

@@ -11,6 +11,7 @@ mod admin;
 mod audit;
 pub mod auth;
 mod body;
+mod credentials;
 pub mod dto;
 mod flows;
 mod hooks;
@@ -80,9 +81,12 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::list_members, identity::add_member))
         .routes(routes!(identity::update_member, identity::remove_member))
         .routes(routes!(flows::ws_connectors))
+        .routes(routes!(credentials::list, credentials::put))
+        .routes(routes!(credentials::get, credentials::delete))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(flows::connectors))
+        .routes(routes!(credentials::connector))
         .routes(routes!(admin::list_tenants, admin::create_tenant))
         .routes(routes!(admin::show_tenant, admin::update_tenant))
         .routes(routes!(identity::login))

@@ -131,6 +131,20 @@ impl From<EngineError> for Problem {
                 p.retry_after = retry_after;
                 p
             }
+            EngineError::BadInput(errors) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                EngineError::BadInput(errors.clone()).to_string(),
+            )
+            .with_errors(errors),
+            EngineError::Unavailable(m) => {
+                let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
+                p.retry_after = Some(5);
+                p
+            }
+            EngineError::Unauthorized(m) => {
+                Problem::new(StatusCode::UNAUTHORIZED, "invalid_signature", m)
+            }
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store failure");
                 let mut p = Problem::new(

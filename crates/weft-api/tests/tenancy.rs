@@ -83,6 +83,15 @@ async fn world() -> World {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let b_key = r.body["owner_key"].as_str().unwrap().to_string();
     let b_ws = r.body["workspace_id"].as_str().unwrap().to_string();
+    let r = app
+        .call(
+            "POST",
+            "/api/v1/workspaces/default/credentials",
+            Some(&a_key),
+            Some(json!({"name": A_CRED, "connector": "github", "values": {"token": "ghp_a_only"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     World {
         a_tenant: app.scope.tenant.to_string(),
         app,
@@ -96,6 +105,9 @@ async fn world() -> World {
         b_ws,
     }
 }
+
+/// Tenant A's credential, whose name must never reach tenant B.
+const A_CRED: &str = "a-cred-7c1e";
 
 /// Every (method, path template, scopes of the api_key scheme) of the generated description.
 fn operations() -> Vec<(String, String, Vec<String>)> {
@@ -154,6 +166,7 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
         w.a_keyid.as_str(),
         w.a_user.as_str(),
         w.a_tenant.as_str(),
+        A_CRED,
     ];
     let mut walked = 0;
     for (method, path, _) in operations() {
@@ -177,6 +190,7 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
                     ("run", &w.a_run),
                     ("key", &w.a_keyid),
                     ("user", &w.a_user),
+                    ("name", A_CRED),
                 ],
             );
             let r = w
@@ -208,13 +222,14 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
                     ("run", &w.a_run),
                     ("key", &w.a_keyid),
                     ("user", &w.a_user),
+                    ("name", A_CRED),
                 ],
             );
             let r = w
                 .app
                 .call(&method, &url, Some(&w.b_key), body.clone())
                 .await;
-            let has_object = ["{flow}", "{run}", "{key}", "{user}"]
+            let has_object = ["{flow}", "{run}", "{key}", "{user}", "{name}"]
                 .iter()
                 .any(|p| path.contains(p));
             if has_object {
@@ -242,7 +257,7 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
             check_absent(&r, &format!("{method} {url}"));
         } else {
             // 4. Routes outside a workspace: nothing of tenant A in B's answers.
-            let url = fill(&path, &[]);
+            let url = fill(&path, &[("name", "github")]);
             let r = w
                 .app
                 .call(&method, &url, Some(&w.b_key), body.clone())
@@ -312,6 +327,7 @@ async fn role_matrix_every_route_for_every_role() {
                 ("run", &RunId::new().to_string()),
                 ("key", &KeyId::new().to_string()),
                 ("user", &UserId::new().to_string()),
+                ("name", "no-such-credential"),
             ],
         );
         for (role, key) in &keys {

@@ -113,13 +113,6 @@ pub enum RunsCmd {
     },
 }
 
-/// `weft connectors …`.
-#[derive(Subcommand, Debug)]
-pub enum ConnectorsCmd {
-    /// List connectors and their actions.
-    List,
-}
-
 pub(crate) struct Api {
     http: reqwest::Client,
     pub(crate) args: ClientArgs,
@@ -531,32 +524,6 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        }
-    }
-    Ok(())
-}
-
-pub(crate) async fn connectors(cmd: ConnectorsCmd, args: ClientArgs) -> anyhow::Result<()> {
-    let ConnectorsCmd::List = cmd;
-    let api = Api::new(args)?;
-    let url = format!("{}/api/v1/connectors", api.args.url.trim_end_matches('/'));
-    let v = api.get(url).await?;
-    if api.args.json {
-        print_json(&v);
-    } else {
-        for c in v
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "{}.{}@{}  {}",
-                s(c, "connector"),
-                s(c, "action"),
-                s(c, "version"),
-                s(c, "description")
-            );
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! commands on the store, and the hidden `sandbox-worker` the server spawns for expressions.
 
 mod client;
+mod credentials;
 mod identity;
 mod serve;
 
@@ -66,6 +67,20 @@ pub struct StoreArgs {
     /// are kept in the payload store instead of the database.
     #[arg(long, env = "WEFT_PAYLOAD_THRESHOLD", default_value_t = weft_store::payloads::DEFAULT_THRESHOLD, global = true)]
     pub payload_threshold: usize,
+    /// File with the master key(s) that encrypt credentials: base64, one per line, primary
+    /// first (default: DATA_DIR/master.key, created on the embedded store's first start).
+    #[arg(long, env = "WEFT_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key(s) as base64, comma-separated, primary first; set it through the
+    /// environment, not the command line.
+    #[arg(
+        long,
+        env = "WEFT_MASTER_KEY",
+        hide_env_values = true,
+        global = true,
+        hide = true
+    )]
+    pub master_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,10 +108,17 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List the available connectors.
+    /// List the available connectors, or show one.
     Connectors {
         #[command(subcommand)]
-        cmd: client::ConnectorsCmd,
+        cmd: credentials::ConnectorsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage this workspace's credentials (values are never shown).
+    Credentials {
+        #[command(subcommand)]
+        cmd: credentials::CredentialsCmd,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -175,7 +197,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Flow { cmd, client } => client::flow(cmd, client).await,
             Cmd::Run { cmd, client } => client::run(cmd, client).await,
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
-            Cmd::Connectors { cmd, client } => client::connectors(cmd, client).await,
+            Cmd::Connectors { cmd, client } => credentials::connectors(cmd, client).await,
+            Cmd::Credentials { cmd, client } => credentials::credentials(cmd, client).await,
             Cmd::Keys { cmd, client } => identity::keys(cmd, client).await,
             Cmd::Members { cmd, client } => identity::members(cmd, client).await,
             Cmd::Workspaces { cmd, client } => identity::workspaces(cmd, client).await,

@@ -13,6 +13,7 @@ use weft_sandbox::{SandboxOptions, SandboxPool};
 use weft_store::payloads::Payloads;
 use weft_store::{SqliteOptions, Store};
 use weft_types::{Clock, Scope, SystemClock};
+use weft_vault::{KeySource, MasterKey, Vault};
 
 use crate::StoreArgs;
 
@@ -110,6 +111,13 @@ pub enum AdminCmd {
     User {
         #[command(subcommand)]
         cmd: UserCmd,
+    },
+    /// Make a new master key primary and re-wrap every credential's data key with it, while
+    /// servers keep serving; then retire the old keys (key file) or say how (WEFT_MASTER_KEY).
+    RotateKey {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Maintain the payload store.
     Payloads {
@@ -209,6 +217,34 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     Ok(store.with_payloads(open_payloads(args)?))
 }
 
+/// The credential vault: `WEFT_MASTER_KEY`, else `--master-key-file`, else (embedded store
+/// only) `master.key` in the data dir, created on first start. With PostgreSQL and no key the
+/// vault is off: credentials then answer 503 saying how to configure one.
+fn open_vault(args: &StoreArgs) -> anyhow::Result<Option<Arc<Vault>>> {
+    let source = match (&args.master_key, &args.master_key_file) {
+        (Some(k), _) => KeySource::Env(k.clone()),
+        (None, Some(f)) => KeySource::File(f.clone()),
+        (None, None) if args.database_url.is_none() => {
+            let path = args.data_dir.join("master.key");
+            let src = KeySource::File(path.clone());
+            let (ring, created) = src
+                .load_or_create()
+                .with_context(|| format!("cannot open the master key {}", path.display()))?;
+            if created {
+                eprintln!(
+                    "created the master key {} (it encrypts credentials: back it up, and keep it out of backups of the database)",
+                    path.display()
+                );
+            }
+            return Ok(Some(Arc::new(Vault::new(src, ring))));
+        }
+        (None, None) => return Ok(None),
+    };
+    let vault = Vault::load(source.clone())
+        .with_context(|| format!("cannot load the master key from {}", source.describe()))?;
+    Ok(Some(Arc::new(vault)))
+}
+
 /// The payload store of `--payload-store` (default: a `payloads` directory in the data dir).
 fn open_payloads(args: &StoreArgs) -> anyhow::Result<Payloads> {
     match &args.payload_store {
@@ -220,6 +256,67 @@ fn open_payloads(args: &StoreArgs) -> anyhow::Result<Payloads> {
                 .with_context(|| format!("cannot open the payload directory {}", dir.display()))
         }
     }
+}
+
+/// `weft admin rotate-key`.
+async fn rotate_key(s: &Store, args: &StoreArgs, json: bool) -> anyhow::Result<()> {
+    let Some(vault) = open_vault(args)? else {
+        bail!(
+            "no master key is configured: set WEFT_MASTER_KEY or --master-key-file to the key the servers use"
+        );
+    };
+    let before = vault.ring();
+    let (ring, retire) = match vault.source() {
+        KeySource::File(_) => {
+            let ring = before.with_primary(MasterKey::generate()?);
+            // The new key is on disk (beside the old ones) before anything is wrapped with it.
+            vault.source().store(&ring)?;
+            (ring, true)
+        }
+        // Weft cannot edit the variable: the operator puts the new key first.
+        KeySource::Env(_) => ((*before).clone(), false),
+    };
+    let vault = Vault::new(vault.source().clone(), ring.clone());
+    let primary = ring.primary().id().to_string();
+    let mut rewrapped = weft_engine::rewrap_all(s, &vault).await?;
+    // A second pass catches credentials a server sealed with the old key while the first ran.
+    rewrapped += weft_engine::rewrap_all(s, &vault).await?;
+    let left = s.credentials_to_rewrap(&primary, None, 1).await?;
+    let old: Vec<String> = ring.ids().into_iter().skip(1).collect();
+    let retired = if retire && left.is_empty() {
+        vault.source().store(&ring.primary_only())?;
+        old.clone()
+    } else {
+        Vec::new()
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"primary": primary, "rewrapped": rewrapped, "retired": retired, "still_old": !left.is_empty()})
+        );
+        return Ok(());
+    }
+    println!("master key {primary} is primary; re-wrapped {rewrapped} credential(s)");
+    if !retired.is_empty() {
+        println!(
+            "retired {} from {}",
+            retired.join(", "),
+            vault.source().describe()
+        );
+    } else if !left.is_empty() {
+        println!(
+            "some credentials are still wrapped by an older key: run rotate-key again before removing old keys"
+        );
+    } else if !retire && !old.is_empty() {
+        println!(
+            "every credential is under {primary}: remove the other keys from WEFT_MASTER_KEY once every server runs with it first"
+        );
+    } else if !retire {
+        println!(
+            "to rotate, put a new key first in WEFT_MASTER_KEY (NEW,OLD; make one with `head -c 32 /dev/urandom | base64`), restart the servers, and run rotate-key again"
+        );
+    }
+    Ok(())
 }
 
 /// Applies PostgreSQL migrations and grants `app_role` (default: the connecting role).
@@ -326,6 +423,7 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                 println!("removed the payloads of {swept} runs that do not exist, from {at}");
             }
         }
+        AdminCmd::RotateKey { json } => rotate_key(&s, &store, json).await?,
         AdminCmd::Token { json } => {
             let token = new_admin_token(&s).await?;
             if json {
@@ -440,6 +538,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::process::id(),
         weft_types::random_secret().get(..8).unwrap_or("0")
     );
+    let vault = open_vault(&args.store)?;
+    if vault.is_none() {
+        tracing::warn!(
+            "no master key is configured (WEFT_MASTER_KEY or --master-key-file): credentials cannot be set or used"
+        );
+    }
     let engine = Engine::new(EngineOptions {
         store: store.clone(),
         clock: clock.clone(),
@@ -451,6 +555,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         poll_interval: Duration::from_secs(1),
         dedupe_window: Duration::from_secs(args.dedupe_window_secs),
         execute: args.role != Role::Api,
+        vault,
     });
 
     let listener = tokio::net::TcpListener::bind(args.listen)

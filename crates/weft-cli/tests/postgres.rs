@@ -205,3 +205,90 @@ fn rate_limits_are_shared_by_every_process() {
     assert_eq!(codes.iter().filter(|c| **c == 401).count(), 5, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
 }
+
+#[test]
+fn credentials_sealed_by_one_process_are_used_by_another_and_stored_encrypted() {
+    use weft_connectors::webhook::{Scheme, sign};
+    let url = fresh_pg_db();
+    let sink = Sink::start(SinkBehavior::default());
+    // Every process of a deployment shares the master key through WEFT_MASTER_KEY.
+    let key = "S0lJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUlJSUk=";
+    let env = [("WEFT_MASTER_KEY", key)];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let api = Server::start(
+        d1.path(),
+        None,
+        &env,
+        &["--database-url", &url, "--role", "api"],
+    );
+    let _worker = Server::start(
+        d2.path(),
+        Some(&api.key),
+        &env,
+        &["--database-url", &url, "--role", "worker"],
+    );
+    api.cli_json(&[
+        "credentials",
+        "set",
+        "hook",
+        "--connector",
+        "github",
+        "--value",
+        "webhook_secret=pg-canary-hook",
+    ]);
+    api.cli_json(&[
+        "credentials",
+        "set",
+        "sink",
+        "--connector",
+        "http",
+        "--value",
+        "token=pg-canary-token",
+    ]);
+    let f = api.apply(&format!(
+        "name: gh\ntrigger:\n  webhook:\n    connector: github\n    credential: hook\nsteps:\n  - id: send\n    action: http.request\n    credential: sink\n    input:\n      method: POST\n      url: \"{}/x\"\n      body: {{n: 1}}\n",
+        sink.url
+    ));
+    let hook = f["hook_url"].as_str().unwrap();
+    let body = r#"{"zen":"Keep it logically awesome."}"#;
+    let mut hs = sign(&Scheme::GitHub, "pg-canary-hook", body.as_bytes(), 0, "").unwrap();
+    hs.push(("x-github-event".into(), "ping".into()));
+    hs.push(("x-github-delivery".into(), "d-pg-1".into()));
+    let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (st, ack) = post_hook(hook, body, &hs).unwrap();
+    assert_eq!(st, 202, "{ack}");
+    let run = api.wait_run(ack["run_id"].as_str().unwrap(), T);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(sink.count(), 1);
+
+    // In the database: sealed bytes only, no plaintext, and field names for listings.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::{Connection, Row};
+        let mut c = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+        // Row-level security is forced even for the owner: read as the system.
+        sqlx::query("SELECT set_config('weft.system', 'on', false)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let rows = sqlx::query(
+            "SELECT name, fields, key_id, wrapped_key, ciphertext FROM credentials ORDER BY name",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in rows {
+            let ct: Vec<u8> = r.get(4);
+            let wk: Vec<u8> = r.get(3);
+            for canary in ["pg-canary-hook", "pg-canary-token"] {
+                assert!(!ct.windows(canary.len()).any(|w| w == canary.as_bytes()));
+                assert!(!wk.windows(canary.len()).any(|w| w == canary.as_bytes()));
+            }
+            assert!(r.get::<String, _>(2).starts_with("mk_"));
+        }
+    });
+}

@@ -305,6 +305,29 @@ impl StepJob {
         &self.flow.steps[self.idx]
     }
 
+    /// Opens the step's credential in the run's workspace.
+    async fn open_credential(&self, name: &str) -> Result<crate::OpenCredential, AttemptError> {
+        let engine = crate::Engine {
+            inner: self.inner.clone(),
+        };
+        engine
+            .open_credential(self.scope, name)
+            .await
+            .map_err(|e| match e {
+                crate::EngineError::NotFound(_) => AttemptError::permanent(format!(
+                    "credential '{name}' does not exist in this workspace; create it with `weft credentials set {name} --connector CONNECTOR --value FIELD=VALUE`"
+                )),
+                crate::EngineError::Rule(m) => AttemptError::permanent(m),
+                // No master key, a store hiccup: fixing the process lets a retry succeed.
+                other => AttemptError {
+                    message: other.to_string(),
+                    retryable: true,
+                    retry_after: None,
+                    rate_limited: false,
+                },
+            })
+    }
+
     async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
         let status = rec.status;
         let cp = StepCheckpoint { step: rec, logs };
@@ -538,6 +561,7 @@ impl StepJob {
                 connector,
                 action,
                 input,
+                credential,
                 ..
             } => {
                 let input = self
@@ -545,6 +569,14 @@ impl StepJob {
                     .render(input, ctx)
                     .await
                     .map_err(AttemptError::permanent)?;
+                let open = match credential {
+                    Some(name) => Some(self.open_credential(name).await?),
+                    None => None,
+                };
+                let redactor = open
+                    .as_ref()
+                    .map(|c| weft_vault::Redactor::new(&c.values))
+                    .unwrap_or_default();
                 // Stable per (run, step, loop index): identical on every retry and after a crash.
                 let key = format!("{}:{}:0", self.run_id, self.step().id);
                 let out = weft_connectors::run_action(
@@ -552,21 +584,27 @@ impl StepJob {
                     connector,
                     action,
                     &input,
+                    open.as_ref().map(|c| c.as_action_credential()),
                     &key,
                 )
                 .await
                 .map_err(|e| AttemptError {
-                    message: e.to_string(),
+                    // A provider may echo what it was sent; nothing of the credential is kept.
+                    message: redactor.text(&e.to_string()),
                     retryable: e.is_retryable(),
                     retry_after: e.retry_after(),
-                    rate_limited: e
-                        .output()
-                        .and_then(|o| o.get("status"))
-                        .and_then(Value::as_u64)
-                        == Some(429),
+                    // 429, or a provider's own way of saying it (GitHub's 403 with no
+                    // remaining quota, Slack's `ratelimited`), which connectors flag.
+                    rate_limited: e.output().is_some_and(|o| {
+                        o.get("status").and_then(Value::as_u64) == Some(429)
+                            || o.get("rate_limited").and_then(Value::as_bool) == Some(true)
+                    }),
                 });
                 weft_types::failpoint_at("action.after_effect", &self.step().id);
-                out
+                out.map(|mut v| {
+                    redactor.value(&mut v);
+                    v
+                })
             }
             StepKind::Respond {
                 status,

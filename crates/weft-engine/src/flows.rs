@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use weft_flow::{ActionCatalog, CompiledFlow, FlowDef, TriggerKind};
+use weft_connectors::reqwest::header::HeaderMap;
+use weft_connectors::webhook::{self, HmacParts, Inbound};
+use weft_flow::{
+    ActionCatalog, ActionFacts, CompiledFlow, CredentialUse, FlowDef, TriggerKind, WebhookVerify,
+};
 use weft_store::{Actor, FlowRecord, HookTarget, Inserted, NewRun, StoreError};
 use weft_types::{FlowId, HookId, Millis, RunId, RunStatus, Scope, TenantId};
 
@@ -17,9 +21,29 @@ use crate::{Engine, EngineError, Inner, WebhookResponse};
 pub struct ActionRegistry;
 
 impl ActionCatalog for ActionRegistry {
-    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
-        weft_connectors::find_action(connector, action)
-            .is_some_and(|a| version.is_none_or(|v| v == a.version))
+    fn action(&self, connector: &str, action: &str, version: Option<&str>) -> Option<ActionFacts> {
+        let (_, a) = weft_connectors::find_action(connector, action, version)?;
+        Some(ActionFacts {
+            credential: match a.credential.as_str() {
+                "required" => CredentialUse::Required,
+                "none" => CredentialUse::None,
+                _ => CredentialUse::Optional,
+            },
+        })
+    }
+
+    fn webhook_scheme(&self, connector: &str) -> Option<String> {
+        weft_connectors::manifest::find(connector, None)?
+            .webhook_signature()
+            .map(str::to_string)
+    }
+
+    fn webhook_connectors(&self) -> Vec<String> {
+        weft_connectors::manifest::builtin()
+            .iter()
+            .filter(|m| m.webhook_signature().is_some())
+            .map(|m| m.name.clone())
+            .collect()
     }
 }
 
@@ -69,7 +93,34 @@ impl IntakeRule {
 const HOOK_TTL: Duration = Duration::from_secs(2);
 const CACHE_MAX: usize = 10_000;
 
-/// A webhook accepted by intake.
+/// One webhook delivery as intake received it.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    /// The event to store: method, headers (without credentials), query, parsed body.
+    pub event: Value,
+    /// Every request header, for signature checks.
+    pub headers: &'a HeaderMap,
+    /// The body exactly as received: signatures are over these bytes.
+    pub raw_body: &'a [u8],
+    /// The sender's `Idempotency-Key`.
+    pub dedupe_key: Option<String>,
+}
+
+/// What intake did with a delivery.
+#[derive(Debug)]
+pub enum Intake {
+    /// Stored as a run (or absorbed as a duplicate).
+    Accepted(Accepted),
+    /// Verified, and answered at once without a run (Slack's `url_verification`).
+    Answered(Value),
+    /// Verified, and its event is not one the trigger listens for.
+    Ignored {
+        /// The event's name.
+        event: Option<String>,
+    },
+}
+
+/// A stored delivery.
 #[derive(Debug)]
 pub struct Accepted {
     /// The run (new, or the one that absorbed the duplicate).
@@ -296,9 +347,8 @@ impl Engine {
     pub async fn accept_webhook(
         &self,
         hook: HookId,
-        event: Value,
-        dedupe_key: Option<String>,
-    ) -> Result<Accepted, EngineError> {
+        delivery: Delivery<'_>,
+    ) -> Result<Intake, EngineError> {
         let target = self
             .resolve_hook(hook)
             .await?
@@ -311,9 +361,42 @@ impl Engine {
             .inner
             .compiled(target.scope, target.flow_id, version)
             .await?;
-        let TriggerKind::Webhook { respond_timeout } = compiled.trigger else {
+        let TriggerKind::Webhook {
+            respond_timeout,
+            verify,
+        } = &compiled.trigger
+        else {
             return Err(EngineError::NotFound("hook"));
         };
+        let respond_timeout = *respond_timeout;
+        let Delivery {
+            mut event,
+            headers,
+            raw_body,
+            mut dedupe_key,
+        } = delivery;
+        if let Some(v) = verify {
+            let inbound = self
+                .verify_delivery(target.scope, v, headers, raw_body, &event)
+                .await?;
+            if let Some(answer) = inbound.immediate {
+                return Ok(Intake::Answered(answer));
+            }
+            if !v.accepts(inbound.event.as_deref()) {
+                return Ok(Intake::Ignored {
+                    event: inbound.event,
+                });
+            }
+            if let Value::Object(m) = &mut event {
+                m.insert("event".into(), json!(inbound.event));
+                m.insert("delivery_id".into(), json!(inbound.delivery_id));
+            }
+            // The provider's delivery id dedupes redeliveries; namespaced so it cannot collide
+            // with a sender's own Idempotency-Key.
+            if let Some(d) = inbound.delivery_id {
+                dedupe_key = Some(format!("{}:{d}", v.connector));
+            }
+        }
         let run_id = RunId::new();
         let respond = if compiled.has_respond() {
             let (tx, rx) = oneshot::channel();
@@ -350,18 +433,77 @@ impl Engine {
         };
         if inserted.duplicate {
             self.forget_responder(run_id);
-            return Ok(Accepted {
+            return Ok(Intake::Accepted(Accepted {
                 run_id: inserted.run_id,
                 duplicate: true,
                 respond: None,
-            });
+            }));
         }
         self.wake();
-        Ok(Accepted {
+        Ok(Intake::Accepted(Accepted {
             run_id,
             duplicate: false,
             respond,
-        })
+        }))
+    }
+
+    /// Checks a delivery's signature with the trigger's credential, before anything is stored.
+    async fn verify_delivery(
+        &self,
+        scope: Scope,
+        v: &WebhookVerify,
+        headers: &HeaderMap,
+        raw_body: &[u8],
+        event: &Value,
+    ) -> Result<Inbound, EngineError> {
+        // The sender sees a generic refusal; the flow's owner finds the reason in the log.
+        let unverifiable = |why: String| {
+            tracing::warn!(tenant = %scope.tenant, connector = %v.connector, credential = %v.credential, "webhook cannot be verified: {why}");
+            EngineError::Unavailable(
+                "this hook cannot verify deliveries right now (its signing credential is missing or unreadable); nothing was stored. The flow's owner must fix the credential".into(),
+            )
+        };
+        let cred = match self.open_credential(scope, &v.credential).await {
+            Ok(c) => c,
+            Err(EngineError::NotFound(_)) => {
+                return Err(unverifiable(format!(
+                    "credential '{}' does not exist",
+                    v.credential
+                )));
+            }
+            Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
+            Err(e) => return Err(unverifiable(e.to_string())),
+        };
+        if cred.manifest.name != v.connector {
+            return Err(unverifiable(format!(
+                "credential '{}' is a {} credential, not {}",
+                v.credential, cred.manifest.name, v.connector
+            )));
+        }
+        let field = cred.manifest.webhook_secret_field().unwrap_or("secret");
+        let Some(secret) = cred.values.get(field) else {
+            return Err(unverifiable(format!(
+                "credential '{}' has no `{field}`",
+                v.credential
+            )));
+        };
+        let hmac = v.hmac.as_ref().map(|h| HmacParts {
+            header: &h.header,
+            algorithm: h.algorithm.as_deref(),
+            encoding: h.encoding.as_deref(),
+            prefix: h.prefix.as_deref(),
+        });
+        let scheme = webhook::scheme(&v.scheme, hmac)
+            .ok_or_else(|| unverifiable(format!("unknown scheme {}", v.scheme)))?;
+        let now = self.inner.now() / 1000;
+        webhook::verify(&scheme, secret.expose(), headers, raw_body, now)
+            .map_err(|e| EngineError::Unauthorized(e.to_string()))?;
+        Ok(webhook::inspect(
+            &v.connector,
+            &v.scheme,
+            headers,
+            event.get("body").unwrap_or(&Value::Null),
+        ))
     }
 
     /// Refuses a webhook when the tenant is over its plan's requests per second.

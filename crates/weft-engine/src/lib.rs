@@ -4,6 +4,7 @@
 //! [`Engine::start`] and stopped by [`Engine::shutdown`]. All time goes through the injected
 //! [`Clock`], all storage through the [`Store`], all outbound HTTP through the guarded client.
 
+mod credentials;
 mod dispatch;
 mod eval;
 mod executor;
@@ -24,7 +25,8 @@ use weft_sandbox::SandboxPool;
 use weft_store::{Store, StoreError};
 use weft_types::{Clock, RunId};
 
-pub use flows::{ActionRegistry, FlowRef};
+pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
+pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -49,6 +51,9 @@ pub struct EngineOptions {
     pub dedupe_window: Duration,
     /// Whether this process executes runs (role `worker` or `all`).
     pub execute: bool,
+    /// The credential vault; `None` when no master key is configured (credentials then
+    /// cannot be set or used, and say so).
+    pub vault: Option<Arc<weft_vault::Vault>>,
 }
 
 /// Why an engine call failed; each variant maps to one API error kind.
@@ -79,6 +84,16 @@ pub enum EngineError {
     /// The store failed.
     #[error("storage failed: {0}")]
     Store(StoreError),
+    /// Request fields that are not acceptable (outside a flow definition).
+    #[error("the request is invalid: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
+    BadInput(Vec<weft_flow::FieldError>),
+    /// A part the operation needs is not available (no master key, a credential that cannot
+    /// be opened); nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A webhook delivery was refused: bad or missing signature, stale timestamp.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 impl From<StoreError> for EngineError {

@@ -57,6 +57,7 @@ async fn harness() -> Harness {
         poll_interval: Duration::from_secs(1),
         dedupe_window: Duration::from_secs(3600),
         execute: true,
+        vault: None,
     });
     let events = engine.subscribe();
     engine.start(true).await.unwrap();

@@ -41,6 +41,8 @@ pub enum TriggerKind {
     Webhook {
         /// How long intake waits for a `respond` step.
         respond_timeout: Duration,
+        /// Signature check and event filter, when a connector verifies deliveries.
+        verify: Option<Box<WebhookVerify>>,
     },
     /// Cron schedule.
     Schedule {
@@ -51,6 +53,37 @@ pub enum TriggerKind {
     },
     /// CLI/API start.
     Manual,
+}
+
+/// How intake verifies a connector-signed webhook before storing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookVerify {
+    /// The connector (`github`, `stripe`, `slack`, `webhook`).
+    pub connector: String,
+    /// Credential holding the signing secret.
+    pub credential: String,
+    /// The scheme: the connector's own, or for `webhook` the one the trigger chose
+    /// (`standard-webhooks`, `shopify`, `hmac`).
+    pub scheme: String,
+    /// For `hmac`: header, algorithm, encoding and prefix.
+    pub hmac: Option<crate::model::HmacDef>,
+    /// Accepted event names (`issues` also accepts `issues.opened`); empty accepts all.
+    pub events: Vec<String>,
+}
+
+impl WebhookVerify {
+    /// Whether an event named `event` passes the filter.
+    pub fn accepts(&self, event: Option<&str>) -> bool {
+        if self.events.is_empty() {
+            return true;
+        }
+        let Some(e) = event else { return false };
+        self.events.iter().any(|f| {
+            f == "*"
+                || f == e
+                || (e.len() > f.len() && e.starts_with(f.as_str()) && e.as_bytes()[f.len()] == b'.')
+        })
+    }
 }
 
 impl TriggerKind {
@@ -140,6 +173,8 @@ pub enum StepKind {
         version: Option<String>,
         /// Input with templates.
         input: TValue,
+        /// Credential name, resolved in the run's workspace when the step runs.
+        credential: Option<String>,
     },
     /// Synchronous webhook answer.
     Respond {

@@ -6,13 +6,13 @@ mod duration;
 mod model;
 mod validate;
 
-pub use compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind};
+pub use compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind, WebhookVerify};
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    DurationSpec, FlowDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger, StepDef,
-    TriggerDef, WaitDef, WebhookTrigger,
+    DurationSpec, FlowDef, HmacDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger,
+    SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
 };
-pub use validate::{ActionCatalog, compile};
+pub use validate::{ActionCatalog, ActionFacts, CredentialUse, compile, valid_name};
 
 use serde::Serialize;
 

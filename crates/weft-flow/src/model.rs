@@ -72,6 +72,37 @@ pub struct WebhookTrigger {
     /// How long intake waits for a `respond` step before answering 202 (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond_timeout: Option<DurationSpec>,
+    /// With `connector: webhook`: the signature scheme (`standard-webhooks`, `shopify`, or a
+    /// plain HMAC described by an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureDef>,
+}
+
+/// How a generic signed webhook is verified: a scheme name, or a plain HMAC's description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SignatureDef {
+    /// `standard-webhooks` or `shopify`.
+    Named(String),
+    /// A plain HMAC of the raw body.
+    Hmac(HmacDef),
+}
+
+/// A plain HMAC of the raw body in one header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacDef {
+    /// Header carrying the signature, e.g. `X-Signature`.
+    pub header: String,
+    /// `sha256` (default), `sha1` or `sha512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Text before the signature, e.g. `sha256=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// Cron schedule.

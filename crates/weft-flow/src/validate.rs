@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_expr::{Expr, TValue};
 
-use crate::compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind};
+use crate::compiled::{
+    CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
+};
 use crate::duration::parse_duration;
 use crate::model::{DurationSpec, FlowDef, StepDef};
 use crate::{FieldError, FlowError};
@@ -16,8 +18,39 @@ pub const MAX_STEPS: usize = 500;
 
 /// The actions a flow may call; implemented by the connector registry.
 pub trait ActionCatalog {
-    /// Whether `connector.action` (at `version`, if given) exists.
-    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool;
+    /// `connector.action` (at `version`, if given), if it exists.
+    fn action(&self, connector: &str, action: &str, version: Option<&str>) -> Option<ActionFacts>;
+    /// The signature scheme of `connector`'s webhook trigger (`configurable` when the flow
+    /// chooses it); `None` when the connector does not exist or takes no webhooks.
+    fn webhook_scheme(&self, connector: &str) -> Option<String>;
+    /// Connectors whose webhooks can be verified, for messages.
+    fn webhook_connectors(&self) -> Vec<String>;
+}
+
+/// What validation needs to know about an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionFacts {
+    /// Whether the step must, may or must not name a credential.
+    pub credential: CredentialUse,
+}
+
+/// Whether an action takes a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialUse {
+    /// It cannot run without one.
+    Required,
+    /// It can use one.
+    Optional,
+    /// It takes none.
+    None,
+}
+
+/// Largest number of event names in a webhook filter.
+const MAX_EVENTS: usize = 100;
+
+/// Credential names: like flow names.
+fn valid_credential_name(s: &str) -> bool {
+    valid_name(s)
 }
 
 struct Ctx {
@@ -76,7 +109,8 @@ fn pointer_to_path(p: &str) -> String {
         .collect()
 }
 
-fn valid_name(s: &str) -> bool {
+/// Whether `s` is a valid flow (or credential) name.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -100,7 +134,7 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
     if !valid_name(&def.name) {
         cx.err("name", "must be 1-100 characters: letters, digits, '-', '_' or '.', starting with a letter or digit");
     }
-    let trigger = compile_trigger(def, &mut cx);
+    let trigger = compile_trigger(def, catalog, &mut cx);
     let run_timeout = def.timeout.as_ref().and_then(|t| cx.duration("timeout", t));
     if def.steps.is_empty() {
         cx.err("steps", "a flow needs at least one step");
@@ -156,7 +190,11 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
     })
 }
 
-fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
+fn compile_trigger(
+    def: &FlowDef,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Option<TriggerKind> {
     let t = &def.trigger;
     let set: Vec<&str> = [
         (t.webhook.is_some(), "webhook"),
@@ -179,18 +217,7 @@ fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
         return None;
     }
     if let Some(w) = &t.webhook {
-        if w.connector.is_some() {
-            cx.err("trigger.webhook.connector", "connector-verified webhooks are not available in this version of Weft yet; remove `connector` to accept unsigned webhooks");
-        }
-        if w.credential.is_some() {
-            cx.err(
-                "trigger.webhook.credential",
-                "credentials are not available in this version of Weft yet",
-            );
-        }
-        if w.events.is_some() {
-            cx.err("trigger.webhook.events", "event filters need a `connector`, which is not available in this version of Weft yet");
-        }
+        let verify = compile_webhook_verify(w, catalog, cx);
         let respond_timeout = match &w.respond_timeout {
             Some(d) => cx.duration("trigger.webhook.respond_timeout", d)?,
             None => Duration::from_secs(10),
@@ -198,7 +225,10 @@ fn compile_trigger(def: &FlowDef, cx: &mut Ctx) -> Option<TriggerKind> {
         if respond_timeout > Duration::from_secs(60) {
             cx.err("trigger.webhook.respond_timeout", "must be at most 60s");
         }
-        return Some(TriggerKind::Webhook { respond_timeout });
+        return Some(TriggerKind::Webhook {
+            respond_timeout,
+            verify: verify.map(Box::new),
+        });
     }
     if let Some(s) = &t.schedule {
         let cron = match s.cron.parse::<croner::Cron>() {
@@ -290,10 +320,15 @@ fn compile_step(
         .timeout
         .as_ref()
         .and_then(|t| cx.duration(&format!("{p}.timeout"), t));
+    if s.credential.is_some() && s.action.is_none() {
+        cx.err(
+            format!("{p}.credential"),
+            "only `action` steps take a credential",
+        );
+    }
     for (field, set) in [
         ("on_error", s.on_error.is_some()),
         ("rate_limit", s.rate_limit.is_some()),
-        ("credential", s.credential.is_some()),
     ] {
         if set {
             cx.err(
@@ -425,7 +460,7 @@ fn compile_action(
         );
         return None;
     }
-    if !catalog.has_action(connector, action, version) {
+    let Some(facts) = catalog.action(connector, action, version) else {
         cx.err(
             format!("{p}.action"),
             format!(
@@ -436,6 +471,22 @@ fn compile_action(
             ),
         );
         return None;
+    };
+    let credential = s.credential.clone();
+    match (&credential, facts.credential) {
+        (Some(c), _) if !valid_credential_name(c) => cx.err(
+            format!("{p}.credential"),
+            "must be a credential name: letters, digits, '-', '_' or '.'",
+        ),
+        (None, CredentialUse::Required) => cx.err(
+            format!("{p}.credential"),
+            format!("`{name}` needs a credential: name a {connector} credential (`weft credentials list` shows them)"),
+        ),
+        (Some(_), CredentialUse::None) => cx.err(
+            format!("{p}.credential"),
+            format!("`{name}` takes no credential; remove it"),
+        ),
+        _ => {}
     }
     let input = cx.tvalue(
         &format!("{p}.input"),
@@ -448,6 +499,7 @@ fn compile_action(
         action: action.into(),
         version: version.map(Into::into),
         input,
+        credential,
     })
 }
 
@@ -525,4 +577,163 @@ fn check_cycles(steps: &[CompiledStep], cx: &mut Ctx) {
             format!("`needs` forms a cycle through steps: {}", cyc.join(", ")),
         );
     }
+}
+
+fn compile_webhook_verify(
+    w: &crate::model::WebhookTrigger,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Option<WebhookVerify> {
+    let Some(connector) = &w.connector else {
+        if w.credential.is_some() {
+            cx.err("trigger.webhook.credential", "a credential verifies signatures, which needs `connector` (e.g. github, stripe, slack, webhook)");
+        }
+        if w.events.is_some() {
+            cx.err(
+                "trigger.webhook.events",
+                "event filters need a `connector` that names events (e.g. github)",
+            );
+        }
+        if w.signature.is_some() {
+            cx.err(
+                "trigger.webhook.signature",
+                "a signature scheme needs `connector: webhook`",
+            );
+        }
+        return None;
+    };
+    let Some(own) = catalog.webhook_scheme(connector) else {
+        cx.err(
+            "trigger.webhook.connector",
+            format!(
+                "'{connector}' has no webhook trigger; use one of: {}",
+                catalog.webhook_connectors().join(", ")
+            ),
+        );
+        return None;
+    };
+    let credential = match &w.credential {
+        Some(c) if valid_credential_name(c) => Some(c.clone()),
+        Some(_) => {
+            cx.err(
+                "trigger.webhook.credential",
+                "must be a credential name: letters, digits, '-', '_' or '.'",
+            );
+            None
+        }
+        None => {
+            cx.err(
+                "trigger.webhook.credential",
+                format!("a {connector} webhook is verified with a signing secret: name the {connector} credential that holds it"),
+            );
+            None
+        }
+    };
+    let (scheme, hmac) = match (own.as_str(), &w.signature) {
+        ("configurable", Some(crate::model::SignatureDef::Named(n)))
+            if n == "standard-webhooks" || n == "shopify" =>
+        {
+            (n.clone(), None)
+        }
+        ("configurable", Some(crate::model::SignatureDef::Named(n))) => {
+            cx.err(
+                "trigger.webhook.signature",
+                format!("'{n}' is not a scheme: use standard-webhooks, shopify, or {{header: …}} for a plain HMAC"),
+            );
+            return None;
+        }
+        ("configurable", Some(crate::model::SignatureDef::Hmac(h))) => {
+            let mut ok = true;
+            if h.header.is_empty()
+                || h.header.len() > 100
+                || !h
+                    .header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                cx.err(
+                    "trigger.webhook.signature.header",
+                    "must be an HTTP header name",
+                );
+                ok = false;
+            }
+            if let Some(a) = &h.algorithm
+                && !["sha256", "sha1", "sha512"].contains(&a.as_str())
+            {
+                cx.err(
+                    "trigger.webhook.signature.algorithm",
+                    "must be sha256, sha1 or sha512",
+                );
+                ok = false;
+            }
+            if let Some(e) = &h.encoding
+                && !["hex", "base64"].contains(&e.as_str())
+            {
+                cx.err(
+                    "trigger.webhook.signature.encoding",
+                    "must be hex or base64",
+                );
+                ok = false;
+            }
+            if h.prefix.as_ref().is_some_and(|p| p.len() > 50) {
+                cx.err(
+                    "trigger.webhook.signature.prefix",
+                    "must be at most 50 characters",
+                );
+                ok = false;
+            }
+            if !ok {
+                return None;
+            }
+            ("hmac".to_string(), Some(h.clone()))
+        }
+        ("configurable", None) => {
+            cx.err(
+                "trigger.webhook.signature",
+                "`connector: webhook` needs `signature`: standard-webhooks, shopify, or {header: …} for a plain HMAC",
+            );
+            return None;
+        }
+        (_, Some(_)) => {
+            cx.err(
+                "trigger.webhook.signature",
+                format!("{connector} deliveries are always verified with {connector}'s own scheme; remove `signature`"),
+            );
+            return None;
+        }
+        (own, None) => (own.to_string(), None),
+    };
+    let mut events = Vec::new();
+    if let Some(list) = &w.events {
+        if list.is_empty() || list.len() > MAX_EVENTS {
+            cx.err(
+                "trigger.webhook.events",
+                format!(
+                    "list 1-{MAX_EVENTS} event names, or leave `events` out to accept every event"
+                ),
+            );
+        }
+        for (i, e) in list.iter().enumerate() {
+            if e.is_empty()
+                || e.len() > 100
+                || !e
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-*:".contains(&b))
+            {
+                cx.err(
+                    format!("trigger.webhook.events[{i}]"),
+                    "must be an event name such as issues.opened (letters, digits, '.', '_', '-')",
+                );
+            } else {
+                events.push(e.clone());
+            }
+        }
+    }
+    Some(WebhookVerify {
+        connector: connector.clone(),
+        credential: credential?,
+        scheme,
+        hmac,
+        events,
+    })
 }

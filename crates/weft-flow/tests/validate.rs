@@ -1,12 +1,34 @@
 //! Data-driven validation cases: each flow text and the field paths its errors must name.
 #![allow(clippy::unwrap_used)]
 
-use weft_flow::{ActionCatalog, FlowError, compile, parse_text};
+use weft_flow::{ActionCatalog, ActionFacts, CredentialUse, FlowError, compile, parse_text};
 
 struct Catalog;
 impl ActionCatalog for Catalog {
-    fn has_action(&self, connector: &str, action: &str, version: Option<&str>) -> bool {
-        connector == "http" && action == "request" && version.is_none_or(|v| v == "1.0.0")
+    fn action(&self, connector: &str, action: &str, version: Option<&str>) -> Option<ActionFacts> {
+        let credential = match (connector, action) {
+            ("http", "request") => CredentialUse::Optional,
+            ("slack", "post_message") => CredentialUse::Required,
+            _ => return None,
+        };
+        version
+            .is_none_or(|v| v == "1.0.0")
+            .then_some(ActionFacts { credential })
+    }
+    fn webhook_scheme(&self, connector: &str) -> Option<String> {
+        match connector {
+            "github" | "stripe" | "slack" => Some(connector.into()),
+            "webhook" => Some("configurable".into()),
+            _ => None,
+        }
+    }
+    fn webhook_connectors(&self) -> Vec<String> {
+        vec![
+            "github".into(),
+            "slack".into(),
+            "stripe".into(),
+            "webhook".into(),
+        ]
     }
 }
 
@@ -240,5 +262,112 @@ fn committed_schema_matches_the_types() {
     assert!(
         committed == schema,
         "docs/flow.schema.json is out of date: run `WEFT_BLESS=1 cargo test -p weft-flow --test validate` and commit it"
+    );
+}
+
+fn webhook(trigger_body: &str) -> String {
+    format!("name: f\ntrigger:\n  webhook:\n{trigger_body}steps:\n  - id: a\n    transform: '.'\n")
+}
+
+#[test]
+fn signed_webhooks_and_credentials() {
+    // Accepted forms.
+    let ok = |text: &str| {
+        let d = parse_text(text).unwrap();
+        compile(&d, &Catalog).unwrap()
+    };
+    let c = ok(&webhook(
+        "    connector: github\n    credential: gh-hook\n    events: [issues.opened, push]\n",
+    ));
+    let weft_flow::TriggerKind::Webhook {
+        verify: Some(v), ..
+    } = &c.trigger
+    else {
+        panic!("not verified")
+    };
+    assert_eq!(
+        (v.scheme.as_str(), v.credential.as_str()),
+        ("github", "gh-hook")
+    );
+    assert!(v.accepts(Some("issues.opened")) && v.accepts(Some("push")));
+    assert!(!v.accepts(Some("issues.closed")) && !v.accepts(None));
+    let c = ok(&webhook(
+        "    connector: webhook\n    credential: s\n    signature: {header: X-Sig, encoding: base64, prefix: 'sha256='}\n    events: [issues]\n",
+    ));
+    let weft_flow::TriggerKind::Webhook {
+        verify: Some(v), ..
+    } = &c.trigger
+    else {
+        panic!("not verified")
+    };
+    assert_eq!(v.scheme, "hmac");
+    assert!(v.accepts(Some("issues.opened")) && v.accepts(Some("issues")));
+    assert!(!v.accepts(Some("issuesx")));
+    ok(&webhook(
+        "    connector: webhook\n    credential: s\n    signature: standard-webhooks\n",
+    ));
+    ok(
+        "name: f\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    action: slack.post_message\n    credential: bot\n    input: {channel: x}\n",
+    );
+
+    // Refused, each naming its field.
+    check_err(
+        &webhook("    connector: gitlab\n    credential: x\n"),
+        &["trigger.webhook.connector"],
+    );
+    check_err(
+        &webhook("    connector: github\n"),
+        &["trigger.webhook.credential"],
+    );
+    check_err(
+        &webhook("    credential: x\n"),
+        &["trigger.webhook.credential"],
+    );
+    check_err(
+        &webhook("    events: [push]\n"),
+        &["trigger.webhook.events"],
+    );
+    check_err(
+        &webhook("    connector: github\n    credential: 'bad name'\n"),
+        &["trigger.webhook.credential"],
+    );
+    check_err(
+        &webhook("    connector: github\n    credential: x\n    events: []\n"),
+        &["trigger.webhook.events"],
+    );
+    check_err(
+        &webhook("    connector: github\n    credential: x\n    events: ['a b']\n"),
+        &["trigger.webhook.events[0]"],
+    );
+    check_err(
+        &webhook("    connector: github\n    credential: x\n    signature: shopify\n"),
+        &["trigger.webhook.signature"],
+    );
+    check_err(
+        &webhook("    connector: webhook\n    credential: x\n"),
+        &["trigger.webhook.signature"],
+    );
+    check_err(
+        &webhook("    connector: webhook\n    credential: x\n    signature: rot13\n"),
+        &["trigger.webhook.signature"],
+    );
+    check_err(
+        &webhook(
+            "    connector: webhook\n    credential: x\n    signature: {header: 'a b', algorithm: md5}\n",
+        ),
+        &[
+            "trigger.webhook.signature.header",
+            "trigger.webhook.signature.algorithm",
+        ],
+    );
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    action: slack.post_message\n    input: {{channel: x}}\n"
+        ),
+        &["steps[0].credential"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    transform: '.'\n    credential: x\n"),
+        &["steps[0].credential"],
     );
 }

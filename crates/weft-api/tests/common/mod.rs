@@ -72,6 +72,10 @@ impl App {
             poll_interval: Duration::from_secs(1),
             dedupe_window: Duration::from_secs(3600),
             execute: false,
+            vault: Some(Arc::new(weft_vault::Vault::new(
+                weft_vault::KeySource::Env(String::new()),
+                weft_vault::Keyring::generate().unwrap(),
+            ))),
         });
         let router = weft_api::router(
             engine.clone(),

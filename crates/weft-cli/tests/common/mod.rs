@@ -23,6 +23,8 @@ pub struct Server {
     pub hello_curl: Option<String>,
     /// The instance admin token, when this start printed one.
     pub admin_token: Option<String>,
+    /// Every line the process printed on stdout so far.
+    pub output: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -40,22 +42,47 @@ impl Server {
         env: &[(&str, &str)],
         extra: &[&str],
     ) -> Server {
+        Self::spawn(data, key, env, extra, Stdio::inherit())
+    }
+
+    /// Starts a server (with `--allow-private-network`) whose stderr goes to `stderr`.
+    pub fn start_logged(
+        data: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        stderr: std::fs::File,
+    ) -> Server {
+        let mut args = vec!["--allow-private-network"];
+        args.extend_from_slice(extra);
+        Self::spawn(data, None, env, &args, Stdio::from(stderr))
+    }
+
+    fn spawn(
+        data: &Path,
+        key: Option<&str>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Server {
         let mut cmd = Command::new(weft_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
             .env("WEFT_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                out.lock().unwrap().push(line.clone());
                 if tx.send(line).is_err() {
                     // keep draining so the child never blocks on a full pipe
                 }
@@ -94,6 +121,7 @@ impl Server {
             data: data.to_path_buf(),
             hello_curl,
             admin_token,
+            output,
         }
     }
 

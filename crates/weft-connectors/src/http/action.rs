@@ -43,7 +43,21 @@ pub async fn http_request(
     input: &Value,
     idempotency_key: &str,
 ) -> Result<Value, ActionError> {
-    let prepared = prepare(input, idempotency_key)?;
+    http_request_with_auth(client, input, idempotency_key, Vec::new()).await
+}
+
+/// [`http_request`] with headers from a credential, which replace any the input sets (so a
+/// flow cannot send a credential's request with some other identity by accident).
+pub async fn http_request_with_auth(
+    client: &GuardedClient,
+    input: &Value,
+    idempotency_key: &str,
+    auth: Vec<(HeaderName, HeaderValue)>,
+) -> Result<Value, ActionError> {
+    let mut prepared = prepare(input, idempotency_key)?;
+    for (name, value) in auth {
+        prepared.headers.insert(name, value);
+    }
     let shown_url = redact_url(&prepared.url);
     let method = prepared.method.clone();
     let timeout = prepared.timeout;

@@ -305,12 +305,12 @@ async fn run_action_dispatches_http_request() {
     let server = spawn_app("127.0.0.1:0").await;
     let c = open();
     let input = json!({"url": server.url("/dispatched")});
-    let out = bounded(run_action(&c, "http", "request", &input, "k-1"))
+    let out = bounded(run_action(&c, "http", "request", &input, None, "k-1"))
         .await
         .unwrap();
     assert_eq!(out["body"]["path"], "/dispatched");
     assert_eq!(out["body"]["headers"]["idempotency-key"], "k-1");
-    let err = bounded(run_action(&c, "http", "download", &input, "k-1"))
+    let err = bounded(run_action(&c, "http", "download", &input, None, "k-1"))
         .await
         .unwrap_err();
     assert!(!err.is_retryable());

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod action;
+mod conformance;
 mod guard;
+mod providers;
 mod signature;
 mod support;

@@ -225,3 +225,63 @@ pub async fn spawn_flood() -> Server {
     });
     Server { addr, hits, task }
 }
+
+/// Serves `app` on a loopback port; `hits` is the counter its handlers bump.
+pub async fn spawn_router(app: Router, hits: Arc<AtomicUsize>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Server { addr, hits, task }
+}
+
+/// A proxy to `upstream` that loses every answer: it forwards one request, waits until the
+/// upstream starts answering (so the request has had its effect), then closes the client's
+/// connection without a byte, as when a connection is reset in transit.
+pub async fn spawn_answer_losing_proxy(upstream: SocketAddr) -> Server {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = Arc::clone(&hits);
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Read the head, then as much body as Content-Length announces.
+                loop {
+                    let Ok(n) = client.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if up.write_all(&request).await.is_err() {
+                    return;
+                }
+                let _ = up.read(&mut buf).await;
+                drop(client);
+            });
+        }
+    });
+    Server { addr, hits, task }
+}

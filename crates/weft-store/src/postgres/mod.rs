@@ -33,6 +33,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "members",
     "tenant_owners",
     "api_keys",
+    "credentials",
     "flows",
     "flow_versions",
     "runs",

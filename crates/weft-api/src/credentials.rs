@@ -1,0 +1,133 @@
+//! Credentials (`/api/v1/workspaces/{ws}/credentials`) and the connector catalog's detail
+//! (`/api/v1/connectors/{name}`). Values go in once and never come out.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::auth::{CredentialsWrite, Read, Ws};
+use crate::body::json_body;
+use crate::dto::{CredentialOut, Page, ProblemDoc};
+use crate::flows::WsParam;
+use crate::{AppState, Problem};
+
+/// Largest credential request body.
+const CREDENTIAL_BODY: usize = 64 * 1024;
+
+/// A credential to create or replace.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialIn {
+    /// Name, unique in the workspace; flows refer to it.
+    pub name: String,
+    /// Connector whose auth fields `values` holds (`GET /api/v1/connectors/{name}` lists them).
+    pub connector: String,
+    /// Field values (strings). They are encrypted at once and never returned.
+    #[schema(value_type = Object)]
+    pub values: Map<String, Value>,
+}
+
+/// The `{name}` path parameter of a credential.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct CredentialParam {
+    /// Credential name.
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// The workspace's credentials: names, connectors and field names, never values.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/credentials", tag = "credentials", params(WsParam),
+    responses((status = 200, body = Page<CredentialOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    auth: Ws<Read>,
+) -> Result<Json<Page<CredentialOut>>, Problem> {
+    let items = s.engine.list_credentials(auth.scope).await?;
+    Ok(Json(Page {
+        items: items.iter().map(CredentialOut::from).collect(),
+        next_cursor: None,
+    }))
+}
+
+/// Create a credential, or replace the values of the one with this name (201 or 200).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/credentials", tag = "credentials", params(WsParam),
+    request_body(content = CredentialIn, content_type = "application/json"),
+    responses((status = 201, body = CredentialOut), (status = 200, body = CredentialOut),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["credentials:write"]), ("session" = ["credentials:write"])))]
+pub(crate) async fn put(
+    State(s): State<AppState>,
+    auth: Ws<CredentialsWrite>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CredentialOut>), Problem> {
+    let b: CredentialIn = json_body(&headers, body, CREDENTIAL_BODY).await?;
+    let (rec, created) = s
+        .engine
+        .set_credential(auth.scope, &b.name, &b.connector, b.values, auth.actor)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(CredentialOut::from(&rec))))
+}
+
+/// One credential (never its values).
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/credentials/{name}", tag = "credentials", params(WsParam, CredentialParam),
+    responses((status = 200, body = CredentialOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
+pub(crate) async fn get(
+    State(s): State<AppState>,
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<CredentialOut>, Problem> {
+    let (_, name) = path;
+    let rec = s.engine.get_credential(auth.scope, &name).await?;
+    Ok(Json(CredentialOut::from(&rec)))
+}
+
+/// Delete a credential. Steps and triggers that name it fail until it is set again.
+#[utoipa::path(delete, path = "/api/v1/workspaces/{ws}/credentials/{name}", tag = "credentials", params(WsParam, CredentialParam),
+    responses((status = 204, description = "deleted"), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["credentials:write"]), ("session" = ["credentials:write"])))]
+pub(crate) async fn delete(
+    State(s): State<AppState>,
+    auth: Ws<CredentialsWrite>,
+    Path(path): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let (_, name) = path;
+    s.engine
+        .delete_credential(auth.scope, &name, auth.actor)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `{name}` path parameter of a connector.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ConnectorParam {
+    /// Connector name, e.g. `github`.
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// One connector's manifest: auth fields, triggers, actions with their JSON Schemas.
+#[utoipa::path(get, path = "/api/v1/connectors/{name}", tag = "connectors", params(ConnectorParam),
+    responses((status = 200, body = Object, description = "the connector's manifest"),
+        (status = 404, body = ProblemDoc, content_type = "application/problem+json")))]
+pub(crate) async fn connector(Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    let m = weft_connectors::manifest::find(&name, None)
+        .ok_or_else(|| Problem::not_found("connector"))?;
+    serde_json::to_value(m)
+        .map(Json)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}

@@ -1,0 +1,428 @@
+//! Connector manifests: what a connector offers (auth fields, triggers, actions with JSON
+//! Schemas, rate limits), and the registry of the built-in ones. The connector spec is
+//! `docs/connectors.md`.
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// A connector's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Lowercase name, used in `connector.action`.
+    pub name: String,
+    /// Semantic version of the connector's contract.
+    pub version: String,
+    /// Display name.
+    pub title: String,
+    /// One paragraph for the catalog.
+    pub description: String,
+    /// The credential fields it reads.
+    pub auth: AuthSpec,
+    /// Ways it starts runs.
+    #[serde(default)]
+    pub triggers: Vec<TriggerSpec>,
+    /// Actions steps can call.
+    #[serde(default)]
+    pub actions: Vec<ActionSpec>,
+    /// Provider limits, applied per credential.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+}
+
+/// How a connector authenticates, and the fields a credential for it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `none`, `api_key`, `bearer`, `basic`, `oauth2`, `webhook_secret` or `custom`.
+    pub scheme: String,
+    /// The fields, in display order.
+    #[serde(default)]
+    pub fields: Vec<FieldSpec>,
+}
+
+/// One credential field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Key in `values`.
+    pub name: String,
+    /// Whether the value is a secret (all values are encrypted; secrets are also masked).
+    #[serde(default)]
+    pub secret: bool,
+    /// What uses it: `actions`, `triggers` or `both`.
+    #[serde(rename = "for", default = "both")]
+    pub used_for: String,
+    /// Value used when the credential does not set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// What to put there.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn both() -> String {
+    "both".into()
+}
+
+/// A trigger a connector offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Name.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Signature scheme of webhook deliveries (`github`, `stripe`, `slack`, `configurable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// The credential field holding the signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_field: Option<String>,
+    /// Well-known event names, for documentation and UI hints (others are accepted too).
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// An action a connector offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    /// Name, used in `connector.action`.
+    pub name: String,
+    /// One line for listings.
+    pub description: String,
+    /// `required`, `optional` or `none`.
+    #[serde(default = "required")]
+    pub credential: String,
+    /// JSON Schema of the input.
+    pub input_schema: Value,
+    /// JSON Schema of the output.
+    pub output_schema: Value,
+}
+
+fn required() -> String {
+    "required".into()
+}
+
+/// A provider rate limit, applied per (tenant, credential, endpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Endpoint or action it covers (`*` for all).
+    pub endpoint: String,
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+/// Why a manifest was refused; `path` names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ManifestError {
+    /// Field path, e.g. `actions[0].input_schema`.
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    ManifestError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Whether `v` is `MAJOR.MINOR.PATCH` with plain numbers.
+pub fn valid_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Manifest {
+    /// Checks everything a registry relies on; every problem is reported with its path.
+    pub fn validate(&self) -> Result<(), Vec<ManifestError>> {
+        let mut errors = Vec::new();
+        if !valid_ident(&self.name) {
+            errors.push(err("name", "must be 1-64 characters: lowercase letters, digits, '_' or '-', starting with a letter"));
+        }
+        if !valid_version(&self.version) {
+            errors.push(err(
+                "version",
+                format!(
+                    "'{}' is not a version: use MAJOR.MINOR.PATCH, e.g. 1.0.0",
+                    self.version
+                ),
+            ));
+        }
+        const SCHEMES: [&str; 7] = [
+            "none",
+            "api_key",
+            "bearer",
+            "basic",
+            "oauth2",
+            "webhook_secret",
+            "custom",
+        ];
+        if !SCHEMES.contains(&self.auth.scheme.as_str()) {
+            errors.push(err(
+                "auth.scheme",
+                format!("must be one of {}", SCHEMES.join(", ")),
+            ));
+        }
+        let mut seen = Vec::new();
+        for (i, f) in self.auth.fields.iter().enumerate() {
+            let p = format!("auth.fields[{i}]");
+            if !valid_ident(&f.name) {
+                errors.push(err(format!("{p}.name"), "must be a lowercase identifier"));
+            }
+            if seen.contains(&f.name) {
+                errors.push(err(
+                    format!("{p}.name"),
+                    format!("'{}' is listed twice", f.name),
+                ));
+            }
+            seen.push(f.name.clone());
+            if !["actions", "triggers", "both"].contains(&f.used_for.as_str()) {
+                errors.push(err(format!("{p}.for"), "must be actions, triggers or both"));
+            }
+        }
+        let mut names = Vec::new();
+        for (i, a) in self.actions.iter().enumerate() {
+            let p = format!("actions[{i}]");
+            if !valid_ident(&a.name) {
+                errors.push(err(format!("{p}.name"), "must be a lowercase identifier"));
+            }
+            if names.contains(&a.name) {
+                errors.push(err(
+                    format!("{p}.name"),
+                    format!("'{}' is listed twice", a.name),
+                ));
+            }
+            names.push(a.name.clone());
+            if !["required", "optional", "none"].contains(&a.credential.as_str()) {
+                errors.push(err(
+                    format!("{p}.credential"),
+                    "must be required, optional or none",
+                ));
+            }
+            for (field, schema) in [
+                ("input_schema", &a.input_schema),
+                ("output_schema", &a.output_schema),
+            ] {
+                if let Err(m) = check_schema(schema, 0) {
+                    errors.push(err(format!("{p}.{field}"), m));
+                }
+            }
+        }
+        for (i, t) in self.triggers.iter().enumerate() {
+            if !valid_ident(&t.name) {
+                errors.push(err(
+                    format!("triggers[{i}].name"),
+                    "must be a lowercase identifier",
+                ));
+            }
+            match (&t.signature, &t.secret_field) {
+                (Some(_), None) => errors.push(err(
+                    format!("triggers[{i}].secret_field"),
+                    "a signed trigger must name the auth field holding its secret",
+                )),
+                (_, Some(f)) if self.field(f).is_none() => errors.push(err(
+                    format!("triggers[{i}].secret_field"),
+                    format!("'{f}' is not one of auth.fields"),
+                )),
+                _ => {}
+            }
+        }
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            if !(r.per_second.is_finite() && r.per_second > 0.0) || r.burst == 0 {
+                errors.push(err(
+                    format!("rate_limits[{i}]"),
+                    "per_second must be a positive number and burst at least 1",
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// An action by name.
+    pub fn action(&self, name: &str) -> Option<&ActionSpec> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+
+    /// A credential field by name.
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.auth.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The signature scheme of its webhook trigger, if it has one.
+    pub fn webhook_signature(&self) -> Option<&str> {
+        self.triggers.iter().find_map(|t| t.signature.as_deref())
+    }
+
+    /// The credential field holding its webhook signing secret.
+    pub fn webhook_secret_field(&self) -> Option<&str> {
+        self.triggers.iter().find_map(|t| t.secret_field.as_deref())
+    }
+}
+
+/// A JSON Schema must be an object (or a boolean) whose `type`, if any, names JSON types;
+/// nested schemas are checked to a bounded depth. Full validation of values against schemas
+/// happens where values are known.
+fn check_schema(s: &Value, depth: usize) -> Result<(), String> {
+    if depth > 32 {
+        return Err("is nested more than 32 levels deep".into());
+    }
+    let obj = match s {
+        Value::Bool(_) => return Ok(()),
+        Value::Object(o) => o,
+        _ => return Err("must be a JSON Schema: an object or a boolean".into()),
+    };
+    const TYPES: [&str; 7] = [
+        "object", "array", "string", "number", "integer", "boolean", "null",
+    ];
+    match obj.get("type") {
+        None => {}
+        Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
+        Some(Value::Array(ts))
+            if !ts.is_empty()
+                && ts
+                    .iter()
+                    .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
+        Some(other) => {
+            return Err(format!(
+                "`type` {other} is not a JSON type (use one of {})",
+                TYPES.join(", ")
+            ));
+        }
+    }
+    if let Some(req) = obj.get("required")
+        && !req
+            .as_array()
+            .is_some_and(|r| r.iter().all(Value::is_string))
+    {
+        return Err("`required` must be a list of property names".into());
+    }
+    if let Some(props) = obj.get("properties") {
+        let Some(props) = props.as_object() else {
+            return Err("`properties` must be an object".into());
+        };
+        for (k, v) in props {
+            check_schema(v, depth + 1).map_err(|m| format!("properties.{k}: {m}"))?;
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(v) = obj.get(key) {
+            check_schema(v, depth + 1).map_err(|m| format!("{key}: {m}"))?;
+        }
+    }
+    Ok(())
+}
+
+const BUILTIN_SOURCES: [&str; 5] = [
+    include_str!("../manifests/http.json"),
+    include_str!("../manifests/github.json"),
+    include_str!("../manifests/stripe.json"),
+    include_str!("../manifests/slack.json"),
+    include_str!("../manifests/webhook.json"),
+];
+
+/// The built-in connectors' manifests, parsed once.
+pub fn builtin() -> &'static [Manifest] {
+    static CELL: OnceLock<Vec<Manifest>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        BUILTIN_SOURCES
+            .iter()
+            // The sources are compiled in and checked by a unit test.
+            .filter_map(|s| serde_json::from_str::<Manifest>(s).ok())
+            .collect()
+    })
+}
+
+/// A built-in connector by name, at `version` if given (`1`, `1.2` and `1.2.3` match as
+/// prefixes of the version).
+pub fn find(name: &str, version: Option<&str>) -> Option<&'static Manifest> {
+    builtin()
+        .iter()
+        .find(|m| m.name == name && version.is_none_or(|v| version_matches(&m.version, v)))
+}
+
+/// Whether `have` satisfies the pin `want` (`1` matches `1.x.y`, `1.2` matches `1.2.y`).
+pub fn version_matches(have: &str, want: &str) -> bool {
+    let h: Vec<&str> = have.split('.').collect();
+    let w: Vec<&str> = want.split('.').collect();
+    !w.is_empty() && w.len() <= h.len() && h.iter().zip(&w).all(|(a, b)| a == b)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_builtin_manifest_parses_and_validates() {
+        assert_eq!(builtin().len(), BUILTIN_SOURCES.len());
+        for m in builtin() {
+            m.validate().unwrap();
+        }
+        let gh = find("github", Some("1")).unwrap();
+        assert!(gh.action("create_issue").is_some());
+        assert_eq!(gh.webhook_signature(), Some("github"));
+        assert!(find("github", Some("2")).is_none());
+        assert!(find("nope", None).is_none());
+    }
+
+    #[test]
+    fn bad_manifests_name_the_field() {
+        let mut m = find("github", None).unwrap().clone();
+        m.version = "one".into();
+        m.actions[0].input_schema = json!({"type": "strnig"});
+        m.actions[1].name = "Create".into();
+        m.auth.fields.push(m.auth.fields[0].clone());
+        let errs = m.validate().unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "version",
+                "auth.fields[3].name",
+                "actions[0].input_schema",
+                "actions[1].name"
+            ]
+        );
+    }
+
+    #[test]
+    fn version_pins() {
+        assert!(version_matches("1.2.3", "1"));
+        assert!(version_matches("1.2.3", "1.2"));
+        assert!(version_matches("1.2.3", "1.2.3"));
+        assert!(!version_matches("1.2.3", "1.3"));
+        assert!(!version_matches("1.2.3", "1.2.3.4"));
+        assert!(valid_version("10.0.1"));
+        assert!(!valid_version("1.0"));
+        assert!(!valid_version("1.0.x"));
+    }
+}

@@ -1,0 +1,329 @@
+//! Credentials: checked against their connector's auth fields, sealed by the vault before the
+//! store sees them, opened only where a step or a signature check uses them.
+
+use serde_json::{Map, Value};
+use weft_connectors::Manifest;
+use weft_flow::FieldError;
+use weft_store::{Actor, CredentialRecord, NewCredential, SealedValues};
+use weft_types::{CredentialId, Scope};
+use weft_vault::{Binding, Sealed, Secret, SecretValues, Vault, VaultError};
+
+use crate::{Engine, EngineError};
+
+/// Longest credential value, in bytes (an OAuth token or a PEM key fits comfortably).
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// A credential opened for use.
+#[derive(Debug, Clone)]
+pub struct OpenCredential {
+    /// What the store lists about it.
+    pub record: CredentialRecord,
+    /// Its decrypted values.
+    pub values: SecretValues,
+    /// Its connector.
+    pub manifest: &'static Manifest,
+}
+
+impl OpenCredential {
+    /// The view actions take.
+    pub fn as_action_credential(&self) -> weft_connectors::Credential<'_> {
+        weft_connectors::Credential {
+            name: &self.record.name,
+            values: &self.values,
+            manifest: self.manifest,
+        }
+    }
+}
+
+fn binding(scope: &Scope, id: CredentialId) -> Binding {
+    Binding {
+        tenant: scope.tenant.to_string(),
+        workspace: scope.workspace.to_string(),
+        credential: id.to_string(),
+    }
+}
+
+fn to_store(s: Sealed) -> SealedValues {
+    SealedValues {
+        key_id: s.key_id,
+        wrapped_key: s.wrapped_key,
+        ciphertext: s.ciphertext,
+    }
+}
+
+fn from_store(s: SealedValues) -> Sealed {
+    Sealed {
+        key_id: s.key_id,
+        wrapped_key: s.wrapped_key,
+        ciphertext: s.ciphertext,
+    }
+}
+
+impl From<VaultError> for EngineError {
+    fn from(e: VaultError) -> Self {
+        EngineError::Unavailable(e.to_string())
+    }
+}
+
+/// Checks a credential's name, connector and values; returns the connector and the values.
+fn check(
+    name: &str,
+    connector: &str,
+    values: Map<String, Value>,
+) -> Result<(&'static Manifest, SecretValues), EngineError> {
+    let mut errors = Vec::new();
+    if !weft_flow::valid_name(name) {
+        errors.push(FieldError::new(
+            "name",
+            "must be 1-100 characters: letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ));
+    }
+    let Some(manifest) = weft_connectors::manifest::find(connector, None) else {
+        let known: Vec<&str> = weft_connectors::manifest::builtin()
+            .iter()
+            .filter(|m| !m.auth.fields.is_empty())
+            .map(|m| m.name.as_str())
+            .collect();
+        errors.push(FieldError::new(
+            "connector",
+            format!(
+                "unknown connector '{connector}'; use one of: {}",
+                known.join(", ")
+            ),
+        ));
+        return Err(EngineError::BadInput(errors));
+    };
+    let fields: Vec<&str> = manifest
+        .auth
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    if values.is_empty() {
+        errors.push(FieldError::new(
+            "values",
+            format!(
+                "set at least one of the {connector} fields: {}",
+                fields.join(", ")
+            ),
+        ));
+    }
+    let mut out = SecretValues::new();
+    for (k, v) in values {
+        let path = format!("values.{k}");
+        if !fields.contains(&k.as_str()) {
+            errors.push(FieldError::new(
+                path,
+                format!(
+                    "{connector} credentials have no such field; use: {}",
+                    fields.join(", ")
+                ),
+            ));
+            continue;
+        }
+        // Never echo the value itself: it may be a secret typed into the wrong field.
+        let Value::String(s) = v else {
+            errors.push(FieldError::new(path, "must be a string"));
+            continue;
+        };
+        if s.is_empty() || s.len() > MAX_VALUE_BYTES {
+            errors.push(FieldError::new(
+                path,
+                format!("must be 1-{MAX_VALUE_BYTES} bytes"),
+            ));
+            continue;
+        }
+        if s.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+        {
+            errors.push(FieldError::new(path, "must not contain control characters"));
+            continue;
+        }
+        out.insert(k, Secret::new(s));
+    }
+    if errors.is_empty() {
+        Ok((manifest, out))
+    } else {
+        Err(EngineError::BadInput(errors))
+    }
+}
+
+impl Engine {
+    fn vault(&self) -> Result<&Vault, EngineError> {
+        self.inner
+            .opts
+            .vault
+            .as_deref()
+            .ok_or_else(|| EngineError::Unavailable(VaultError::NoKey.to_string()))
+    }
+
+    /// Creates a credential or replaces the values of the one with the same name; true when
+    /// created. Values are sealed before they reach the store.
+    pub async fn set_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+        connector: &str,
+        values: Map<String, Value>,
+        actor: Actor,
+    ) -> Result<(CredentialRecord, bool), EngineError> {
+        let (manifest, values) = check(name, connector, values)?;
+        let vault = self.vault()?;
+        let store = self.store();
+        // Replacing keeps the id, which the sealed values are bound to; a race with another
+        // writer of the same name is retried once with the id it created.
+        for _ in 0..2 {
+            let id = match store.credential(scope, name).await? {
+                Some((rec, _)) => rec.id,
+                None => CredentialId::new(),
+            };
+            let sealed = vault.seal(&binding(&scope, id), &values)?;
+            let cred = NewCredential {
+                id,
+                name: name.to_string(),
+                connector: manifest.name.clone(),
+                fields: values.names(),
+                sealed: to_store(sealed),
+            };
+            match store
+                .put_credential(scope, cred, actor.clone(), self.clock().now_ms())
+                .await
+            {
+                Err(weft_store::StoreError::Conflict(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(EngineError::Conflict(format!(
+            "credential '{name}' is being changed by another request; send yours again"
+        )))
+    }
+
+    /// The workspace's credentials: names, connectors and field names, never values.
+    pub async fn list_credentials(
+        &self,
+        scope: Scope,
+    ) -> Result<Vec<CredentialRecord>, EngineError> {
+        Ok(self.store().list_credentials(scope).await?)
+    }
+
+    /// One credential's listing.
+    pub async fn get_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<CredentialRecord, EngineError> {
+        match self.store().credential(scope, name).await? {
+            Some((rec, _)) => Ok(rec),
+            None => Err(EngineError::NotFound("credential")),
+        }
+    }
+
+    /// Deletes a credential.
+    pub async fn delete_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+        actor: Actor,
+    ) -> Result<(), EngineError> {
+        self.store()
+            .delete_credential(scope, name, actor, self.clock().now_ms())
+            .await
+            .map_err(|e| match e {
+                weft_store::StoreError::NotFound => EngineError::NotFound("credential"),
+                other => other.into(),
+            })
+    }
+
+    /// Opens a credential for a step or a signature check. A missing credential is
+    /// `NotFound("credential")`.
+    pub async fn open_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<OpenCredential, EngineError> {
+        let Some((record, sealed)) = self.store().credential(scope, name).await? else {
+            return Err(EngineError::NotFound("credential"));
+        };
+        let manifest = weft_connectors::manifest::find(&record.connector, None).ok_or_else(|| {
+            EngineError::Rule(format!(
+                "credential '{name}' belongs to connector '{}', which this build of Weft does not have",
+                record.connector
+            ))
+        })?;
+        let values = self
+            .vault()?
+            .open(&binding(&scope, record.id), &from_store(sealed))
+            .map_err(|e| EngineError::Unavailable(format!("credential '{name}': {e}")))?;
+        Ok(OpenCredential {
+            record,
+            values,
+            manifest,
+        })
+    }
+}
+
+/// Re-wraps every credential's data key under `vault`'s primary key; returns how many were
+/// re-wrapped. Safe while servers run: each row changes atomically and stays readable with
+/// either key, and a credential set meanwhile is already under the new key.
+pub async fn rewrap_all(store: &weft_store::Store, vault: &Vault) -> Result<usize, EngineError> {
+    let primary = vault.ring().primary().id().to_string();
+    let mut after = None;
+    let mut done = 0;
+    loop {
+        let page = store.credentials_to_rewrap(&primary, after, 200).await?;
+        let Some(last) = page.last() else {
+            return Ok(done);
+        };
+        after = Some((last.scope, last.id));
+        for c in page {
+            let old = c.sealed.key_id.clone();
+            let b = binding(&c.scope, c.id);
+            if let Some(new) = vault.rewrap(&b, &from_store(c.sealed))?
+                && store
+                    .rewrap_credential(c.scope, c.id, &old, to_store(new))
+                    .await?
+            {
+                done += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn values_are_checked_against_the_connectors_fields_without_echoing_them() {
+        let (m, v) = check(
+            "gh",
+            "github",
+            obj(json!({"token": "ghp_x", "webhook_secret": "s"})),
+        )
+        .unwrap();
+        assert_eq!(m.name, "github");
+        assert_eq!(v.names(), vec!["token", "webhook_secret"]);
+        let e = check(
+            "gh",
+            "github",
+            obj(json!({"tokn": "canary-123", "token": 5})),
+        )
+        .unwrap_err();
+        let EngineError::BadInput(errs) = e else {
+            panic!()
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["values.token", "values.tokn"]);
+        assert!(!format!("{errs:?}").contains("canary"));
+        assert!(check("gh", "gitlab", obj(json!({"a": "b"}))).is_err());
+        assert!(check("bad name", "github", obj(json!({"token": "b"}))).is_err());
+        assert!(check("gh", "github", Map::new()).is_err());
+        assert!(check("gh", "github", obj(json!({"token": "a\u{0}b"}))).is_err());
+    }
+}
