@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::auth::{CredentialsWrite, Read, Ws};
+use crate::auth::{CredentialsWrite, FlowsWrite, Read, Ws};
 use crate::body::json_body;
 use crate::dto::{CredentialOut, Page, ProblemDoc};
 use crate::flows::WsParam;
@@ -128,6 +128,54 @@ pub(crate) async fn connector(Path(name): Path<String>) -> Result<Json<Value>, P
     let m = weft_connectors::manifest::find(&name, None)
         .ok_or_else(|| Problem::not_found("connector"))?;
     serde_json::to_value(m)
+        .map(Json)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// Install a declarative connector version into this workspace (201; 200 when this exact
+/// manifest is installed already; 409 when the version is taken by another manifest).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/connectors", tag = "connectors", params(WsParam),
+    request_body(content = Object, description = "the connector manifest (docs/connectors.md)", content_type = "application/json"),
+    responses((status = 201, body = Object, description = "the installed manifest"), (status = 200, body = Object, description = "already installed"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["flows:write"]), ("session" = ["flows:write"])))]
+pub(crate) async fn install(
+    State(s): State<AppState>,
+    auth: Ws<FlowsWrite>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let v: Value = json_body(&headers, body, weft_engine::MAX_MANIFEST_BYTES).await?;
+    let (m, created) = s
+        .engine
+        .install_connector(auth.scope, v, auth.actor)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let out = serde_json::to_value(&m)
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok((status, Json(out)))
+}
+
+/// One connector usable in this workspace (installed: its newest version; or built in).
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/connectors/{name}", tag = "connectors", params(WsParam, ConnectorParam),
+    responses((status = 200, body = Object, description = "the connector's manifest"),
+        (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
+pub(crate) async fn ws_connector(
+    State(s): State<AppState>,
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let (_, name) = path;
+    let catalog = s.engine.catalog(auth.scope).await?;
+    let m = catalog
+        .connector(&name)
+        .ok_or_else(|| Problem::not_found("connector"))?;
+    serde_json::to_value(m.as_ref())
         .map(Json)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }

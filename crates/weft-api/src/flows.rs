@@ -259,13 +259,29 @@ pub(crate) async fn connectors() -> Json<Page<ConnectorOut>> {
     Json(catalog())
 }
 
-/// Connectors usable in this workspace.
+/// Actions usable in this workspace: the built-in connectors' and every installed version's.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/connectors", tag = "connectors",
     params(WsParam),
     responses((status = 200, body = Page<ConnectorOut>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
     security(("api_key" = ["read"]), ("session" = ["read"])))]
-pub(crate) async fn ws_connectors(_auth: Ws<Read>) -> Json<Page<ConnectorOut>> {
-    Json(catalog())
+pub(crate) async fn ws_connectors(
+    State(s): State<AppState>,
+    auth: Ws<Read>,
+) -> Result<Json<Page<ConnectorOut>>, Problem> {
+    let mut page = catalog();
+    let installed = s.engine.catalog(auth.scope).await?;
+    for m in installed.all_installed() {
+        for a in &m.actions {
+            page.items.push(ConnectorOut {
+                connector: m.name.clone(),
+                action: a.name.clone(),
+                version: m.version.clone(),
+                description: a.description.clone(),
+                credential: a.credential.clone(),
+            });
+        }
+    }
+    Ok(Json(page))
 }
 
 /// The `{ws}` path parameter.

@@ -51,6 +51,11 @@ pub enum ConnectorsCmd {
         /// Connector name, e.g. `github`.
         name: String,
     },
+    /// Install a declarative connector (a YAML or JSON manifest) into this workspace.
+    Install {
+        /// The manifest file.
+        file: PathBuf,
+    },
 }
 
 /// Reads `FIELD=VALUE` / `FIELD=@PATH` pairs and a values file into one object.
@@ -165,8 +170,47 @@ pub(crate) async fn connectors(cmd: ConnectorsCmd, args: ClientArgs) -> anyhow::
     let api = Api::new(args)?;
     let base = api.args.url.trim_end_matches('/').to_string();
     match cmd {
+        ConnectorsCmd::Install { file } => {
+            let meta = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if meta.len() as usize > weft_engine::MAX_MANIFEST_BYTES {
+                bail!(
+                    "{} is {} bytes; a manifest may be at most {} bytes",
+                    file.display(),
+                    meta.len(),
+                    weft_engine::MAX_MANIFEST_BYTES
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = weft_flow::parse_document(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let v = api.post(api.ws("/connectors"), &doc).await?;
+            if api.args.json {
+                print_json(&v);
+            } else {
+                let actions: Vec<&str> = v
+                    .get("actions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.get("name").and_then(Value::as_str))
+                    .collect();
+                println!(
+                    "installed {}@{}  actions: {}",
+                    s(&v, "name"),
+                    s(&v, "version"),
+                    actions.join(", ")
+                );
+            }
+        }
         ConnectorsCmd::List => {
-            let v = api.get(format!("{base}/api/v1/connectors")).await?;
+            let url = if api.args.key.is_some() {
+                api.ws("/connectors")
+            } else {
+                format!("{base}/api/v1/connectors")
+            };
+            let v = api.get(url).await?;
             if api.args.json {
                 print_json(&v);
                 return Ok(());
@@ -187,9 +231,12 @@ pub(crate) async fn connectors(cmd: ConnectorsCmd, args: ClientArgs) -> anyhow::
             }
         }
         ConnectorsCmd::Show { name } => {
-            let v = api
-                .get(format!("{base}/api/v1/connectors/{}", enc(&name)))
-                .await?;
+            let url = if api.args.key.is_some() {
+                api.ws(&format!("/connectors/{}", enc(&name)))
+            } else {
+                format!("{base}/api/v1/connectors/{}", enc(&name))
+            };
+            let v = api.get(url).await?;
             if api.args.json {
                 print_json(&v);
                 return Ok(());

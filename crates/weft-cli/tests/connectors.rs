@@ -656,3 +656,369 @@ fn rotating_the_master_key_keeps_credentials_usable_while_serving() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["rewrapped"], 2, "{r}");
 }
+
+/// A small third-party API for declarative connectors: bearer auth, items, cursor pages.
+fn acme_standin() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use axum::extract::{Path, Query};
+            use axum::http::{HeaderMap, StatusCode};
+            use std::collections::HashMap;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let authed = |h: &HeaderMap| {
+                h.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some("Bearer acme-canary-token")
+            };
+            let app = axum::Router::new()
+                .route(
+                    "/v1/items/{id}",
+                    axum::routing::get(move |Path(id): Path<String>, h: HeaderMap| async move {
+                        if !authed(&h) {
+                            return (
+                                StatusCode::UNAUTHORIZED,
+                                axum::Json(json!({"error": "bad token"})),
+                            );
+                        }
+                        (
+                            StatusCode::OK,
+                            axum::Json(json!({"item": {"id": id, "name": format!("item {id}")}})),
+                        )
+                    }),
+                )
+                .route(
+                    "/v1/list",
+                    axum::routing::get(
+                        move |Query(q): Query<HashMap<String, String>>, h: HeaderMap| async move {
+                            if !authed(&h) {
+                                return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
+                            }
+                            let page: u32 =
+                                q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                            let next = if page < 2 {
+                                json!((page + 1).to_string())
+                            } else {
+                                Value::Null
+                            };
+                            (
+                                StatusCode::OK,
+                                axum::Json(
+                                    json!({"data": [page * 10, page * 10 + 1], "next": next}),
+                                ),
+                            )
+                        },
+                    ),
+                );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+fn acme_manifest(base: &str, version: &str, output: &str) -> String {
+    format!(
+        r#"name: acme
+version: {version}
+title: Acme
+description: The Acme API
+base_url: "{{{{ .credential.api_url }}}}/v1"
+auth:
+  scheme: bearer
+  fields:
+    - {{name: token, secret: true, for: actions}}
+    - {{name: api_url, for: actions, default: "{base}"}}
+  inject:
+    headers: {{Authorization: "Bearer {{{{ .credential.token }}}}"}}
+actions:
+  - name: get_item
+    description: One item
+    input_schema: {{type: object, required: [id], properties: {{id: {{type: string}}}}, additionalProperties: false}}
+    output_schema: {{type: object}}
+    request: {{method: GET, path: "/items/{{{{ .input.id }}}}"}}
+    output: '{output}'
+  - name: list
+    description: Every item, page by page
+    input_schema: {{type: object}}
+    output_schema: {{type: object}}
+    request: {{method: GET, path: /list}}
+    pagination: {{items: .body.data, next: .body.next, param: cursor}}
+"#
+    )
+}
+
+#[test]
+fn declarative_connectors_install_run_paginate_and_pin_their_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let base = acme_standin();
+    let install = |text: &str| {
+        let f = tmp.path().join("acme.yaml");
+        std::fs::write(&f, text).unwrap();
+        srv.cli(&["connectors", "install", f.to_str().unwrap(), "--json"])
+    };
+    let out = install(&acme_manifest(&base, "1.0.0", "{name: .body.item.name}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.cli_json(&[
+        "credentials",
+        "set",
+        "acme",
+        "--connector",
+        "acme",
+        "--value",
+        "token=acme-canary-token",
+    ]);
+    let f = srv.apply(
+        "name: fetch\ntrigger:\n  manual: {}\nsteps:\n  - id: get\n    action: acme.get_item\n    credential: acme\n    input: {id: '{{ .trigger.body.id }}'}\n  - id: all\n    action: acme.list\n    credential: acme\n",
+    );
+    // Saved with the version it was applied against.
+    assert_eq!(
+        f["definition"]["steps"][0]["action"], "acme.get_item@1.0.0",
+        "{f}"
+    );
+    let run = |id: &str| {
+        let r = srv.cli_json(&[
+            "run",
+            "start",
+            "fetch",
+            "--input",
+            &format!(r#"{{"id":"{id}"}}"#),
+        ]);
+        srv.wait_run(r["run_id"].as_str().unwrap(), Duration::from_secs(20))
+    };
+    let r = run("7");
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["steps"][0]["output"], json!({"name": "item 7"}));
+    assert_eq!(
+        r["steps"][1]["output"],
+        json!({"items": [0, 1, 10, 11, 20, 21]})
+    );
+    assert!(!r.to_string().contains("acme-canary-token"));
+
+    // A new version changes nothing for the saved flow version until the flow is applied again.
+    let out = install(&acme_manifest(&base, "1.1.0", "{id: .body.item.id}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run("8")["steps"][0]["output"], json!({"name": "item 8"}));
+    let f = srv.apply(
+        "name: fetch\ntrigger:\n  manual: {}\nsteps:\n  - id: get\n    action: acme.get_item\n    credential: acme\n    input: {id: '{{ .trigger.body.id }}'}\n",
+    );
+    assert_eq!(f["definition"]["steps"][0]["action"], "acme.get_item@1.1.0");
+    assert_eq!(run("9")["steps"][0]["output"], json!({"id": "9"}));
+    let listed = srv.cli_json(&["connectors", "list"]);
+    let versions: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["connector"] == "acme" && a["action"] == "get_item")
+        .map(|a| a["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec!["1.0.0", "1.1.0"]);
+
+    // Bad input: a clear one-line error, nothing installed or changed.
+    let one_line_err = |out: std::process::Output, want: &str| {
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.contains(want), "want {want}: {e}");
+    };
+    one_line_err(
+        install(&acme_manifest(&base, "1.0.0", "{other: 1}")),
+        "immutable",
+    );
+    one_line_err(
+        install(&acme_manifest(&base, "2.0.0", ".body | ][")),
+        "actions[0].output",
+    );
+    one_line_err(
+        install(&acme_manifest(&base, "2.0.0", ".").replace("type: string", "type: strnig")),
+        "actions[0].input_schema",
+    );
+    one_line_err(
+        install(
+            &acme_manifest(&base, "2.0.0", ".")
+                .replace("/items/{{ .input.id }}", "/items/{{ .input. }}"),
+        ),
+        "actions[0].request.path",
+    );
+    one_line_err(
+        install(&acme_manifest(&base, "2.0.0", ".").replace("name: acme", "name: github")),
+        "built-in",
+    );
+    one_line_err(
+        install(&format!(
+            "{}\n# {}",
+            acme_manifest(&base, "2.0.0", "."),
+            "x".repeat(300 * 1024)
+        )),
+        "at most",
+    );
+    one_line_err(install("name: [unclosed"), "YAML");
+    let f = tmp.path().join("pinned.yaml");
+    std::fs::write(
+        &f,
+        "name: pinned\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    action: acme.get_item@9\n    credential: acme\n",
+    )
+    .unwrap();
+    one_line_err(
+        srv.cli(&["flow", "apply", f.to_str().unwrap()]),
+        "unknown action",
+    );
+    let after: Vec<String> = srv.cli_json(&["connectors", "list"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["connector"] == "acme")
+        .map(|a| {
+            format!(
+                "{}@{}",
+                a["action"].as_str().unwrap(),
+                a["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            "get_item@1.0.0",
+            "list@1.0.0",
+            "get_item@1.1.0",
+            "list@1.1.0"
+        ],
+        "refused installs left nothing behind"
+    );
+}
+
+/// Requests a stand-in received: path and arrival time.
+type Hits = Arc<Mutex<Vec<(String, std::time::Instant)>>>;
+
+/// A provider that records when each request arrived and answers `/ok` 200, `/down` 503.
+fn timed_standin() -> (String, Hits) {
+    let hits: Hits = Arc::default();
+    let rec = hits.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+                let rec = rec.clone();
+                async move {
+                    rec.lock()
+                        .unwrap()
+                        .push((uri.path().to_string(), std::time::Instant::now()));
+                    let st = if uri.path().ends_with("/down") {
+                        503
+                    } else {
+                        200
+                    };
+                    (
+                        axum::http::StatusCode::from_u16(st).unwrap(),
+                        axum::Json(json!({"ok": st == 200})),
+                    )
+                }
+            });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (format!("http://{}", rx.recv().unwrap()), hits)
+}
+
+fn limited_manifest(base: &str) -> String {
+    format!(
+        r#"{{"name": "slowapi", "version": "1.0.0", "title": "Slow API", "description": "d",
+  "base_url": "{base}",
+  "auth": {{"scheme": "none", "fields": []}},
+  "rate_limits": [{{"endpoint": "*", "per_second": 4, "burst": 1}}],
+  "actions": [
+    {{"name": "ok", "description": "d", "credential": "none", "input_schema": {{"type": "object"}}, "output_schema": {{"type": "object"}},
+      "request": {{"method": "POST", "path": "/ok"}}}},
+    {{"name": "down", "description": "d", "credential": "none", "input_schema": {{"type": "object"}}, "output_schema": {{"type": "object"}},
+      "request": {{"method": "POST", "path": "/down"}}}}
+  ]}}"#
+    )
+}
+
+#[test]
+fn manifest_rate_limits_space_calls_and_a_failing_provider_opens_its_breaker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let (base, hits) = timed_standin();
+    let f = tmp.path().join("slow.json");
+    std::fs::write(&f, limited_manifest(&base)).unwrap();
+    let out = srv.cli(&["connectors", "install", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Four parallel calls under 4/s with a burst of 1: they go out about 250 ms apart, and the
+    // waiting steps do not fail or use up attempts.
+    let steps: String = (0..4)
+        .map(|i| format!("  - id: s{i}\n    needs: []\n    action: slowapi.ok\n    retry: {{max_attempts: 1}}\n"))
+        .collect();
+    srv.apply(&format!(
+        "name: burst\ntrigger:\n  manual: {{}}\nsteps:\n{steps}"
+    ));
+    let r = srv.cli_json(&["run", "start", "burst", "--input", "{}"]);
+    let run = srv.wait_run(r["run_id"].as_str().unwrap(), Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let mut at: Vec<std::time::Instant> = hits.lock().unwrap().iter().map(|(_, t)| *t).collect();
+    at.sort();
+    assert_eq!(at.len(), 4);
+    for w in at.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(200),
+            "calls {gap:?} apart under a 4/s limit"
+        );
+    }
+
+    // A provider that keeps answering 503: after 5 failures in a row the breaker opens, and the
+    // step waits instead of hammering it (the run stays running, the provider sees no more calls).
+    hits.lock().unwrap().clear();
+    srv.apply("name: broken\ntrigger:\n  manual: {}\nsteps:\n  - id: d\n    action: slowapi.down\n    retry: {max_attempts: 20, initial: 10ms, max: 20ms}\n");
+    let r = srv.cli_json(&["run", "start", "broken", "--input", "{}"]);
+    let run_id = r["run_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while hits.lock().unwrap().len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider never saw 5 calls"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Time for several more attempts at 10-20 ms backoff if nothing held them back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        hits.lock().unwrap().len(),
+        5,
+        "the open breaker lets no call through"
+    );
+    let run = srv.cli_json(&["runs", "show", &run_id]);
+    assert_eq!(run["status"], "running", "{run}");
+    let logs = srv
+        .api_get(&format!("/api/v1/workspaces/default/runs/{run_id}/logs"))
+        .1;
+    assert!(
+        logs.to_string().contains("failed 5 times in a row"),
+        "{logs}"
+    );
+    assert!(srv.cli(&["runs", "cancel", &run_id]).status.success());
+}

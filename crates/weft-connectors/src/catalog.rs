@@ -144,6 +144,9 @@ pub async fn run_action(
         ("slack", Some(c)) => {
             providers::slack::run(client, action, input, c, idempotency_key).await
         }
+        ("postgres", Some(c)) => {
+            providers::postgres::run(client, action, input, c, idempotency_key).await
+        }
         _ => Err(ActionError::permanent(format!(
             "`{connector}.{action}` has no implementation in this build of Weft"
         ))),

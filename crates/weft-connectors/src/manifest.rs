@@ -33,6 +33,9 @@ pub struct Manifest {
     /// Provider limits, applied per credential.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Declarative connectors: the API's base URL (a `{{ }}` template over `{credential}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
 }
 
 /// How a connector authenticates, and the fields a credential for it holds.
@@ -44,6 +47,62 @@ pub struct AuthSpec {
     /// The fields, in display order.
     #[serde(default)]
     pub fields: Vec<FieldSpec>,
+    /// Declarative connectors: how the credential goes into each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<InjectSpec>,
+}
+
+/// Headers and query parameters added to every request of a declarative connector; values
+/// are `{{ }}` templates over `{credential}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectSpec {
+    /// Header name → template, e.g. `Authorization: "Bearer {{ .credential.token }}"`.
+    #[serde(default)]
+    pub headers: serde_json::Map<String, Value>,
+    /// Query parameter → template.
+    #[serde(default)]
+    pub query: serde_json::Map<String, Value>,
+}
+
+/// The HTTP request of a declarative action; strings are `{{ }}` templates over
+/// `{input, credential}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// HTTP method.
+    #[serde(default = "get")]
+    pub method: String,
+    /// Path appended to `base_url`, e.g. `/items/{{ .input.id }}`.
+    pub path: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: serde_json::Map<String, Value>,
+    /// Query parameters.
+    #[serde(default)]
+    pub query: serde_json::Map<String, Value>,
+    /// JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// Cursor pagination of a declarative action: jq over each response `{status, headers, body}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaginationSpec {
+    /// jq yielding the page's items (a list).
+    pub items: String,
+    /// jq yielding the next page's cursor; `null` or `""` ends.
+    pub next: String,
+    /// Query parameter that carries the cursor.
+    pub param: String,
+    /// Most pages fetched per step (default 10, at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
 }
 
 /// One credential field.
@@ -105,6 +164,16 @@ pub struct ActionSpec {
     pub input_schema: Value,
     /// JSON Schema of the output.
     pub output_schema: Value,
+    /// Declarative connectors: the request to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestSpec>,
+    /// Declarative connectors: jq from `{status, headers, body, items}` to the output
+    /// (default: the body, or `{items}` with pagination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Declarative connectors: cursor pagination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<PaginationSpec>,
 }
 
 fn required() -> String {
@@ -266,6 +335,72 @@ impl Manifest {
         }
     }
 
+    /// The extra rules for a connector installed into a workspace: it is declarative (every
+    /// action has a `request`, there is a `base_url`), and it does not take a built-in's name.
+    pub fn validate_declarative(&self) -> Result<(), Vec<ManifestError>> {
+        let mut errors = Vec::new();
+        if builtin().iter().any(|b| b.name == self.name) {
+            errors.push(err(
+                "name",
+                format!(
+                    "'{}' is a built-in connector; choose another name",
+                    self.name
+                ),
+            ));
+        }
+        if self.base_url.as_deref().is_none_or(str::is_empty) {
+            errors.push(err(
+                "base_url",
+                "an installed connector needs the API's base URL, e.g. https://api.example.com/v1",
+            ));
+        }
+        if self.actions.is_empty() {
+            errors.push(err("actions", "list at least one action"));
+        }
+        if self.triggers.iter().any(|t| t.signature.is_some()) {
+            errors.push(err(
+                "triggers",
+                "installed connectors cannot verify webhooks yet; use `connector: webhook` with `signature:` in the flow",
+            ));
+        }
+        const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        for (i, a) in self.actions.iter().enumerate() {
+            let p = format!("actions[{i}]");
+            let Some(r) = &a.request else {
+                errors.push(err(
+                    format!("{p}.request"),
+                    "an installed connector's action needs `request: {method, path, …}`",
+                ));
+                continue;
+            };
+            if !METHODS.contains(&r.method.as_str()) {
+                errors.push(err(
+                    format!("{p}.request.method"),
+                    format!("must be one of {}", METHODS.join(", ")),
+                ));
+            }
+            if !r.path.starts_with('/') {
+                errors.push(err(format!("{p}.request.path"), "must start with '/'"));
+            }
+            if let Some(pg) = &a.pagination {
+                if pg.param.is_empty() {
+                    errors.push(err(
+                        format!("{p}.pagination.param"),
+                        "name the cursor's query parameter",
+                    ));
+                }
+                if pg.max_pages.is_some_and(|n| n == 0 || n > 100) {
+                    errors.push(err(format!("{p}.pagination.max_pages"), "must be 1-100"));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
     /// An action by name.
     pub fn action(&self, name: &str) -> Option<&ActionSpec> {
         self.actions.iter().find(|a| a.name == name)
@@ -340,12 +475,13 @@ fn check_schema(s: &Value, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-const BUILTIN_SOURCES: [&str; 5] = [
+const BUILTIN_SOURCES: [&str; 6] = [
     include_str!("../manifests/http.json"),
     include_str!("../manifests/github.json"),
     include_str!("../manifests/stripe.json"),
     include_str!("../manifests/slack.json"),
     include_str!("../manifests/webhook.json"),
+    include_str!("../manifests/postgres.json"),
 ];
 
 /// The built-in connectors' manifests, parsed once.

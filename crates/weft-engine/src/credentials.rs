@@ -1,6 +1,8 @@
 //! Credentials: checked against their connector's auth fields, sealed by the vault before the
 //! store sees them, opened only where a step or a signature check uses them.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use weft_connectors::Manifest;
 use weft_flow::FieldError;
@@ -21,7 +23,7 @@ pub struct OpenCredential {
     /// Its decrypted values.
     pub values: SecretValues,
     /// Its connector.
-    pub manifest: &'static Manifest,
+    pub manifest: Arc<Manifest>,
 }
 
 impl OpenCredential {
@@ -30,7 +32,7 @@ impl OpenCredential {
         weft_connectors::Credential {
             name: &self.record.name,
             values: &self.values,
-            manifest: self.manifest,
+            manifest: &self.manifest,
         }
     }
 }
@@ -70,7 +72,8 @@ fn check(
     name: &str,
     connector: &str,
     values: Map<String, Value>,
-) -> Result<(&'static Manifest, SecretValues), EngineError> {
+    catalog: &crate::WorkspaceCatalog,
+) -> Result<(Arc<Manifest>, SecretValues), EngineError> {
     let mut errors = Vec::new();
     if !weft_flow::valid_name(name) {
         errors.push(FieldError::new(
@@ -78,9 +81,10 @@ fn check(
             "must be 1-100 characters: letters, digits, '-', '_' or '.', starting with a letter or digit",
         ));
     }
-    let Some(manifest) = weft_connectors::manifest::find(connector, None) else {
+    let Some(manifest) = catalog.connector(connector) else {
         let known: Vec<&str> = weft_connectors::manifest::builtin()
             .iter()
+            .chain(catalog.all_installed().iter().map(|m| m.as_ref()))
             .filter(|m| !m.auth.fields.is_empty())
             .map(|m| m.name.as_str())
             .collect();
@@ -167,7 +171,8 @@ impl Engine {
         values: Map<String, Value>,
         actor: Actor,
     ) -> Result<(CredentialRecord, bool), EngineError> {
-        let (manifest, values) = check(name, connector, values)?;
+        let catalog = self.inner.catalog(scope).await?;
+        let (manifest, values) = check(name, connector, values, &catalog)?;
         let vault = self.vault()?;
         let store = self.store();
         // Replacing keeps the id, which the sealed values are bound to; a race with another
@@ -244,7 +249,8 @@ impl Engine {
         let Some((record, sealed)) = self.store().credential(scope, name).await? else {
             return Err(EngineError::NotFound("credential"));
         };
-        let manifest = weft_connectors::manifest::find(&record.connector, None).ok_or_else(|| {
+        let catalog = self.inner.catalog(scope).await?;
+        let manifest = catalog.connector(&record.connector).ok_or_else(|| {
             EngineError::Rule(format!(
                 "credential '{name}' belongs to connector '{}', which this build of Weft does not have",
                 record.connector
@@ -301,10 +307,12 @@ mod tests {
 
     #[test]
     fn values_are_checked_against_the_connectors_fields_without_echoing_them() {
+        let cat = crate::WorkspaceCatalog::default();
         let (m, v) = check(
             "gh",
             "github",
             obj(json!({"token": "ghp_x", "webhook_secret": "s"})),
+            &cat,
         )
         .unwrap();
         assert_eq!(m.name, "github");
@@ -313,6 +321,7 @@ mod tests {
             "gh",
             "github",
             obj(json!({"tokn": "canary-123", "token": 5})),
+            &cat,
         )
         .unwrap_err();
         let EngineError::BadInput(errs) = e else {
@@ -321,9 +330,9 @@ mod tests {
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["values.token", "values.tokn"]);
         assert!(!format!("{errs:?}").contains("canary"));
-        assert!(check("gh", "gitlab", obj(json!({"a": "b"}))).is_err());
-        assert!(check("bad name", "github", obj(json!({"token": "b"}))).is_err());
-        assert!(check("gh", "github", Map::new()).is_err());
-        assert!(check("gh", "github", obj(json!({"token": "a\u{0}b"}))).is_err());
+        assert!(check("gh", "gitlab", obj(json!({"a": "b"})), &cat).is_err());
+        assert!(check("bad name", "github", obj(json!({"token": "b"})), &cat).is_err());
+        assert!(check("gh", "github", Map::new(), &cat).is_err());
+        assert!(check("gh", "github", obj(json!({"token": "a\u{0}b"})), &cat).is_err());
     }
 }

@@ -15,6 +15,7 @@ use weft_flow::{CompiledFlow, CompiledStep, StepKind};
 use weft_store::{ClaimedRun, NewLog, RunRecord, StepCheckpoint, StepRecord};
 use weft_types::{Millis, RunStatus, Scope, StepStatus};
 
+use crate::limits::{CallOutcome, Hold};
 use crate::{Inner, WebhookResponse};
 
 /// How a step ended.
@@ -48,6 +49,20 @@ impl AttemptError {
             retry_after: None,
             rate_limited: false,
         }
+    }
+}
+
+/// An action's error as an attempt's: 429, or a provider's own way of saying it (GitHub's 403
+/// with no remaining quota, Slack's `ratelimited`), which connectors flag, is a rate limit.
+fn attempt_error(e: &weft_connectors::ActionError) -> AttemptError {
+    AttemptError {
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+        retry_after: e.retry_after(),
+        rate_limited: e.output().is_some_and(|o| {
+            o.get("status").and_then(Value::as_u64) == Some(429)
+                || o.get("rate_limited").and_then(Value::as_bool) == Some(true)
+        }),
     }
 }
 
@@ -303,6 +318,75 @@ struct StepJob {
 impl StepJob {
     fn step(&self) -> &CompiledStep {
         &self.flow.steps[self.idx]
+    }
+
+    /// The installed connector a step names, at its pinned version.
+    async fn installed(
+        &self,
+        connector: &str,
+        version: Option<&str>,
+    ) -> Result<std::sync::Arc<weft_connectors::Manifest>, AttemptError> {
+        let catalog = self
+            .inner
+            .catalog(self.scope)
+            .await
+            .map_err(|e| AttemptError {
+                message: e.to_string(),
+                retryable: true,
+                retry_after: None,
+                rate_limited: false,
+            })?;
+        catalog.installed(connector, version).cloned().ok_or_else(|| {
+            let pin = version.map(|v| format!("@{v}")).unwrap_or_default();
+            AttemptError::permanent(format!(
+                "connector {connector}{pin} is not installed in this workspace; install it with `weft connectors install FILE`"
+            ))
+        })
+    }
+
+    /// Runs an action of a connector installed in the run's workspace.
+    async fn run_installed(
+        &self,
+        m: &weft_connectors::Manifest,
+        action: &str,
+        input: &Value,
+        open: Option<&crate::OpenCredential>,
+        key: &str,
+    ) -> Result<Value, AttemptError> {
+        let connector = &m.name;
+        let Some(spec) = m.action(action) else {
+            return Err(AttemptError::permanent(format!(
+                "{connector}@{} has no action `{action}`",
+                m.version
+            )));
+        };
+        match (spec.credential.as_str(), open) {
+            ("required", None) => {
+                return Err(AttemptError::permanent(format!(
+                    "`{connector}.{action}` needs a credential: add `credential: NAME` naming a {connector} credential to the step"
+                )));
+            }
+            (_, Some(c)) if c.manifest.name != m.name => {
+                return Err(AttemptError::permanent(format!(
+                    "credential '{}' is a {} credential, and `{connector}.{action}` needs a {connector} one",
+                    c.record.name, c.manifest.name
+                )));
+            }
+            _ => {}
+        }
+        crate::connectors::run_declarative(
+            &self.inner,
+            m,
+            spec,
+            input,
+            open.map(|c| &c.values),
+            key,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::connectors::DeclarativeError::Expr(m) => AttemptError::permanent(m),
+            crate::connectors::DeclarativeError::Action(e) => attempt_error(&e),
+        })
     }
 
     /// Opens the step's credential in the run's workspace.
@@ -562,7 +646,7 @@ impl StepJob {
                 action,
                 input,
                 credential,
-                ..
+                version,
             } => {
                 let input = self
                     .inner
@@ -579,31 +663,71 @@ impl StepJob {
                     .unwrap_or_default();
                 // Stable per (run, step, loop index): identical on every retry and after a crash.
                 let key = format!("{}:{}:0", self.run_id, self.step().id);
-                let out = weft_connectors::run_action(
-                    &self.inner.opts.http,
-                    connector,
-                    action,
-                    &input,
-                    open.as_ref().map(|c| c.as_action_credential()),
-                    &key,
-                )
-                .await
-                .map_err(|e| AttemptError {
-                    // A provider may echo what it was sent; nothing of the credential is kept.
-                    message: redactor.text(&e.to_string()),
-                    retryable: e.is_retryable(),
-                    retry_after: e.retry_after(),
-                    // 429, or a provider's own way of saying it (GitHub's 403 with no
-                    // remaining quota, Slack's `ratelimited`), which connectors flag.
-                    rate_limited: e.output().is_some_and(|o| {
-                        o.get("status").and_then(Value::as_u64) == Some(429)
-                            || o.get("rate_limited").and_then(Value::as_bool) == Some(true)
-                    }),
-                });
+                let builtin = weft_connectors::manifest::find(connector, None);
+                let installed = match builtin {
+                    Some(_) => None,
+                    None => Some(self.installed(connector, version.as_deref()).await?),
+                };
+                let manifest: &weft_connectors::Manifest = match (builtin, &installed) {
+                    (Some(m), _) => m,
+                    (None, Some(m)) => m,
+                    (None, None) => {
+                        return Err(AttemptError::permanent(format!(
+                            "unknown connector {connector}"
+                        )));
+                    }
+                };
+                let cred_id = open.as_ref().map(|c| c.record.id.to_string());
+                let ticket = match self
+                    .inner
+                    .before_call(self.scope, manifest, action, cred_id.as_deref())
+                    .await
+                {
+                    Ok(t) => t,
+                    // Waiting for a limit or a breaker is not a failure: the step waits.
+                    Err(Hold::RateLimited(d, message) | Hold::BreakerOpen(d, message)) => {
+                        return Err(AttemptError {
+                            message,
+                            retryable: true,
+                            retry_after: Some(d),
+                            rate_limited: true,
+                        });
+                    }
+                };
+                let out = match &installed {
+                    Some(m) => {
+                        self.run_installed(m, action, &input, open.as_ref(), &key)
+                            .await
+                    }
+                    None => weft_connectors::run_action(
+                        &self.inner.opts.http,
+                        connector,
+                        action,
+                        &input,
+                        open.as_ref().map(|c| c.as_action_credential()),
+                        &key,
+                    )
+                    .await
+                    .map_err(|e| attempt_error(&e)),
+                };
+                self.inner.after_call(
+                    ticket,
+                    match &out {
+                        Ok(_) => CallOutcome::Ok,
+                        Err(e) if e.rate_limited => CallOutcome::RateLimited(e.retry_after),
+                        Err(e) if e.retryable => CallOutcome::Transient,
+                        Err(_) => CallOutcome::Permanent,
+                    },
+                );
                 weft_types::failpoint_at("action.after_effect", &self.step().id);
+                // A provider may echo what it was sent; nothing of the credential is kept.
                 out.map(|mut v| {
                     redactor.value(&mut v);
                     v
+                })
+                .map_err(|mut e| {
+                    e.message = redactor.text(&e.message);
+                    e
                 })
             }
             StepKind::Respond {

@@ -150,7 +150,8 @@ impl Inner {
         }
         let v = self.opts.store.flow_version(scope, flow, version).await?;
         let def = weft_flow::from_value(v.definition)?;
-        let compiled = Arc::new(weft_flow::compile(&def, &ActionRegistry)?);
+        let catalog = self.catalog(scope).await?;
+        let compiled = Arc::new(weft_flow::compile(&def, catalog.as_ref())?);
         if let Ok(mut m) = self.flows.compiled.lock() {
             if m.len() >= CACHE_MAX {
                 m.clear();
@@ -170,11 +171,13 @@ impl Engine {
     pub async fn apply_flow(
         &self,
         scope: Scope,
-        def: FlowDef,
+        mut def: FlowDef,
         draft: bool,
         actor: Actor,
     ) -> Result<FlowRecord, EngineError> {
-        let compiled = weft_flow::compile(&def, &ActionRegistry)?;
+        let catalog = self.inner.catalog(scope).await?;
+        crate::connectors::pin_actions(&mut def, &catalog);
+        let compiled = weft_flow::compile(&def, catalog.as_ref())?;
         let value = serde_json::to_value(&def)
             .map_err(|e| EngineError::Conflict(format!("cannot store the flow: {e}")))?;
         let now = self.inner.now();

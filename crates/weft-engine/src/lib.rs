@@ -4,11 +4,13 @@
 //! [`Engine::start`] and stopped by [`Engine::shutdown`]. All time goes through the injected
 //! [`Clock`], all storage through the [`Store`], all outbound HTTP through the guarded client.
 
+mod connectors;
 mod credentials;
 mod dispatch;
 mod eval;
 mod executor;
 mod flows;
+mod limits;
 pub mod retry;
 mod schedule;
 
@@ -25,6 +27,7 @@ use weft_sandbox::SandboxPool;
 use weft_store::{Store, StoreError};
 use weft_types::{Clock, RunId};
 
+pub use connectors::{MAX_MANIFEST_BYTES, WorkspaceCatalog, check_manifest};
 pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 
@@ -189,6 +192,8 @@ pub(crate) struct Inner {
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
     pub(crate) responders: Mutex<HashMap<RunId, oneshot::Sender<WebhookResponse>>>,
     pub(crate) flows: flows::FlowCache,
+    pub(crate) catalogs: connectors::CatalogCache,
+    pub(crate) guards: limits::Guards,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) idle: Notify,
     pub(crate) events: tokio::sync::broadcast::Sender<EngineEvent>,
@@ -208,6 +213,8 @@ impl Engine {
                 cancels: Mutex::default(),
                 responders: Mutex::default(),
                 flows: flows::FlowCache::default(),
+                catalogs: connectors::CatalogCache::default(),
+                guards: limits::Guards::default(),
                 tasks: Mutex::default(),
                 idle: Notify::new(),
                 events: tokio::sync::broadcast::channel(4096).0,

@@ -99,19 +99,23 @@ pub fn parse_text(text: &str) -> Result<FlowDef, FlowError> {
             max: MAX_FLOW_BYTES,
         });
     }
-    let value: serde_json::Value = if text.trim_start().starts_with('{') {
+    from_value(parse_document(text)?)
+}
+
+/// Parses a YAML or JSON document (a flow, a connector manifest) with depth and size budgets.
+pub fn parse_document(text: &str) -> Result<serde_json::Value, FlowError> {
+    if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| FlowError::Syntax {
             format: "JSON",
             message: e.to_string(),
-        })?
+        })
     } else {
         let opts = serde_saphyr::options! { budget: serde_saphyr::budget! { max_depth: 64, max_nodes: 200_000 } };
         serde_saphyr::from_str_with_options(text, opts).map_err(|e| FlowError::Syntax {
             format: "YAML",
             message: one_line(&e.to_string()),
-        })?
-    };
-    from_value(value)
+        })
+    }
 }
 
 /// Builds the typed definition from a JSON value, naming the path of the first type error.

@@ -82,6 +82,13 @@ pub(crate) fn credential_fields(json: &str) -> Result<Vec<String>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("credential field list: {e}")))
 }
 
+/// A connector version is immutable once installed.
+pub(crate) fn connector_version_taken(name: &str, version: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "{name}@{version} is installed with a different manifest; versions are immutable: bump the version"
+    ))
+}
+
 /// Two writers raced to create the same credential name with different ids.
 pub(crate) fn credential_replaced(name: &str) -> StoreError {
     StoreError::Conflict(format!(

@@ -271,6 +271,19 @@ pub struct NewCredential {
     pub sealed: SealedValues,
 }
 
+/// A declarative connector version installed into a workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstalledConnector {
+    /// Connector name.
+    pub name: String,
+    /// Semantic version.
+    pub version: String,
+    /// The manifest as installed (JSON).
+    pub manifest: Value,
+    /// Installed at.
+    pub created_at: Millis,
+}
+
 /// One credential's sealed values, for key rotation.
 #[derive(Debug, Clone)]
 pub struct SealedCredential {

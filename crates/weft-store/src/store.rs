@@ -258,6 +258,11 @@ dispatch! {
     fn set_credential_status(scope: Scope, id: CredentialId, reason: Option<String>, now: Millis) -> Result<(), StoreError>;
     /// System (key rotation): credentials whose data key is not wrapped by `key_id`.
     fn credentials_to_rewrap(key_id: &str, after: Option<(Scope, CredentialId)>, limit: usize) -> Result<Vec<SealedCredential>, StoreError>;
+    /// Installs a declarative connector version (false when this exact manifest already is);
+    /// another manifest under an installed version is a conflict.
+    fn install_connector(scope: Scope, name: &str, version: &str, manifest: Value, actor: Actor, now: Millis) -> Result<bool, StoreError>;
+    /// Every connector version installed in the workspace.
+    fn installed_connectors(scope: Scope) -> Result<Vec<InstalledConnector>, StoreError>;
     /// Replaces a credential's wrapped data key if it is unchanged since it was read.
     fn rewrap_credential(scope: Scope, id: CredentialId, old_key_id: &str, sealed: SealedValues) -> Result<bool, StoreError>;
 }

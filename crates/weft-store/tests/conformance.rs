@@ -1948,3 +1948,54 @@ conformance!(
         assert_eq!(s.verify_audit(a.tenant).await.unwrap().broken, None);
     }
 );
+
+conformance!(installed_connector_versions_are_immutable_and_walled, |s| {
+    let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+    let b = s
+        .create_tenant("b", "b@example.com", Limits::default(), op(), 2)
+        .await
+        .unwrap();
+    let sa = Scope {
+        tenant: a.tenant,
+        workspace: a.workspace,
+    };
+    let sb = Scope {
+        tenant: b.tenant,
+        workspace: b.workspace,
+    };
+    let m1 = json!({"name": "acme", "version": "1.0.0", "x": 1});
+    assert!(
+        s.install_connector(sa, "acme", "1.0.0", m1.clone(), op(), 3)
+            .await
+            .unwrap()
+    );
+    // The same manifest again changes nothing; another one under that version is refused.
+    assert!(
+        !s.install_connector(sa, "acme", "1.0.0", m1.clone(), op(), 4)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        s.install_connector(sa, "acme", "1.0.0", json!({"other": true}), op(), 5)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.install_connector(sa, "acme", "1.1.0", json!({"v": 2}), op(), 6)
+        .await
+        .unwrap();
+    let l = s.installed_connectors(sa).await.unwrap();
+    assert_eq!(
+        l.iter().map(|c| c.version.as_str()).collect::<Vec<_>>(),
+        vec!["1.0.0", "1.1.0"]
+    );
+    assert_eq!(l[0].manifest, m1);
+    assert!(s.installed_connectors(sb).await.unwrap().is_empty());
+    let trail = s.list_audit(a.tenant, None, None, 50).await.unwrap();
+    assert_eq!(
+        trail
+            .iter()
+            .filter(|e| e.action == "connector.install")
+            .count(),
+        2
+    );
+});

@@ -699,6 +699,25 @@ pub(crate) fn check_value(
     Ok(())
 }
 
+/// Checks a declarative action's input against its manifest schema, with the same messages as
+/// the built-in actions.
+pub fn check_input(
+    manifest: &crate::manifest::Manifest,
+    spec: &ActionSpec,
+    input: &Value,
+) -> Result<(), ActionError> {
+    let none = weft_vault::SecretValues::new();
+    let call = Call::new(
+        &spec.name,
+        Credential {
+            name: "",
+            values: &none,
+            manifest,
+        },
+    );
+    call.input(spec, input).map(|_| ())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

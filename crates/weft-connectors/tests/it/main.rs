@@ -4,6 +4,7 @@
 mod action;
 mod conformance;
 mod guard;
+mod postgres;
 mod providers;
 mod signature;
 mod support;

@@ -333,4 +333,98 @@ impl PgStore {
         tx.commit().await.map_err(db)?;
         Ok(n == 1)
     }
+
+    /// Installs a connector version; false when this exact manifest was installed already. A
+    /// different manifest under an installed version is a conflict: versions are immutable.
+    pub async fn install_connector(
+        &self,
+        scope: Scope,
+        name: &str,
+        version: &str,
+        manifest: serde_json::Value,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT manifest FROM connectors WHERE tenant_id = $1 AND workspace_id = $2 AND name = $3 AND version = $4",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(old) = existing {
+            let same = serde_json::from_str::<serde_json::Value>(&old).ok() == Some(manifest);
+            return if same {
+                Ok(false)
+            } else {
+                Err(crate::connector_version_taken(name, version))
+            };
+        }
+        sqlx::query(
+            "INSERT INTO connectors (tenant_id, workspace_id, name, version, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(name)
+        .bind(version)
+        .bind(manifest.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match db(e) {
+            StoreError::Conflict(_) => crate::connector_version_taken(name, version),
+            other => other,
+        })?;
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: "connector.install",
+                object_kind: "connector",
+                object_id: format!("{name}@{version}"),
+                workspace: Some(scope.workspace),
+                detail: json!({"name": name, "version": version}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Every connector version installed in the workspace, by name then install order.
+    pub async fn installed_connectors(
+        &self,
+        scope: Scope,
+    ) -> Result<Vec<InstalledConnector>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let rows = sqlx::query(
+            "SELECT name, version, manifest, created_at FROM connectors WHERE tenant_id = $1 AND workspace_id = $2 ORDER BY name, created_at",
+        )
+        .bind(&t)
+        .bind(&w)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(2).map_err(db)?;
+                Ok(InstalledConnector {
+                    name: r.try_get(0).map_err(db)?,
+                    version: r.try_get(1).map_err(db)?,
+                    manifest: serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("connector manifest: {e}")))?,
+                    created_at: r.try_get(3).map_err(db)?,
+                })
+            })
+            .collect()
+    }
 }

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_scale.sql")),
     (3, include_str!("migrations/0003_vacuum.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
+    (5, include_str!("migrations/0005_connectors.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -34,6 +35,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "tenant_owners",
     "api_keys",
     "credentials",
+    "connectors",
     "flows",
     "flow_versions",
     "runs",

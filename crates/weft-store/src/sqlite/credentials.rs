@@ -258,4 +258,77 @@ impl SqliteStore {
         })
         .await
     }
+
+    /// Installs a connector version; false when this exact manifest was installed already. A
+    /// different manifest under an installed version is a conflict: versions are immutable.
+    pub async fn install_connector(
+        &self,
+        scope: Scope,
+        name: &str,
+        version: &str,
+        manifest: serde_json::Value,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (name, version) = (name.to_string(), version.to_string());
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let text = manifest.to_string();
+            let existing: Option<String> = c
+                .prepare_cached(
+                    "SELECT manifest FROM connectors WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3 AND version = ?4",
+                )?
+                .query_row(params![t, w, name, version], |r| r.get(0))
+                .optional()?;
+            if let Some(old) = existing {
+                let same = serde_json::from_str::<serde_json::Value>(&old).ok() == Some(manifest);
+                return if same {
+                    Ok(false)
+                } else {
+                    Err(crate::connector_version_taken(&name, &version))
+                };
+            }
+            c.prepare_cached(
+                "INSERT INTO connectors (tenant_id, workspace_id, name, version, manifest, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![t, w, name, version, text, now])?;
+            append(c, &t, now, &Audit {
+                actor,
+                action: "connector.install",
+                object_kind: "connector",
+                object_id: format!("{name}@{version}"),
+                workspace: Some(scope.workspace),
+                detail: json!({"name": name, "version": version}),
+            })?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Every connector version installed in the workspace, by name then install order.
+    pub async fn installed_connectors(
+        &self,
+        scope: Scope,
+    ) -> Result<Vec<InstalledConnector>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT name, version, manifest, created_at FROM connectors WHERE tenant_id = ?1 AND workspace_id = ?2 ORDER BY name, created_at",
+            )?;
+            let mut rows = st.query(params![t, w])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let text: String = r.get(2)?;
+                out.push(InstalledConnector {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    manifest: serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("connector manifest: {e}")))?,
+                    created_at: r.get(3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
 }

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_identity.sql")),
     (3, include_str!("migrations/0003_usage_shard.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
+    (5, include_str!("migrations/0005_connectors.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

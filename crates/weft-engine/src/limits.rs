@@ -1,0 +1,232 @@
+//! Isolation between providers: the manifests' rate limits (a GCRA bucket per tenant,
+//! connector, credential and endpoint, shared by every process through the store), pauses a
+//! provider asked for (429 / `Retry-After`), a concurrency cap per connector, and a circuit
+//! breaker per (connector, credential) so one failing provider does not tie up the workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use weft_connectors::Manifest;
+use weft_store::rate::{Rate, RateDecision};
+use weft_types::{Millis, Scope};
+
+use crate::Inner;
+
+/// Calls in flight per connector in one process.
+pub const CONNECTOR_CONCURRENCY: usize = 32;
+/// Consecutive failures (5xx, timeouts, connection errors) that open a breaker.
+pub const BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker refuses calls before letting one through to test the provider.
+pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
+/// Longest a step waits in place for its rate limit; longer waits go back to the retry loop.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a call may not go out now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// The provider (or its declared limit) needs this long; the step waits, not failing.
+    RateLimited(Duration, String),
+    /// The breaker is open; the step waits this long, not failing.
+    BreakerOpen(Duration, String),
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Millis>,
+}
+
+/// Per-process state of the guards (the rate buckets live in the store).
+#[derive(Default)]
+pub(crate) struct Guards {
+    breakers: Mutex<HashMap<String, Breaker>>,
+    paused: Mutex<HashMap<String, Millis>>,
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// What one call holds while it runs.
+pub(crate) struct Ticket {
+    key: String,
+    breaker: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The rate limit of `action` in `m`: its own endpoint's, else `*`.
+fn rate_for(m: &Manifest, action: &str) -> Option<Rate> {
+    let rl = m
+        .rate_limits
+        .iter()
+        .find(|r| r.endpoint == action)
+        .or_else(|| m.rate_limits.iter().find(|r| r.endpoint == "*"))?;
+    let interval_us = (1_000_000.0 / rl.per_second).round().max(1.0) as i64;
+    Some(Rate {
+        interval_us,
+        burst: i64::from(rl.burst.max(1)),
+    })
+}
+
+impl Inner {
+    /// Waits for the call's rate limit, then takes a connector slot. Returns a hold when the
+    /// provider paused us or the breaker is open: the caller reports it as a rate-limited,
+    /// retryable attempt, which waits without using up attempts.
+    pub(crate) async fn before_call(
+        &self,
+        scope: Scope,
+        m: &Manifest,
+        action: &str,
+        credential: Option<&str>,
+    ) -> Result<Ticket, Hold> {
+        let key = format!("{}:{}:{}", scope.tenant, m.name, credential.unwrap_or("-"));
+        let now = self.now();
+        if let Some(until) = self
+            .guards
+            .paused
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&key).copied())
+            .filter(|u| *u > now)
+        {
+            return Err(Hold::RateLimited(
+                Duration::from_millis((until - now) as u64),
+                format!("{}.{action}: the provider asked to wait", m.name),
+            ));
+        }
+        // `http` reaches any host: one flaky URL must not pause a tenant's other requests.
+        let breaker = m.name != "http";
+        if let (true, Ok(mut b)) = (breaker, self.guards.breakers.lock()) {
+            let br = b.entry(key.clone()).or_default();
+            match br.open_until {
+                Some(until) if until > now => {
+                    return Err(Hold::BreakerOpen(
+                        Duration::from_millis((until - now) as u64),
+                        format!(
+                            "{}.{action}: {} failed {BREAKER_FAILURES} times in a row; calls pause for {}s before one is tried again",
+                            m.name,
+                            m.title,
+                            BREAKER_OPEN.as_secs()
+                        ),
+                    ));
+                }
+                // Half-open: this call is the trial; the next failure opens it again at once.
+                Some(_) => {
+                    br.open_until = None;
+                    br.failures = BREAKER_FAILURES.saturating_sub(1);
+                }
+                None => {}
+            }
+        }
+        if let Some(rate) = rate_for(m, action) {
+            let bucket = format!("conn:{key}:{action}");
+            loop {
+                let now_us = self.now().saturating_mul(1000);
+                match self.opts.store.rate_take(&bucket, rate, now_us).await {
+                    Ok(RateDecision::Allowed) => break,
+                    Ok(RateDecision::Limited { retry_after_ms }) => {
+                        let wait = Duration::from_millis(retry_after_ms);
+                        if wait > MAX_INLINE_WAIT {
+                            return Err(Hold::RateLimited(
+                                wait,
+                                format!("{}.{action}: over the connector's rate limit", m.name),
+                            ));
+                        }
+                        // The step waits in place: a rate limit is not a failure.
+                        self.opts.clock.sleep(wait).await;
+                    }
+                    // The limit is advisory; a store hiccup must not stop the call.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limit unavailable; calling without it");
+                        break;
+                    }
+                }
+            }
+        }
+        let sem = self.guards.slots.lock().ok().map(|mut s| {
+            s.entry(m.name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)))
+                .clone()
+        });
+        let sem = sem.unwrap_or_else(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)));
+        match sem.acquire_owned().await {
+            Ok(slot) => Ok(Ticket {
+                key,
+                breaker,
+                _slot: slot,
+            }),
+            // The semaphore is never closed.
+            Err(_) => Err(Hold::RateLimited(
+                Duration::from_secs(1),
+                "connector slots closed".into(),
+            )),
+        }
+    }
+
+    /// Records how a call went: success closes the breaker, a transient failure counts toward
+    /// opening it, and a provider's `Retry-After` pauses the (connector, credential).
+    pub(crate) fn after_call(&self, t: Ticket, outcome: CallOutcome) {
+        let now = self.now();
+        match outcome {
+            CallOutcome::Ok | CallOutcome::Permanent => {
+                if let Ok(mut b) = self.guards.breakers.lock() {
+                    b.remove(&t.key);
+                }
+            }
+            CallOutcome::RateLimited(after) => {
+                if let (Some(d), Ok(mut p)) = (after, self.guards.paused.lock()) {
+                    if p.len() > 10_000 {
+                        p.retain(|_, until| *until > now);
+                    }
+                    p.insert(t.key.clone(), now + d.as_millis() as Millis);
+                }
+            }
+            CallOutcome::Transient if t.breaker => {
+                if let Ok(mut b) = self.guards.breakers.lock() {
+                    let br = b.entry(t.key.clone()).or_default();
+                    br.failures += 1;
+                    if br.failures >= BREAKER_FAILURES {
+                        br.open_until = Some(now + BREAKER_OPEN.as_millis() as Millis);
+                        tracing::warn!(key = %t.key, "circuit breaker open for {}s", BREAKER_OPEN.as_secs());
+                    }
+                }
+            }
+            CallOutcome::Transient => {}
+        }
+    }
+}
+
+/// How one call ended, for the guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    /// It succeeded.
+    Ok,
+    /// It failed in a way retrying cannot fix (the provider is up).
+    Permanent,
+    /// The provider rate-limited it, maybe saying for how long.
+    RateLimited(Option<Duration>),
+    /// 5xx, timeout, connection failure.
+    Transient,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_come_from_the_endpoint_or_the_wildcard() {
+        let gh = weft_connectors::manifest::find("github", None).unwrap();
+        let r = rate_for(gh, "create_issue").unwrap();
+        assert_eq!((r.interval_us, r.burst), (100_000, 20));
+        let slack = weft_connectors::manifest::find("slack", None).unwrap();
+        let r = rate_for(slack, "post_message").unwrap();
+        assert_eq!((r.interval_us, r.burst), (1_000_000, 5));
+        assert!(
+            rate_for(
+                weft_connectors::manifest::find("http", None).unwrap(),
+                "request"
+            )
+            .is_none()
+        );
+    }
+}
