@@ -179,3 +179,93 @@ pub(crate) async fn ws_connector(
         .map(Json)
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
+
+/// Where an authorization starts: the URL to open in a browser.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct AuthorizeOut {
+    /// The provider's authorization URL with Weft's state and PKCE challenge.
+    pub authorize_url: String,
+    /// RFC 3339: when the request stops being accepted at the callback.
+    pub expires_at: String,
+    /// Where the provider sends the browser back (register it with the provider).
+    pub redirect_uri: String,
+}
+
+/// Start the OAuth2 authorization of a credential (authorization code with PKCE). Open the
+/// returned URL in a browser; the provider sends it back to `/oauth/callback`.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/credentials/{name}/authorize", tag = "credentials", params(WsParam, CredentialParam),
+    responses((status = 200, body = AuthorizeOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["credentials:write"]), ("session" = ["credentials:write"])))]
+pub(crate) async fn authorize(
+    State(s): State<AppState>,
+    auth: Ws<CredentialsWrite>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<AuthorizeOut>, Problem> {
+    let (_, name) = path;
+    let redirect_uri = format!("{}/oauth/callback", s.opts.public_url.trim_end_matches('/'));
+    let (authorize_url, expires) = s
+        .engine
+        .start_authorization(auth.scope, &name, &redirect_uri)
+        .await?;
+    Ok(Json(AuthorizeOut {
+        authorize_url,
+        expires_at: weft_types::rfc3339(expires),
+        redirect_uri,
+    }))
+}
+
+/// The callback's query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CallbackQuery {
+    /// The authorization code.
+    code: Option<String>,
+    /// The state Weft sent.
+    state: Option<String>,
+    /// The provider's refusal, e.g. `access_denied`.
+    error: Option<String>,
+}
+
+/// Where the provider sends the browser back: exchanges the code for tokens (public: the
+/// single-use state authenticates it).
+#[utoipa::path(get, path = "/oauth/callback", tag = "credentials", params(CallbackQuery),
+    responses((status = 200, body = Object, description = "`{credential, status: \"ok\"}`"),
+        (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, body = ProblemDoc, content_type = "application/problem+json")))]
+pub(crate) async fn callback(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<CallbackQuery>,
+) -> Result<Json<Value>, Problem> {
+    let Some(state) = q.state.filter(|st| !st.is_empty() && st.len() <= 256) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            "the callback has no valid `state`; start the authorization again",
+        ));
+    };
+    match s
+        .engine
+        .complete_authorization(&state, q.code.as_deref(), q.error.as_deref())
+        .await
+    {
+        Ok((_, name)) => Ok(Json(
+            serde_json::json!({"credential": name, "status": "ok"}),
+        )),
+        Err(weft_engine::OAuthError::InvalidState) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            "this authorization is unknown, used already or expired; start it again with `weft credentials authorize NAME`",
+        )),
+        Err(weft_engine::OAuthError::Denied(e)) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "oauth_denied",
+            format!("the provider did not authorize the credential ({e}); nothing was changed"),
+        )),
+        Err(weft_engine::OAuthError::Token { message, .. }) => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "oauth_token_error",
+            format!("{message}; nothing was changed. Start the authorization again"),
+        )),
+        Err(weft_engine::OAuthError::Engine(e)) => Err(Problem::from(e)),
+    }
+}

@@ -84,6 +84,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(credentials::ws_connector))
         .routes(routes!(credentials::list, credentials::put))
         .routes(routes!(credentials::get, credentials::delete))
+        .routes(routes!(credentials::authorize))
+        .routes(routes!(credentials::callback))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(flows::connectors))

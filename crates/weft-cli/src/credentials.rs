@@ -39,6 +39,11 @@ pub enum CredentialsCmd {
         /// Credential name.
         name: String,
     },
+    /// Start the OAuth2 authorization of a credential: prints the URL to open in a browser.
+    Authorize {
+        /// Credential name (of an OAuth2 connector).
+        name: String,
+    },
 }
 
 /// `weft connectors …`.
@@ -147,6 +152,27 @@ pub(crate) async fn credentials(cmd: CredentialsCmd, args: ClientArgs) -> anyhow
         CredentialsCmd::Show { name } => {
             api.get(api.ws(&format!("/credentials/{}", enc(&name))))
                 .await?
+        }
+        CredentialsCmd::Authorize { name } => {
+            let v = api
+                .post(
+                    api.ws(&format!("/credentials/{}/authorize", enc(&name))),
+                    &json!({}),
+                )
+                .await?;
+            if !api.args.json {
+                println!(
+                    "open this URL in a browser to authorize {name} (valid until {}):",
+                    s(&v, "expires_at")
+                );
+                println!("{}", s(&v, "authorize_url"));
+                println!(
+                    "the provider must allow the redirect URI {}",
+                    s(&v, "redirect_uri")
+                );
+                return Ok(());
+            }
+            v
         }
         CredentialsCmd::Delete { name } => {
             api.delete(api.ws(&format!("/credentials/{}", enc(&name))))

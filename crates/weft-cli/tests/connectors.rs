@@ -1022,3 +1022,40 @@ fn manifest_rate_limits_space_calls_and_a_failing_provider_opens_its_breaker() {
     );
     assert!(srv.cli(&["runs", "cancel", &run_id]).status.success());
 }
+
+#[test]
+fn a_steps_own_rate_limit_spaces_its_calls_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let (base, hits) = timed_standin();
+    srv.apply(&format!(
+        "name: paced\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{method: POST, url: '{base}/ok'}}\n    rate_limit: {{per_second: 5}}\n"
+    ));
+    // Three runs at once: the step's bucket is shared by its runs, so calls are ~200 ms apart.
+    let runs: Vec<String> = (0..3)
+        .map(|_| {
+            srv.cli_json(&["run", "start", "paced", "--input", "{}"])["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for r in &runs {
+        let run = srv.wait_run(r, Duration::from_secs(20));
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(
+            run["steps"][0]["attempts"], 1,
+            "waiting for the limit is not an attempt: {run}"
+        );
+    }
+    let mut at: Vec<std::time::Instant> = hits.lock().unwrap().iter().map(|(_, t)| *t).collect();
+    at.sort();
+    assert_eq!(at.len(), 3);
+    for w in at.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(150),
+            "{:?} apart",
+            w[1] - w[0]
+        );
+    }
+}

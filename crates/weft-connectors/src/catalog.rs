@@ -135,6 +135,16 @@ pub async fn run_action(
             };
             http_request_with_auth(client, input, idempotency_key, auth).await
         }
+        ("oauth2", Some(c)) => {
+            let token = c.require("access_token")?;
+            let auth = vec![(
+                AUTHORIZATION,
+                header_value(&c, "access_token", &format!("Bearer {token}"))?,
+            )];
+            http_request_with_auth(client, input, idempotency_key, auth)
+                .await
+                .map_err(|e| rename_http(e, "oauth2.request"))
+        }
         ("github", Some(c)) => {
             providers::github::run(client, action, input, c, idempotency_key).await
         }
@@ -150,6 +160,26 @@ pub async fn run_action(
         _ => Err(ActionError::permanent(format!(
             "`{connector}.{action}` has no implementation in this build of Weft"
         ))),
+    }
+}
+
+/// `http.request`'s messages under another action's name.
+fn rename_http(e: ActionError, name: &str) -> ActionError {
+    let fix = |m: &str| m.replacen("http.request", name, 1);
+    match e {
+        ActionError::Retryable {
+            message,
+            retry_after,
+            output,
+        } => ActionError::Retryable {
+            message: fix(&message),
+            retry_after,
+            output,
+        },
+        ActionError::Permanent { message, output } => ActionError::Permanent {
+            message: fix(&message),
+            output,
+        },
     }
 }
 

@@ -475,12 +475,13 @@ fn check_schema(s: &Value, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-const BUILTIN_SOURCES: [&str; 6] = [
+const BUILTIN_SOURCES: [&str; 7] = [
     include_str!("../manifests/http.json"),
     include_str!("../manifests/github.json"),
     include_str!("../manifests/stripe.json"),
     include_str!("../manifests/slack.json"),
     include_str!("../manifests/webhook.json"),
+    include_str!("../manifests/oauth2.json"),
     include_str!("../manifests/postgres.json"),
 ];
 

@@ -195,12 +195,40 @@ impl Engine {
                 .await
             {
                 Err(weft_store::StoreError::Conflict(_)) => continue,
-                other => return Ok(other?),
+                Ok((mut rec, created)) => {
+                    // An OAuth2 credential without tokens is not usable until authorized.
+                    if manifest.auth.scheme == "oauth2" && values.get("access_token").is_none() {
+                        let reason =
+                            format!("not authorized yet: run `weft credentials authorize {name}`");
+                        store
+                            .set_credential_status(
+                                scope,
+                                rec.id,
+                                Some(reason.clone()),
+                                self.clock().now_ms(),
+                            )
+                            .await?;
+                        rec.status = "needs_reauth".into();
+                        rec.status_reason = Some(reason);
+                    }
+                    return Ok((rec, created));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(EngineError::Conflict(format!(
             "credential '{name}' is being changed by another request; send yours again"
         )))
+    }
+
+    /// Seals values for the credential `id` of `scope`.
+    pub(crate) fn seal_for(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        values: &SecretValues,
+    ) -> Result<SealedValues, EngineError> {
+        Ok(to_store(self.vault()?.seal(&binding(&scope, id), values)?))
     }
 
     /// The workspace's credentials: names, connectors and field names, never values.

@@ -15,7 +15,7 @@ use weft_flow::{CompiledFlow, CompiledStep, StepKind};
 use weft_store::{ClaimedRun, NewLog, RunRecord, StepCheckpoint, StepRecord};
 use weft_types::{Millis, RunStatus, Scope, StepStatus};
 
-use crate::limits::{CallOutcome, Hold};
+use crate::limits::{CallOutcome, Hold, StepLimit};
 use crate::{Inner, WebhookResponse};
 
 /// How a step ended.
@@ -389,26 +389,42 @@ impl StepJob {
         })
     }
 
-    /// Opens the step's credential in the run's workspace.
+    /// Opens the step's credential in the run's workspace (refreshing an OAuth2 token that
+    /// is about to expire).
     async fn open_credential(&self, name: &str) -> Result<crate::OpenCredential, AttemptError> {
         let engine = crate::Engine {
             inner: self.inner.clone(),
         };
+        let engine_error = |e: crate::EngineError| match e {
+            crate::EngineError::NotFound(_) => AttemptError::permanent(format!(
+                "credential '{name}' does not exist in this workspace; create it with `weft credentials set {name} --connector CONNECTOR --value FIELD=VALUE`"
+            )),
+            crate::EngineError::Rule(m) => AttemptError::permanent(m),
+            // No master key, a store hiccup: fixing the process lets a retry succeed.
+            other => AttemptError {
+                message: other.to_string(),
+                retryable: true,
+                retry_after: None,
+                rate_limited: false,
+            },
+        };
         engine
-            .open_credential(self.scope, name)
+            .credential_for_use(self.scope, name)
             .await
             .map_err(|e| match e {
-                crate::EngineError::NotFound(_) => AttemptError::permanent(format!(
-                    "credential '{name}' does not exist in this workspace; create it with `weft credentials set {name} --connector CONNECTOR --value FIELD=VALUE`"
-                )),
-                crate::EngineError::Rule(m) => AttemptError::permanent(m),
-                // No master key, a store hiccup: fixing the process lets a retry succeed.
-                other => AttemptError {
-                    message: other.to_string(),
+                crate::OAuthError::Engine(e) => engine_error(e),
+                crate::OAuthError::Token {
+                    message,
+                    transient: true,
+                    ..
+                } => AttemptError {
+                    message: format!("credential '{name}': {message}"),
                     retryable: true,
                     retry_after: None,
                     rate_limited: false,
                 },
+                crate::OAuthError::Token { message, .. } => AttemptError::permanent(message),
+                other => AttemptError::permanent(format!("credential '{name}': {other:?}")),
             })
     }
 
@@ -647,6 +663,7 @@ impl StepJob {
                 input,
                 credential,
                 version,
+                rate_limit,
             } => {
                 let input = self
                     .inner
@@ -678,9 +695,16 @@ impl StepJob {
                     }
                 };
                 let cred_id = open.as_ref().map(|c| c.record.id.to_string());
+                let flow_id = format!("{}:{}", self.scope.workspace, self.flow.def.name);
+                let step_limit = rate_limit.map(|(per_second, burst)| StepLimit {
+                    flow: &flow_id,
+                    step: &self.step().id,
+                    per_second,
+                    burst,
+                });
                 let ticket = match self
                     .inner
-                    .before_call(self.scope, manifest, action, cred_id.as_deref())
+                    .before_call(self.scope, manifest, action, cred_id.as_deref(), step_limit)
                     .await
                 {
                     Ok(t) => t,

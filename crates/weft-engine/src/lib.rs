@@ -11,6 +11,7 @@ mod eval;
 mod executor;
 mod flows;
 mod limits;
+mod oauth;
 pub mod retry;
 mod schedule;
 
@@ -30,6 +31,7 @@ use weft_types::{Clock, RunId};
 pub use connectors::{MAX_MANIFEST_BYTES, WorkspaceCatalog, check_manifest};
 pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
+pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -194,6 +196,7 @@ pub(crate) struct Inner {
     pub(crate) flows: flows::FlowCache,
     pub(crate) catalogs: connectors::CatalogCache,
     pub(crate) guards: limits::Guards,
+    pub(crate) refreshing: oauth::RefreshLocks,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) idle: Notify,
     pub(crate) events: tokio::sync::broadcast::Sender<EngineEvent>,
@@ -215,6 +218,7 @@ impl Engine {
                 flows: flows::FlowCache::default(),
                 catalogs: connectors::CatalogCache::default(),
                 guards: limits::Guards::default(),
+                refreshing: Default::default(),
                 tasks: Mutex::default(),
                 idle: Notify::new(),
                 events: tokio::sync::broadcast::channel(4096).0,

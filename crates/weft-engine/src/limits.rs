@@ -53,6 +53,26 @@ pub(crate) struct Ticket {
     _slot: OwnedSemaphorePermit,
 }
 
+/// A step's own `rate_limit`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepLimit<'a> {
+    /// The flow (the bucket is shared by every run of the step).
+    pub flow: &'a str,
+    /// The step id.
+    pub step: &'a str,
+    /// Requests per second.
+    pub per_second: f64,
+    /// Requests at once.
+    pub burst: u32,
+}
+
+fn to_rate(per_second: f64, burst: u32) -> Rate {
+    Rate {
+        interval_us: (1_000_000.0 / per_second).round().max(1.0) as i64,
+        burst: i64::from(burst.max(1)),
+    }
+}
+
 /// The rate limit of `action` in `m`: its own endpoint's, else `*`.
 fn rate_for(m: &Manifest, action: &str) -> Option<Rate> {
     let rl = m
@@ -60,11 +80,7 @@ fn rate_for(m: &Manifest, action: &str) -> Option<Rate> {
         .iter()
         .find(|r| r.endpoint == action)
         .or_else(|| m.rate_limits.iter().find(|r| r.endpoint == "*"))?;
-    let interval_us = (1_000_000.0 / rl.per_second).round().max(1.0) as i64;
-    Some(Rate {
-        interval_us,
-        burst: i64::from(rl.burst.max(1)),
-    })
+    Some(to_rate(rl.per_second, rl.burst))
 }
 
 impl Inner {
@@ -77,6 +93,7 @@ impl Inner {
         m: &Manifest,
         action: &str,
         credential: Option<&str>,
+        step_limit: Option<StepLimit<'_>>,
     ) -> Result<Ticket, Hold> {
         let key = format!("{}:{}:{}", scope.tenant, m.name, credential.unwrap_or("-"));
         let now = self.now();
@@ -117,8 +134,15 @@ impl Inner {
                 None => {}
             }
         }
-        if let Some(rate) = rate_for(m, action) {
-            let bucket = format!("conn:{key}:{action}");
+        // A step's own `rate_limit` replaces the connector's, shared by that step's runs.
+        let limit = match step_limit {
+            Some(l) => Some((
+                to_rate(l.per_second, l.burst),
+                format!("step:{}:{}:{}", scope.tenant, l.flow, l.step),
+            )),
+            None => rate_for(m, action).map(|r| (r, format!("conn:{key}:{action}"))),
+        };
+        if let Some((rate, bucket)) = limit {
             loop {
                 let now_us = self.now().saturating_mul(1000);
                 match self.opts.store.rate_take(&bucket, rate, now_us).await {

@@ -175,6 +175,8 @@ pub enum StepKind {
         input: TValue,
         /// Credential name, resolved in the run's workspace when the step runs.
         credential: Option<String>,
+        /// The step's own limit, replacing the connector's: (requests per second, burst).
+        rate_limit: Option<(f64, u32)>,
     },
     /// Synchronous webhook answer.
     Respond {

@@ -326,10 +326,13 @@ fn compile_step(
             "only `action` steps take a credential",
         );
     }
-    for (field, set) in [
-        ("on_error", s.on_error.is_some()),
-        ("rate_limit", s.rate_limit.is_some()),
-    ] {
+    if s.rate_limit.is_some() && s.action.is_none() {
+        cx.err(
+            format!("{p}.rate_limit"),
+            "only `action` steps take a rate limit",
+        );
+    }
+    for (field, set) in [("on_error", s.on_error.is_some())] {
         if set {
             cx.err(
                 format!("{p}.{field}"),
@@ -500,6 +503,10 @@ fn compile_action(
         version: version.map(Into::into),
         input,
         credential,
+        rate_limit: s
+            .rate_limit
+            .as_ref()
+            .and_then(|r| compile_rate_limit(&format!("{p}.rate_limit"), r, cx)),
     })
 }
 
@@ -736,4 +743,48 @@ fn compile_webhook_verify(
         hmac,
         events,
     })
+}
+
+/// `rate_limit: {per_second | per_minute, burst}` of an action step.
+fn compile_rate_limit(
+    p: &str,
+    r: &serde_json::Map<String, Value>,
+    cx: &mut Ctx,
+) -> Option<(f64, u32)> {
+    if let Some(k) = r
+        .keys()
+        .find(|k| !["per_second", "per_minute", "burst"].contains(&k.as_str()))
+    {
+        cx.err(
+            format!("{p}.{k}"),
+            "unknown key; use per_second or per_minute, and burst",
+        );
+        return None;
+    }
+    let rate = match (r.get("per_second"), r.get("per_minute")) {
+        (Some(v), None) => v.as_f64(),
+        (None, Some(v)) => v.as_f64().map(|m| m / 60.0),
+        _ => {
+            cx.err(p, "give exactly one of per_second or per_minute");
+            return None;
+        }
+    };
+    let Some(rate) = rate.filter(|x| x.is_finite() && *x > 0.0 && *x <= 10_000.0) else {
+        cx.err(
+            p,
+            "the rate must be a number above 0 and at most 10000 per second",
+        );
+        return None;
+    };
+    let burst = match r.get("burst") {
+        None => 1,
+        Some(b) => match b.as_u64().filter(|b| (1..=10_000).contains(b)) {
+            Some(b) => b as u32,
+            None => {
+                cx.err(format!("{p}.burst"), "must be an integer from 1 to 10000");
+                return None;
+            }
+        },
+    };
+    Some((rate, burst))
 }

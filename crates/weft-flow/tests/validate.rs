@@ -371,3 +371,37 @@ fn signed_webhooks_and_credentials() {
         &["steps[0].credential"],
     );
 }
+
+#[test]
+fn step_rate_limits() {
+    let ok = |rl: &str| {
+        let text = format!(
+            "{HEAD}steps:\n  - id: a\n    action: http.request\n    input: {{url: 'https://x.test'}}\n    rate_limit: {rl}\n"
+        );
+        let c = compile(&parse_text(&text).unwrap(), &Catalog).unwrap();
+        match &c.steps[0].kind {
+            weft_flow::StepKind::Action { rate_limit, .. } => *rate_limit,
+            _ => panic!(),
+        }
+    };
+    assert_eq!(ok("{per_second: 2}"), Some((2.0, 1)));
+    assert_eq!(ok("{per_minute: 30, burst: 5}"), Some((0.5, 5)));
+    let bad = |rl: &str, path: &str| {
+        check_err(
+            &format!(
+                "{HEAD}steps:\n  - id: a\n    action: http.request\n    input: {{url: 'https://x.test'}}\n    rate_limit: {rl}\n"
+            ),
+            &[path],
+        )
+    };
+    bad("{per_second: 0}", "steps[0].rate_limit");
+    bad("{per_second: 1, per_minute: 1}", "steps[0].rate_limit");
+    bad("{per_hour: 1}", "steps[0].rate_limit.per_hour");
+    bad("{per_second: 1, burst: 0}", "steps[0].rate_limit.burst");
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    transform: '.'\n    rate_limit: {{per_second: 1}}\n"
+        ),
+        &["steps[0].rate_limit"],
+    );
+}

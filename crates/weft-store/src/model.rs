@@ -271,6 +271,21 @@ pub struct NewCredential {
     pub sealed: SealedValues,
 }
 
+/// An OAuth2 authorization waiting for its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthState {
+    /// Where the credential lives.
+    pub scope: Scope,
+    /// The credential being authorized.
+    pub credential: CredentialId,
+    /// The PKCE code verifier (RFC 7636).
+    pub verifier: String,
+    /// The redirect URI sent with the authorization request (the token request repeats it).
+    pub redirect_uri: String,
+    /// When it stops being accepted.
+    pub expires_at: Millis,
+}
+
 /// A declarative connector version installed into a workspace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstalledConnector {

@@ -261,6 +261,14 @@ dispatch! {
     /// Installs a declarative connector version (false when this exact manifest already is);
     /// another manifest under an installed version is a conflict.
     fn install_connector(scope: Scope, name: &str, version: &str, manifest: Value, actor: Actor, now: Millis) -> Result<bool, StoreError>;
+    /// Records an OAuth2 authorization request under the hash of its `state`.
+    fn save_oauth_state(state_hash: &str, st: OAuthState) -> Result<(), StoreError>;
+    /// System: removes and returns the unexpired authorization request of a state (once).
+    fn take_oauth_state(state_hash: &str, now: Millis) -> Result<Option<OAuthState>, StoreError>;
+    /// Takes the right to refresh a credential until `until`, unless another process holds it.
+    fn lease_credential_refresh(scope: Scope, id: CredentialId, until: Millis, now: Millis) -> Result<bool, StoreError>;
+    /// Replaces a credential's sealed values, sets it `ok` and ends its refresh lease.
+    fn replace_credential_values(scope: Scope, id: CredentialId, sealed: SealedValues, fields: Vec<String>, audit_action: Option<&'static str>, actor: Actor, now: Millis) -> Result<(), StoreError>;
     /// Every connector version installed in the workspace.
     fn installed_connectors(scope: Scope) -> Result<Vec<InstalledConnector>, StoreError>;
     /// Replaces a credential's wrapped data key if it is unchanged since it was read.

@@ -1999,3 +1999,89 @@ conformance!(installed_connector_versions_are_immutable_and_walled, |s| {
         2
     );
 });
+
+conformance!(
+    oauth_states_work_once_and_refresh_leases_are_exclusive,
+    |s| {
+        use weft_store::{NewCredential, OAuthState};
+        use weft_types::CredentialId;
+        let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+        let sa = Scope {
+            tenant: a.tenant,
+            workspace: a.workspace,
+        };
+        let id = CredentialId::new();
+        s.put_credential(
+            sa,
+            NewCredential {
+                id,
+                name: "o".into(),
+                connector: "oauth2".into(),
+                fields: vec!["client_id".into()],
+                sealed: sealed("mk_a", 1),
+            },
+            op(),
+            2,
+        )
+        .await
+        .unwrap();
+        let st = OAuthState {
+            scope: sa,
+            credential: id,
+            verifier: "v".repeat(43),
+            redirect_uri: "http://x/oauth/callback".into(),
+            expires_at: 1_000,
+        };
+        s.save_oauth_state("h1", st.clone()).await.unwrap();
+        s.save_oauth_state("h2", st.clone()).await.unwrap();
+        assert_eq!(
+            s.take_oauth_state("h1", 500).await.unwrap(),
+            Some(st.clone())
+        );
+        assert_eq!(
+            s.take_oauth_state("h1", 500).await.unwrap(),
+            None,
+            "a state works once"
+        );
+        assert_eq!(s.take_oauth_state("nope", 500).await.unwrap(), None);
+        assert_eq!(
+            s.take_oauth_state("h2", 1_001).await.unwrap(),
+            None,
+            "expired"
+        );
+
+        // One refresher at a time; the lease ends with new values, a status change, or by time.
+        assert!(s.lease_credential_refresh(sa, id, 100, 10).await.unwrap());
+        assert!(!s.lease_credential_refresh(sa, id, 100, 20).await.unwrap());
+        assert!(
+            s.lease_credential_refresh(sa, id, 300, 150).await.unwrap(),
+            "an expired lease is taken over"
+        );
+        s.replace_credential_values(
+            sa,
+            id,
+            sealed("mk_a", 7),
+            vec!["access_token".into()],
+            None,
+            op(),
+            160,
+        )
+        .await
+        .unwrap();
+        let (rec, got) = s.credential(sa, "o").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.status.as_str(), rec.fields.clone(), got),
+            ("ok", vec!["access_token".to_string()], sealed("mk_a", 7))
+        );
+        assert!(s.lease_credential_refresh(sa, id, 400, 170).await.unwrap());
+        s.set_credential_status(sa, id, Some("invalid_grant".into()), 180)
+            .await
+            .unwrap();
+        assert!(s.lease_credential_refresh(sa, id, 400, 190).await.unwrap());
+        let trail = s.list_audit(a.tenant, None, None, 50).await.unwrap();
+        assert!(
+            !trail.iter().any(|e| e.action == "credential.authorize"),
+            "refreshes are not audited"
+        );
+    }
+);

@@ -98,6 +98,11 @@ impl SecretValues {
         self.0.insert(name.into(), value);
     }
 
+    /// Removes a field.
+    pub fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+
     /// A field, if set.
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.0.get(name)

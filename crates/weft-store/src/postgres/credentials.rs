@@ -235,7 +235,7 @@ impl PgStore {
             "ok"
         };
         let n = sqlx::query(
-            "UPDATE credentials SET status = $4, status_reason = $5, updated_at = $6
+            "UPDATE credentials SET status = $4, status_reason = $5, updated_at = $6, refreshing_until = NULL
              WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         )
         .bind(&t)
@@ -426,5 +426,154 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    /// Records an authorization request under the hash of its `state`.
+    pub async fn save_oauth_state(
+        &self,
+        state_hash: &str,
+        st: OAuthState,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&st.scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        sqlx::query("DELETE FROM oauth_states WHERE tenant_id = $1 AND expires_at < $2")
+            .bind(&t)
+            .bind(st.expires_at - 3_600_000)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO oauth_states (state_hash, tenant_id, workspace_id, credential_id, verifier, redirect_uri, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(state_hash)
+        .bind(&t)
+        .bind(&w)
+        .bind(st.credential.to_string())
+        .bind(&st.verifier)
+        .bind(&st.redirect_uri)
+        .bind(st.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// System (the callback has no tenant yet): removes and returns the authorization request
+    /// with this state hash, if it exists and has not expired. A state works once.
+    pub async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now: Millis,
+    ) -> Result<Option<OAuthState>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let row = sqlx::query(
+            "DELETE FROM oauth_states WHERE state_hash = $1
+             RETURNING tenant_id, workspace_id, credential_id, verifier, redirect_uri, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let Some(r) = row else { return Ok(None) };
+        let expires_at: i64 = r.try_get(5).map_err(db)?;
+        if expires_at < now {
+            return Ok(None);
+        }
+        Ok(Some(OAuthState {
+            scope: Scope {
+                tenant: parse(r.try_get(0).map_err(db)?, "tenant id")?,
+                workspace: parse(r.try_get(1).map_err(db)?, "workspace id")?,
+            },
+            credential: parse(r.try_get(2).map_err(db)?, "credential id")?,
+            verifier: r.try_get(3).map_err(db)?,
+            redirect_uri: r.try_get(4).map_err(db)?,
+            expires_at,
+        }))
+    }
+
+    /// Takes the right to refresh a credential until `until`, unless another process holds it.
+    pub async fn lease_credential_refresh(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        until: Millis,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "UPDATE credentials SET refreshing_until = $4
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3
+               AND (refreshing_until IS NULL OR refreshing_until < $5)",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .bind(until)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Replaces a credential's sealed values (new OAuth tokens), sets it `ok` and ends any
+    /// refresh lease; audited as `audit_action` when given (an authorization), not for refreshes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replace_credential_values(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        sealed: SealedValues,
+        fields: Vec<String>,
+        audit_action: Option<&'static str>,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "UPDATE credentials SET key_id = $4, wrapped_key = $5, ciphertext = $6, fields = $7,
+             status = 'ok', status_reason = NULL, refreshing_until = NULL, updated_at = $8
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .bind(&sealed.key_id)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.ciphertext)
+        .bind(json!(fields).to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(action) = audit_action {
+            append(
+                &mut tx,
+                &t,
+                now,
+                &Audit {
+                    actor,
+                    action,
+                    object_kind: "credential",
+                    object_id: id.to_string(),
+                    workspace: Some(scope.workspace),
+                    detail: json!({"fields": fields}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 }

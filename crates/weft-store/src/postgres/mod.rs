@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_vacuum.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_connectors.sql")),
+    (6, include_str!("migrations/0006_oauth.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -36,6 +37,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "api_keys",
     "credentials",
     "connectors",
+    "oauth_states",
     "flows",
     "flow_versions",
     "runs",

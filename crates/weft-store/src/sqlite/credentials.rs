@@ -184,7 +184,7 @@ impl SqliteStore {
             };
             let n = c
                 .prepare_cached(
-                    "UPDATE credentials SET status = ?4, status_reason = ?5, updated_at = ?6
+                    "UPDATE credentials SET status = ?4, status_reason = ?5, updated_at = ?6, refreshing_until = NULL
                      WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                 )?
                 .execute(params![t, w, id.to_string(), status, reason, now])?;
@@ -328,6 +328,135 @@ impl SqliteStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Records an authorization request under the hash of its `state`.
+    pub async fn save_oauth_state(
+        &self,
+        state_hash: &str,
+        st: OAuthState,
+    ) -> Result<(), StoreError> {
+        let h = state_hash.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&st.scope);
+            // Expired requests go as new ones come: the table stays small without a sweeper.
+            c.prepare_cached("DELETE FROM oauth_states WHERE expires_at < ?1")?
+                .execute(params![st.expires_at - 3_600_000])?;
+            c.prepare_cached(
+                "INSERT INTO oauth_states (state_hash, tenant_id, workspace_id, credential_id, verifier, redirect_uri, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![h, t, w, st.credential.to_string(), st.verifier, st.redirect_uri, st.expires_at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// System (the callback has no tenant yet): removes and returns the authorization request
+    /// with this state hash, if it exists and has not expired. A state works once.
+    pub async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+        now: Millis,
+    ) -> Result<Option<OAuthState>, StoreError> {
+        let h = state_hash.to_string();
+        self.write(move |c| {
+            let row = c
+                .prepare_cached(
+                    "DELETE FROM oauth_states WHERE state_hash = ?1
+                     RETURNING tenant_id, workspace_id, credential_id, verifier, redirect_uri, expires_at",
+                )?
+                .query_row(params![h], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .optional()?;
+            let Some((t, w, id, verifier, redirect_uri, expires_at)) = row else {
+                return Ok(None);
+            };
+            if expires_at < now {
+                return Ok(None);
+            }
+            Ok(Some(OAuthState {
+                scope: Scope {
+                    tenant: parse(t, "tenant id")?,
+                    workspace: parse(w, "workspace id")?,
+                },
+                credential: parse(id, "credential id")?,
+                verifier,
+                redirect_uri,
+                expires_at,
+            }))
+        })
+        .await
+    }
+
+    /// Takes the right to refresh a credential until `until`, unless another process holds it.
+    pub async fn lease_credential_refresh(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        until: Millis,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c
+                .prepare_cached(
+                    "UPDATE credentials SET refreshing_until = ?4
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3
+                       AND (refreshing_until IS NULL OR refreshing_until < ?5)",
+                )?
+                .execute(params![t, w, id.to_string(), until, now])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Replaces a credential's sealed values (new OAuth tokens), sets it `ok` and ends any
+    /// refresh lease; audited as `audit_action` when given (an authorization), not for refreshes.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replace_credential_values(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        sealed: SealedValues,
+        fields: Vec<String>,
+        audit_action: Option<&'static str>,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c
+                .prepare_cached(
+                    "UPDATE credentials SET key_id = ?4, wrapped_key = ?5, ciphertext = ?6, fields = ?7,
+                     status = 'ok', status_reason = NULL, refreshing_until = NULL, updated_at = ?8
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                )?
+                .execute(params![t, w, id.to_string(), sealed.key_id, sealed.wrapped_key, sealed.ciphertext, json!(fields).to_string(), now])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            if let Some(action) = audit_action {
+                append(c, &t, now, &Audit {
+                    actor,
+                    action,
+                    object_kind: "credential",
+                    object_id: id.to_string(),
+                    workspace: Some(scope.workspace),
+                    detail: json!({"fields": fields}),
+                })?;
+            }
+            Ok(())
         })
         .await
     }

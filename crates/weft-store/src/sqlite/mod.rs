@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_usage_shard.sql")),
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_connectors.sql")),
+    (6, include_str!("migrations/0006_oauth.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

@@ -1,0 +1,12 @@
+-- OAuth2: authorization requests waiting for their callback (single use, short-lived; the
+-- state is stored hashed), and a lease so one process at a time refreshes a credential.
+CREATE TABLE oauth_states (
+    state_hash    TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL,
+    workspace_id  TEXT NOT NULL,
+    credential_id TEXT NOT NULL,
+    verifier      TEXT NOT NULL,
+    redirect_uri  TEXT NOT NULL,
+    expires_at    INTEGER NOT NULL
+);
+ALTER TABLE credentials ADD COLUMN refreshing_until INTEGER;
