@@ -20,6 +20,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: HeaderValue,
     pub uri: Uri,
+    /// When set, every POST is signed as GitHub signs deliveries, with this secret.
+    pub github_secret: Option<String>,
 }
 
 impl Target {
@@ -41,6 +43,7 @@ impl Target {
             addr,
             host: HeaderValue::from_str(authority)?,
             uri: path.parse().with_context(|| format!("bad path `{path}`"))?,
+            github_secret: None,
         })
     }
 
@@ -50,6 +53,19 @@ impl Target {
         body: Bytes,
         bearer: Option<&str>,
     ) -> anyhow::Result<Request<Full<Bytes>>> {
+        let sig = match &self.github_secret {
+            Some(secret) => {
+                use hmac::{KeyInit, Mac};
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("hmac key: {e}"))?;
+                mac.update(&body);
+                Some(format!(
+                    "sha256={}",
+                    hex::encode(mac.finalize().into_bytes())
+                ))
+            }
+            None => None,
+        };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri.clone();
@@ -61,6 +77,10 @@ impl Target {
                 AUTHORIZATION,
                 HeaderValue::from_str(&format!("Bearer {k}"))?,
             );
+        }
+        if let Some(sig) = sig {
+            h.insert("x-hub-signature-256", HeaderValue::from_str(&sig)?);
+            h.insert("x-github-event", HeaderValue::from_static("push"));
         }
         Ok(req)
     }

@@ -90,6 +90,10 @@ struct Args {
     /// Extra argument for `weft serve` (repeatable), e.g. `--weft-arg=--max-in-flight=512`.
     #[arg(long = "weft-arg", allow_hyphen_values = true)]
     weft_args: Vec<String>,
+    /// Send GitHub-signed webhooks to a trigger that verifies them (`connector: github` with a
+    /// credential), to measure what signature checks cost.
+    #[arg(long)]
+    signed: bool,
 }
 
 struct Config {
@@ -109,6 +113,7 @@ struct Config {
     soak_concurrency: usize,
     soak_interval: Duration,
     pg: Option<pg::Pg>,
+    signed: bool,
 }
 
 impl Config {
@@ -143,6 +148,7 @@ impl Config {
             soak: Duration::from_secs(a.soak),
             soak_concurrency: a.soak_concurrency.max(1),
             soak_interval: Duration::from_secs(a.soak_interval.max(1)),
+            signed: a.signed,
             pg: a.pg_url.map(pg::Pg::new),
         })
     }
@@ -469,10 +475,36 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         mb(idle_tree_kib)
     );
 
-    // The benchmark flow.
+    // The benchmark flow; with --signed, a GitHub-signed webhook verified with a credential.
+    let secret = "bench-webhook-secret";
+    if cfg.signed {
+        let creds = Target::parse(&format!(
+            "{}/api/v1/workspaces/default/credentials",
+            ctx.url
+        ))?;
+        let body = json!({"name": "bench-hook", "connector": "github", "values": {"webhook_secret": secret}});
+        let (status, answer) = client::one_shot(
+            &creds,
+            Bytes::from(serde_json::to_vec(&body)?),
+            Some(&ctx.key),
+        )
+        .await
+        .context("creating the signing credential")?;
+        if !status.is_success() {
+            bail!(
+                "creating the credential answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    let trigger = if cfg.signed {
+        json!({"webhook": {"connector": "github", "credential": "bench-hook"}})
+    } else {
+        json!({"webhook": {}})
+    };
     let flow = json!({
         "name": "bench",
-        "trigger": {"webhook": {}},
+        "trigger": trigger,
         "steps": [
             {"id": "shape", "transform": "{id: .trigger.body.id, total: (.trigger.body.price * .trigger.body.qty), customer: (.trigger.body.name | ascii_upcase)}"},
             {"id": "send", "action": "http.request", "input": {"method": "POST", "url": format!("http://{}/sink", sink.addr), "body": "{{ .steps.shape.output }}"}}
@@ -504,7 +536,11 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
     if hook_url != hook_target {
         println!("note: weft answered hook_url {hook_url}; posting to {hook_target} instead");
     }
-    let hook = Arc::new(Target::parse(&hook_target)?);
+    let mut hook = Target::parse(&hook_target)?;
+    if cfg.signed {
+        hook.github_secret = Some(secret.to_string());
+    }
+    let hook = Arc::new(hook);
     println!(
         "flow applied (version {}); hook {hook_target}",
         v["version"]
