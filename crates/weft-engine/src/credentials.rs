@@ -12,6 +12,14 @@ use weft_vault::{Binding, Sealed, Secret, SecretValues, Vault, VaultError};
 
 use crate::{Engine, EngineError};
 
+/// How long an opened signing credential is reused by intake.
+pub const SIGNING_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opened signing credentials by (scope, name), with when they were opened.
+pub(crate) type SigningCache = std::sync::Mutex<
+    std::collections::HashMap<(Scope, String), (Arc<OpenCredential>, std::time::Instant)>,
+>;
+
 /// Longest credential value, in bytes (an OAuth token or a PEM key fits comfortably).
 pub const MAX_VALUE_BYTES: usize = 16 * 1024;
 
@@ -173,6 +181,7 @@ impl Engine {
     ) -> Result<(CredentialRecord, bool), EngineError> {
         let catalog = self.inner.catalog(scope).await?;
         let (manifest, values) = check(name, connector, values, &catalog)?;
+        self.forget_signing(scope, name);
         let vault = self.vault()?;
         let store = self.store();
         // Replacing keeps the id, which the sealed values are bound to; a race with another
@@ -258,6 +267,7 @@ impl Engine {
         name: &str,
         actor: Actor,
     ) -> Result<(), EngineError> {
+        self.forget_signing(scope, name);
         self.store()
             .delete_credential(scope, name, actor, self.clock().now_ms())
             .await
@@ -265,6 +275,39 @@ impl Engine {
                 weft_store::StoreError::NotFound => EngineError::NotFound("credential"),
                 other => other.into(),
             })
+    }
+
+    /// A webhook trigger's signing credential, opened at most every [`SIGNING_TTL`] per
+    /// process: intake verifies every delivery, and reading and decrypting the credential each
+    /// time cost a third of signed intake's throughput. A change made through this process is
+    /// seen at once; one made elsewhere within the TTL.
+    pub(crate) async fn signing_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<Arc<OpenCredential>, EngineError> {
+        let key = (scope, name.to_string());
+        if let Some(c) = self.inner.signing.lock().ok().and_then(|m| {
+            m.get(&key)
+                .filter(|(_, at)| at.elapsed() < SIGNING_TTL)
+                .map(|(c, _)| c.clone())
+        }) {
+            return Ok(c);
+        }
+        let c = Arc::new(self.open_credential(scope, name).await?);
+        if let Ok(mut m) = self.inner.signing.lock() {
+            if m.len() >= 10_000 {
+                m.clear();
+            }
+            m.insert(key, (c.clone(), std::time::Instant::now()));
+        }
+        Ok(c)
+    }
+
+    fn forget_signing(&self, scope: Scope, name: &str) {
+        if let Ok(mut m) = self.inner.signing.lock() {
+            m.remove(&(scope, name.to_string()));
+        }
     }
 
     /// Opens a credential for a step or a signature check. A missing credential is

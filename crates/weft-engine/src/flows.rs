@@ -466,7 +466,7 @@ impl Engine {
                 "this hook cannot verify deliveries right now (its signing credential is missing or unreadable); nothing was stored. The flow's owner must fix the credential".into(),
             )
         };
-        let cred = match self.open_credential(scope, &v.credential).await {
+        let cred = match self.signing_credential(scope, &v.credential).await {
             Ok(c) => c,
             Err(EngineError::NotFound(_)) => {
                 return Err(unverifiable(format!(
