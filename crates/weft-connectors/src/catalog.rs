@@ -143,7 +143,7 @@ pub async fn run_action(
             )];
             http_request_with_auth(client, input, idempotency_key, auth)
                 .await
-                .map_err(|e| rename_http(e, "oauth2.request"))
+                .map_err(|e| e.renamed("http.request", "oauth2.request"))
         }
         ("github", Some(c)) => {
             providers::github::run(client, action, input, c, idempotency_key).await
@@ -160,26 +160,6 @@ pub async fn run_action(
         _ => Err(ActionError::permanent(format!(
             "`{connector}.{action}` has no implementation in this build of Weft"
         ))),
-    }
-}
-
-/// `http.request`'s messages under another action's name.
-fn rename_http(e: ActionError, name: &str) -> ActionError {
-    let fix = |m: &str| m.replacen("http.request", name, 1);
-    match e {
-        ActionError::Retryable {
-            message,
-            retry_after,
-            output,
-        } => ActionError::Retryable {
-            message: fix(&message),
-            retry_after,
-            output,
-        },
-        ActionError::Permanent { message, output } => ActionError::Permanent {
-            message: fix(&message),
-            output,
-        },
     }
 }
 

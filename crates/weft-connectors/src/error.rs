@@ -67,6 +67,27 @@ impl ActionError {
         }
     }
 
+    /// The same error with `from` (an action's name at the start of its message) replaced by
+    /// `to`: an action built on another one speaks under its own name.
+    pub fn renamed(self, from: &str, to: &str) -> Self {
+        let fix = |m: String| m.replacen(from, to, 1);
+        match self {
+            ActionError::Retryable {
+                message,
+                retry_after,
+                output,
+            } => ActionError::Retryable {
+                message: fix(message),
+                retry_after,
+                output,
+            },
+            ActionError::Permanent { message, output } => ActionError::Permanent {
+                message: fix(message),
+                output,
+            },
+        }
+    }
+
     /// The partial output (e.g. the error response), if any.
     pub fn output(&self) -> Option<&Value> {
         match self {

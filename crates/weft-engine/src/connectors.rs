@@ -490,27 +490,7 @@ async fn send(
 ) -> Result<Value, DeclarativeError> {
     weft_connectors::http_request(&inner.opts.http, request, key)
         .await
-        .map_err(|e| DeclarativeError::Action(rename(e, name)))
-}
-
-/// `http.request`'s messages, under the declarative action's own name.
-fn rename(e: ActionError, name: &str) -> ActionError {
-    let fix = |m: &str| m.replacen("http.request", name, 1);
-    match e {
-        ActionError::Retryable {
-            message,
-            retry_after,
-            output,
-        } => ActionError::Retryable {
-            message: fix(&message),
-            retry_after,
-            output,
-        },
-        ActionError::Permanent { message, output } => ActionError::Permanent {
-            message: fix(&message),
-            output,
-        },
-    }
+        .map_err(|e| DeclarativeError::Action(e.renamed("http.request", name)))
 }
 
 #[cfg(test)]
