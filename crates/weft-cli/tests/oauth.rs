@@ -1425,3 +1425,34 @@ fn refresh_is_single_flight_across_processes_on_postgres() {
         "ok"
     );
 }
+
+#[test]
+fn a_token_revoked_before_its_expiry_is_refreshed_once_and_the_call_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let auth = OAuth::start();
+    auth.register(&srv);
+    auth.with(|s| s.refresh_delay = Duration::from_millis(300));
+    set_credential(&srv, &auth, "api");
+    connect(&srv, &auth, "api");
+    let connected = auth.last_token_no();
+    // The provider drops every access token (the grant stays): calls get 401 although the
+    // tokens have an hour left.
+    auth.with(|s| s.access.clear());
+    srv.apply(&me_flow("three", "api", &auth.url, 3));
+    let run = run_flow(&srv, "three");
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", auth.log());
+    assert_eq!(
+        auth.refreshes(),
+        1,
+        "three steps rejected at once cause one refresh\n{}",
+        auth.log()
+    );
+    assert_eq!(token_nos(&run), vec![connected + 1; 3], "{run}");
+    for s in run["steps"].as_array().unwrap() {
+        assert_eq!(
+            s["attempts"], 1,
+            "the retry after a refresh is the same attempt: {s}"
+        );
+    }
+}

@@ -39,6 +39,8 @@ struct AttemptError {
     retryable: bool,
     retry_after: Option<Duration>,
     rate_limited: bool,
+    /// The provider answered 401: an OAuth2 token may have been revoked before its expiry.
+    unauthorized: bool,
 }
 
 impl AttemptError {
@@ -48,6 +50,7 @@ impl AttemptError {
             retryable: false,
             retry_after: None,
             rate_limited: false,
+            unauthorized: false,
         }
     }
 }
@@ -63,6 +66,11 @@ fn attempt_error(e: &weft_connectors::ActionError) -> AttemptError {
             o.get("status").and_then(Value::as_u64) == Some(429)
                 || o.get("rate_limited").and_then(Value::as_bool) == Some(true)
         }),
+        unauthorized: e
+            .output()
+            .and_then(|o| o.get("status"))
+            .and_then(Value::as_u64)
+            == Some(401),
     }
 }
 
@@ -320,6 +328,31 @@ impl StepJob {
         &self.flow.steps[self.idx]
     }
 
+    /// One call of an action: a built-in connector's, or an installed one's.
+    async fn call_action(
+        &self,
+        installed: Option<&weft_connectors::Manifest>,
+        connector: &str,
+        action: &str,
+        input: &Value,
+        open: Option<&crate::OpenCredential>,
+        key: &str,
+    ) -> Result<Value, AttemptError> {
+        match installed {
+            Some(m) => self.run_installed(m, action, input, open, key).await,
+            None => weft_connectors::run_action(
+                &self.inner.opts.http,
+                connector,
+                action,
+                input,
+                open.map(|c| c.as_action_credential()),
+                key,
+            )
+            .await
+            .map_err(|e| attempt_error(&e)),
+        }
+    }
+
     /// The installed connector a step names, at its pinned version.
     async fn installed(
         &self,
@@ -335,6 +368,7 @@ impl StepJob {
                 retryable: true,
                 retry_after: None,
                 rate_limited: false,
+                unauthorized: false,
             })?;
         catalog.installed(connector, version).cloned().ok_or_else(|| {
             let pin = version.map(|v| format!("@{v}")).unwrap_or_default();
@@ -406,6 +440,7 @@ impl StepJob {
                 retryable: true,
                 retry_after: None,
                 rate_limited: false,
+                unauthorized: false,
             },
         };
         engine
@@ -422,6 +457,7 @@ impl StepJob {
                     retryable: true,
                     retry_after: None,
                     rate_limited: false,
+                    unauthorized: false,
                 },
                 crate::OAuthError::Token { message, .. } => AttemptError::permanent(message),
                 other => AttemptError::permanent(format!("credential '{name}': {other:?}")),
@@ -644,6 +680,7 @@ impl StepJob {
                     retryable: true,
                     retry_after: None,
                     rate_limited: false,
+                    unauthorized: false,
                 }),
             },
             None => fut.await,
@@ -674,7 +711,7 @@ impl StepJob {
                     Some(name) => Some(self.open_credential(name).await?),
                     None => None,
                 };
-                let redactor = open
+                let mut redactor = open
                     .as_ref()
                     .map(|c| weft_vault::Redactor::new(&c.values))
                     .unwrap_or_default();
@@ -715,25 +752,59 @@ impl StepJob {
                             retryable: true,
                             retry_after: Some(d),
                             rate_limited: true,
+                            unauthorized: false,
                         });
                     }
                 };
-                let out = match &installed {
-                    Some(m) => {
-                        self.run_installed(m, action, &input, open.as_ref(), &key)
-                            .await
-                    }
-                    None => weft_connectors::run_action(
-                        &self.inner.opts.http,
+                let mut out = self
+                    .call_action(
+                        installed.as_deref(),
                         connector,
                         action,
                         &input,
-                        open.as_ref().map(|c| c.as_action_credential()),
+                        open.as_ref(),
                         &key,
                     )
-                    .await
-                    .map_err(|e| attempt_error(&e)),
-                };
+                    .await;
+                // A provider may revoke an OAuth2 token before it expires: refresh once (unless
+                // another step already did) and try again with the new token.
+                if let (Err(e), Some(c)) = (&out, &open)
+                    && e.unauthorized
+                    && crate::oauth::is_oauth(c)
+                {
+                    let rejected = c
+                        .values
+                        .get("access_token")
+                        .map(|t| t.expose().to_string())
+                        .unwrap_or_default();
+                    let engine = crate::Engine {
+                        inner: self.inner.clone(),
+                    };
+                    out = match engine
+                        .refresh_rejected(self.scope, &c.record.name, &rejected)
+                        .await
+                    {
+                        Ok(fresh) => {
+                            redactor.add_all(&fresh.values);
+                            self.call_action(
+                                installed.as_deref(),
+                                connector,
+                                action,
+                                &input,
+                                Some(&fresh),
+                                &key,
+                            )
+                            .await
+                        }
+                        Err(crate::OAuthError::Token {
+                            message,
+                            transient: false,
+                            ..
+                        }) => Err(AttemptError::permanent(message)),
+                        // The refresh could not run now: report the 401 as it was.
+                        Err(_) => out,
+                    };
+                }
                 self.inner.after_call(
                     ticket,
                     match &out {

@@ -221,6 +221,31 @@ impl Engine {
         scope: Scope,
         name: &str,
     ) -> Result<OpenCredential, OAuthError> {
+        self.fresh_credential(scope, name, &|c, now| needs_refresh(c, now))
+            .await
+    }
+
+    /// After a provider rejected `rejected` (401), refreshes the credential unless another
+    /// task already replaced that token; returns the credential with a different token.
+    pub async fn refresh_rejected(
+        &self,
+        scope: Scope,
+        name: &str,
+        rejected: &str,
+    ) -> Result<OpenCredential, OAuthError> {
+        let stale = |c: &OpenCredential, _now: Millis| {
+            c.values.get("refresh_token").is_some()
+                && c.values.get("access_token").map(Secret::expose) == Some(rejected)
+        };
+        self.fresh_credential(scope, name, &stale).await
+    }
+
+    async fn fresh_credential(
+        &self,
+        scope: Scope,
+        name: &str,
+        must_refresh: &(dyn Fn(&OpenCredential, Millis) -> bool + Sync),
+    ) -> Result<OpenCredential, OAuthError> {
         // About 30 s of waiting for another process's refresh, then give up (retryable).
         for _ in 0..150 {
             let c = self.open_credential(scope, name).await?;
@@ -241,7 +266,7 @@ impl Engine {
                 });
             }
             let now = self.clock().now_ms();
-            if !needs_refresh(&c, now) {
+            if !must_refresh(&c, now) {
                 return Ok(c);
             }
             // In this process, one task refreshes while the others wait for it.
@@ -249,7 +274,7 @@ impl Engine {
             let _held = lock.lock().await;
             let c = self.open_credential(scope, name).await?;
             let now = self.clock().now_ms();
-            if !needs_refresh(&c, now) {
+            if !must_refresh(&c, now) {
                 return Ok(c);
             }
             let until = now + REFRESH_LEASE.as_millis() as Millis;
