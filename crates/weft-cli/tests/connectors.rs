@@ -903,7 +903,8 @@ fn declarative_connectors_install_run_paginate_and_pin_their_version() {
 /// Requests a stand-in received: path and arrival time.
 type Hits = Arc<Mutex<Vec<(String, std::time::Instant)>>>;
 
-/// A provider that records when each request arrived and answers `/ok` 200, `/down` 503.
+/// A provider that records when each request arrived and answers `/ok` 200, `/down` 503 and
+/// `/limited` 429 with `Retry-After: 30`.
 fn timed_standin() -> (String, Hits) {
     let hits: Hits = Arc::default();
     let rec = hits.clone();
@@ -924,13 +925,19 @@ fn timed_standin() -> (String, Hits) {
                         .push((uri.path().to_string(), std::time::Instant::now()));
                     let st = if uri.path().ends_with("/down") {
                         503
+                    } else if uri.path().ends_with("/limited") {
+                        429
                     } else {
                         200
                     };
-                    (
-                        axum::http::StatusCode::from_u16(st).unwrap(),
-                        axum::Json(json!({"ok": st == 200})),
-                    )
+                    use axum::response::IntoResponse;
+                    let status = axum::http::StatusCode::from_u16(st).unwrap();
+                    let body = axum::Json(json!({"ok": st == 200}));
+                    if st == 429 {
+                        (status, [("retry-after", "30")], body).into_response()
+                    } else {
+                        (status, body).into_response()
+                    }
                 }
             });
             axum::serve(listener, app).await.unwrap();
@@ -1058,4 +1065,44 @@ fn a_steps_own_rate_limit_spaces_its_calls_across_runs() {
             w[1] - w[0]
         );
     }
+}
+
+#[test]
+fn one_rate_limited_url_does_not_pause_a_tenants_other_http_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let (base, hits) = timed_standin();
+    srv.apply(&format!(
+        "name: limited\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{method: POST, url: '{base}/limited'}}\n"
+    ));
+    srv.apply(&format!(
+        "name: fine\ntrigger:\n  manual: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{method: POST, url: '{base}/ok'}}\n"
+    ));
+    let limited = srv.cli_json(&["run", "start", "limited", "--input", "{}"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hits.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the limited URL was never called"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The 429 asked that URL's caller to wait 30 s; another URL's request goes out at once.
+    let started = std::time::Instant::now();
+    let fine = srv.cli_json(&["run", "start", "fine", "--input", "{}"]);
+    let run = srv.wait_run(fine["run_id"].as_str().unwrap(), Duration::from_secs(20));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        srv.cli_json(&["runs", "show", &limited])["status"],
+        "running"
+    );
+    assert!(srv.cli(&["runs", "cancel", &limited]).status.success());
 }

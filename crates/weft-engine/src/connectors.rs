@@ -49,10 +49,18 @@ impl WorkspaceCatalog {
 
     /// A connector by name, built in or installed (newest version), for credentials.
     pub fn connector(&self, name: &str) -> Option<Arc<Manifest>> {
-        manifest::find(name, None)
-            .map(|m| Arc::new(m.clone()))
-            .or_else(|| self.installed(name, None).cloned())
+        builtin_shared()
+            .iter()
+            .find(|m| m.name == name)
+            .or_else(|| self.installed(name, None))
+            .cloned()
     }
+}
+
+/// The built-in manifests, shared: opening a credential for a step must not copy its manifest.
+fn builtin_shared() -> &'static [Arc<Manifest>] {
+    static CELL: std::sync::OnceLock<Vec<Arc<Manifest>>> = std::sync::OnceLock::new();
+    CELL.get_or_init(|| manifest::builtin().iter().cloned().map(Arc::new).collect())
 }
 
 fn semver_key(v: &str) -> (u64, u64, u64) {
@@ -159,12 +167,7 @@ fn check_templates(m: &Manifest) -> Vec<FieldError> {
     let mut tv = |path: String, v: &Value| {
         if let Err(errs) = TValue::compile(v) {
             for (p, e) in errs {
-                let suffix = p.trim_start_matches('/').replace('/', ".");
-                let at = if suffix.is_empty() {
-                    path.clone()
-                } else {
-                    format!("{path}.{suffix}")
-                };
+                let at = format!("{path}{}", weft_flow::pointer_to_path(&p));
                 errors.push(FieldError::new(
                     at,
                     format!("template does not compile: {e}"),

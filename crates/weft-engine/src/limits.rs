@@ -49,8 +49,9 @@ pub(crate) struct Guards {
 /// What one call holds while it runs.
 pub(crate) struct Ticket {
     key: String,
-    breaker: bool,
-    _slot: OwnedSemaphorePermit,
+    /// Whether the call's connector is one provider (every one but `http`).
+    one_provider: bool,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// A step's own `rate_limit`.
@@ -97,11 +98,15 @@ impl Inner {
     ) -> Result<Ticket, Hold> {
         let key = format!("{}:{}:{}", scope.tenant, m.name, credential.unwrap_or("-"));
         let now = self.now();
+        // `http` reaches any host, so it is not one provider: a flaky or rate-limited URL must
+        // not pause, break or cap a tenant's other requests. Only a step's own limit applies.
+        let one_provider = m.name != "http";
         if let Some(until) = self
             .guards
             .paused
             .lock()
             .ok()
+            .filter(|_| one_provider)
             .and_then(|p| p.get(&key).copied())
             .filter(|u| *u > now)
         {
@@ -110,9 +115,7 @@ impl Inner {
                 format!("{}.{action}: the provider asked to wait", m.name),
             ));
         }
-        // `http` reaches any host: one flaky URL must not pause a tenant's other requests.
-        let breaker = m.name != "http";
-        if let (true, Ok(mut b)) = (breaker, self.guards.breakers.lock()) {
+        if let (true, Ok(mut b)) = (one_provider, self.guards.breakers.lock()) {
             let br = b.entry(key.clone()).or_default();
             match br.open_until {
                 Some(until) if until > now => {
@@ -166,17 +169,29 @@ impl Inner {
                 }
             }
         }
-        let sem = self.guards.slots.lock().ok().map(|mut s| {
-            s.entry(m.name.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)))
-                .clone()
-        });
-        let sem = sem.unwrap_or_else(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)));
+        if !one_provider {
+            return Ok(Ticket {
+                key,
+                one_provider,
+                _slot: None,
+            });
+        }
+        let sem = self
+            .guards
+            .slots
+            .lock()
+            .ok()
+            .map(|mut s| {
+                s.entry(m.name.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)))
+                    .clone()
+            })
+            .unwrap_or_else(|| Arc::new(Semaphore::new(CONNECTOR_CONCURRENCY)));
         match sem.acquire_owned().await {
             Ok(slot) => Ok(Ticket {
                 key,
-                breaker,
-                _slot: slot,
+                one_provider,
+                _slot: Some(slot),
             }),
             // The semaphore is never closed.
             Err(_) => Err(Hold::RateLimited(
@@ -196,7 +211,7 @@ impl Inner {
                     b.remove(&t.key);
                 }
             }
-            CallOutcome::RateLimited(after) => {
+            CallOutcome::RateLimited(after) if t.one_provider => {
                 if let (Some(d), Ok(mut p)) = (after, self.guards.paused.lock()) {
                     if p.len() > 10_000 {
                         p.retain(|_, until| *until > now);
@@ -204,7 +219,7 @@ impl Inner {
                     p.insert(t.key.clone(), now + d.as_millis() as Millis);
                 }
             }
-            CallOutcome::Transient if t.breaker => {
+            CallOutcome::Transient if t.one_provider => {
                 if let Ok(mut b) = self.guards.breakers.lock() {
                     let br = b.entry(t.key.clone()).or_default();
                     br.failures += 1;
@@ -214,7 +229,7 @@ impl Inner {
                     }
                 }
             }
-            CallOutcome::Transient => {}
+            CallOutcome::RateLimited(_) | CallOutcome::Transient => {}
         }
     }
 }

@@ -12,7 +12,9 @@ pub use model::{
     DurationSpec, FlowDef, HmacDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger,
     SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
 };
-pub use validate::{ActionCatalog, ActionFacts, CredentialUse, compile, valid_name};
+pub use validate::{
+    ActionCatalog, ActionFacts, CredentialUse, compile, pointer_to_path, valid_name,
+};
 
 use serde::Serialize;
 

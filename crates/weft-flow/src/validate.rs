@@ -96,7 +96,8 @@ impl Ctx {
 }
 
 /// `/a/0/b` → `.a[0].b`.
-fn pointer_to_path(p: &str) -> String {
+/// A JSON pointer (`/a/0/b`) as a field path suffix (`.a[0].b`).
+pub fn pointer_to_path(p: &str) -> String {
     p.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
