@@ -612,6 +612,59 @@ pub struct TenantPatch {
     pub weight: Option<i64>,
 }
 
+/// A poll trigger's state: where it is, when it polls next, how it went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PollOut {
+    /// Whether it is polling (the flow's published version has a poll trigger).
+    pub active: bool,
+    /// Next poll (RFC 3339), while active.
+    pub next_poll_at: Option<String>,
+    /// The cursor the next poll starts from (`.cursor` in the trigger's templates).
+    #[schema(value_type = Object)]
+    pub cursor: Value,
+    /// Whether items found start runs (false until the first poll has recorded what exists).
+    pub primed: bool,
+    /// Why polling is paused (a credential that needs re-authorization), if it is.
+    pub paused: Option<String>,
+    /// Last poll (RFC 3339).
+    pub last_polled_at: Option<String>,
+    /// What went wrong at the last poll, if it failed.
+    pub last_error: Option<String>,
+    /// Polls done.
+    pub polls: i64,
+    /// Runs started.
+    pub runs_started: i64,
+    /// Item ids remembered (each starts one run, however often it is listed).
+    pub seen_items: i64,
+}
+
+impl From<weft_store::PollState> for PollOut {
+    fn from(p: weft_store::PollState) -> Self {
+        PollOut {
+            active: p.next_at.is_some(),
+            next_poll_at: p.next_at.map(weft_types::rfc3339),
+            cursor: p.cursor.unwrap_or(Value::Null),
+            primed: p.primed,
+            paused: p.paused,
+            last_polled_at: p.last_polled_at.map(weft_types::rfc3339),
+            last_error: p.last_error,
+            polls: p.polls,
+            runs_started: p.started,
+            seen_items: p.seen,
+        }
+    }
+}
+
+/// Body of `POST /flows/{flow}/poll/backfill`.
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillIn {
+    /// The cursor to start from, e.g. a timestamp `"2026-11-01T00:00:00Z"` (default: none).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub since: Option<Value>,
+}
+
 /// Body of `POST /flows/{flow}/publish`.
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,5 @@
-//! Flow routes: create / new version, list, show, versions, publish, delete; the connector catalog.
+//! Flow routes: create / new version, list, show, versions, publish, delete, poll state and
+//! backfill; the connector catalog.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,7 +13,9 @@ use weft_types::Scope;
 
 use crate::auth::{FlowsWrite, Read, Ws};
 use crate::body::{media_type, parse_json, parse_query, read_limited, require_json};
-use crate::dto::{ConnectorOut, FlowOut, FlowVersionOut, Page, ProblemDoc, PublishIn};
+use crate::dto::{
+    BackfillIn, ConnectorOut, FlowOut, FlowVersionOut, Page, PollOut, ProblemDoc, PublishIn,
+};
 use crate::{AppState, Problem};
 
 /// The flow shape of PRODUCT.md.
@@ -233,6 +236,46 @@ pub(crate) async fn publish(
         .publish(auth.scope, &flow, b.version, auth.actor)
         .await?;
     Ok(Json(flow_json(&s, auth.scope, auth.role, &rec).await?))
+}
+
+/// A flow's poll trigger: cursor, next poll, last error, counts.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/flows/{flow}/poll", tag = "flows",
+    params(WsParam, FlowParam),
+    responses((status = 200, body = PollOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["read"]), ("session" = ["read"])))]
+pub(crate) async fn poll(
+    State(s): State<AppState>,
+    auth: Ws<Read>,
+    Path(path): Path<(String, String)>,
+) -> Result<Json<PollOut>, Problem> {
+    let (_, flow) = path;
+    Ok(Json(s.engine.poll_state(auth.scope, &flow).await?.into()))
+}
+
+/// Restart a poll trigger from `since`: it polls now, and the items it lists start runs
+/// unless they were seen before.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/flows/{flow}/poll/backfill", tag = "flows",
+    params(WsParam, FlowParam),
+    request_body(content = Option<BackfillIn>, content_type = "application/json"),
+    responses((status = 200, body = PollOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["flows:write"]), ("session" = ["flows:write"])))]
+pub(crate) async fn backfill(
+    State(s): State<AppState>,
+    auth: Ws<FlowsWrite>,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PollOut>, Problem> {
+    let (_, flow) = path;
+    let bytes = read_limited(body, 64 * 1024).await?;
+    require_json(&headers, &bytes)?;
+    let b: BackfillIn = if bytes.is_empty() {
+        BackfillIn::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let st = s.engine.backfill_poll(auth.scope, &flow, b.since).await?;
+    Ok(Json(st.into()))
 }
 
 fn catalog() -> Page<ConnectorOut> {

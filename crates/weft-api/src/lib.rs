@@ -71,6 +71,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(flows::show, flows::delete))
         .routes(routes!(flows::versions))
         .routes(routes!(flows::publish))
+        .routes(routes!(flows::poll))
+        .routes(routes!(flows::backfill))
         .routes(routes!(runs::start))
         .routes(routes!(runs::list))
         .routes(routes!(runs::show, runs::delete))

@@ -47,8 +47,51 @@ pub enum FlowCmd {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Show a flow's poll trigger: cursor, next poll, last error, counts.
+    Poll {
+        /// Flow name or id.
+        flow: String,
+    },
+    /// Restart a flow's poll trigger from a cursor: it polls now, and items not seen before
+    /// start runs.
+    Backfill {
+        /// Flow name or id.
+        flow: String,
+        /// The cursor to start from: JSON (`0`, `"abc"`) or plain text (a timestamp).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Print the JSON Schema of flow files.
     Schema,
+}
+
+fn print_poll(v: &Value, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        print_json(v);
+        return Ok(());
+    }
+    let opt = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let state = match (
+        v.get("paused").and_then(Value::as_str),
+        v.get("active").and_then(Value::as_bool),
+    ) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(true)) => format!("polling; next at {}", opt("next_poll_at")),
+        _ => "off (the published version has no poll trigger)".into(),
+    };
+    println!("state:        {state}");
+    println!("cursor:       {}", v.get("cursor").unwrap_or(&Value::Null));
+    println!("last poll:    {}", opt("last_polled_at"));
+    if let Some(e) = v.get("last_error").and_then(Value::as_str) {
+        println!("last error:   {e}");
+    }
+    println!(
+        "polls: {}  runs started: {}  items seen: {}",
+        v.get("polls").unwrap_or(&Value::Null),
+        v.get("runs_started").unwrap_or(&Value::Null),
+        v.get("seen_items").unwrap_or(&Value::Null)
+    );
+    Ok(())
 }
 
 /// `weft run …`.
@@ -326,6 +369,24 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
                     .json(&body),
             )
             .await?
+        }
+        FlowCmd::Poll { flow } => {
+            let v = api
+                .get(api.ws(&format!("/flows/{}/poll", enc(&flow))))
+                .await?;
+            return print_poll(&v, json_out);
+        }
+        FlowCmd::Backfill { flow, since } => {
+            // `--since 2026-11-01T00:00:00Z` is text; `--since 42` or `--since '"x"'` is JSON.
+            let since = since.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)));
+            let v = api
+                .send(
+                    api.http
+                        .post(api.ws(&format!("/flows/{}/poll/backfill", enc(&flow))))
+                        .json(&json!({ "since": since })),
+                )
+                .await?;
+            return print_poll(&v, json_out);
         }
         FlowCmd::Schema | FlowCmd::Validate { .. } => Value::Null,
     };

@@ -144,20 +144,27 @@ impl Inner {
 /// Writes the installed version into every unpinned action of an installed connector, so a
 /// flow version keeps running the connector version it was saved with.
 pub(crate) fn pin_actions(def: &mut FlowDef, catalog: &WorkspaceCatalog) {
-    for s in &mut def.steps {
-        let Some(spec) = &s.action else { continue };
+    let pin = |spec: &mut String| {
         if spec.contains('@') {
-            continue;
+            return;
         }
         let Some((connector, _)) = spec.split_once('.') else {
-            continue;
+            return;
         };
         if manifest::find(connector, None).is_some() {
-            continue;
+            return;
         }
         if let Some(m) = catalog.installed(connector, None) {
-            s.action = Some(format!("{spec}@{}", m.version));
+            *spec = format!("{spec}@{}", m.version);
         }
+    };
+    for s in &mut def.steps {
+        if let Some(spec) = &mut s.action {
+            pin(spec);
+        }
+    }
+    if let Some(spec) = def.trigger.poll.as_mut().and_then(|p| p.action.as_mut()) {
+        pin(spec);
     }
 }
 

@@ -219,6 +219,8 @@ impl Engine {
                             .await?;
                         rec.status = "needs_reauth".into();
                         rec.status_reason = Some(reason);
+                    } else {
+                        self.resume_polls(scope).await;
                     }
                     return Ok((rec, created));
                 }
@@ -228,6 +230,23 @@ impl Engine {
         Err(EngineError::Conflict(format!(
             "credential '{name}' is being changed by another request; send yours again"
         )))
+    }
+
+    /// Polls paused on a credential that needed fixing start again (a poll whose credential
+    /// is still broken pauses again at its next try).
+    pub(crate) async fn resume_polls(&self, scope: Scope) {
+        match self
+            .store()
+            .resume_polls(scope, self.clock().now_ms())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(polls = n, "resuming paused polls after a credential change");
+                self.inner.poll_wake.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not resume paused polls"),
+        }
     }
 
     /// Seals values for the credential `id` of `scope`.

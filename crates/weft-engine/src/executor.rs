@@ -15,7 +15,8 @@ use weft_flow::{CompiledFlow, CompiledStep, StepKind};
 use weft_store::{ClaimedRun, NewLog, RunRecord, StepCheckpoint, StepRecord};
 use weft_types::{Millis, RunStatus, Scope, StepStatus};
 
-use crate::limits::{CallOutcome, Hold, StepLimit};
+use crate::invoke::{ActionCall, AttemptError};
+use crate::limits::StepLimit;
 use crate::{Inner, WebhookResponse};
 
 /// How a step ended.
@@ -31,47 +32,6 @@ enum Report {
     Done(usize, Outcome),
     /// The run is no longer ours (cancelled, or the lease was lost): stop without finishing.
     Lost,
-}
-
-/// A failed attempt.
-struct AttemptError {
-    message: String,
-    retryable: bool,
-    retry_after: Option<Duration>,
-    rate_limited: bool,
-    /// The provider answered 401: an OAuth2 token may have been revoked before its expiry.
-    unauthorized: bool,
-}
-
-impl AttemptError {
-    fn permanent(message: String) -> Self {
-        Self {
-            message,
-            retryable: false,
-            retry_after: None,
-            rate_limited: false,
-            unauthorized: false,
-        }
-    }
-}
-
-/// An action's error as an attempt's: 429, or a provider's own way of saying it (GitHub's 403
-/// with no remaining quota, Slack's `ratelimited`), which connectors flag, is a rate limit.
-fn attempt_error(e: &weft_connectors::ActionError) -> AttemptError {
-    AttemptError {
-        message: e.to_string(),
-        retryable: e.is_retryable(),
-        retry_after: e.retry_after(),
-        rate_limited: e.output().is_some_and(|o| {
-            o.get("status").and_then(Value::as_u64) == Some(429)
-                || o.get("rate_limited").and_then(Value::as_bool) == Some(true)
-        }),
-        unauthorized: e
-            .output()
-            .and_then(|o| o.get("status"))
-            .and_then(Value::as_u64)
-            == Some(401),
-    }
 }
 
 /// Most times a rate-limited step waits before it counts as failed.
@@ -328,142 +288,6 @@ impl StepJob {
         &self.flow.steps[self.idx]
     }
 
-    /// One call of an action: a built-in connector's, or an installed one's.
-    async fn call_action(
-        &self,
-        installed: Option<&weft_connectors::Manifest>,
-        connector: &str,
-        action: &str,
-        input: &Value,
-        open: Option<&crate::OpenCredential>,
-        key: &str,
-    ) -> Result<Value, AttemptError> {
-        match installed {
-            Some(m) => self.run_installed(m, action, input, open, key).await,
-            None => weft_connectors::run_action(
-                &self.inner.opts.http,
-                connector,
-                action,
-                input,
-                open.map(|c| c.as_action_credential()),
-                key,
-            )
-            .await
-            .map_err(|e| attempt_error(&e)),
-        }
-    }
-
-    /// The installed connector a step names, at its pinned version.
-    async fn installed(
-        &self,
-        connector: &str,
-        version: Option<&str>,
-    ) -> Result<std::sync::Arc<weft_connectors::Manifest>, AttemptError> {
-        let catalog = self
-            .inner
-            .catalog(self.scope)
-            .await
-            .map_err(|e| AttemptError {
-                message: e.to_string(),
-                retryable: true,
-                retry_after: None,
-                rate_limited: false,
-                unauthorized: false,
-            })?;
-        catalog.installed(connector, version).cloned().ok_or_else(|| {
-            let pin = version.map(|v| format!("@{v}")).unwrap_or_default();
-            AttemptError::permanent(format!(
-                "connector {connector}{pin} is not installed in this workspace; install it with `weft connectors install FILE`"
-            ))
-        })
-    }
-
-    /// Runs an action of a connector installed in the run's workspace.
-    async fn run_installed(
-        &self,
-        m: &weft_connectors::Manifest,
-        action: &str,
-        input: &Value,
-        open: Option<&crate::OpenCredential>,
-        key: &str,
-    ) -> Result<Value, AttemptError> {
-        let connector = &m.name;
-        let Some(spec) = m.action(action) else {
-            return Err(AttemptError::permanent(format!(
-                "{connector}@{} has no action `{action}`",
-                m.version
-            )));
-        };
-        match (spec.credential.as_str(), open) {
-            ("required", None) => {
-                return Err(AttemptError::permanent(format!(
-                    "`{connector}.{action}` needs a credential: add `credential: NAME` naming a {connector} credential to the step"
-                )));
-            }
-            (_, Some(c)) if c.manifest.name != m.name => {
-                return Err(AttemptError::permanent(format!(
-                    "credential '{}' is a {} credential, and `{connector}.{action}` needs a {connector} one",
-                    c.record.name, c.manifest.name
-                )));
-            }
-            _ => {}
-        }
-        crate::connectors::run_declarative(
-            &self.inner,
-            m,
-            spec,
-            input,
-            open.map(|c| &c.values),
-            key,
-        )
-        .await
-        .map_err(|e| match e {
-            crate::connectors::DeclarativeError::Expr(m) => AttemptError::permanent(m),
-            crate::connectors::DeclarativeError::Action(e) => attempt_error(&e),
-        })
-    }
-
-    /// Opens the step's credential in the run's workspace (refreshing an OAuth2 token that
-    /// is about to expire).
-    async fn open_credential(&self, name: &str) -> Result<crate::OpenCredential, AttemptError> {
-        let engine = crate::Engine {
-            inner: self.inner.clone(),
-        };
-        let engine_error = |e: crate::EngineError| match e {
-            crate::EngineError::NotFound(_) => AttemptError::permanent(format!(
-                "credential '{name}' does not exist in this workspace; create it with `weft credentials set {name} --connector CONNECTOR --value FIELD=VALUE`"
-            )),
-            crate::EngineError::Rule(m) => AttemptError::permanent(m),
-            // No master key, a store hiccup: fixing the process lets a retry succeed.
-            other => AttemptError {
-                message: other.to_string(),
-                retryable: true,
-                retry_after: None,
-                rate_limited: false,
-                unauthorized: false,
-            },
-        };
-        engine
-            .credential_for_use(self.scope, name)
-            .await
-            .map_err(|e| match e {
-                crate::OAuthError::Engine(e) => engine_error(e),
-                crate::OAuthError::Token {
-                    message,
-                    transient: true,
-                    ..
-                } => AttemptError {
-                    message: format!("credential '{name}': {message}"),
-                    retryable: true,
-                    retry_after: None,
-                    rate_limited: false,
-                    unauthorized: false,
-                },
-                crate::OAuthError::Token { message, .. } => AttemptError::permanent(message),
-                other => AttemptError::permanent(format!("credential '{name}': {other:?}")),
-            })
-    }
-
     async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
         let status = rec.status;
         let cp = StepCheckpoint { step: rec, logs };
@@ -707,123 +531,30 @@ impl StepJob {
                     .render(input, ctx)
                     .await
                     .map_err(AttemptError::permanent)?;
-                let open = match credential {
-                    Some(name) => Some(self.open_credential(name).await?),
-                    None => None,
-                };
-                let mut redactor = open
-                    .as_ref()
-                    .map(|c| weft_vault::Redactor::new(&c.values))
-                    .unwrap_or_default();
                 // Stable per (run, step, loop index): identical on every retry and after a crash.
                 let key = format!("{}:{}:0", self.run_id, self.step().id);
-                let builtin = weft_connectors::manifest::find(connector, None);
-                let installed = match builtin {
-                    Some(_) => None,
-                    None => Some(self.installed(connector, version.as_deref()).await?),
-                };
-                let manifest: &weft_connectors::Manifest = match (builtin, &installed) {
-                    (Some(m), _) => m,
-                    (None, Some(m)) => m,
-                    (None, None) => {
-                        return Err(AttemptError::permanent(format!(
-                            "unknown connector {connector}"
-                        )));
-                    }
-                };
-                let cred_id = open.as_ref().map(|c| c.record.id.to_string());
                 let flow_id = format!("{}:{}", self.scope.workspace, self.flow.def.name);
-                let step_limit = rate_limit.map(|(per_second, burst)| StepLimit {
-                    flow: &flow_id,
-                    step: &self.step().id,
-                    per_second,
-                    burst,
-                });
-                let ticket = match self
-                    .inner
-                    .before_call(self.scope, manifest, action, cred_id.as_deref(), step_limit)
-                    .await
-                {
-                    Ok(t) => t,
-                    // Waiting for a limit or a breaker is not a failure: the step waits.
-                    Err(Hold::RateLimited(d, message) | Hold::BreakerOpen(d, message)) => {
-                        return Err(AttemptError {
-                            message,
-                            retryable: true,
-                            retry_after: Some(d),
-                            rate_limited: true,
-                            unauthorized: false,
-                        });
-                    }
-                };
-                let mut out = self
-                    .call_action(
-                        installed.as_deref(),
+                let out = crate::invoke::invoke(
+                    &self.inner,
+                    &ActionCall {
+                        scope: self.scope,
                         connector,
                         action,
-                        &input,
-                        open.as_ref(),
-                        &key,
-                    )
-                    .await;
-                // A provider may revoke an OAuth2 token before it expires: refresh once (unless
-                // another step already did) and try again with the new token.
-                if let (Err(e), Some(c)) = (&out, &open)
-                    && e.unauthorized
-                    && crate::oauth::is_oauth(c)
-                {
-                    let rejected = c
-                        .values
-                        .get("access_token")
-                        .map(|t| t.expose().to_string())
-                        .unwrap_or_default();
-                    let engine = crate::Engine {
-                        inner: self.inner.clone(),
-                    };
-                    out = match engine
-                        .refresh_rejected(self.scope, &c.record.name, &rejected)
-                        .await
-                    {
-                        Ok(fresh) => {
-                            redactor.add_all(&fresh.values);
-                            self.call_action(
-                                installed.as_deref(),
-                                connector,
-                                action,
-                                &input,
-                                Some(&fresh),
-                                &key,
-                            )
-                            .await
-                        }
-                        Err(crate::OAuthError::Token {
-                            message,
-                            transient: false,
-                            ..
-                        }) => Err(AttemptError::permanent(message)),
-                        // The refresh could not run now: report the 401 as it was.
-                        Err(_) => out,
-                    };
-                }
-                self.inner.after_call(
-                    ticket,
-                    match &out {
-                        Ok(_) => CallOutcome::Ok,
-                        Err(e) if e.rate_limited => CallOutcome::RateLimited(e.retry_after),
-                        Err(e) if e.retryable => CallOutcome::Transient,
-                        Err(_) => CallOutcome::Permanent,
+                        version: version.as_deref(),
+                        input: &input,
+                        credential: credential.as_deref(),
+                        key: &key,
+                        step_limit: rate_limit.map(|(per_second, burst)| StepLimit {
+                            flow: &flow_id,
+                            step: &self.step().id,
+                            per_second,
+                            burst,
+                        }),
                     },
-                );
+                )
+                .await;
                 weft_types::failpoint_at("action.after_effect", &self.step().id);
-                // A provider may echo what it was sent; nothing of the credential is kept.
-                out.map(|mut v| {
-                    redactor.value(&mut v);
-                    v
-                })
-                .map_err(|mut e| {
-                    e.message = redactor.text(&e.message);
-                    e
-                })
+                out
             }
             StepKind::Respond {
                 status,

@@ -247,6 +247,18 @@ impl Engine {
             .set_schedule(scope, rec.id, next)
             .await?;
         self.inner.schedule_wake.notify_one();
+        // A poll trigger polls at once (the first poll of a new one learns what exists); any
+        // other trigger turns a former poll off, keeping its cursor for a comeback.
+        let (poll_at, since) = match &compiled.trigger {
+            weft_flow::TriggerKind::Poll(p) => (Some(self.inner.now()), p.since.clone()),
+            _ => (None, None),
+        };
+        self.inner
+            .opts
+            .store
+            .set_poll(scope, rec.id, poll_at, since)
+            .await?;
+        self.inner.poll_wake.notify_one();
         Ok(())
     }
 

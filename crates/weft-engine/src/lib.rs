@@ -10,8 +10,10 @@ mod dispatch;
 mod eval;
 mod executor;
 mod flows;
+mod invoke;
 mod limits;
 mod oauth;
+mod poll;
 pub mod retry;
 mod schedule;
 
@@ -32,6 +34,7 @@ pub use connectors::{MAX_MANIFEST_BYTES, WorkspaceCatalog, check_manifest};
 pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
+pub use poll::MAX_POLL_ITEMS;
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -168,6 +171,15 @@ pub enum EngineEvent {
         /// Final status.
         status: weft_types::RunStatus,
     },
+    /// A poll trigger was polled and its outcome recorded.
+    Polled {
+        /// The flow.
+        flow: weft_types::FlowId,
+        /// Runs it started.
+        started: usize,
+        /// Why it failed or paused, if it did.
+        error: Option<String>,
+    },
 }
 
 /// Handle to the engine.
@@ -189,6 +201,7 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     pub(crate) capacity: Notify,
     pub(crate) schedule_wake: Notify,
+    pub(crate) poll_wake: Notify,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
@@ -212,6 +225,7 @@ impl Engine {
                 wake: Notify::new(),
                 capacity: Notify::new(),
                 schedule_wake: Notify::new(),
+                poll_wake: Notify::new(),
                 in_flight: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
                 cancels: Mutex::default(),
@@ -274,6 +288,7 @@ impl Engine {
             tasks.push(tokio::spawn(dispatch::dispatcher(self.inner.clone())));
             tasks.push(tokio::spawn(dispatch::lease_keeper(self.inner.clone())));
             tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));
+            tasks.push(tokio::spawn(poll::poller(self.inner.clone())));
         }
         if let Ok(mut t) = self.inner.tasks.lock() {
             t.extend(tasks);

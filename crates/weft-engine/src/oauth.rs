@@ -195,6 +195,7 @@ impl Engine {
             .await?;
         self.store_tokens(st.scope, &c, tokens, Some("credential.authorize"))
             .await?;
+        self.resume_polls(st.scope).await;
         Ok((st.scope, c.record.name.clone()))
     }
 

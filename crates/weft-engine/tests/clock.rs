@@ -376,3 +376,206 @@ async fn a_failed_step_with_continue_on_error_lets_dependents_run() {
     assert_eq!(r.output, Some(serde_json::json!("failed")));
     assert!(steps[0].error.as_deref().unwrap().contains("400"));
 }
+
+/// A listing API on loopback: `GET /items` answers `{items: [...]}` from `items` (or with
+/// `status` when it is not 200) and reports each request's query string.
+struct Source {
+    url: String,
+    items: Arc<Mutex<Vec<serde_json::Value>>>,
+    status: Arc<Mutex<u16>>,
+    queries: mpsc::UnboundedReceiver<String>,
+}
+
+async fn source() -> Source {
+    let (tx, queries) = mpsc::unbounded_channel();
+    let items = Arc::new(Mutex::new(Vec::new()));
+    let status = Arc::new(Mutex::new(200u16));
+    let (i2, s2) = (items.clone(), status.clone());
+    let app = axum::Router::new().route(
+        "/items",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let (items, status, tx) = (i2.clone(), s2.clone(), tx.clone());
+            async move {
+                let _ = tx.send(uri.query().unwrap_or_default().to_string());
+                let st = *status.lock().unwrap();
+                let body = serde_json::json!({"items": *items.lock().unwrap()});
+                (StatusCode::from_u16(st).unwrap(), axum::Json(body))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    Source {
+        url,
+        items,
+        status,
+        queries,
+    }
+}
+
+fn poll_flow(url: &str, extra: &str, step: &str) -> String {
+    format!(
+        "name: poller\ntrigger:\n  poll:\n    every: 1m\n    input: {{ url: '{url}/items', query: {{ since: '{{{{ .cursor }}}}' }} }}\n    items: '.body.items'\n    cursor: '[.items[].n] | max'\n{extra}steps:\n  - id: t\n    transform: '{step}'\n"
+    )
+}
+
+impl Harness {
+    async fn polled(&mut self) -> (usize, Option<String>) {
+        loop {
+            if let EngineEvent::Polled { started, error, .. } = self.next_event().await {
+                return (started, error);
+            }
+        }
+    }
+    async fn outputs(&mut self, n: usize) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (run, st) = self.run_finished().await;
+            assert_eq!(st, RunStatus::Succeeded);
+            out.push(
+                self.engine
+                    .store()
+                    .get_run(self.scope, run)
+                    .await
+                    .unwrap()
+                    .0
+                    .output
+                    .unwrap(),
+            );
+        }
+        out.sort_by_key(|v| v.to_string());
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_starts_one_run_per_new_item_and_its_cursor_outlives_versions() {
+    use serde_json::json;
+    let mut h = harness().await;
+    let mut src = source().await;
+    *src.items.lock().unwrap() = vec![json!({"id": "a", "n": 1}), json!({"id": "b", "n": 2})];
+    h.apply(&poll_flow(&src.url, "", ".trigger.item.id")).await;
+    // Publishing polls at once; without `since`, the first poll only learns what exists.
+    assert_eq!(h.polled().await, (0, None));
+    // A null cursor leaves the parameter out.
+    assert_eq!(src.queries.recv().await.unwrap(), "");
+    let st = h.engine.poll_state(h.scope, "poller").await.unwrap();
+    assert_eq!((st.cursor, st.seen, st.primed), (Some(json!(2)), 2, true));
+    assert_eq!(st.next_at, Some(T0 + 60_000));
+
+    // New items appear; the next poll, a minute later on the clock, starts one run each.
+    src.items
+        .lock()
+        .unwrap()
+        .extend([json!({"id": "c", "n": 3}), json!({"id": "d", "n": 4})]);
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(h.polled().await, (2, None));
+    assert_eq!(src.queries.recv().await.unwrap(), "since=2");
+    assert_eq!(h.outputs(2).await, vec![json!("c"), json!("d")]);
+
+    // Listed again: nothing new starts.
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(h.polled().await, (0, None));
+    assert_eq!(src.queries.recv().await.unwrap(), "since=4");
+
+    // A provider failure keeps the cursor and is reported on the trigger.
+    *src.status.lock().unwrap() = 503;
+    h.clock.advance(Duration::from_secs(60));
+    let (started, error) = h.polled().await;
+    assert_eq!(started, 0);
+    assert!(error.unwrap().contains("503"));
+    *src.status.lock().unwrap() = 200;
+    let st = h.engine.poll_state(h.scope, "poller").await.unwrap();
+    assert_eq!(st.cursor, Some(json!(4)));
+    assert!(st.last_error.unwrap().contains("http.request"));
+
+    // A new version keeps cursor and seen ids: it polls at once and starts nothing old.
+    src.items.lock().unwrap().push(json!({"id": "e", "n": 5}));
+    h.apply(&poll_flow(&src.url, "", "\"v2:\" + .trigger.item.id"))
+        .await;
+    assert_eq!(h.polled().await, (1, None));
+    assert_eq!(h.outputs(1).await, vec![json!("v2:e")]);
+    let _ = src.queries.recv().await;
+
+    // Backfill from an older cursor: listed items already seen still start nothing.
+    let st = h
+        .engine
+        .backfill_poll(h.scope, "poller", Some(json!(0)))
+        .await
+        .unwrap();
+    assert_eq!(st.cursor, Some(json!(0)));
+    assert_eq!(h.polled().await, (0, None));
+    let total: i64 = h
+        .engine
+        .store()
+        .count_runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        total, 3,
+        "a, b were there before; c, d, e started one run each"
+    );
+
+    // A manual trigger turns polling off; backfilling it then is refused.
+    h.apply("name: poller\ntrigger:\n  manual: {}\nsteps:\n  - id: t\n    transform: '.'\n")
+        .await;
+    assert!(
+        h.engine
+            .poll_state(h.scope, "poller")
+            .await
+            .unwrap()
+            .next_at
+            .is_none()
+    );
+    let err = h
+        .engine
+        .backfill_poll(h.scope, "poller", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no published poll trigger"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_with_since_backfills_and_bad_listings_fail_clearly() {
+    use serde_json::json;
+    let mut h = harness().await;
+    let mut src = source().await;
+    *src.items.lock().unwrap() = vec![json!({"id": 1, "n": 1}), json!({"id": 2, "n": 2})];
+    h.apply(&poll_flow(&src.url, "    since: 0\n", ".trigger.item_id"))
+        .await;
+    assert_eq!(h.polled().await, (2, None));
+    assert_eq!(src.queries.recv().await.unwrap(), "since=0");
+    assert_eq!(h.outputs(2).await, vec![json!("1"), json!("2")]);
+
+    // An item without an id fails the whole poll: nothing is half-recorded.
+    src.items
+        .lock()
+        .unwrap()
+        .extend([json!({"id": 3, "n": 3}), json!({"n": 4})]);
+    h.clock.advance(Duration::from_secs(60));
+    let (started, error) = h.polled().await;
+    assert_eq!(started, 0);
+    let error = error.unwrap();
+    assert!(
+        error.contains("id of item 3") && error.contains("null"),
+        "{error}"
+    );
+    let st = h.engine.poll_state(h.scope, "poller").await.unwrap();
+    assert_eq!((st.cursor, st.seen), (Some(json!(2)), 2));
+
+    // A listing that is not a list says how to select one.
+    let url = src.url.clone();
+    h.apply(&format!(
+        "name: poller\ntrigger:\n  poll:\n    every: 1m\n    input: {{ url: '{url}/items' }}\nsteps:\n  - id: t\n    transform: '.'\n"
+    ))
+    .await;
+    let (_, error) = h.polled().await;
+    assert!(error.unwrap().contains("not a list; set `items:`"));
+}

@@ -53,6 +53,33 @@ pub enum TriggerKind {
     },
     /// CLI/API start.
     Manual,
+    /// An action polled on an interval.
+    Poll(Box<PollSpec>),
+}
+
+/// A compiled poll trigger.
+#[derive(Debug, Clone)]
+pub struct PollSpec {
+    /// Time between polls.
+    pub every: Duration,
+    /// Connector of the listing action.
+    pub connector: String,
+    /// The listing action.
+    pub action: String,
+    /// Pinned connector version, if written.
+    pub version: Option<String>,
+    /// The action's input; templates see `.cursor`, `.vars`, `.now`.
+    pub input: TValue,
+    /// Credential name, resolved in the flow's workspace at each poll.
+    pub credential: Option<String>,
+    /// Selects the list from the action's output; `None`: the output or its `.body`.
+    pub items: Option<Expr>,
+    /// An item's id.
+    pub id: Expr,
+    /// The next cursor, over `{output, items, cursor}`.
+    pub cursor: Option<Expr>,
+    /// Starting cursor; its presence makes the first poll start runs.
+    pub since: Option<serde_json::Value>,
 }
 
 /// How intake verifies a connector-signed webhook before storing anything.
@@ -97,12 +124,13 @@ impl TriggerKind {
             .ok()
             .map(|t| t.timestamp_millis())
     }
-    /// Short name: `webhook`, `schedule`, `manual`.
+    /// Short name: `webhook`, `schedule`, `manual`, `poll`.
     pub fn name(&self) -> &'static str {
         match self {
             TriggerKind::Webhook { .. } => "webhook",
             TriggerKind::Schedule { .. } => "schedule",
             TriggerKind::Manual => "manual",
+            TriggerKind::Poll(_) => "poll",
         }
     }
 }

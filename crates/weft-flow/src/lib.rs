@@ -6,14 +6,17 @@ mod duration;
 mod model;
 mod validate;
 
-pub use compiled::{CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind, WebhookVerify};
+pub use compiled::{
+    CompiledFlow, CompiledStep, PollSpec, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
+};
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    DurationSpec, FlowDef, HmacDef, ManualTrigger, RespondDef, RetryDef, ScheduleTrigger,
-    SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
+    DurationSpec, FlowDef, HmacDef, ManualTrigger, PollTrigger, RespondDef, RetryDef,
+    ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
 };
 pub use validate::{
-    ActionCatalog, ActionFacts, CredentialUse, compile, pointer_to_path, valid_name,
+    ActionCatalog, ActionFacts, CredentialUse, MIN_POLL_INTERVAL, compile, pointer_to_path,
+    valid_name,
 };
 
 use serde::Serialize;

@@ -44,7 +44,7 @@ pub struct TriggerDef {
     pub webhook: Option<WebhookTrigger>,
     /// Started when polling a connector finds new items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poll: Option<Map<String, Value>>,
+    pub poll: Option<PollTrigger>,
     /// Started on a cron schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleTrigger>,
@@ -103,6 +103,39 @@ pub struct HmacDef {
     /// Text before the signature, e.g. `sha256=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+}
+
+/// Polling: an action called on an interval; each item it lists that was not seen before
+/// starts one run. The cursor and the set of seen item ids belong to the flow, so they
+/// survive restarts and new versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PollTrigger {
+    /// How often to poll, e.g. `5m` (at least `1s`).
+    pub every: DurationSpec,
+    /// The action that lists items, `connector.action[@version]` (default `http.request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Credential the action uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The action's input; templates see `.cursor`, `.vars` and `.now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// jq selecting the list of items from the action's output (default: the output when
+    /// it is a list, else its `.body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<String>,
+    /// jq giving an item's unique id (default `.id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// jq over `{output, items, cursor}` giving the next cursor; `null` keeps the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Starting cursor. With it, the first poll starts runs for what it finds (a backfill);
+    /// without it, the first poll only records what already exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Value>,
 }
 
 /// Cron schedule.

@@ -7,10 +7,10 @@ use serde_json::Value;
 use weft_expr::{Expr, TValue};
 
 use crate::compiled::{
-    CompiledFlow, CompiledStep, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
+    CompiledFlow, CompiledStep, PollSpec, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
 };
 use crate::duration::parse_duration;
-use crate::model::{DurationSpec, FlowDef, StepDef};
+use crate::model::{DurationSpec, FlowDef, PollTrigger, StepDef};
 use crate::{FieldError, FlowError};
 
 /// Most steps a flow may have.
@@ -268,12 +268,56 @@ fn compile_trigger(
     if t.manual.is_some() {
         return Some(TriggerKind::Manual);
     }
-    let form = if t.poll.is_some() { "poll" } else { "event" };
+    if let Some(p) = &t.poll {
+        return compile_poll(p, catalog, cx).map(|p| TriggerKind::Poll(Box::new(p)));
+    }
     cx.err(
-        format!("trigger.{form}"),
-        format!("`{form}` triggers are not available in this version of Weft yet"),
+        "trigger.event",
+        "`event` triggers are not available in this version of Weft yet",
     );
     None
+}
+
+/// Shortest poll interval: faster than this is a load test on someone else's API.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+fn compile_poll(p: &PollTrigger, catalog: &dyn ActionCatalog, cx: &mut Ctx) -> Option<PollSpec> {
+    let path = "trigger.poll";
+    let every = cx.duration(&format!("{path}.every"), &p.every);
+    if every.is_some_and(|d| d < MIN_POLL_INTERVAL) {
+        cx.err(format!("{path}.every"), "must be at least 1s");
+    }
+    let spec = p.action.as_deref().unwrap_or("http.request");
+    let call = compile_call(
+        path,
+        spec,
+        p.credential.as_ref(),
+        p.input.as_ref(),
+        catalog,
+        cx,
+    );
+    let items = match &p.items {
+        Some(src) => Some(cx.expr(&format!("{path}.items"), src)?),
+        None => None,
+    };
+    let id = cx.expr(&format!("{path}.id"), p.id.as_deref().unwrap_or(".id"))?;
+    let cursor = match &p.cursor {
+        Some(src) => Some(cx.expr(&format!("{path}.cursor"), src)?),
+        None => None,
+    };
+    let call = call?;
+    Some(PollSpec {
+        every: every?,
+        connector: call.connector,
+        action: call.action,
+        version: call.version,
+        input: call.input,
+        credential: call.credential,
+        items,
+        id,
+        cursor,
+        since: p.since.clone(),
+    })
 }
 
 fn compile_step(
@@ -443,7 +487,46 @@ fn compile_action(
     catalog: &dyn ActionCatalog,
     cx: &mut Ctx,
 ) -> Option<StepKind> {
-    let spec = s.action.as_deref().unwrap_or_default();
+    let rate_limit = s
+        .rate_limit
+        .as_ref()
+        .and_then(|r| compile_rate_limit(&format!("{p}.rate_limit"), r, cx));
+    let call = compile_call(
+        p,
+        s.action.as_deref().unwrap_or_default(),
+        s.credential.as_ref(),
+        s.input.as_ref(),
+        catalog,
+        cx,
+    )?;
+    Some(StepKind::Action {
+        connector: call.connector,
+        action: call.action,
+        version: call.version,
+        input: call.input,
+        credential: call.credential,
+        rate_limit,
+    })
+}
+
+/// An action call as a step or a poll trigger writes it.
+struct Call {
+    connector: String,
+    action: String,
+    version: Option<String>,
+    input: TValue,
+    credential: Option<String>,
+}
+
+/// `action:` (`connector.action[@version]`), `credential:` and `input:` at `p`.
+fn compile_call(
+    p: &str,
+    spec: &str,
+    credential: Option<&String>,
+    input: Option<&Value>,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Option<Call> {
     let (name, version) = match spec.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (spec, None),
@@ -476,7 +559,7 @@ fn compile_action(
         );
         return None;
     };
-    let credential = s.credential.clone();
+    let credential = credential.cloned();
     match (&credential, facts.credential) {
         (Some(c), _) if !valid_credential_name(c) => cx.err(
             format!("{p}.credential"),
@@ -494,20 +577,14 @@ fn compile_action(
     }
     let input = cx.tvalue(
         &format!("{p}.input"),
-        s.input
-            .as_ref()
-            .unwrap_or(&Value::Object(Default::default())),
+        input.unwrap_or(&Value::Object(Default::default())),
     )?;
-    Some(StepKind::Action {
+    Some(Call {
         connector: connector.into(),
         action: action.into(),
         version: version.map(Into::into),
         input,
         credential,
-        rate_limit: s
-            .rate_limit
-            .as_ref()
-            .and_then(|r| compile_rate_limit(&format!("{p}.rate_limit"), r, cx)),
     })
 }
 

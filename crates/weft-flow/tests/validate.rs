@@ -209,6 +209,10 @@ fn rejects_with_field_paths() {
         &["trigger.poll"],
     );
     check_err(
+        "name: f\ntrigger:\n  event: {}\nsteps:\n  - id: a\n    transform: '.'\n",
+        &["trigger.event"],
+    );
+    check_err(
         &format!("{HEAD}steps:\n  - id: a\n    for_each: '.x'\n"),
         &["steps[0].for_each"],
     );
@@ -404,4 +408,71 @@ fn step_rate_limits() {
         ),
         &["steps[0].rate_limit"],
     );
+}
+
+fn poll(trigger_body: &str) -> String {
+    format!(
+        "name: f\ntrigger:\n  poll:\n{trigger_body}steps:\n  - id: a\n    transform: '.trigger.item'\n"
+    )
+}
+
+#[test]
+fn poll_triggers() {
+    let c = check_ok(&poll(
+        "    every: 30s\n    input: {url: 'https://api.example.com/items?since={{ .cursor }}'}\n    items: '.body.items'\n    id: '.key'\n    cursor: '[.items[].updated] | max'\n    since: '2026-01-01T00:00:00Z'\n",
+    ));
+    let weft_flow::TriggerKind::Poll(p) = &c.trigger else {
+        panic!("not a poll trigger: {:?}", c.trigger)
+    };
+    assert_eq!(p.every, std::time::Duration::from_secs(30));
+    assert_eq!(
+        (p.connector.as_str(), p.action.as_str()),
+        ("http", "request")
+    );
+    assert_eq!(p.id.source(), ".key");
+    assert_eq!(p.since, Some(serde_json::json!("2026-01-01T00:00:00Z")));
+    assert_eq!(c.trigger.name(), "poll");
+    assert_eq!(c.trigger.next_tick_after(0), None);
+
+    // Defaults: http.request, `.id`, no cursor, no since.
+    let c = check_ok(&poll("    every: 5m\n"));
+    let weft_flow::TriggerKind::Poll(p) = &c.trigger else {
+        panic!()
+    };
+    assert_eq!(p.id.source(), ".id");
+    assert!(p.items.is_none() && p.cursor.is_none() && p.since.is_none());
+
+    check_err(&poll("    every: 500ms\n"), &["trigger.poll.every"]);
+    check_err(&poll("    every: soon\n"), &["trigger.poll.every"]);
+    check_err(&poll("    input: {}\n"), &["trigger.poll"]);
+    check_err(
+        &poll("    every: 1m\n    action: nope.list\n"),
+        &["trigger.poll.action"],
+    );
+    check_err(
+        &poll("    every: 1m\n    action: nodot\n"),
+        &["trigger.poll.action"],
+    );
+    check_err(
+        &poll("    every: 1m\n    action: slack.post_message\n"),
+        &["trigger.poll.credential"],
+    );
+    check_err(
+        &poll("    every: 1m\n    credential: 'bad name'\n"),
+        &["trigger.poll.credential"],
+    );
+    check_err(
+        &poll("    every: 1m\n    items: '.['\n"),
+        &["trigger.poll.items"],
+    );
+    check_err(&poll("    every: 1m\n    id: '.['\n"), &["trigger.poll.id"]);
+    check_err(
+        &poll("    every: 1m\n    cursor: ')'\n"),
+        &["trigger.poll.cursor"],
+    );
+    check_err(
+        &poll("    every: 1m\n    input: {url: '{{ .x'}\n"),
+        &["trigger.poll.input.url"],
+    );
+    check_err(&poll("    every: 1m\n    wat: 1\n"), &["trigger.poll.wat"]);
 }

@@ -546,3 +546,89 @@ pub struct DueSchedule {
     /// The tick that is due.
     pub tick_at: Millis,
 }
+
+/// A poll trigger's durable state: one per flow, kept across versions and restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollState {
+    /// The flow.
+    pub flow_id: FlowId,
+    /// When it polls next; `None` while the flow has no published poll trigger.
+    pub next_at: Option<Millis>,
+    /// The cursor the next poll starts from.
+    pub cursor: Option<Value>,
+    /// Whether items found start runs (false until the first poll has recorded what exists).
+    pub primed: bool,
+    /// Why polling is paused (a credential that needs re-authorization), if it is.
+    pub paused: Option<String>,
+    /// When it last polled.
+    pub last_polled_at: Option<Millis>,
+    /// What went wrong at the last poll, if it failed.
+    pub last_error: Option<String>,
+    /// Polls completed.
+    pub polls: i64,
+    /// Runs started.
+    pub started: i64,
+    /// Item ids remembered.
+    pub seen: i64,
+}
+
+/// A poll this process holds the lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedPoll {
+    /// Owner.
+    pub scope: Scope,
+    /// Flow.
+    pub flow_id: FlowId,
+    /// Cursor to start from.
+    pub cursor: Option<Value>,
+    /// Whether new items start runs.
+    pub primed: bool,
+}
+
+/// What one poll found, to record in one transaction.
+#[derive(Debug, Clone)]
+pub struct PollDone {
+    /// Owner.
+    pub scope: Scope,
+    /// Flow.
+    pub flow_id: FlowId,
+    /// The lease holder; nothing is recorded if it no longer holds the poll.
+    pub owner: String,
+    /// Now.
+    pub now: Millis,
+    /// When to poll next.
+    pub next_at: Millis,
+    /// The result.
+    pub outcome: PollOutcome,
+}
+
+/// The result of one poll.
+#[derive(Debug, Clone)]
+pub enum PollOutcome {
+    /// The listing worked: each item with its id and the run it starts if not seen before
+    /// (runs are only started when the poll was primed), and the new cursor.
+    Listed {
+        /// `(item id, run)` in listing order.
+        items: Vec<(String, NewRun)>,
+        /// The cursor for the next poll.
+        cursor: Option<Value>,
+    },
+    /// The listing failed; the cursor stays.
+    Failed(String),
+    /// Polling stops until `resume_polls` (the credential needs re-authorization).
+    Paused(String),
+}
+
+/// What recording a poll did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollRecorded {
+    /// Runs started, in listing order.
+    pub started: Vec<RunId>,
+    /// Items seen before.
+    pub known: usize,
+    /// Items recorded without starting runs (the first poll of an unprimed trigger).
+    pub learned: usize,
+}
+
+/// How long an item id is remembered after it was last listed.
+pub const POLL_SEEN_TTL_MS: Millis = 30 * 24 * 3600 * 1000;

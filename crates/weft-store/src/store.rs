@@ -154,6 +154,20 @@ dispatch! {
     fn due_schedules(now: Millis, limit: usize) -> Result<Vec<DueSchedule>, StoreError>;
     /// System: the earliest pending schedule tick.
     fn next_schedule_at() -> Result<Option<Millis>, StoreError>;
+    /// Turns a flow's polling on (next poll at `next_at`) or off (`None`); a new poll starts
+    /// from `since` (primed when given); an existing one keeps its cursor and seen items.
+    fn set_poll(scope: Scope, flow: FlowId, next_at: Option<Millis>, since: Option<Value>) -> Result<(), StoreError>;
+    /// System: leases up to `limit` due, unpaused polls to `owner` until `now + lease_ms`.
+    fn claim_polls(owner: &str, now: Millis, lease_ms: Millis, limit: usize) -> Result<Vec<ClaimedPoll>, StoreError>;
+    /// A flow's poll state, if it ever had a poll trigger.
+    fn poll_state(scope: Scope, flow: FlowId) -> Result<Option<PollState>, StoreError>;
+    /// Restarts a flow's polling from `since` (items found start runs unless already seen),
+    /// due at `now`; `NotFound` without an active poll trigger.
+    fn backfill_poll(scope: Scope, flow: FlowId, since: Option<Value>, now: Millis) -> Result<(), StoreError>;
+    /// Resumes the workspace's paused polls, due at `now`.
+    fn resume_polls(scope: Scope, now: Millis) -> Result<usize, StoreError>;
+    /// System: the earliest due time of an unpaused poll.
+    fn next_poll_at() -> Result<Option<Millis>, StoreError>;
     /// Hands one run `owner` holds back to the queue, ready again at `not_before`; false when it
     /// does not hold it.
     fn release_run(scope: Scope, run: RunId, owner: &str, not_before: Millis) -> Result<bool, StoreError>;
@@ -390,6 +404,39 @@ impl Store {
             }))
         ) {
             self.forget(written).await;
+        }
+        r
+    }
+
+    /// Records a poll's result (runs for new items, the cursor, the next time) and hands its
+    /// lease back, in one transaction; `None` when `owner` no longer holds the poll.
+    pub async fn complete_poll(
+        &self,
+        mut done: PollDone,
+    ) -> Result<Option<PollRecorded>, StoreError> {
+        let mut written = Vec::new();
+        if let PollOutcome::Listed { items, .. } = &mut done.outcome {
+            for (_, run) in items.iter_mut() {
+                let trigger = std::mem::take(&mut run.trigger);
+                let (stored, w) = self
+                    .put_value(&run.scope, run.id, "trigger", trigger)
+                    .await?;
+                run.trigger = stored;
+                if let Some(w) = w {
+                    written.push((run.id, w));
+                }
+            }
+        }
+        let r = on_backend!(self, s => s.complete_poll(done));
+        // Payloads of items that started no run (seen before, or nothing recorded) go.
+        let started: std::collections::HashSet<RunId> = match &r {
+            Ok(Some(rec)) => rec.started.iter().copied().collect(),
+            _ => Default::default(),
+        };
+        for (run, w) in written {
+            if !started.contains(&run) {
+                self.forget(Some(w)).await;
+            }
         }
         r
     }

@@ -1217,6 +1217,309 @@ conformance!(a_schedule_tick_fires_once_however_many_workers_try, |s| {
     assert_eq!(s.next_schedule_at().await.unwrap(), Some(61_000));
 });
 
+fn poll_done(
+    scope: Scope,
+    flow: weft_types::FlowId,
+    owner: &str,
+    now: i64,
+    outcome: weft_store::PollOutcome,
+) -> weft_store::PollDone {
+    weft_store::PollDone {
+        scope,
+        flow_id: flow,
+        owner: owner.into(),
+        now,
+        next_at: now + 60_000,
+        outcome,
+    }
+}
+
+fn listed(
+    scope: Scope,
+    flow: weft_types::FlowId,
+    ids: &[&str],
+    now: i64,
+    cursor: i64,
+) -> weft_store::PollOutcome {
+    weft_store::PollOutcome::Listed {
+        items: ids
+            .iter()
+            .map(|id| {
+                let mut r = run(scope, flow, Some(&format!("poll:{id}")), now);
+                r.dedupe_window_ms = i64::MAX / 4;
+                r.trigger = json!({"kind": "poll", "item": {"id": id}});
+                (id.to_string(), r)
+            })
+            .collect(),
+        cursor: Some(json!(cursor)),
+    }
+}
+
+conformance!(
+    a_poll_starts_one_run_per_new_item_and_keeps_its_cursor,
+    |s| {
+        use weft_store::PollOutcome;
+        let scope = scope_of(&s).await;
+        let f = s
+            .save_flow(scope, "poller", json!({}), true, op(), 5)
+            .await
+            .unwrap();
+        assert!(s.poll_state(scope, f.id).await.unwrap().is_none());
+        s.set_poll(scope, f.id, Some(1_000), None).await.unwrap();
+        assert_eq!(s.next_poll_at().await.unwrap(), Some(1_000));
+        assert!(
+            s.claim_polls("w1", 999, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+
+        // Two workers race for the due poll: one gets the lease.
+        let a = s.claim_polls("w1", 1_000, 30_000, 10).await.unwrap();
+        let b = s.claim_polls("w2", 1_000, 30_000, 10).await.unwrap();
+        assert_eq!((a.len(), b.len()), (1, 0));
+        assert!(!a[0].primed && a[0].cursor.is_none());
+        // A worker without the lease records nothing.
+        let stale = s
+            .complete_poll(poll_done(
+                scope,
+                f.id,
+                "w2",
+                1_100,
+                listed(scope, f.id, &["x"], 1_100, 9),
+            ))
+            .await
+            .unwrap();
+        assert!(stale.is_none());
+
+        // The first poll of a trigger without `since` learns what exists and starts nothing.
+        let rec = s
+            .complete_poll(poll_done(
+                scope,
+                f.id,
+                "w1",
+                1_200,
+                listed(scope, f.id, &["a", "b"], 1_200, 2),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((rec.started.len(), rec.learned, rec.known), (0, 2, 0));
+        let st = s.poll_state(scope, f.id).await.unwrap().unwrap();
+        assert_eq!(
+            (st.primed, st.cursor.clone(), st.next_at, st.seen, st.polls),
+            (true, Some(json!(2)), Some(61_200), 2, 1)
+        );
+        assert!(
+            s.claim_polls("w1", 61_199, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Later polls start one run per item not seen before, even when listed twice in one poll.
+        let c = s.claim_polls("w2", 61_200, 30_000, 10).await.unwrap();
+        assert_eq!(c[0].cursor, Some(json!(2)));
+        assert!(c[0].primed);
+        let rec = s
+            .complete_poll(poll_done(
+                scope,
+                f.id,
+                "w2",
+                61_300,
+                listed(scope, f.id, &["b", "c", "d", "c"], 61_300, 4),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((rec.started.len(), rec.known, rec.learned), (2, 2, 0));
+        let total: i64 = s.count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 2);
+
+        // A failed poll keeps the cursor and says why; republishing keeps cursor and seen set.
+        s.claim_polls("w1", 121_300, 30_000, 10).await.unwrap();
+        s.complete_poll(poll_done(
+            scope,
+            f.id,
+            "w1",
+            121_300,
+            PollOutcome::Failed("HTTP 500".into()),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        s.set_poll(scope, f.id, Some(200_000), Some(json!(0)))
+            .await
+            .unwrap();
+        let st = s.poll_state(scope, f.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                st.cursor,
+                st.last_error.as_deref(),
+                st.started,
+                st.seen,
+                st.next_at
+            ),
+            (Some(json!(4)), Some("HTTP 500"), 2, 4, Some(200_000))
+        );
+
+        // An expired lease (a dead worker) lets another worker take the poll over.
+        let held = s.claim_polls("w1", 200_000, 30_000, 10).await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert!(
+            s.claim_polls("w2", 229_999, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s.claim_polls("w2", 230_000, 30_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            s.complete_poll(poll_done(
+                scope,
+                f.id,
+                "w1",
+                230_001,
+                listed(scope, f.id, &["e"], 230_001, 5)
+            ))
+            .await
+            .unwrap()
+            .is_none(),
+            "the dead worker's late answer is dropped"
+        );
+
+        // Paused (a credential needs re-authorization): not claimed until resumed.
+        s.complete_poll(poll_done(
+            scope,
+            f.id,
+            "w2",
+            230_002,
+            PollOutcome::Paused("credential 'x' needs re-authorization".into()),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            s.claim_polls("w1", 900_000, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.next_poll_at().await.unwrap(), None);
+        assert_eq!(s.resume_polls(scope, 300_000).await.unwrap(), 1);
+        assert_eq!(s.next_poll_at().await.unwrap(), Some(290_002));
+        assert!(
+            s.poll_state(scope, f.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .paused
+                .is_none()
+        );
+
+        // Backfill: a new cursor, due now; items already seen still start nothing.
+        s.backfill_poll(scope, f.id, Some(json!("2026-01-01")), 250_000)
+            .await
+            .unwrap();
+        let c = s.claim_polls("w1", 250_000, 30_000, 10).await.unwrap();
+        assert_eq!(c[0].cursor, Some(json!("2026-01-01")));
+        let rec = s
+            .complete_poll(poll_done(
+                scope,
+                f.id,
+                "w1",
+                250_001,
+                listed(scope, f.id, &["a", "z"], 250_001, 6),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((rec.started.len(), rec.known), (1, 1));
+
+        // Off: not due, cannot be backfilled, keeps its state for when it comes back.
+        s.set_poll(scope, f.id, None, None).await.unwrap();
+        assert_eq!(s.next_poll_at().await.unwrap(), None);
+        assert!(matches!(
+            s.backfill_poll(scope, f.id, None, 1).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.poll_state(scope, f.id).await.unwrap().unwrap().seen, 5);
+
+        // Another tenant sees none of it; deleting the flow deletes it.
+        let other = s
+            .create_tenant("other", "o@example.com", Limits::default(), op(), 1)
+            .await
+            .unwrap();
+        let other = Scope {
+            tenant: other.tenant,
+            workspace: other.workspace,
+        };
+        assert!(s.poll_state(other, f.id).await.unwrap().is_none());
+        assert!(matches!(
+            s.backfill_poll(other, f.id, None, 1).await,
+            Err(StoreError::NotFound)
+        ));
+        s.delete_flow(scope, f.id, op(), 2).await.unwrap();
+        assert!(s.poll_state(scope, f.id).await.unwrap().is_none());
+    }
+);
+
+conformance!(a_poll_forgets_items_unseen_for_thirty_days, |s| {
+    let scope = scope_of(&s).await;
+    let f = s
+        .save_flow(scope, "poller", json!({}), true, op(), 5)
+        .await
+        .unwrap();
+    s.set_poll(scope, f.id, Some(0), Some(json!(null)))
+        .await
+        .unwrap();
+    s.claim_polls("w", 0, 1_000, 1).await.unwrap();
+    s.complete_poll(poll_done(
+        scope,
+        f.id,
+        "w",
+        0,
+        listed(scope, f.id, &["old", "kept"], 0, 1),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    // "kept" is still listed two days later (its age refreshes), "old" is not.
+    let day = 24 * 3600 * 1000;
+    s.backfill_poll(scope, f.id, None, 2 * day).await.unwrap();
+    s.claim_polls("w", 2 * day, 1_000, 1).await.unwrap();
+    s.complete_poll(poll_done(
+        scope,
+        f.id,
+        "w",
+        2 * day,
+        listed(scope, f.id, &["kept"], 2 * day, 1),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let later = weft_store::POLL_SEEN_TTL_MS + day;
+    s.backfill_poll(scope, f.id, None, later).await.unwrap();
+    s.claim_polls("w", later, 1_000, 1).await.unwrap();
+    s.complete_poll(poll_done(
+        scope,
+        f.id,
+        "w",
+        later,
+        listed(scope, f.id, &[], later, 1),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.poll_state(scope, f.id).await.unwrap().unwrap().seen, 1);
+});
+
 /// Runs `$body` with `$s` a [`weft_store::Store`] over each backend whose payload store is a
 /// local directory `$dir` with a 1 KiB threshold.
 macro_rules! payload_conformance {

@@ -6,6 +6,7 @@ mod batch;
 mod credentials;
 mod identity;
 mod members;
+mod polls;
 mod runs;
 mod store;
 mod system;
@@ -25,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_connectors.sql")),
     (6, include_str!("migrations/0006_oauth.sql")),
+    (7, include_str!("migrations/0007_polls.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -44,6 +46,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "run_steps",
     "run_logs",
     "schedules",
+    "polls",
+    "poll_seen",
     "tenant_usage",
     "audit_log",
     "run_queue",

@@ -850,6 +850,8 @@ impl PgStore {
         let mut tx = self.tenant_tx(&t).await?;
         for sql in [
             "DELETE FROM schedules WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3",
+            "DELETE FROM polls WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3",
+            "DELETE FROM poll_seen WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3",
             "DELETE FROM flow_versions WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3",
         ] {
             sqlx::query(sql)

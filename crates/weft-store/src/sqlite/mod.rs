@@ -9,6 +9,7 @@ mod audit;
 mod credentials;
 mod identity;
 mod ops;
+mod polls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_credentials.sql")),
     (5, include_str!("migrations/0005_connectors.sql")),
     (6, include_str!("migrations/0006_oauth.sql")),
+    (7, include_str!("migrations/0007_polls.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

@@ -14,7 +14,7 @@ pub(super) fn parse<T: std::str::FromStr>(s: String, what: &str) -> Result<T, St
         .map_err(|_| StoreError::Corrupt(format!("bad {what}: {s}")))
 }
 
-fn json(s: Option<String>) -> Result<Option<Value>, StoreError> {
+pub(super) fn json(s: Option<String>) -> Result<Option<Value>, StoreError> {
     s.map(|s| {
         serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("bad JSON column: {e}")))
     })
@@ -146,7 +146,11 @@ fn insert_logs(
     Ok(())
 }
 
-fn insert_run_tx(c: &Connection, r: &NewRun, trigger: &str) -> Result<Inserted, StoreError> {
+pub(super) fn insert_run_tx(
+    c: &Connection,
+    r: &NewRun,
+    trigger: &str,
+) -> Result<Inserted, StoreError> {
     let (t, w) = scope_strs(&r.scope);
     let flow = r.flow_id.to_string();
     if let Some(key) = &r.dedupe_key {
@@ -531,6 +535,8 @@ impl SqliteStore {
             let (t, w) = scope_strs(&scope);
             let id = flow.to_string();
             c.execute("DELETE FROM schedules WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
+            c.execute("DELETE FROM polls WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
+            c.execute("DELETE FROM poll_seen WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
             c.execute("DELETE FROM flow_versions WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3", params![t, w, id])?;
             let n = c.execute("DELETE FROM flows WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3", params![t, w, id])?;
             if n == 0 {
