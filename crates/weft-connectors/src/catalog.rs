@@ -157,6 +157,9 @@ pub async fn run_action(
         ("postgres", Some(c)) => {
             providers::postgres::run(client, action, input, c, idempotency_key).await
         }
+        ("email", Some(c)) => {
+            providers::email::run(client, action, input, c, idempotency_key).await
+        }
         _ => Err(ActionError::permanent(format!(
             "`{connector}.{action}` has no implementation in this build of Weft"
         ))),

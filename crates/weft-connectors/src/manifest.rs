@@ -475,7 +475,7 @@ fn check_schema(s: &Value, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-const BUILTIN_SOURCES: [&str; 7] = [
+const BUILTIN_SOURCES: [&str; 8] = [
     include_str!("../manifests/http.json"),
     include_str!("../manifests/github.json"),
     include_str!("../manifests/stripe.json"),
@@ -483,6 +483,7 @@ const BUILTIN_SOURCES: [&str; 7] = [
     include_str!("../manifests/webhook.json"),
     include_str!("../manifests/oauth2.json"),
     include_str!("../manifests/postgres.json"),
+    include_str!("../manifests/email.json"),
 ];
 
 /// The built-in connectors' manifests, parsed once.

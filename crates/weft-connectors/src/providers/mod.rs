@@ -3,6 +3,7 @@
 mod common;
 
 pub use common::check_input;
+pub mod email;
 pub mod github;
 pub mod postgres;
 pub mod slack;

@@ -70,12 +70,10 @@ use sqlx::{
 use url::Url;
 use weft_vault::{Redactor, Secret};
 
-use super::common::{Call, as_integer, kind};
+use super::common::{Call, as_integer, kind, permitted_addresses};
 use crate::catalog::Credential;
 use crate::error::ActionError;
-use crate::http::{
-    DEFAULT_TIMEOUT, GuardedClient, MAX_RESPONSE_BYTES, MAX_TIMEOUT, NetPolicy, PolicyError,
-};
+use crate::http::{DEFAULT_TIMEOUT, GuardedClient, MAX_RESPONSE_BYTES, MAX_TIMEOUT, NetPolicy};
 
 /// Rows `postgres.query` returns when the input gives no `max_rows`.
 pub const DEFAULT_MAX_ROWS: usize = 1000;
@@ -659,47 +657,9 @@ async fn connect(
             human(budget)
         ))
     };
-    let resolved: Vec<IpAddr> = match target.host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => {
-            let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
-            match tokio::time::timeout(budget, lookup).await {
-                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-                Ok(Err(e)) => {
-                    return Err(ActionError::retryable(format!(
-                        "{}: could not resolve host `{}`: {e}; check `host` (the step can be retried)",
-                        call.name, target.host
-                    )));
-                }
-                Err(_) => return Err(timed_out()),
-            }
-        }
-    };
-    let (allowed, mut refused): (Vec<IpAddr>, Vec<IpAddr>) =
-        resolved.into_iter().partition(|ip| policy.permits(*ip));
-    if allowed.is_empty() {
-        let err = match target.host.parse::<IpAddr>() {
-            Ok(ip) => PolicyError::ForbiddenAddress {
-                host: target.host.clone(),
-                ip,
-            },
-            Err(_) => {
-                if refused.is_empty() {
-                    return Err(ActionError::retryable(format!(
-                        "{}: host `{}` has no addresses; check `host` (the step can be retried)",
-                        call.name, target.host
-                    )));
-                }
-                refused.sort();
-                refused.dedup();
-                PolicyError::NoPublicAddress {
-                    host: target.host.clone(),
-                    refused,
-                }
-            }
-        };
-        return Err(ActionError::permanent(format!("{}: {err}", call.name)));
-    }
+    let allowed = permitted_addresses(call, policy, &target.host, target.port, budget)
+        .await
+        .map_err(|e| e.unwrap_or_else(timed_out))?;
     let mut last = None;
     for ip in allowed {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -3,6 +3,7 @@
 
 mod action;
 mod conformance;
+mod email;
 mod guard;
 mod postgres;
 mod providers;
