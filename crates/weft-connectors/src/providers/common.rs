@@ -718,6 +718,70 @@ pub fn check_input(
     call.input(spec, input).map(|_| ())
 }
 
+/// Resolves `host` and keeps the addresses the network policy permits, in order and without
+/// repeats: the refusals HTTP makes, for connectors that open their own sockets (PostgreSQL,
+/// SMTP), which then connect to these addresses only. `Err(None)` when resolving took longer
+/// than `budget` (the caller words that).
+pub(crate) async fn permitted_addresses(
+    call: &Call<'_>,
+    policy: &crate::http::NetPolicy,
+    host: &str,
+    port: u16,
+    budget: Duration,
+) -> Result<Vec<std::net::IpAddr>, Option<ActionError>> {
+    use crate::http::PolicyError;
+    use std::net::IpAddr;
+    let literal = host.parse::<IpAddr>().ok();
+    let resolved: Vec<IpAddr> = match literal {
+        Some(ip) => vec![ip],
+        None => match tokio::time::timeout(budget, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            Ok(Err(e)) => {
+                return Err(Some(ActionError::retryable(format!(
+                    "{}: could not resolve host `{host}`: {e}; check `host` (the step can be retried)",
+                    call.name
+                ))));
+            }
+            Err(_) => return Err(None),
+        },
+    };
+    let (allowed, mut refused): (Vec<IpAddr>, Vec<IpAddr>) =
+        resolved.into_iter().partition(|ip| policy.permits(*ip));
+    let mut unique: Vec<IpAddr> = Vec::with_capacity(allowed.len());
+    for ip in allowed {
+        if !unique.contains(&ip) {
+            unique.push(ip);
+        }
+    }
+    if !unique.is_empty() {
+        return Ok(unique);
+    }
+    let err = match literal {
+        Some(ip) => PolicyError::ForbiddenAddress {
+            host: host.to_string(),
+            ip,
+        },
+        None if refused.is_empty() => {
+            return Err(Some(ActionError::retryable(format!(
+                "{}: host `{host}` has no addresses; check `host` (the step can be retried)",
+                call.name
+            ))));
+        }
+        None => {
+            refused.sort();
+            refused.dedup();
+            PolicyError::NoPublicAddress {
+                host: host.to_string(),
+                refused,
+            }
+        }
+    };
+    Err(Some(ActionError::permanent(format!(
+        "{}: {err}",
+        call.name
+    ))))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -914,68 +978,4 @@ mod tests {
         assert_eq!(kind(&json!(1.5)), "a number");
         assert_eq!(excerpt(&Value::Null), "");
     }
-}
-
-/// Resolves `host` and keeps the addresses the network policy permits, in order and without
-/// repeats: the refusals HTTP makes, for connectors that open their own sockets (PostgreSQL,
-/// SMTP), which then connect to these addresses only. `Err(None)` when resolving took longer
-/// than `budget` (the caller words that).
-pub(crate) async fn permitted_addresses(
-    call: &Call<'_>,
-    policy: &crate::http::NetPolicy,
-    host: &str,
-    port: u16,
-    budget: Duration,
-) -> Result<Vec<std::net::IpAddr>, Option<ActionError>> {
-    use crate::http::PolicyError;
-    use std::net::IpAddr;
-    let literal = host.parse::<IpAddr>().ok();
-    let resolved: Vec<IpAddr> = match literal {
-        Some(ip) => vec![ip],
-        None => match tokio::time::timeout(budget, tokio::net::lookup_host((host, port))).await {
-            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-            Ok(Err(e)) => {
-                return Err(Some(ActionError::retryable(format!(
-                    "{}: could not resolve host `{host}`: {e}; check `host` (the step can be retried)",
-                    call.name
-                ))));
-            }
-            Err(_) => return Err(None),
-        },
-    };
-    let (allowed, mut refused): (Vec<IpAddr>, Vec<IpAddr>) =
-        resolved.into_iter().partition(|ip| policy.permits(*ip));
-    let mut unique: Vec<IpAddr> = Vec::with_capacity(allowed.len());
-    for ip in allowed {
-        if !unique.contains(&ip) {
-            unique.push(ip);
-        }
-    }
-    if !unique.is_empty() {
-        return Ok(unique);
-    }
-    let err = match literal {
-        Some(ip) => PolicyError::ForbiddenAddress {
-            host: host.to_string(),
-            ip,
-        },
-        None if refused.is_empty() => {
-            return Err(Some(ActionError::retryable(format!(
-                "{}: host `{host}` has no addresses; check `host` (the step can be retried)",
-                call.name
-            ))));
-        }
-        None => {
-            refused.sort();
-            refused.dedup();
-            PolicyError::NoPublicAddress {
-                host: host.to_string(),
-                refused,
-            }
-        }
-    };
-    Err(Some(ActionError::permanent(format!(
-        "{}: {err}",
-        call.name
-    ))))
 }
