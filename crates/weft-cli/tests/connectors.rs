@@ -1106,3 +1106,179 @@ fn one_rate_limited_url_does_not_pause_a_tenants_other_http_requests() {
     );
     assert!(srv.cli(&["runs", "cancel", &limited]).status.success());
 }
+
+/// The Acme manifest with a signed webhook trigger and poll hints on its listing action.
+fn acme_with_triggers(base: &str) -> String {
+    format!(
+        r#"name: acme
+version: 2.0.0
+title: Acme
+description: The Acme API, with webhooks and polling
+base_url: "{{{{ .credential.api_url }}}}/v1"
+auth:
+  scheme: bearer
+  fields:
+    - {{name: token, secret: true, for: actions}}
+    - {{name: webhook_secret, secret: true, for: triggers}}
+    - {{name: api_url, for: actions, default: "{base}"}}
+  inject:
+    headers: {{Authorization: "Bearer {{{{ .credential.token }}}}"}}
+triggers:
+  - name: webhook
+    description: Acme event deliveries
+    signature: hmac
+    hmac: {{header: X-Acme-Signature, algorithm: sha256, encoding: hex, prefix: "sha256="}}
+    secret_field: webhook_secret
+    event_header: X-Acme-Event
+    delivery_header: X-Acme-Delivery
+actions:
+  - name: list
+    description: Every item, page by page
+    input_schema: {{type: object}}
+    output_schema: {{type: object}}
+    request: {{method: GET, path: /list}}
+    pagination: {{items: .body.data, next: .body.next, param: cursor}}
+    poll: {{items: .items, id: '"acme-" + (. | tostring)'}}
+"#
+    )
+}
+
+#[test]
+fn declarative_connectors_declare_signed_webhooks_and_poll_hints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let base = acme_standin();
+    let install = |text: &str| {
+        let f = tmp.path().join("acme.yaml");
+        std::fs::write(&f, text).unwrap();
+        srv.cli(&["connectors", "install", f.to_str().unwrap(), "--json"])
+    };
+    let out = install(&acme_with_triggers(&base));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.cli_json(&[
+        "credentials",
+        "set",
+        "acme",
+        "--connector",
+        "acme",
+        "--value",
+        "token=acme-canary-token",
+        "--value",
+        &format!("webhook_secret={HOOK_SECRET}"),
+    ]);
+
+    // Webhooks: the manifest's HMAC, event and delivery headers.
+    let f = srv.apply(
+        "name: acme-events\ntrigger:\n  webhook:\n    connector: acme\n    credential: acme\n    events: [item.created]\nsteps:\n  - id: t\n    transform: '{event: .trigger.event, delivery: .trigger.delivery_id}'\n",
+    );
+    let hook = f["hook_url"].as_str().unwrap().to_string();
+    let scheme = Scheme::Hmac(weft_connectors::webhook::HmacScheme {
+        header: "X-Acme-Signature".into(),
+        algorithm: weft_connectors::webhook::HmacAlgorithm::Sha256,
+        encoding: weft_connectors::webhook::SigEncoding::Hex,
+        prefix: Some("sha256=".into()),
+    });
+    let body = r#"{"item": {"id": 7}}"#;
+    let signed = |event: &str, delivery: &str| {
+        let mut h = sign(&scheme, HOOK_SECRET, body.as_bytes(), 0, "").unwrap();
+        h.push(("X-Acme-Event".into(), event.into()));
+        h.push(("X-Acme-Delivery".into(), delivery.into()));
+        h
+    };
+    let (st, ack) = post(&hook, body, &signed("item.created", "d-1"));
+    assert_eq!(st, 202, "{ack}");
+    let run = srv.wait_run(ack["run_id"].as_str().unwrap(), Duration::from_secs(20));
+    assert_eq!(
+        run["output"],
+        json!({"event": "item.created", "delivery": "d-1"}),
+        "{run}"
+    );
+    let (st, ack) = post(&hook, body, &signed("item.created", "d-1"));
+    assert_eq!((st, ack["duplicate"].clone()), (202, json!(true)), "{ack}");
+    let (st, ack) = post(&hook, body, &signed("item.deleted", "d-2"));
+    assert_eq!((st, ack["ignored"].clone()), (200, json!(true)), "{ack}");
+    let mut bad = signed("item.created", "d-3");
+    bad[0].1 = format!("sha256={}", "0".repeat(64));
+    let (st, ack) = post(&hook, body, &bad);
+    assert_eq!(st, 401, "{ack}");
+
+    // Polling: `poll: {action: acme.list}` takes the action's items and id hints.
+    srv.apply(
+        "name: acme-poll\ntrigger:\n  poll:\n    every: 1s\n    action: acme.list\n    credential: acme\n    since: start\nsteps:\n  - id: t\n    transform: '.trigger.item_id'\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outputs = loop {
+        let runs = srv.cli_json(&["runs", "list", "--flow", "acme-poll"]);
+        let items = runs["items"].as_array().cloned().unwrap_or_default();
+        let done: Vec<String> = items
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        if done.len() >= 6 {
+            break done;
+        }
+        assert!(std::time::Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut ids: Vec<String> = outputs
+        .iter()
+        .map(|r| {
+            srv.cli_json(&["runs", "show", r])["output"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "acme-0", "acme-1", "acme-10", "acme-11", "acme-20", "acme-21"
+        ]
+    );
+    let st = srv.cli_json(&["flow", "poll", "acme-poll"]);
+    assert_eq!(st["runs_started"], 6, "{st}");
+
+    // Bad manifests: each names the field, and nothing is installed.
+    let bad = |from: &str, to: &str, want: &str| {
+        let text = acme_with_triggers(&base)
+            .replace("version: 2.0.0", "version: 3.0.0")
+            .replace(from, to);
+        let out = install(&text);
+        assert!(!out.status.success(), "installed with {to}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(want), "want {want}: {e}");
+    };
+    bad(
+        "signature: hmac",
+        "signature: github",
+        "triggers[0].signature",
+    );
+    bad(
+        "algorithm: sha256",
+        "algorithm: md5",
+        "triggers[0].hmac.algorithm",
+    );
+    bad(
+        "secret_field: webhook_secret",
+        "secret_field: api_url",
+        "triggers[0].secret_field",
+    );
+    bad(
+        "event_header: X-Acme-Event",
+        "event_header: 'X Acme'",
+        "triggers[0].event_header",
+    );
+    bad(
+        "id: '\"acme-\" + (. | tostring)'",
+        "id: '.['",
+        "actions[0].poll.id",
+    );
+    let listed = srv.cli_json(&["connectors", "show", "acme"]);
+    assert!(!listed.to_string().contains("3.0.0"), "{listed}");
+}

@@ -147,6 +147,47 @@ pub struct TriggerSpec {
     /// Well-known event names, for documentation and UI hints (others are accepted too).
     #[serde(default)]
     pub events: Vec<String>,
+    /// With `signature: hmac` (installed connectors): how the HMAC is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<HmacSpec>,
+    /// Installed connectors: the header naming the event (default: the body's `type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_header: Option<String>,
+    /// Installed connectors: the header carrying the delivery id that dedupes redeliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_header: Option<String>,
+}
+
+/// A plain HMAC-of-the-body signature, as an installed connector's webhooks send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSpec {
+    /// Header carrying the signature.
+    pub header: String,
+    /// `sha256` (default), `sha1` or `sha512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Text before the signature, e.g. `sha256=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// What a poll trigger calling a listing action takes unless the flow says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollHints {
+    /// jq selecting the list of items from the action's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<String>,
+    /// jq giving an item's unique id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// jq over `{output, items, cursor}` giving the next cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// An action a connector offers.
@@ -174,6 +215,9 @@ pub struct ActionSpec {
     /// Declarative connectors: cursor pagination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagination: Option<PaginationSpec>,
+    /// For a listing action: how poll triggers find its items, their ids and the cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollHints>,
 }
 
 fn required() -> String {
@@ -357,10 +401,19 @@ impl Manifest {
         if self.actions.is_empty() {
             errors.push(err("actions", "list at least one action"));
         }
-        if self.triggers.iter().any(|t| t.signature.is_some()) {
+        for (i, t) in self.triggers.iter().enumerate() {
+            check_declarative_trigger(self, &format!("triggers[{i}]"), t, &mut errors);
+        }
+        if self
+            .triggers
+            .iter()
+            .filter(|t| t.signature.is_some())
+            .count()
+            > 1
+        {
             errors.push(err(
                 "triggers",
-                "installed connectors cannot verify webhooks yet; use `connector: webhook` with `signature:` in the flow",
+                "declare at most one signed webhook trigger",
             ));
         }
         const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -419,6 +472,106 @@ impl Manifest {
     /// The credential field holding its webhook signing secret.
     pub fn webhook_secret_field(&self) -> Option<&str> {
         self.triggers.iter().find_map(|t| t.secret_field.as_deref())
+    }
+
+    /// Its signed webhook trigger, if it has one.
+    pub fn webhook_trigger(&self) -> Option<&TriggerSpec> {
+        self.triggers.iter().find(|t| t.signature.is_some())
+    }
+}
+
+/// An HTTP header name as a manifest may name one.
+fn header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// An installed connector's webhook trigger: a scheme Weft can verify without code, the
+/// secret's field, and valid header names.
+fn check_declarative_trigger(
+    m: &Manifest,
+    p: &str,
+    t: &TriggerSpec,
+    errors: &mut Vec<ManifestError>,
+) {
+    const SCHEMES: [&str; 3] = ["hmac", "standard-webhooks", "shopify"];
+    let Some(sig) = &t.signature else {
+        if t.hmac.is_some() || t.event_header.is_some() || t.delivery_header.is_some() {
+            errors.push(err(
+                format!("{p}.signature"),
+                "name the signature scheme: hmac, standard-webhooks or shopify",
+            ));
+        }
+        return;
+    };
+    if !SCHEMES.contains(&sig.as_str()) {
+        errors.push(err(
+            format!("{p}.signature"),
+            format!(
+                "'{sig}' cannot be verified by an installed connector; use one of {}",
+                SCHEMES.join(", ")
+            ),
+        ));
+    }
+    match (sig.as_str(), &t.hmac) {
+        ("hmac", None) => errors.push(err(
+            format!("{p}.hmac"),
+            "describe the signature: {header, algorithm: sha256|sha1|sha512, encoding: hex|base64, prefix}",
+        )),
+        ("hmac", Some(h)) => {
+            if !header_name(&h.header) {
+                errors.push(err(format!("{p}.hmac.header"), "must be an HTTP header name"));
+            }
+            if h
+                .algorithm
+                .as_deref()
+                .is_some_and(|a| !["sha256", "sha1", "sha512"].contains(&a))
+            {
+                errors.push(err(
+                    format!("{p}.hmac.algorithm"),
+                    "must be sha256, sha1 or sha512",
+                ));
+            }
+            if h
+                .encoding
+                .as_deref()
+                .is_some_and(|e| !["hex", "base64"].contains(&e))
+            {
+                errors.push(err(format!("{p}.hmac.encoding"), "must be hex or base64"));
+            }
+            if h.prefix.as_ref().is_some_and(|x| x.len() > 50) {
+                errors.push(err(
+                    format!("{p}.hmac.prefix"),
+                    "must be at most 50 characters",
+                ));
+            }
+        }
+        (_, Some(_)) => errors.push(err(
+            format!("{p}.hmac"),
+            format!("only `signature: hmac` takes `hmac`; {sig} has fixed headers"),
+        )),
+        _ => {}
+    }
+    match t.secret_field.as_deref() {
+        None => errors.push(err(
+            format!("{p}.secret_field"),
+            "name the auth field holding the signing secret",
+        )),
+        Some(f) if !m.field(f).is_some_and(|f| f.secret) => errors.push(err(
+            format!("{p}.secret_field"),
+            format!("'{f}' must be one of `auth.fields`, declared `secret: true`"),
+        )),
+        _ => {}
+    }
+    for (field, v) in [
+        ("event_header", &t.event_header),
+        ("delivery_header", &t.delivery_header),
+    ] {
+        if v.as_deref().is_some_and(|h| !header_name(h)) {
+            errors.push(err(format!("{p}.{field}"), "must be an HTTP header name"));
+        }
     }
 }
 

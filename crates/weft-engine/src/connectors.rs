@@ -92,11 +92,54 @@ impl ActionCatalog for WorkspaceCatalog {
     }
 
     fn webhook_scheme(&self, connector: &str) -> Option<String> {
-        ActionRegistry.webhook_scheme(connector)
+        if manifest::find(connector, None).is_some() {
+            return ActionRegistry.webhook_scheme(connector);
+        }
+        self.installed(connector, None)?
+            .webhook_signature()
+            .map(str::to_string)
     }
 
     fn webhook_connectors(&self) -> Vec<String> {
-        ActionRegistry.webhook_connectors()
+        let mut names = ActionRegistry.webhook_connectors();
+        for m in &self.installed {
+            if m.webhook_signature().is_some() && !names.contains(&m.name) {
+                names.push(m.name.clone());
+            }
+        }
+        names
+    }
+
+    fn webhook_hmac(&self, connector: &str) -> Option<weft_flow::HmacDef> {
+        let h = self
+            .installed(connector, None)?
+            .webhook_trigger()?
+            .hmac
+            .clone()?;
+        Some(weft_flow::HmacDef {
+            header: h.header,
+            algorithm: h.algorithm,
+            encoding: h.encoding,
+            prefix: h.prefix,
+        })
+    }
+
+    fn poll_defaults(
+        &self,
+        connector: &str,
+        action: &str,
+        version: Option<&str>,
+    ) -> Option<weft_flow::PollDefaults> {
+        let m = match manifest::find(connector, None) {
+            Some(m) => m,
+            None => self.installed(connector, version)?,
+        };
+        let h = m.action(action)?.poll.clone()?;
+        Some(weft_flow::PollDefaults {
+            items: h.items,
+            id: h.id,
+            cursor: h.cursor,
+        })
     }
 }
 
@@ -220,6 +263,13 @@ fn check_templates(m: &Manifest) -> Vec<FieldError> {
         if let Some(pg) = &a.pagination {
             jq(format!("actions[{i}].pagination.items"), &pg.items);
             jq(format!("actions[{i}].pagination.next"), &pg.next);
+        }
+        if let Some(h) = &a.poll {
+            for (field, src) in [("items", &h.items), ("id", &h.id), ("cursor", &h.cursor)] {
+                if let Some(src) = src {
+                    jq(format!("actions[{i}].poll.{field}"), src);
+                }
+            }
         }
     }
     errors

@@ -513,12 +513,26 @@ impl Engine {
         let now = self.inner.now() / 1000;
         webhook::verify(&scheme, secret.expose(), headers, raw_body, now)
             .map_err(|e| EngineError::Unauthorized(e.to_string()))?;
-        Ok(webhook::inspect(
+        let mut inbound = webhook::inspect(
             &v.connector,
             &v.scheme,
             headers,
             event.get("body").unwrap_or(&Value::Null),
-        ))
+        );
+        // An installed connector may name the headers carrying the event and the delivery id.
+        if let Some(t) = cred.manifest.webhook_trigger() {
+            let header = |name: &Option<String>| {
+                let v = headers.get(name.as_deref()?)?.to_str().ok()?;
+                Some(v.chars().take(200).collect::<String>())
+            };
+            if let Some(e) = header(&t.event_header) {
+                inbound.event = Some(e);
+            }
+            if let Some(d) = header(&t.delivery_header) {
+                inbound.delivery_id = Some(d);
+            }
+        }
+        Ok(inbound)
     }
 
     /// Refuses a webhook when the tenant is over its plan's requests per second.

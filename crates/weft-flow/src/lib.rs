@@ -15,8 +15,8 @@ pub use model::{
     ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
 };
 pub use validate::{
-    ActionCatalog, ActionFacts, CredentialUse, MIN_POLL_INTERVAL, compile, pointer_to_path,
-    valid_name,
+    ActionCatalog, ActionFacts, CredentialUse, MIN_POLL_INTERVAL, PollDefaults, compile,
+    pointer_to_path, valid_name,
 };
 
 use serde::Serialize;

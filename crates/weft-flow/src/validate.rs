@@ -25,6 +25,32 @@ pub trait ActionCatalog {
     fn webhook_scheme(&self, connector: &str) -> Option<String>;
     /// Connectors whose webhooks can be verified, for messages.
     fn webhook_connectors(&self) -> Vec<String>;
+    /// For a connector whose scheme is `hmac` (an installed one), its header, algorithm,
+    /// encoding and prefix.
+    fn webhook_hmac(&self, _connector: &str) -> Option<crate::model::HmacDef> {
+        None
+    }
+    /// What a poll trigger calling this action takes when the flow does not say: the
+    /// connector's `items`, `id` and `cursor` jq programs.
+    fn poll_defaults(
+        &self,
+        _connector: &str,
+        _action: &str,
+        _version: Option<&str>,
+    ) -> Option<PollDefaults> {
+        None
+    }
+}
+
+/// A listing action's defaults for poll triggers (jq programs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollDefaults {
+    /// Selects the list from the output.
+    pub items: Option<String>,
+    /// An item's id.
+    pub id: Option<String>,
+    /// The next cursor, over `{output, items, cursor}`.
+    pub cursor: Option<String>,
 }
 
 /// What validation needs to know about an action.
@@ -296,14 +322,23 @@ fn compile_poll(p: &PollTrigger, catalog: &dyn ActionCatalog, cx: &mut Ctx) -> O
         catalog,
         cx,
     );
-    let items = match &p.items {
-        Some(src) => Some(cx.expr(&format!("{path}.items"), src)?),
-        None => None,
+    // What the flow leaves out, the listing action's connector may say (an installed
+    // connector's `poll:` hints); errors in those point at the action.
+    let defaults = call
+        .as_ref()
+        .and_then(|c| catalog.poll_defaults(&c.connector, &c.action, c.version.as_deref()))
+        .unwrap_or_default();
+    let mut pick = |field: &str, own: &Option<String>, dflt: &Option<String>| match (own, dflt) {
+        (Some(src), _) => cx.expr(&format!("{path}.{field}"), src).map(Some),
+        (None, Some(src)) => cx.expr(&format!("{path}.action"), src).map(Some),
+        (None, None) => Some(None),
     };
-    let id = cx.expr(&format!("{path}.id"), p.id.as_deref().unwrap_or(".id"))?;
-    let cursor = match &p.cursor {
-        Some(src) => Some(cx.expr(&format!("{path}.cursor"), src)?),
-        None => None,
+    let items = pick("items", &p.items, &defaults.items)?;
+    let id = pick("id", &p.id, &defaults.id)?;
+    let cursor = pick("cursor", &p.cursor, &defaults.cursor)?;
+    let id = match id {
+        Some(id) => id,
+        None => cx.expr(&format!("{path}.id"), ".id")?,
     };
     let call = call?;
     Some(PollSpec {
@@ -786,6 +821,16 @@ fn compile_webhook_verify(
             );
             return None;
         }
+        ("hmac", None) => match catalog.webhook_hmac(connector) {
+            Some(h) => ("hmac".to_string(), Some(h)),
+            None => {
+                cx.err(
+                    "trigger.webhook.connector",
+                    format!("'{connector}' declares an HMAC signature without describing it; reinstall it with `triggers[].hmac`"),
+                );
+                return None;
+            }
+        },
         (own, None) => (own.to_string(), None),
     };
     let mut events = Vec::new();
