@@ -471,7 +471,7 @@ impl Manifest {
 
     /// The credential field holding its webhook signing secret.
     pub fn webhook_secret_field(&self) -> Option<&str> {
-        self.triggers.iter().find_map(|t| t.secret_field.as_deref())
+        self.webhook_trigger()?.secret_field.as_deref()
     }
 
     /// Its signed webhook trigger, if it has one.

@@ -266,6 +266,7 @@ impl Engine {
             if n > 0 {
                 tracing::info!(runs = n, "resuming runs left running by a stopped process");
             }
+            store.release_polls(&self.inner.opts.owner, true).await?;
         }
         let mut tasks = Vec::new();
         if self.inner.opts.execute {
@@ -326,6 +327,15 @@ impl Engine {
             .await
         {
             tracing::warn!(error = %e, "could not hand back leases at shutdown");
+        }
+        if let Err(e) = self
+            .inner
+            .opts
+            .store
+            .release_polls(&self.inner.opts.owner, false)
+            .await
+        {
+            tracing::warn!(error = %e, "could not hand back poll leases at shutdown");
         }
     }
 

@@ -18,10 +18,12 @@ use crate::invoke::{ActionCall, invoke};
 
 /// Longest the poller sleeps without looking for due polls.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// How long a claimed poll is ours; a worker that dies mid-poll frees it after this.
-const LEASE: Duration = Duration::from_secs(300);
-/// A poll that takes longer than this is abandoned (and recorded as failed).
-const POLL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a claimed poll is ours; a worker that dies mid-poll frees it after this. Longer
+/// than a whole poll can take: the listing's limit plus recording it.
+const LEASE: Duration = Duration::from_secs(900);
+/// A listing that takes longer than this is abandoned (and recorded as failed); above the
+/// longest `http.request` timeout (300 s).
+const POLL_TIMEOUT: Duration = Duration::from_secs(330);
 /// Polls running at once in one process.
 const MAX_POLLS_IN_FLIGHT: usize = 8;
 /// Most items one listing may return.
@@ -62,8 +64,8 @@ pub(crate) async fn poller(inner: Arc<Inner>) {
             ),
             _ => MAX_SLEEP,
         };
-        // A due poll still leased elsewhere would make this spin: look again at most every 200 ms.
-        let sleep = sleep.max(Duration::from_millis(200));
+        // Never spin: a poll leased here wakes this loop when it is recorded.
+        let sleep = sleep.max(Duration::from_millis(50));
         tokio::select! {
             _ = inner.opts.clock.sleep(sleep) => {},
             _ = inner.poll_wake.notified() => {},
@@ -114,17 +116,9 @@ impl crate::Engine {
 /// Polls one claimed trigger and records the outcome (which also hands the lease back).
 pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
     let now = inner.now();
-    let listed = tokio::select! {
-        r = list(inner, &c, now) => Some(r),
-        _ = inner.opts.clock.sleep(POLL_TIMEOUT) => None,
-    };
-    let (outcome, next_at) = match listed {
-        Some(Ok((outcome, every))) => (outcome, now + every.as_millis() as Millis),
-        Some(Err(Stop::Failed(msg, every))) => {
-            (PollOutcome::Failed(msg), now + every.as_millis() as Millis)
-        }
-        Some(Err(Stop::Paused(msg))) => (PollOutcome::Paused(msg), now),
-        Some(Err(Stop::Gone)) => {
+    let target = match target(inner, &c).await {
+        Ok(t) => t,
+        Err(Stop::Gone) => {
             // No published poll trigger any more: stop polling (state kept for a comeback).
             let _ = inner
                 .opts
@@ -133,14 +127,48 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
                 .await;
             return;
         }
-        None => (
-            PollOutcome::Failed(format!(
-                "the poll took longer than {}s and was abandoned",
-                POLL_TIMEOUT.as_secs()
-            )),
-            now + MAX_SLEEP.as_millis() as Millis,
-        ),
+        Err(Stop::Failed(msg, every) | Stop::Paused(msg, every)) => {
+            record(
+                inner,
+                &c,
+                PollOutcome::Failed(msg),
+                now + every.as_millis() as Millis,
+            )
+            .await;
+            return;
+        }
     };
+    let next_at = now + target.spec().every.as_millis() as Millis;
+    let listed = tokio::select! {
+        r = list(inner, &c, &target, now) => Some(r),
+        _ = inner.opts.clock.sleep(POLL_TIMEOUT) => None,
+    };
+    let outcome = match listed {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(Stop::Failed(msg, _))) => PollOutcome::Failed(msg),
+        Some(Err(Stop::Paused(msg, _))) => PollOutcome::Paused(msg),
+        Some(Err(Stop::Gone)) => return,
+        None => PollOutcome::Failed(format!(
+            "the listing took longer than {}s and was abandoned",
+            POLL_TIMEOUT.as_secs()
+        )),
+    };
+    record(inner, &c, outcome, next_at).await;
+}
+
+/// Records a poll's outcome and hands the lease back (waking the poller, which slept while
+/// the lease was held).
+async fn record(inner: &Arc<Inner>, c: &ClaimedPoll, outcome: PollOutcome, next_at: Millis) {
+    record_outcome(inner, c, outcome, next_at).await;
+    inner.poll_wake.notify_one();
+}
+
+async fn record_outcome(
+    inner: &Arc<Inner>,
+    c: &ClaimedPoll,
+    outcome: PollOutcome,
+    next_at: Millis,
+) {
     let failed = match &outcome {
         PollOutcome::Failed(m) | PollOutcome::Paused(m) => Some(m.clone()),
         PollOutcome::Listed { .. } => None,
@@ -170,7 +198,7 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
             });
         }
         Ok(None) => {
-            tracing::warn!(flow = %c.flow_id, "poll lease lost before its result was recorded; another worker polls it")
+            tracing::info!(flow = %c.flow_id, "poll result dropped: its lease was taken back (a backfill, a changed trigger, or another worker after expiry)")
         }
         Err(e) => {
             // Over its plan, or a run the store refused: nothing of this listing was kept; say
@@ -189,21 +217,21 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
     }
 }
 
-/// Why a poll stopped before listing.
-enum Stop {
-    /// The listing failed; try again after the interval.
-    Failed(String, Duration),
-    /// A credential needs a person: no more polls until it is fixed.
-    Paused(String),
-    /// The flow has no published poll trigger any more.
-    Gone,
+/// What a claimed poll polls: its flow's published version, whose trigger is a poll.
+struct Target {
+    flow_name: String,
+    version: i64,
+    compiled: Arc<weft_flow::CompiledFlow>,
+    spec: PollSpec,
 }
 
-async fn list(
-    inner: &Arc<Inner>,
-    c: &ClaimedPoll,
-    now: Millis,
-) -> Result<(PollOutcome, Duration), Stop> {
+impl Target {
+    fn spec(&self) -> &PollSpec {
+        &self.spec
+    }
+}
+
+async fn target(inner: &Arc<Inner>, c: &ClaimedPoll) -> Result<Target, Stop> {
     let flow = inner
         .opts
         .store
@@ -221,6 +249,31 @@ async fn list(
     let TriggerKind::Poll(spec) = &compiled.trigger else {
         return Err(Stop::Gone);
     };
+    Ok(Target {
+        flow_name: flow.name,
+        version,
+        spec: (**spec).clone(),
+        compiled,
+    })
+}
+
+/// Why a poll stopped before listing.
+enum Stop {
+    /// The listing failed; try again after the interval.
+    Failed(String, Duration),
+    /// A credential needs a person: no more polls until it is fixed.
+    Paused(String, Duration),
+    /// The flow has no published poll trigger any more.
+    Gone,
+}
+
+async fn list(
+    inner: &Arc<Inner>,
+    c: &ClaimedPoll,
+    target: &Target,
+    now: Millis,
+) -> Result<PollOutcome, Stop> {
+    let (compiled, spec) = (&target.compiled, target.spec());
     let fail = |m: String| Stop::Failed(m, spec.every);
     let ctx = json!({
         "cursor": c.cursor.clone().unwrap_or(Value::Null),
@@ -289,8 +342,8 @@ async fn list(
                 scope: c.scope,
                 id: RunId::new(),
                 flow_id: c.flow_id,
-                flow_name: flow.name.clone(),
-                flow_version: version,
+                flow_name: target.flow_name.clone(),
+                flow_version: target.version,
                 trigger: json!({
                     "kind": "poll",
                     "item": item,
@@ -322,13 +375,30 @@ async fn list(
         }
         None => c.cursor.clone(),
     };
-    Ok((
-        PollOutcome::Listed {
-            items: runs,
-            cursor,
-        },
-        spec.every,
-    ))
+    // Items that start no run (a first poll only learns; known ones are only touched) need
+    // no trigger: their payloads must not be written only to be deleted.
+    let known: std::collections::HashSet<String> = if c.primed {
+        let keys: Vec<String> = runs.iter().map(|(k, _)| k.clone()).collect();
+        inner
+            .opts
+            .store
+            .poll_known(c.scope, c.flow_id, keys)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .into_iter()
+            .collect()
+    } else {
+        Default::default()
+    };
+    for (key, run) in &mut runs {
+        if !c.primed || known.contains(key) {
+            run.trigger = Value::Null;
+        }
+    }
+    Ok(PollOutcome::Listed {
+        items: runs,
+        cursor,
+    })
 }
 
 /// A failed listing: paused when its credential needs re-authorization, else retried later.
@@ -342,9 +412,12 @@ async fn action_failed(
         && let Ok(Some((rec, _))) = inner.opts.store.credential(c.scope, name).await
         && rec.status == "needs_reauth"
     {
-        return Stop::Paused(format!(
-            "paused: credential '{name}' needs re-authorization; polling resumes when it is authorized again (`weft credentials authorize {name}`)"
-        ));
+        return Stop::Paused(
+            format!(
+                "paused: credential '{name}' needs re-authorization; polling resumes when it is authorized again (`weft credentials authorize {name}`)"
+            ),
+            spec.every,
+        );
     }
     Stop::Failed(
         format!("{}.{}: {message}", spec.connector, spec.action),
@@ -355,7 +428,8 @@ async fn action_failed(
 /// An item id as the seen set keeps it; `None` when it is not a usable id.
 fn item_key(id: &Value) -> Option<String> {
     let s = match id {
-        Value::String(s) if !s.is_empty() => s.clone(),
+        // NUL cannot be stored by PostgreSQL; the replacement keeps the id usable.
+        Value::String(s) if !s.is_empty() => s.replace('\0', "\u{FFFD}"),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };

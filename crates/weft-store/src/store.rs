@@ -166,8 +166,12 @@ dispatch! {
     fn backfill_poll(scope: Scope, flow: FlowId, since: Option<Value>, now: Millis) -> Result<(), StoreError>;
     /// Resumes the workspace's paused polls, due at `now`.
     fn resume_polls(scope: Scope, now: Millis) -> Result<usize, StoreError>;
-    /// System: the earliest due time of an unpaused poll.
+    /// System: the earliest time an unpaused poll is due and not leased.
     fn next_poll_at() -> Result<Option<Millis>, StoreError>;
+    /// System: hands back the poll leases `owner` holds, or with `others`, every other one.
+    fn release_polls(owner: &str, others: bool) -> Result<usize, StoreError>;
+    /// Item ids of `keys` the flow's poll has seen.
+    fn poll_known(scope: Scope, flow: FlowId, keys: Vec<String>) -> Result<Vec<String>, StoreError>;
     /// Hands one run `owner` holds back to the queue, ready again at `not_before`; false when it
     /// does not hold it.
     fn release_run(scope: Scope, run: RunId, owner: &str, not_before: Millis) -> Result<bool, StoreError>;

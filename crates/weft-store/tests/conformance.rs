@@ -1470,6 +1470,94 @@ conformance!(
     }
 );
 
+conformance!(
+    a_poll_listing_in_flight_loses_to_a_backfill_or_a_new_trigger,
+    |s| {
+        let scope = scope_of(&s).await;
+        let f = s
+            .save_flow(scope, "poller", json!({}), true, op(), 5)
+            .await
+            .unwrap();
+        s.set_poll(scope, f.id, Some(0), None).await.unwrap();
+        // A learn-only first poll is in flight when someone backfills: its listing is dropped, so
+        // it can neither start runs as if primed nor overwrite the backfill's cursor.
+        assert_eq!(s.claim_polls("w1", 0, 60_000, 1).await.unwrap().len(), 1);
+        assert_eq!(
+            s.next_poll_at().await.unwrap(),
+            Some(60_000),
+            "leased: not due before the lease ends"
+        );
+        s.backfill_poll(scope, f.id, Some(json!("T")), 10)
+            .await
+            .unwrap();
+        assert!(
+            s.complete_poll(poll_done(
+                scope,
+                f.id,
+                "w1",
+                20,
+                listed(scope, f.id, &["a", "b"], 20, 9)
+            ))
+            .await
+            .unwrap()
+            .is_none()
+        );
+        let st = s.poll_state(scope, f.id).await.unwrap().unwrap();
+        assert_eq!(
+            (st.cursor, st.seen, st.next_at),
+            (Some(json!("T")), 0, Some(10))
+        );
+        // The backfilled poll starts the runs.
+        s.claim_polls("w2", 10, 60_000, 1).await.unwrap();
+        let rec = s
+            .complete_poll(poll_done(
+                scope,
+                f.id,
+                "w2",
+                30,
+                listed(scope, f.id, &["a", "b"], 30, 9),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.started.len(), 2);
+        assert_eq!(
+            s.poll_known(scope, f.id, vec!["a".into(), "x".into(), "b".into()])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+
+        // A new trigger (the poll turned off) drops the listing in flight too.
+        s.claim_polls("w1", 60_030, 60_000, 1).await.unwrap();
+        s.set_poll(scope, f.id, None, None).await.unwrap();
+        assert!(
+            s.complete_poll(poll_done(
+                scope,
+                f.id,
+                "w1",
+                60_040,
+                listed(scope, f.id, &["c"], 60_040, 9)
+            ))
+            .await
+            .unwrap()
+            .is_none()
+        );
+        let total: i64 = s.count_runs().await.unwrap().iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 2);
+
+        // Leases go back at shutdown (own) or at an embedded start (everyone else's).
+        s.set_poll(scope, f.id, Some(70_000), None).await.unwrap();
+        s.claim_polls("w1", 70_000, 60_000, 1).await.unwrap();
+        assert_eq!(s.release_polls("w2", false).await.unwrap(), 0);
+        assert_eq!(s.release_polls("w2", true).await.unwrap(), 1);
+        s.claim_polls("w2", 70_000, 60_000, 1).await.unwrap();
+        assert_eq!(s.release_polls("w2", false).await.unwrap(), 1);
+        assert_eq!(s.next_poll_at().await.unwrap(), Some(70_000));
+    }
+);
+
 conformance!(a_poll_forgets_items_unseen_for_thirty_days, |s| {
     let scope = scope_of(&s).await;
     let f = s

@@ -32,7 +32,8 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
         if next_at.is_none() {
-            sqlx::query("UPDATE polls SET next_at = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3")
+            // A listing in flight is dropped: the trigger it was for is gone.
+            sqlx::query("UPDATE polls SET next_at = NULL, lease_owner = NULL, lease_until = NULL WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3")
                 .bind(&t)
                 .bind(&w)
                 .bind(flow.to_string())
@@ -107,7 +108,7 @@ impl PgStore {
         let f = done.flow_id.to_string();
         let mut tx = self.tenant_tx(&t).await?;
         let primed: Option<bool> = sqlx::query_scalar(
-            "SELECT primed FROM polls WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND lease_owner = $4 FOR UPDATE",
+            "SELECT primed FROM polls WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND lease_owner = $4 AND next_at IS NOT NULL FOR UPDATE",
         )
         .bind(&t)
         .bind(&w)
@@ -248,7 +249,7 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
         let n = sqlx::query(
-            "UPDATE polls SET cursor = $4, primed = true, next_at = $5, paused = NULL
+            "UPDATE polls SET cursor = $4, primed = true, next_at = $5, paused = NULL, lease_owner = NULL, lease_until = NULL
              WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND next_at IS NOT NULL",
         )
         .bind(&t)
@@ -286,11 +287,54 @@ impl PgStore {
         Ok(n as usize)
     }
 
+    /// System: hands back the poll leases `owner` holds (graceful shutdown), or with `others`,
+    /// every lease but `owner`'s.
+    pub async fn release_polls(&self, owner: &str, others: bool) -> Result<usize, StoreError> {
+        let sql = if others {
+            "UPDATE polls SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL AND lease_owner <> $1"
+        } else {
+            "UPDATE polls SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1"
+        };
+        let mut tx = self.system_tx().await?;
+        let n = sqlx::query(sql)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// Item ids of `keys` the flow's poll has seen.
+    pub async fn poll_known(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let keys: Vec<String> = keys.iter().map(|k| pg_text(k).into_owned()).collect();
+        let mut tx = self.tenant_tx(&t).await?;
+        let known: Vec<String> = sqlx::query_scalar(
+            "SELECT item_key FROM poll_seen WHERE tenant_id = $1 AND workspace_id = $2 AND flow_id = $3 AND item_key = ANY($4)",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(flow.to_string())
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(known)
+    }
+
     /// System: the earliest due time of an unpaused poll.
     pub async fn next_poll_at(&self) -> Result<Option<Millis>, StoreError> {
         let mut tx = self.system_tx().await?;
         let at: Option<Millis> = sqlx::query_scalar(
-            "SELECT MIN(next_at) FROM polls WHERE next_at IS NOT NULL AND paused IS NULL",
+            "SELECT MIN(GREATEST(next_at, COALESCE(lease_until, 0))) FROM polls WHERE next_at IS NOT NULL AND paused IS NULL",
         )
         .fetch_one(&mut *tx)
         .await

@@ -68,8 +68,9 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             if next_at.is_none() {
+                // A listing in flight is dropped: the trigger it was for is gone.
                 c.execute(
-                    "UPDATE polls SET next_at = NULL WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3",
+                    "UPDATE polls SET next_at = NULL, lease_owner = NULL, lease_until = NULL WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3",
                     params![t, w, flow.to_string()],
                 )?;
                 return Ok(());
@@ -132,8 +133,10 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&done.scope);
             let f = done.flow_id.to_string();
+            // Only the lease holder records, and only while the trigger is on (a backfill or a
+            // new trigger meanwhile took the lease away).
             let primed: Option<bool> = c
-                .prepare_cached("SELECT primed FROM polls WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND lease_owner = ?4")?
+                .prepare_cached("SELECT primed FROM polls WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND lease_owner = ?4 AND next_at IS NOT NULL")?
                 .query_row(params![t, w, f, done.owner], |r| r.get(0))
                 .optional()?;
             let Some(primed) = primed else {
@@ -234,7 +237,7 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let n = c.execute(
-                "UPDATE polls SET cursor = ?4, primed = 1, next_at = ?5, paused = NULL
+                "UPDATE polls SET cursor = ?4, primed = 1, next_at = ?5, paused = NULL, lease_owner = NULL, lease_until = NULL
                  WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND next_at IS NOT NULL",
                 params![t, w, flow.to_string(), since.map(|v| v.to_string()), now],
             )?;
@@ -259,11 +262,50 @@ impl SqliteStore {
         .await
     }
 
+    /// System: hands back the poll leases `owner` holds (graceful shutdown), or with `others`,
+    /// every lease but `owner`'s (the embedded server's start: no other process is alive).
+    pub async fn release_polls(&self, owner: &str, others: bool) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let sql = if others {
+                "UPDATE polls SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL AND lease_owner <> ?1"
+            } else {
+                "UPDATE polls SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1"
+            };
+            Ok(c.execute(sql, [owner])?)
+        })
+        .await
+    }
+
+    /// Item ids of `keys` the flow's poll has seen.
+    pub async fn poll_known(
+        &self,
+        scope: Scope,
+        flow: FlowId,
+        keys: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let f = flow.to_string();
+            let mut st = c.prepare_cached(
+                "SELECT 1 FROM poll_seen WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND item_key = ?4",
+            )?;
+            let mut known = Vec::new();
+            for k in keys {
+                if st.exists(params![t, w, f, k])? {
+                    known.push(k);
+                }
+            }
+            Ok(known)
+        })
+        .await
+    }
+
     /// System: the earliest due time of an unpaused poll.
     pub async fn next_poll_at(&self) -> Result<Option<Millis>, StoreError> {
         self.read(|c| {
             Ok(c.query_row(
-                "SELECT MIN(next_at) FROM polls WHERE next_at IS NOT NULL AND paused IS NULL",
+                "SELECT MIN(MAX(next_at, COALESCE(lease_until, 0))) FROM polls WHERE next_at IS NOT NULL AND paused IS NULL",
                 [],
                 |r| r.get(0),
             )?)
