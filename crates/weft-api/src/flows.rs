@@ -274,7 +274,10 @@ pub(crate) async fn backfill(
     } else {
         parse_json(&bytes)?
     };
-    let st = s.engine.backfill_poll(auth.scope, &flow, b.since).await?;
+    let st = s
+        .engine
+        .backfill_poll(auth.scope, &flow, b.since, auth.actor)
+        .await?;
     Ok(Json(st.into()))
 }
 

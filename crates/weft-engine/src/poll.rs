@@ -96,10 +96,11 @@ impl crate::Engine {
         scope: weft_types::Scope,
         flow: &crate::FlowRef,
         since: Option<Value>,
+        actor: weft_store::Actor,
     ) -> Result<weft_store::PollState, crate::EngineError> {
         let rec = self.get_flow(scope, flow).await?;
         self.store()
-            .backfill_poll(scope, rec.id, since, self.inner.now())
+            .backfill_poll(scope, rec.id, since, actor, self.inner.now())
             .await
             .map_err(|e| match e {
                 StoreError::NotFound => crate::EngineError::Conflict(format!(

@@ -501,7 +501,7 @@ async fn a_poll_starts_one_run_per_new_item_and_its_cursor_outlives_versions() {
     // Backfill from an older cursor: listed items already seen still start nothing.
     let st = h
         .engine
-        .backfill_poll(h.scope, "poller", Some(json!(0)))
+        .backfill_poll(h.scope, "poller", Some(json!(0)), Actor::system("test"))
         .await
         .unwrap();
     assert_eq!(st.cursor, Some(json!(0)));
@@ -533,7 +533,7 @@ async fn a_poll_starts_one_run_per_new_item_and_its_cursor_outlives_versions() {
     );
     let err = h
         .engine
-        .backfill_poll(h.scope, "poller", None)
+        .backfill_poll(h.scope, "poller", None, Actor::system("test"))
         .await
         .unwrap_err();
     assert!(

@@ -163,7 +163,7 @@ dispatch! {
     fn poll_state(scope: Scope, flow: FlowId) -> Result<Option<PollState>, StoreError>;
     /// Restarts a flow's polling from `since` (items found start runs unless already seen),
     /// due at `now`; `NotFound` without an active poll trigger.
-    fn backfill_poll(scope: Scope, flow: FlowId, since: Option<Value>, now: Millis) -> Result<(), StoreError>;
+    fn backfill_poll(scope: Scope, flow: FlowId, since: Option<Value>, actor: Actor, now: Millis) -> Result<(), StoreError>;
     /// Resumes the workspace's paused polls, due at `now`.
     fn resume_polls(scope: Scope, now: Millis) -> Result<usize, StoreError>;
     /// System: the earliest time an unpaused poll is due and not leased.

@@ -1424,7 +1424,7 @@ conformance!(
         );
 
         // Backfill: a new cursor, due now; items already seen still start nothing.
-        s.backfill_poll(scope, f.id, Some(json!("2026-01-01")), 250_000)
+        s.backfill_poll(scope, f.id, Some(json!("2026-01-01")), op(), 250_000)
             .await
             .unwrap();
         let c = s.claim_polls("w1", 250_000, 30_000, 10).await.unwrap();
@@ -1446,7 +1446,7 @@ conformance!(
         s.set_poll(scope, f.id, None, None).await.unwrap();
         assert_eq!(s.next_poll_at().await.unwrap(), None);
         assert!(matches!(
-            s.backfill_poll(scope, f.id, None, 1).await,
+            s.backfill_poll(scope, f.id, None, op(), 1).await,
             Err(StoreError::NotFound)
         ));
         assert_eq!(s.poll_state(scope, f.id).await.unwrap().unwrap().seen, 5);
@@ -1462,7 +1462,7 @@ conformance!(
         };
         assert!(s.poll_state(other, f.id).await.unwrap().is_none());
         assert!(matches!(
-            s.backfill_poll(other, f.id, None, 1).await,
+            s.backfill_poll(other, f.id, None, op(), 1).await,
             Err(StoreError::NotFound)
         ));
         s.delete_flow(scope, f.id, op(), 2).await.unwrap();
@@ -1487,7 +1487,7 @@ conformance!(
             Some(60_000),
             "leased: not due before the lease ends"
         );
-        s.backfill_poll(scope, f.id, Some(json!("T")), 10)
+        s.backfill_poll(scope, f.id, Some(json!("T")), op(), 10)
             .await
             .unwrap();
         assert!(
@@ -1506,6 +1506,13 @@ conformance!(
         assert_eq!(
             (st.cursor, st.seen, st.next_at),
             (Some(json!("T")), 0, Some(10))
+        );
+        let trail = s.list_audit(scope.tenant, None, None, 10).await.unwrap();
+        assert_eq!(trail[0].action, "flow.backfill");
+        assert!(
+            trail[0].detail.contains("\"since\":\"T\""),
+            "{}",
+            trail[0].detail
         );
         // The backfilled poll starts the runs.
         s.claim_polls("w2", 10, 60_000, 1).await.unwrap();
@@ -1580,7 +1587,9 @@ conformance!(a_poll_forgets_items_unseen_for_thirty_days, |s| {
     .unwrap();
     // "kept" is still listed two days later (its age refreshes), "old" is not.
     let day = 24 * 3600 * 1000;
-    s.backfill_poll(scope, f.id, None, 2 * day).await.unwrap();
+    s.backfill_poll(scope, f.id, None, op(), 2 * day)
+        .await
+        .unwrap();
     s.claim_polls("w", 2 * day, 1_000, 1).await.unwrap();
     s.complete_poll(poll_done(
         scope,
@@ -1593,7 +1602,9 @@ conformance!(a_poll_forgets_items_unseen_for_thirty_days, |s| {
     .unwrap()
     .unwrap();
     let later = weft_store::POLL_SEEN_TTL_MS + day;
-    s.backfill_poll(scope, f.id, None, later).await.unwrap();
+    s.backfill_poll(scope, f.id, None, op(), later)
+        .await
+        .unwrap();
     s.claim_polls("w", later, 1_000, 1).await.unwrap();
     s.complete_poll(poll_done(
         scope,

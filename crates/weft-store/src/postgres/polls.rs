@@ -244,9 +244,11 @@ impl PgStore {
         scope: Scope,
         flow: FlowId,
         since: Option<Value>,
+        actor: Actor,
         now: Millis,
     ) -> Result<(), StoreError> {
         let (t, w) = scope_strs(&scope);
+        let detail = serde_json::json!({"since": since});
         let mut tx = self.tenant_tx(&t).await?;
         let n = sqlx::query(
             "UPDATE polls SET cursor = $4, primed = true, next_at = $5, paused = NULL, lease_owner = NULL, lease_until = NULL
@@ -264,6 +266,15 @@ impl PgStore {
         if n == 0 {
             return Err(StoreError::NotFound);
         }
+        let entry = Audit {
+            actor,
+            action: "flow.backfill",
+            object_kind: "flow",
+            object_id: flow.to_string(),
+            workspace: Some(scope.workspace),
+            detail,
+        };
+        super::store::append(&mut tx, &t, now, &entry).await?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }

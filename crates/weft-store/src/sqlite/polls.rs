@@ -232,10 +232,12 @@ impl SqliteStore {
         scope: Scope,
         flow: FlowId,
         since: Option<Value>,
+        actor: Actor,
         now: Millis,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
+            let detail = serde_json::json!({"since": since});
             let n = c.execute(
                 "UPDATE polls SET cursor = ?4, primed = 1, next_at = ?5, paused = NULL, lease_owner = NULL, lease_until = NULL
                  WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND next_at IS NOT NULL",
@@ -244,7 +246,15 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            Ok(())
+            let entry = Audit {
+                actor,
+                action: "flow.backfill",
+                object_kind: "flow",
+                object_id: flow.to_string(),
+                workspace: Some(scope.workspace),
+                detail,
+            };
+            super::audit::append(c, &t, now, &entry)
         })
         .await
     }
