@@ -1456,3 +1456,64 @@ fn a_token_revoked_before_its_expiry_is_refreshed_once_and_the_call_retried() {
         );
     }
 }
+
+#[test]
+fn a_poll_trigger_pauses_while_its_credential_needs_reauthorization() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    let auth = OAuth::start();
+    auth.register(&srv);
+    set_credential(&srv, &auth, "api");
+    connect(&srv, &auth, "api");
+    srv.apply(&format!(
+        "name: watch\ntrigger:\n  poll:\n    every: 1s\n    action: oauth2.request\n    credential: api\n    input: {{method: GET, url: \"{}/api/me\"}}\n    items: '[.body]'\n    id: '.user'\nsteps:\n  - id: t\n    transform: '.trigger.item.user'\n",
+        auth.url
+    ));
+    let calls = || auth.with(|s| s.me_calls.len());
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + T;
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                auth.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("two polls", &|| calls() >= 2);
+
+    // The user revokes the app: the 401 leads to a refused refresh, and polling pauses.
+    auth.with(|s| s.grants.iter_mut().for_each(|g| g.revoked = true));
+    until("the pause", &|| {
+        srv.cli_json(&["flow", "poll", "watch"])["paused"].is_string()
+    });
+    let st = srv.cli_json(&["flow", "poll", "watch"]);
+    let why = st["paused"].as_str().unwrap();
+    assert!(
+        why.contains("credential 'api' needs re-authorization"),
+        "{st}"
+    );
+    for secret in auth.secrets() {
+        assert!(!st.to_string().contains(&secret), "{st}");
+    }
+    let (paused_at, refreshes) = (calls(), auth.refreshes());
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(calls(), paused_at, "a paused trigger calls nothing");
+    assert_eq!(auth.refreshes(), refreshes, "nor tries to refresh");
+    let text = String::from_utf8_lossy(&srv.cli(&["flow", "poll", "watch"]).stdout).to_string();
+    assert!(
+        text.contains("state:        paused: credential 'api'"),
+        "{text}"
+    );
+
+    // Authorizing again resumes it.
+    connect(&srv, &auth, "api");
+    until("polls after re-authorization", &|| calls() >= paused_at + 2);
+    let st = srv.cli_json(&["flow", "poll", "watch"]);
+    assert!(st["paused"].is_null() && st["active"] == true, "{st}");
+    assert_eq!(
+        st["runs_started"], 0,
+        "the one item was known from the first poll: {st}"
+    );
+}
