@@ -91,6 +91,21 @@ pub(crate) async fn intake(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let r = accept(&s, hook, q, method, headers, body).await;
+    if let Err(p) = &r {
+        s.metrics.api.intake(p.code);
+    }
+    r
+}
+
+async fn accept(
+    s: &AppState,
+    hook: String,
+    q: Option<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let Ok(hook) = hook.parse::<HookId>() else {
         return Err(Problem::not_found("hook"));
     };
@@ -144,9 +159,13 @@ pub(crate) async fn intake(
         })?;
     let accepted = match intake {
         Intake::Accepted(a) => a,
-        Intake::Answered(body) => return Ok((StatusCode::OK, Json(body)).into_response()),
+        Intake::Answered(body) => {
+            s.metrics.api.intake("answered");
+            return Ok((StatusCode::OK, Json(body)).into_response());
+        }
         // 200, not an error: the sender did nothing wrong, this flow just does not listen.
         Intake::Ignored { event } => {
+            s.metrics.api.intake("ignored");
             return Ok((
                 StatusCode::OK,
                 Json(json!({"run_id": null, "duplicate": false, "ignored": true, "event": event})),
@@ -154,6 +173,11 @@ pub(crate) async fn intake(
                 .into_response());
         }
     };
+    s.metrics.api.intake(if accepted.duplicate {
+        "duplicate"
+    } else {
+        "accepted"
+    });
     weft_types::failpoint("intake.after_commit");
     let ack = (
         StatusCode::ACCEPTED,

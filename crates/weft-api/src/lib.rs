@@ -16,6 +16,7 @@ pub mod dto;
 mod flows;
 mod hooks;
 mod identity;
+pub mod metrics;
 pub mod password;
 pub mod problem;
 mod runs;
@@ -54,6 +55,7 @@ pub struct ApiOptions {
 pub struct AppState {
     pub(crate) engine: Engine,
     pub(crate) opts: Arc<ApiOptions>,
+    pub(crate) metrics: metrics::SharedMetrics,
 }
 
 /// Every route with its OpenAPI description.
@@ -147,6 +149,7 @@ pub fn openapi() -> OpenApi {
 /// Builds the router.
 pub fn router(engine: Engine, opts: ApiOptions) -> Router {
     let state = AppState {
+        metrics: Arc::new(metrics::Metrics::new(&engine)),
         engine,
         opts: Arc::new(opts),
     };
@@ -154,6 +157,11 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
     let (router, _) = routes().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .route("/metrics", axum::routing::get(metrics::scrape))
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {

@@ -350,6 +350,7 @@ impl Engine {
             .vault()?
             .open(&binding(&scope, record.id), &from_store(sealed))
             .map_err(|e| EngineError::Unavailable(format!("credential '{name}': {e}")))?;
+        self.inner.metrics.vault_decrypts.inc();
         Ok(OpenCredential {
             record,
             values,

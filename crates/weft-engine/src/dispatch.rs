@@ -45,11 +45,20 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>) {
             }
         };
         let n = claimed.len();
+        let now = inner.now();
+        inner.metrics.claimed.inc_by(n as u64);
         for c in claimed {
+            // A run with no checkpoints is (nearly always) on its first claim.
+            if c.steps.is_empty() {
+                let lag = (now - c.run.created_at).max(0) as f64 / 1000.0;
+                inner.metrics.claim_lag.observe(lag);
+            }
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
+            inner.metrics.in_flight.inc();
             let inner2 = inner.clone();
             tokio::spawn(async move {
                 crate::executor::execute(inner2.clone(), c).await;
+                inner2.metrics.in_flight.dec();
                 if inner2.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
                     inner2.idle.notify_waiters();
                 }

@@ -39,6 +39,7 @@ const MAX_RATE_LIMIT_WAITS: u32 = 100;
 
 pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
     let run = claimed.run;
+    let claimed_at = inner.now();
     let token = CancellationToken::new();
     if let Ok(mut m) = inner.cancels.lock() {
         m.insert(run.id, token.clone());
@@ -89,6 +90,16 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         .await
     {
         Ok(true) => {
+            let labels = crate::metrics::RunLabels {
+                status: status.to_string(),
+            };
+            inner.metrics.runs_finished.get_or_create(&labels).inc();
+            let secs = (inner.now() - claimed_at).max(0) as f64 / 1000.0;
+            inner
+                .metrics
+                .run_duration
+                .get_or_create(&labels)
+                .observe(secs);
             let _ = inner.events.send(crate::EngineEvent::RunFinished {
                 run: run.id,
                 status,
@@ -183,6 +194,7 @@ async fn run_steps(
                     run: run.id,
                     prior_attempts: prior_attempts[i],
                     token: token.clone(),
+                    class: std::sync::Mutex::new("none"),
                 };
                 tasks.spawn(job.run(ctx, dep_skipped));
             }
@@ -281,6 +293,8 @@ struct StepJob {
     run: weft_types::RunId,
     prior_attempts: u32,
     token: CancellationToken,
+    /// The class of the last failure, for metrics.
+    class: std::sync::Mutex<&'static str>,
 }
 
 impl StepJob {
@@ -288,8 +302,51 @@ impl StepJob {
         &self.flow.steps[self.idx]
     }
 
+    fn set_class(&self, class: &'static str) {
+        let class = match self.step().kind {
+            StepKind::Transform(_) => "expression",
+            _ => class,
+        };
+        if let Ok(mut c) = self.class.lock() {
+            *c = class;
+        }
+    }
+
+    /// Counts a checkpointed step in the metrics.
+    fn observe(&self, status: StepStatus, secs: f64) {
+        let m = &self.inner.metrics;
+        let connector = match &self.step().kind {
+            StepKind::Action { connector, .. } => connector.as_str(),
+            _ => "none",
+        };
+        let class = match status {
+            StepStatus::Failed | StepStatus::Retrying => {
+                self.class.lock().map(|c| *c).unwrap_or("permanent")
+            }
+            _ => "none",
+        };
+        if status == StepStatus::Retrying {
+            crate::metrics::EngineMetrics::per_connector(&m.retries, connector);
+            if class == "rate_limited" {
+                crate::metrics::EngineMetrics::per_connector(&m.rate_limit_waits, connector);
+            }
+            return;
+        }
+        m.step(
+            self.step().kind.name(),
+            connector,
+            status.as_str(),
+            class,
+            secs,
+        );
+    }
+
     async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
         let status = rec.status;
+        let secs = match (rec.started_at, rec.finished_at) {
+            (Some(a), Some(b)) => (b - a).max(0) as f64 / 1000.0,
+            _ => 0.0,
+        };
         let cp = StepCheckpoint { step: rec, logs };
         match self
             .inner
@@ -305,6 +362,9 @@ impl StepJob {
             .await
         {
             Ok(held) => {
+                if held {
+                    self.observe(status, secs);
+                }
                 if held && status != StepStatus::Retrying {
                     let _ = self.inner.events.send(crate::EngineEvent::StepFinished {
                         run: self.run,
@@ -351,6 +411,7 @@ impl StepJob {
                 Ok(v) if truthy(&v) => None,
                 Ok(_) => Some("its `if:` condition is false".to_string()),
                 Err(e) => {
+                    self.set_class("expression");
                     let rec = self.record(StepStatus::Failed, 1, None, Some(e.clone()), started);
                     let log = NewLog {
                         level: "error",
@@ -412,6 +473,7 @@ impl StepJob {
                     };
                 }
                 Err(e) => {
+                    self.set_class(e.class());
                     // A rate-limited step waits; it does not use up its attempts.
                     let counts = !(e.rate_limited && rate_waits < MAX_RATE_LIMIT_WAITS);
                     if e.rate_limited && !counts {

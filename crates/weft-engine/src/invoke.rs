@@ -26,6 +26,21 @@ pub(crate) struct AttemptError {
 }
 
 impl AttemptError {
+    /// The error class metrics and error groups use.
+    pub(crate) fn class(&self) -> &'static str {
+        if self.rate_limited {
+            "rate_limited"
+        } else if self.unauthorized {
+            "auth"
+        } else if self.message.starts_with("timed out") {
+            "timeout"
+        } else if self.retryable {
+            "transient"
+        } else {
+            "permanent"
+        }
+    }
+
     /// A failure that retrying cannot fix.
     pub(crate) fn permanent(message: String) -> Self {
         Self {

@@ -12,6 +12,7 @@ mod executor;
 mod flows;
 mod invoke;
 mod limits;
+pub mod metrics;
 mod oauth;
 mod poll;
 pub mod retry;
@@ -214,6 +215,7 @@ pub(crate) struct Inner {
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) idle: Notify,
     pub(crate) events: tokio::sync::broadcast::Sender<EngineEvent>,
+    pub(crate) metrics: Arc<metrics::EngineMetrics>,
 }
 
 impl Engine {
@@ -238,6 +240,7 @@ impl Engine {
                 tasks: Mutex::default(),
                 idle: Notify::new(),
                 events: tokio::sync::broadcast::channel(4096).0,
+                metrics: Arc::default(),
             }),
         }
     }
@@ -245,6 +248,11 @@ impl Engine {
     /// The store behind the engine.
     pub fn store(&self) -> &Store {
         &self.inner.opts.store
+    }
+
+    /// The engine's metrics (registered into a Prometheus registry by the API).
+    pub fn metrics(&self) -> &Arc<metrics::EngineMetrics> {
+        &self.inner.metrics
     }
 
     /// The engine's clock.

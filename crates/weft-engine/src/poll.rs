@@ -174,6 +174,11 @@ async fn record_outcome(
         PollOutcome::Failed(m) | PollOutcome::Paused(m) => Some(m.clone()),
         PollOutcome::Listed { .. } => None,
     };
+    let outcome_name = match &outcome {
+        PollOutcome::Listed { .. } => "listed",
+        PollOutcome::Failed(_) => "failed",
+        PollOutcome::Paused(_) => "paused",
+    };
     let done = |outcome| PollDone {
         scope: c.scope,
         flow_id: c.flow_id,
@@ -192,6 +197,14 @@ async fn record_outcome(
             if !rec.started.is_empty() {
                 inner.wake.notify_one();
             }
+            inner
+                .metrics
+                .polls
+                .get_or_create(&crate::metrics::OutcomeLabels {
+                    outcome: outcome_name.into(),
+                })
+                .inc();
+            inner.metrics.poll_runs.inc_by(rec.started.len() as u64);
             let _ = inner.events.send(crate::EngineEvent::Polled {
                 flow: c.flow_id,
                 started: rec.started.len(),
