@@ -132,6 +132,45 @@ fn metrics_count_what_happened_and_show_no_tenant_data() {
     assert_eq!(sample(&m, "weft_runs_in_flight"), 0.0, "{m}");
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
 
+    // Every metric the Grafana dashboard queries is registered (families without samples yet
+    // are not printed, so the registrations are the reference).
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let dash = std::fs::read_to_string(format!("{root}/deploy/grafana/weft.json")).unwrap();
+    let registered = [
+        "crates/weft-engine/src/metrics.rs",
+        "crates/weft-api/src/metrics.rs",
+    ]
+    .map(|f| std::fs::read_to_string(format!("{root}/{f}")).unwrap())
+    .join("\n");
+    let mut rest = dash.as_str();
+    let mut used = 0;
+    while let Some(i) = rest.find("weft_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        let Some(short) = name.strip_prefix("weft_") else {
+            continue;
+        };
+        if short.is_empty() {
+            continue;
+        }
+        used += 1;
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|x| short.strip_suffix(x))
+            .unwrap_or(short);
+        assert!(
+            registered.contains(&format!("\"{base}\"")),
+            "the dashboard queries {name}, which is not registered"
+        );
+    }
+    assert!(
+        used >= 10,
+        "the dashboard should chart the metrics ({used} found)"
+    );
+
     // Instance-wide, and no tenant's data: no ids, names or hook ids.
     let ws = srv.cli_json(&["flow", "show", "counted"]);
     for secret in [
