@@ -34,6 +34,7 @@ const MAX_KEY_LEN: usize = 200;
 pub(crate) async fn poller(inner: Arc<Inner>) {
     let slots = Arc::new(Semaphore::new(MAX_POLLS_IN_FLIGHT));
     loop {
+        let mut failed = false;
         let free = slots.available_permits();
         if free > 0 {
             let now = inner.now();
@@ -52,20 +53,31 @@ pub(crate) async fn poller(inner: Arc<Inner>) {
                         tokio::spawn(async move {
                             poll_once(&inner, c).await;
                             drop(permit);
+                            inner.poll_wake.notify_one();
                         });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "claiming polls failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming polls failed");
+                    failed = true;
+                }
             }
         }
-        let sleep = match inner.opts.store.next_poll_at().await {
-            Ok(Some(at)) => Duration::from_millis(
-                (at - inner.now()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64,
-            ),
-            _ => MAX_SLEEP,
+        // Due and not leased (leases count in `next_poll_at`): claim again at once, unless
+        // every slot is busy (a finished poll wakes this loop) or the store is failing.
+        let wait = match inner.opts.store.next_poll_at().await {
+            Ok(Some(at)) => (at - inner.now()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64,
+            _ => MAX_SLEEP.as_millis() as u64,
         };
-        // Never spin: a poll leased here wakes this loop when it is recorded.
-        let sleep = sleep.max(Duration::from_millis(50));
+        if wait == 0 && !failed && slots.available_permits() > 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let sleep = match (wait, failed) {
+            (_, true) => Duration::from_secs(1),
+            (0, false) => MAX_SLEEP,
+            (ms, false) => Duration::from_millis(ms),
+        };
         tokio::select! {
             _ = inner.opts.clock.sleep(sleep) => {},
             _ = inner.poll_wake.notified() => {},
