@@ -131,6 +131,7 @@ pub(crate) async fn track(State(s): State<AppState>, req: Request, next: Next) -
 /// `GET /metrics`: Prometheus text format. Instance-wide and free of tenant data (labels are
 /// statuses, routes, connectors and error classes), so it needs no key.
 pub(crate) async fn scrape(State(s): State<AppState>) -> Response {
+    s.engine.refresh_metrics();
     match s.engine.store().count_runs().await {
         Ok(counts) => {
             for (status, n) in counts {

@@ -1020,6 +1020,12 @@ fn manifest_rate_limits_space_calls_and_a_failing_provider_opens_its_breaker() {
     );
     let run = srv.cli_json(&["runs", "show", &run_id]);
     assert_eq!(run["status"], "running", "{run}");
+    assert_eq!(
+        srv.metric(r#"weft_breakers_opened_total{connector="slowapi"}"#),
+        1.0
+    );
+    assert_eq!(srv.metric("weft_breakers_open"), 1.0);
+    assert!(srv.metric(r#"weft_rate_limit_waits_total{connector="slowapi"}"#) >= 1.0);
     let logs = srv
         .api_get(&format!("/api/v1/workspaces/default/runs/{run_id}/logs"))
         .1;

@@ -269,6 +269,14 @@ fn hostile_expressions_fail_their_step_and_the_server_goes_on() {
         assert!(err.contains("expression"), "{src}: {err}");
     }
     assert_eq!(srv.api_get("/healthz").0, 200);
+    assert_eq!(
+        srv.metric(r#"weft_steps_total{kind="transform",connector="none",outcome="failed",error_class="expression"}"#),
+        cases.len() as f64
+    );
+    assert!(
+        srv.metric("weft_sandbox_kills_total") >= 1.0,
+        "runaway filters kill their worker"
+    );
 }
 
 #[test]

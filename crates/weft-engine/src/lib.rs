@@ -255,6 +255,18 @@ impl Engine {
         &self.inner.metrics
     }
 
+    /// Brings the metrics read from state (open breakers, sandbox kills) up to date; called
+    /// before each scrape.
+    pub fn refresh_metrics(&self) {
+        let m = &self.inner.metrics;
+        m.breakers_open.set(self.inner.open_breakers());
+        let kills = self.inner.opts.sandbox.kills();
+        let seen = m.sandbox_kills.get();
+        if kills > seen {
+            m.sandbox_kills.inc_by(kills - seen);
+        }
+    }
+
     /// The engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.opts.clock

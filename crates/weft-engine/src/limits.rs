@@ -49,6 +49,8 @@ pub(crate) struct Guards {
 /// What one call holds while it runs.
 pub(crate) struct Ticket {
     key: String,
+    /// The connector, for metrics.
+    connector: String,
     /// Whether the call's connector is one provider (every one but `http`).
     one_provider: bool,
     _slot: Option<OwnedSemaphorePermit>,
@@ -172,6 +174,7 @@ impl Inner {
         if !one_provider {
             return Ok(Ticket {
                 key,
+                connector: m.name.clone(),
                 one_provider,
                 _slot: None,
             });
@@ -190,6 +193,7 @@ impl Inner {
         match sem.acquire_owned().await {
             Ok(slot) => Ok(Ticket {
                 key,
+                connector: m.name.clone(),
                 one_provider,
                 _slot: Some(slot),
             }),
@@ -199,6 +203,20 @@ impl Inner {
                 "connector slots closed".into(),
             )),
         }
+    }
+
+    /// Breakers open in this process now (for the metrics).
+    pub(crate) fn open_breakers(&self) -> i64 {
+        let now = self.now();
+        self.guards
+            .breakers
+            .lock()
+            .map(|b| {
+                b.values()
+                    .filter(|br| br.open_until.is_some_and(|u| u > now))
+                    .count() as i64
+            })
+            .unwrap_or(0)
     }
 
     /// Records how a call went: success closes the breaker, a transient failure counts toward
@@ -224,6 +242,12 @@ impl Inner {
                     let br = b.entry(t.key.clone()).or_default();
                     br.failures += 1;
                     if br.failures >= BREAKER_FAILURES {
+                        if br.open_until.is_none_or(|u| u <= now) {
+                            crate::metrics::EngineMetrics::per_connector(
+                                &self.metrics.breakers_opened,
+                                &t.connector,
+                            );
+                        }
                         br.open_until = Some(now + BREAKER_OPEN.as_millis() as Millis);
                         tracing::warn!(key = %t.key, "circuit breaker open for {}s", BREAKER_OPEN.as_secs());
                     }

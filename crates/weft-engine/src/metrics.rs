@@ -73,6 +73,9 @@ pub struct EngineMetrics {
     pub(crate) polls: Family<OutcomeLabels, Counter>,
     pub(crate) poll_runs: Counter,
     pub(crate) vault_decrypts: Counter,
+    pub(crate) breakers_opened: Family<ConnectorLabels, Counter>,
+    pub(crate) breakers_open: Gauge,
+    pub(crate) sandbox_kills: Counter,
 }
 
 impl Default for EngineMetrics {
@@ -90,6 +93,9 @@ impl Default for EngineMetrics {
             polls: Family::default(),
             poll_runs: Counter::default(),
             vault_decrypts: Counter::default(),
+            breakers_opened: Family::default(),
+            breakers_open: Gauge::default(),
+            sandbox_kills: Counter::default(),
         }
     }
 }
@@ -156,6 +162,21 @@ impl EngineMetrics {
             "vault_decrypts",
             "Credentials opened (decrypted) by this process",
             self.vault_decrypts.clone(),
+        );
+        r.register(
+            "breakers_opened",
+            "Times a circuit breaker of a (connector, credential) opened, by connector",
+            self.breakers_opened.clone(),
+        );
+        r.register(
+            "breakers_open",
+            "Circuit breakers open in this process now",
+            self.breakers_open.clone(),
+        );
+        r.register(
+            "sandbox_kills",
+            "Sandbox worker processes killed (time or memory limit) or crashed",
+            self.sandbox_kills.clone(),
         );
     }
 

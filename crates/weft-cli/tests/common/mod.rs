@@ -196,6 +196,32 @@ impl Server {
         }
     }
 
+    /// The value of one sample of `GET /metrics` (`name{labels}` as printed), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = rt.block_on(async {
+            reqwest::get(format!("{}/metrics", self.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// GET on the API with the key.
     pub fn api_get(&self, path: &str) -> (u16, Value) {
         let rt = tokio::runtime::Builder::new_current_thread()
