@@ -6,35 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Sink, SinkBehavior, post_hook};
-
-/// The value of the sample `name{labels}` (labels written exactly as Prometheus prints them).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-fn scrape(srv: &Server) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::get(format!("{}/metrics", srv.url)).await.unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-        r.text().await.unwrap()
-    })
-}
+use common::{Server, Sink, SinkBehavior, post_hook, sample};
 
 #[test]
 fn metrics_count_what_happened_and_show_no_tenant_data() {
@@ -45,7 +17,7 @@ fn metrics_count_what_happened_and_show_no_tenant_data() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
-    let before = scrape(&srv);
+    let before = srv.metrics_text();
     let f = srv.apply(&format!(
         "name: counted\ntrigger:\n  webhook: {{}}\nsteps:\n  - id: shape\n    transform: '{{n: .trigger.body.n}}'\n  - id: send\n    action: http.request\n    input: {{method: POST, url: '{}/got', body: '{{{{ .steps.shape.output }}}}'}}\n    retry: {{max_attempts: 3, initial: 50ms}}\n",
         sink.url
@@ -73,7 +45,7 @@ fn metrics_count_what_happened_and_show_no_tenant_data() {
         );
     }
 
-    let m = scrape(&srv);
+    let m = srv.metrics_text();
     let delta = |series: &str| sample(&m, series) - sample(&before, series);
     assert_eq!(
         delta(r#"weft_intake_total{outcome="accepted"}"#),

@@ -91,7 +91,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
     {
         Ok(true) => {
             let labels = crate::metrics::RunLabels {
-                status: status.to_string(),
+                status: status.as_str(),
             };
             inner.metrics.runs_finished.get_or_create(&labels).inc();
             let secs = (inner.now() - claimed_at).max(0) as f64 / 1000.0;

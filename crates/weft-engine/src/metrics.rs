@@ -17,28 +17,28 @@ fn seconds() -> Histogram {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunLabels {
     /// `succeeded`, `failed`, `cancelled`.
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// One finished step.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
     /// `action`, `transform`, `respond`, `fail`.
-    pub kind: String,
+    pub kind: &'static str,
     /// The action's connector (`none` for other kinds).
     pub connector: String,
     /// `succeeded`, `failed`, `skipped`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Why it failed: `auth`, `rate_limited`, `timeout`, `transient`, `permanent`,
     /// `expression`; `none` otherwise.
-    pub error_class: String,
+    pub error_class: &'static str,
 }
 
 /// A step's kind and connector.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     /// Step kind.
-    pub kind: String,
+    pub kind: &'static str,
     /// The action's connector (`none` for other kinds).
     pub connector: String,
 }
@@ -54,7 +54,7 @@ pub struct ConnectorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `listed`, `failed`, `paused`.
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -181,18 +181,25 @@ impl EngineMetrics {
     }
 
     /// A finished step.
-    pub(crate) fn step(&self, kind: &str, connector: &str, outcome: &str, class: &str, secs: f64) {
+    pub(crate) fn step(
+        &self,
+        kind: &'static str,
+        connector: &str,
+        outcome: &'static str,
+        error_class: &'static str,
+        secs: f64,
+    ) {
         self.steps
             .get_or_create(&StepLabels {
-                kind: kind.into(),
+                kind,
                 connector: connector.into(),
-                outcome: outcome.into(),
-                error_class: class.into(),
+                outcome,
+                error_class,
             })
             .inc();
         self.step_duration
             .get_or_create(&KindLabels {
-                kind: kind.into(),
+                kind,
                 connector: connector.into(),
             })
             .observe(secs);

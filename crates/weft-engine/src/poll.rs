@@ -151,9 +151,10 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
             return;
         }
     };
-    let next_at = now + target.spec().every.as_millis() as Millis;
+    let Some(spec) = target.spec() else { return };
+    let next_at = now + spec.every.as_millis() as Millis;
     let listed = tokio::select! {
-        r = list(inner, &c, &target, now) => Some(r),
+        r = list(inner, &c, &target, spec, now) => Some(r),
         _ = inner.opts.clock.sleep(POLL_TIMEOUT) => None,
     };
     let outcome = match listed {
@@ -169,27 +170,13 @@ pub(crate) async fn poll_once(inner: &Arc<Inner>, c: ClaimedPoll) {
     record(inner, &c, outcome, next_at).await;
 }
 
-/// Records a poll's outcome and hands the lease back (waking the poller, which slept while
-/// the lease was held).
+/// Records a poll's outcome and hands the lease back (the task that ran the poll then wakes
+/// the poller, which slept while the lease was held).
 async fn record(inner: &Arc<Inner>, c: &ClaimedPoll, outcome: PollOutcome, next_at: Millis) {
-    record_outcome(inner, c, outcome, next_at).await;
-    inner.poll_wake.notify_one();
-}
-
-async fn record_outcome(
-    inner: &Arc<Inner>,
-    c: &ClaimedPoll,
-    outcome: PollOutcome,
-    next_at: Millis,
-) {
-    let failed = match &outcome {
-        PollOutcome::Failed(m) | PollOutcome::Paused(m) => Some(m.clone()),
-        PollOutcome::Listed { .. } => None,
-    };
-    let outcome_name = match &outcome {
-        PollOutcome::Listed { .. } => "listed",
-        PollOutcome::Failed(_) => "failed",
-        PollOutcome::Paused(_) => "paused",
+    let (outcome_name, failed) = match &outcome {
+        PollOutcome::Listed { .. } => ("listed", None),
+        PollOutcome::Failed(m) => ("failed", Some(m.clone())),
+        PollOutcome::Paused(m) => ("paused", Some(m.clone())),
     };
     let done = |outcome| PollDone {
         scope: c.scope,
@@ -213,7 +200,7 @@ async fn record_outcome(
                 .metrics
                 .polls
                 .get_or_create(&crate::metrics::OutcomeLabels {
-                    outcome: outcome_name.into(),
+                    outcome: outcome_name,
                 })
                 .inc();
             inner.metrics.poll_runs.inc_by(rec.started.len() as u64);
@@ -248,12 +235,15 @@ struct Target {
     flow_name: String,
     version: i64,
     compiled: Arc<weft_flow::CompiledFlow>,
-    spec: PollSpec,
 }
 
 impl Target {
-    fn spec(&self) -> &PollSpec {
-        &self.spec
+    /// The poll trigger (`target` only builds a Target around one).
+    fn spec(&self) -> Option<&PollSpec> {
+        match &self.compiled.trigger {
+            TriggerKind::Poll(p) => Some(p),
+            _ => None,
+        }
     }
 }
 
@@ -272,15 +262,15 @@ async fn target(inner: &Arc<Inner>, c: &ClaimedPoll) -> Result<Target, Stop> {
         .compiled(c.scope, c.flow_id, version)
         .await
         .map_err(|e| Stop::Failed(e.to_string(), MAX_SLEEP))?;
-    let TriggerKind::Poll(spec) = &compiled.trigger else {
-        return Err(Stop::Gone);
-    };
-    Ok(Target {
+    let target = Target {
         flow_name: flow.name,
         version,
-        spec: (**spec).clone(),
         compiled,
-    })
+    };
+    match target.spec() {
+        Some(_) => Ok(target),
+        None => Err(Stop::Gone),
+    }
 }
 
 /// Why a poll stopped before listing.
@@ -297,9 +287,10 @@ async fn list(
     inner: &Arc<Inner>,
     c: &ClaimedPoll,
     target: &Target,
+    spec: &PollSpec,
     now: Millis,
 ) -> Result<PollOutcome, Stop> {
-    let (compiled, spec) = (&target.compiled, target.spec());
+    let compiled = &target.compiled;
     let fail = |m: String| Stop::Failed(m, spec.every);
     let ctx = json!({
         "cursor": c.cursor.clone().unwrap_or(Value::Null),

@@ -196,30 +196,24 @@ impl Server {
         }
     }
 
-    /// The value of one sample of `GET /metrics` (`name{labels}` as printed), 0 if absent.
-    pub fn metric(&self, series: &str) -> f64 {
+    /// `GET /metrics` (no key needed), checked to be OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let text = rt.block_on(async {
-            reqwest::get(format!("{}/metrics", self.url))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        });
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        rt.block_on(async {
+            let r = reqwest::get(format!("{}/metrics", self.url)).await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+            r.text().await.unwrap()
+        })
+    }
+
+    /// The value of one sample of `GET /metrics` (`name{labels}` as printed), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics_text(), series)
     }
 
     /// GET on the API with the key.
@@ -246,6 +240,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the sample `series` (`name{labels}` as Prometheus prints it) in `text`, 0 if
+/// absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// One request the sink received.
