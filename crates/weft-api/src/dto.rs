@@ -75,6 +75,20 @@ pub struct StepOut {
     pub started_at: Option<String>,
     /// Finished at.
     pub finished_at: Option<String>,
+    /// A `for_each` step's items: how many finished and failed so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// Progress of a `for_each` step.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct Progress {
+    /// Items in the list (known once the loop started).
+    pub total: Option<i64>,
+    /// Items finished (succeeded or failed).
+    pub done: i64,
+    /// Items that failed.
+    pub failed: i64,
 }
 
 impl From<&StepRecord> for StepOut {
@@ -87,8 +101,54 @@ impl From<&StepRecord> for StepOut {
             error: s.error.clone(),
             started_at: ts(s.started_at),
             finished_at: ts(s.finished_at),
+            progress: None,
         }
     }
+}
+
+/// The run's steps as shown: the checkpoints of loop items (`loop[3]`, `loop[3].step`) are
+/// folded into their loop's `progress`.
+pub fn fold_steps(records: &[StepRecord]) -> Vec<StepOut> {
+    let mut out: Vec<StepOut> = records
+        .iter()
+        .filter(|r| !r.step_id.contains('['))
+        .map(StepOut::from)
+        .collect();
+    for step in &mut out {
+        let prefix = format!("{}[", step.id);
+        let mut p = Progress::default();
+        let mut any = false;
+        for r in records.iter().filter(|r| r.step_id.starts_with(&prefix)) {
+            any = true;
+            // Item records end at the bracket; nested steps' records go on with `.id`.
+            if r.step_id.ends_with(']') {
+                match r.status {
+                    weft_types::StepStatus::Succeeded => p.done += 1,
+                    weft_types::StepStatus::Failed => {
+                        p.done += 1;
+                        p.failed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // A loop in progress says how many items it has (`items_total`); a finished one
+        // has its collected list, or its counts.
+        let marker = step
+            .output
+            .as_ref()
+            .and_then(|o| o.get("items_total"))
+            .and_then(Value::as_i64);
+        if any || marker.is_some() {
+            p.total = marker.or_else(|| match step.output.as_ref() {
+                Some(Value::Array(a)) => Some(a.len() as i64),
+                Some(o) => o.get("total").and_then(Value::as_i64),
+                None => None,
+            });
+            step.progress = Some(p);
+        }
+    }
+    out
 }
 
 /// A run (`steps` only on the single-run route).
@@ -116,6 +176,8 @@ pub struct RunOut {
     pub started_at: Option<String>,
     /// Finished at.
     pub finished_at: Option<String>,
+    /// The run that started this one as a sub-flow, if any.
+    pub parent_run: Option<String>,
     /// Steps (single-run route only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepOut>>,
@@ -136,7 +198,8 @@ impl RunOut {
             created_at: weft_types::rfc3339(r.created_at),
             started_at: ts(r.started_at),
             finished_at: ts(r.finished_at),
-            steps: steps.map(|s| s.iter().map(StepOut::from).collect()),
+            parent_run: r.parent.map(|p| p.to_string()),
+            steps: steps.map(fold_steps),
         }
     }
 }

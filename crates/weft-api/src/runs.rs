@@ -1,4 +1,5 @@
-//! Run routes: manual start, list with filters and cursor, show with steps, logs, cancel, delete.
+//! Run routes: manual start, list with filters and cursor, show with steps, logs, cancel,
+//! delete, signals, retry in place and replay.
 
 use axum::Json;
 use axum::body::Body;
@@ -265,4 +266,126 @@ pub(crate) async fn cancel(
         id: id.to_string(),
         status: status.as_str().into(),
     }))
+}
+
+/// The `{name}` path parameter of a signal.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct SignalParam {
+    /// Signal name: the id of the `approval` / `wait_for_event` step it resumes (or its `event`).
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// Send a signal to a run: resumes the `approval` or `wait_for_event` step waiting for this
+/// name, with the body (any JSON, or nothing) as the signal's payload. For an approval,
+/// `{approved: false, reason}` rejects. Single-use: the same name twice is a 409, and so is a
+/// signal to a finished run. A signal that arrives before its step waits is kept for it.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/{run}/signals/{name}", tag = "runs",
+    params(WsParam, RunParam, SignalParam),
+    request_body(content = Option<Object>, content_type = "application/json"),
+    responses((status = 202, body = RunStatusOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
+pub(crate) async fn signal(
+    State(s): State<AppState>,
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<RunStatusOut>), Problem> {
+    let (_, run, name) = path;
+    let id: RunId = parse_id("run", &run)?;
+    let bytes = read_limited(body, s.opts.max_body_bytes).await?;
+    let payload = if bytes.is_empty() {
+        Value::Null
+    } else {
+        require_json(&headers, &bytes)?;
+        parse_json(&bytes)?
+    };
+    let status = s
+        .engine
+        .signal_run(auth.scope, id, &name, payload, auth.actor)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunStatusOut {
+            id: id.to_string(),
+            status: status.as_str().into(),
+        }),
+    ))
+}
+
+/// Retry a failed run in place: steps that succeeded keep their outputs; the failed step and
+/// everything after it run again, with the same idempotency keys. 409 unless the run failed.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/{run}/retry", tag = "runs",
+    params(WsParam, RunParam),
+    responses((status = 202, body = RunStatusOut), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
+pub(crate) async fn retry(
+    State(s): State<AppState>,
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String)>,
+) -> Result<(StatusCode, Json<RunStatusOut>), Problem> {
+    let (_, run) = path;
+    let id: RunId = parse_id("run", &run)?;
+    s.engine.retry_run(auth.scope, id, auth.actor).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunStatusOut {
+            id: id.to_string(),
+            status: RunStatus::Queued.as_str().into(),
+        }),
+    ))
+}
+
+/// Body of a replay.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayIn {
+    /// `pinned` (default: the version the run ran on) or `latest` (the published one).
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// Replay a run: a new run with the same trigger event, on the pinned version or the latest
+/// published one. Answers the new run's id.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/{run}/replay", tag = "runs",
+    params(WsParam, RunParam),
+    request_body(content = Option<ReplayIn>, content_type = "application/json"),
+    responses((status = 202, body = Started), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
+pub(crate) async fn replay(
+    State(s): State<AppState>,
+    auth: Ws<RunsWrite>,
+    Path(path): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Started>), Problem> {
+    let (_, run) = path;
+    let id: RunId = parse_id("run", &run)?;
+    let bytes = read_limited(body, s.opts.max_body_bytes).await?;
+    let input: ReplayIn = if bytes.is_empty() {
+        ReplayIn { version: None }
+    } else {
+        require_json(&headers, &bytes)?;
+        parse_json(&bytes)?
+    };
+    let version = match input.version.as_deref() {
+        None | Some("pinned") => weft_engine::ReplayVersion::Pinned,
+        Some("latest") => weft_engine::ReplayVersion::Latest,
+        Some(_) => {
+            return Err(Problem::invalid("version", "must be `pinned` or `latest`"));
+        }
+    };
+    let ins = s
+        .engine
+        .replay_run(auth.scope, id, version, auth.actor)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Started {
+            run_id: ins.run_id.to_string(),
+            duplicate: false,
+        }),
+    ))
 }

@@ -154,6 +154,29 @@ pub enum RunsCmd {
         /// Run id.
         run: String,
     },
+    /// Retry a failed run in place, from its failed step (completed steps are kept).
+    Retry {
+        /// Run id.
+        run: String,
+    },
+    /// Start a new run with the same trigger event.
+    Replay {
+        /// Run id.
+        run: String,
+        /// Run the flow's published version instead of the one the run was pinned to.
+        #[arg(long)]
+        latest: bool,
+    },
+    /// Send a signal to a run (resumes the `approval` / `wait_for_event` step of that name).
+    Signal {
+        /// Run id.
+        run: String,
+        /// Signal name: the id of the step it resumes.
+        name: String,
+        /// Payload (JSON), e.g. '{"approved": false, "reason": "too big"}'.
+        #[arg(long)]
+        payload: Option<String>,
+    },
 }
 
 pub(crate) struct Api {
@@ -534,6 +557,51 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                 print_json(&v)
             } else {
                 println!("run {} is {}", s(&v, "id"), s(&v, "status"))
+            }
+        }
+        RunsCmd::Retry { run } => {
+            let v = api
+                .send(api.http.post(api.ws(&format!("/runs/{}/retry", enc(&run)))))
+                .await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                println!("run {} is {} again", s(&v, "id"), s(&v, "status"))
+            }
+        }
+        RunsCmd::Replay { run, latest } => {
+            let body = serde_json::json!({"version": if latest { "latest" } else { "pinned" }});
+            let v = api
+                .send(
+                    api.http
+                        .post(api.ws(&format!("/runs/{}/replay", enc(&run))))
+                        .json(&body),
+                )
+                .await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                println!("replayed as run {}", s(&v, "run_id"))
+            }
+        }
+        RunsCmd::Signal { run, name, payload } => {
+            let mut req =
+                api.http
+                    .post(api.ws(&format!("/runs/{}/signals/{}", enc(&run), enc(&name))));
+            if let Some(p) = payload {
+                let v: Value = serde_json::from_str(&p)
+                    .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+                req = req.json(&v);
+            }
+            let v = api.send(req).await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                println!(
+                    "signal '{name}' delivered; run {} is {}",
+                    s(&v, "id"),
+                    s(&v, "status")
+                )
             }
         }
         RunsCmd::Delete { run } => {

@@ -104,3 +104,54 @@ pub(crate) async fn lease_keeper(inner: Arc<Inner>) {
         }
     }
 }
+
+/// Most parked runs made ready in one store call.
+const WAKE_BATCH: usize = 1000;
+
+/// Longest sleep between looks for due timers when none is known (another process may have
+/// parked a run).
+const TIMER_RECHECK: Duration = Duration::from_secs(60);
+
+/// Makes parked runs whose timer is due ready again. One loop for all runs: a waiting run costs
+/// a row, not a task.
+pub(crate) async fn timers(inner: Arc<Inner>) {
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let now = inner.now();
+        match inner.opts.store.wake_runs(now, WAKE_BATCH).await {
+            Ok(n) => {
+                if n > 0 {
+                    inner.wake.notify_one();
+                }
+                if n == WAKE_BATCH {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waking parked runs failed; retrying in 1s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    _ = inner.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        }
+        let next = match inner.opts.store.next_wake_at().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next timer failed");
+                None
+            }
+        };
+        // An absolute deadline: if the clock moved since `now`, a due timer fires at once.
+        let recheck = now + TIMER_RECHECK.as_millis() as i64;
+        let at = next.map_or(recheck, |t| t.min(recheck));
+        tokio::select! {
+            _ = inner.opts.clock.sleep_until(at) => {},
+            _ = inner.timer_wake.notified() => {},
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -328,6 +328,7 @@ impl Engine {
                 dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
                 now,
                 audit: Some(actor),
+                parent: None,
             })
             .await?;
         self.wake();
@@ -437,6 +438,7 @@ impl Engine {
                 dedupe_window_ms: self.inner.opts.dedupe_window.as_millis() as i64,
                 now: self.inner.now(),
                 audit: None,
+                parent: None,
             })
             .await;
         let inserted = match res {

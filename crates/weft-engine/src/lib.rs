@@ -16,6 +16,7 @@ pub mod metrics;
 mod oauth;
 mod poll;
 pub mod retry;
+mod runs;
 mod schedule;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
 pub use poll::MAX_POLL_ITEMS;
+pub use runs::{MAX_SIGNAL_NAME, ReplayVersion};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -165,6 +167,14 @@ pub enum EngineEvent {
         /// Run.
         run: RunId,
     },
+    /// Every step left in a run waits: the run is parked (`waiting`) until `until` (if
+    /// any), a signal, or a child run's end.
+    RunParked {
+        /// Run.
+        run: RunId,
+        /// When its timer fires.
+        until: Option<weft_types::Millis>,
+    },
     /// A run reached a terminal status.
     RunFinished {
         /// Run.
@@ -203,6 +213,7 @@ pub(crate) struct Inner {
     pub(crate) capacity: Notify,
     pub(crate) schedule_wake: Notify,
     pub(crate) poll_wake: Notify,
+    pub(crate) timer_wake: Notify,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
@@ -228,6 +239,7 @@ impl Engine {
                 capacity: Notify::new(),
                 schedule_wake: Notify::new(),
                 poll_wake: Notify::new(),
+                timer_wake: Notify::new(),
                 in_flight: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
                 cancels: Mutex::default(),
@@ -308,6 +320,7 @@ impl Engine {
             }
             tasks.push(tokio::spawn(dispatch::dispatcher(self.inner.clone())));
             tasks.push(tokio::spawn(dispatch::lease_keeper(self.inner.clone())));
+            tasks.push(tokio::spawn(dispatch::timers(self.inner.clone())));
             tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));
             tasks.push(tokio::spawn(poll::poller(self.inner.clone())));
         }

@@ -372,6 +372,7 @@ async fn list(
                 dedupe_window_ms: i64::MAX / 4,
                 now,
                 audit: None,
+                parent: None,
             },
         ));
     }

@@ -75,6 +75,7 @@ pub(crate) async fn fire_due(inner: &Inner, now: i64) -> Result<usize, crate::En
             dedupe_window_ms: i64::MAX / 4,
             now,
             audit: None,
+            parent: None,
         };
         match inner.opts.store.fire_schedule(run, d.tick_at, next).await {
             Ok(Some(_)) => fired += 1,

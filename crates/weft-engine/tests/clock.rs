@@ -7,106 +7,12 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
-use weft_connectors::{GuardedClient, NetPolicy};
-use weft_engine::{Engine, EngineEvent, EngineOptions};
-use weft_sandbox::{SandboxOptions, SandboxPool};
+use weft_engine::EngineEvent;
 use weft_store::Actor;
-use weft_store::{SqliteOptions, Store};
-use weft_types::{ManualClock, RunId, RunStatus, Scope};
+use weft_types::RunStatus;
 
-/// 2026-01-01T00:00:30Z
-const T0: i64 = 1_767_225_630_000;
-
-struct Harness {
-    engine: Engine,
-    clock: ManualClock,
-    scope: Scope,
-    events: tokio::sync::broadcast::Receiver<EngineEvent>,
-    _dir: tempfile::TempDir,
-}
-
-async fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(SqliteOptions {
-        path: dir.path().join("weft.db"),
-        readers: 2,
-    })
-    .unwrap();
-    let clock = ManualClock::new(T0);
-    store.bootstrap_if_empty(T0).await.unwrap();
-    let scope = store.default_scope().await.unwrap().unwrap();
-    let engine = Engine::new(EngineOptions {
-        store,
-        clock: Arc::new(clock.clone()),
-        // Only fast-path expressions run here; the sandbox is exercised in weft-sandbox and e2e tests.
-        sandbox: SandboxPool::new(SandboxOptions {
-            program: "/bin/false".into(),
-            args: vec![],
-            workers: 1,
-            timeout: Duration::from_secs(1),
-            memory_bytes: 1 << 28,
-        }),
-        http: GuardedClient::new(NetPolicy {
-            allow_private: true,
-            allow: vec![],
-        })
-        .unwrap(),
-        owner: "test".into(),
-        max_in_flight: 16,
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_secs(1),
-        dedupe_window: Duration::from_secs(3600),
-        execute: true,
-        vault: None,
-    });
-    let events = engine.subscribe();
-    engine.start(true).await.unwrap();
-    Harness {
-        engine,
-        clock,
-        scope,
-        events,
-        _dir: dir,
-    }
-}
-
-impl Harness {
-    async fn apply(&self, yaml: &str) {
-        self.engine
-            .apply_flow(
-                self.scope,
-                weft_flow::parse_text(yaml).unwrap(),
-                false,
-                Actor::system("test"),
-            )
-            .await
-            .unwrap();
-    }
-    async fn next_event(&mut self) -> EngineEvent {
-        tokio::time::timeout(Duration::from_secs(20), self.events.recv())
-            .await
-            .expect("engine event")
-            .unwrap()
-    }
-    async fn run_finished(&mut self) -> (RunId, RunStatus) {
-        loop {
-            if let EngineEvent::RunFinished { run, status } = self.next_event().await {
-                return (run, status);
-            }
-        }
-    }
-    async fn retrying(&mut self) -> Duration {
-        loop {
-            match self.next_event().await {
-                EngineEvent::StepRetrying { delay, .. } => return delay,
-                EngineEvent::RunFinished { status, .. } => {
-                    panic!("run finished ({status}) instead of retrying")
-                }
-                _ => {}
-            }
-        }
-    }
-}
+mod common;
+use common::*;
 
 /// A sink on loopback answering from a script of (status, retry-after); reports each request.
 async fn sink(

@@ -19,6 +19,8 @@ pub struct CompiledFlow {
     pub run_timeout: Option<Duration>,
     /// `vars` as a JSON object.
     pub vars: serde_json::Value,
+    /// Most steps executing at once in one run.
+    pub concurrency: Option<usize>,
 }
 
 impl CompiledFlow {
@@ -182,8 +184,69 @@ pub struct CompiledStep {
     pub timeout: Option<Duration>,
     /// Failure does not fail the run.
     pub continue_on_error: bool,
+    /// `join: any`: runs when at least one need ran (instead of all of them).
+    pub join_any: bool,
+    /// Steps that run only when this one fails (`on_error`).
+    pub on_error: Vec<usize>,
+    /// Steps that run only when this one times out waiting (`on_timeout`).
+    pub on_timeout: Vec<usize>,
+    /// On a handler: the step whose failure it handles, and whether only its timeout.
+    pub handles: Option<(usize, Handler)>,
+    /// On a step listed in a `switch` case: the switch's index and the case key.
+    pub case_of: Option<(usize, String)>,
     /// What it does.
     pub kind: StepKind,
+}
+
+impl CompiledStep {
+    /// Whether a failure of this step is handled by other steps (so the run goes on).
+    pub fn has_handlers(&self) -> bool {
+        !self.on_error.is_empty() || !self.on_timeout.is_empty()
+    }
+}
+
+/// Which failures a handler step runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Any failure (`on_error`), unless a timeout has its own `on_timeout` handlers.
+    Error,
+    /// A timeout while waiting (`on_timeout`).
+    Timeout,
+}
+
+/// How long a `wait` step waits.
+#[derive(Debug, Clone)]
+pub enum WaitSpec {
+    /// A fixed duration from when the step starts.
+    For(Duration),
+    /// Until the time the expression yields (RFC 3339 or epoch seconds).
+    Until(Expr),
+}
+
+/// What resumes a waiting step besides its timer.
+#[derive(Debug, Clone)]
+pub struct SignalWait {
+    /// Signal names that resume it (the step id first).
+    pub names: Vec<String>,
+    /// How long to wait for one.
+    pub timeout: Option<Duration>,
+    /// Whether the payload decides approval (`approval`) or is just the output.
+    pub approval: bool,
+    /// What the approver is asked.
+    pub message: Option<TValue>,
+}
+
+/// A `for_each` loop.
+#[derive(Debug, Clone)]
+pub struct ForEachSpec {
+    /// jq yielding the list.
+    pub list: Expr,
+    /// Steps run per item (indexes in `deps` etc. refer to this list).
+    pub steps: Vec<CompiledStep>,
+    /// Items in progress at once.
+    pub concurrency: usize,
+    /// Whether the output collects each item's result.
+    pub collect: bool,
 }
 
 /// What a step does.
@@ -217,6 +280,19 @@ pub enum StepKind {
     },
     /// Fail the run.
     Fail(TValue),
+    /// Chooses which `cases` run; the output is `{value, case}`.
+    Switch {
+        /// jq whose value picks a case.
+        expr: Expr,
+        /// Case keys as written (`default` included when given).
+        cases: Vec<String>,
+    },
+    /// Durable timer.
+    Wait(WaitSpec),
+    /// `approval` / `wait_for_event`: parked until a signal or its timeout.
+    Signal(SignalWait),
+    /// Nested steps per item of a list.
+    ForEach(Box<ForEachSpec>),
 }
 
 impl StepKind {
@@ -227,6 +303,11 @@ impl StepKind {
             StepKind::Action { .. } => "action",
             StepKind::Respond { .. } => "respond",
             StepKind::Fail(_) => "fail",
+            StepKind::Switch { .. } => "switch",
+            StepKind::Wait(_) => "wait",
+            StepKind::Signal(s) if s.approval => "approval",
+            StepKind::Signal(_) => "wait_for_event",
+            StepKind::ForEach(_) => "for_each",
         }
     }
 }

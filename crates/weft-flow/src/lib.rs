@@ -7,12 +7,13 @@ mod model;
 mod validate;
 
 pub use compiled::{
-    CompiledFlow, CompiledStep, PollSpec, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
+    CompiledFlow, CompiledStep, ForEachSpec, Handler, PollSpec, RetryPolicy, SignalWait, StepKind,
+    TriggerKind, WaitSpec, WebhookVerify,
 };
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    DurationSpec, FlowDef, HmacDef, ManualTrigger, PollTrigger, RespondDef, RetryDef,
-    ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef, WebhookTrigger,
+    ApprovalDef, DurationSpec, FlowDef, HmacDef, ManualTrigger, PollTrigger, RespondDef, RetryDef,
+    ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef, WaitForEventDef, WebhookTrigger,
 };
 pub use validate::{
     ActionCatalog, ActionFacts, CredentialUse, MIN_POLL_INTERVAL, PollDefaults, compile,

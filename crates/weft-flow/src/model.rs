@@ -21,6 +21,9 @@ pub struct FlowDef {
     /// Run-level time limit, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
+    /// Most steps of one run executing at once (default: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Steps, run in the order written unless `needs:` says otherwise.
     pub steps: Vec<StepDef>,
 }
@@ -198,6 +201,10 @@ pub struct StepDef {
     /// Steps that must finish first (default: the previous step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs: Option<Vec<String>>,
+    /// How `needs` join: `all` (default: skipped when any need was skipped) or `any`
+    /// (runs when at least one need ran; skipped only when all were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
     /// jq condition; false skips the step.
     #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
@@ -210,7 +217,8 @@ pub struct StepDef {
     /// A failure is recorded but the run goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_on_error: Option<bool>,
-    /// Steps to run when this step fails.
+    /// Steps that run only when this step fails (the failure is then handled: the run goes
+    /// on, and steps that need this one are skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<Vec<String>>,
     /// Rate limit override for the action.
@@ -241,21 +249,25 @@ pub struct StepDef {
     /// jq list to iterate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
-    /// Nested steps of a `for_each`.
+    /// Nested steps of a `for_each`, run for each item (they see `.item` and `.index`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<Vec<Value>>,
-    /// Parallel items of a `for_each`.
+    pub steps: Option<Vec<StepDef>>,
+    /// Items of a `for_each` in progress at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Whether a `for_each` collects each item's last output into its own output
+    /// (default true; false keeps only the counts, for very large lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<bool>,
     /// Durable wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitDef>,
     /// Human approval (resumed by a signal named after the step id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<Map<String, Value>>,
-    /// Wait for a named event.
+    pub approval: Option<ApprovalDef>,
+    /// Wait for a signal named after the step id (or after `event`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_for_event: Option<Map<String, Value>>,
+    pub wait_for_event: Option<WaitForEventDef>,
     /// Another flow to call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subflow: Option<String>,
@@ -265,6 +277,38 @@ pub struct StepDef {
     /// Fail the run with this message (may hold templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<String>,
+}
+
+/// An `approval` step: resumed by the signal named after the step id, whose payload
+/// approves (`{approved: true}`, the default) or rejects (`{approved: false, reason}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDef {
+    /// How long to wait for a decision (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Steps that run only when the timeout passes (without them, the step fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<Vec<String>>,
+    /// What the approver is asked; may hold templates. Shown on the waiting step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A `wait_for_event` step: resumed by a signal named after the step id or after `event`;
+/// the signal's payload is its output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForEventDef {
+    /// Another signal name that resumes the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// How long to wait (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Steps that run only when the timeout passes (without them, the step fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<Vec<String>>,
 }
 
 /// The webhook answer of a `respond` step.

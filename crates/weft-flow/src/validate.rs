@@ -7,7 +7,8 @@ use serde_json::Value;
 use weft_expr::{Expr, TValue};
 
 use crate::compiled::{
-    CompiledFlow, CompiledStep, PollSpec, RetryPolicy, StepKind, TriggerKind, WebhookVerify,
+    CompiledFlow, CompiledStep, ForEachSpec, Handler, PollSpec, RetryPolicy, SignalWait, StepKind,
+    TriggerKind, WaitSpec, WebhookVerify,
 };
 use crate::duration::parse_duration;
 use crate::model::{DurationSpec, FlowDef, PollTrigger, StepDef};
@@ -173,32 +174,15 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
         );
     }
 
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in def.steps.iter().enumerate() {
-        if !valid_step_id(&s.id) {
-            cx.err(
-                format!("steps[{i}].id"),
-                "must be 1-64 characters: letters, digits, '-' or '_', starting with a letter or '_'",
-            );
+    let steps = compile_steps("steps", &def.steps, &HashMap::new(), catalog, &mut cx);
+    let concurrency = def.concurrency.and_then(|c| {
+        if (1..=1000).contains(&c) {
+            Some(c as usize)
+        } else {
+            cx.err("concurrency", "must be between 1 and 1000");
+            None
         }
-        if let Some(prev) = index.insert(s.id.as_str(), i) {
-            cx.err(
-                format!("steps[{i}].id"),
-                format!("duplicate step id '{}' (also used by steps[{prev}])", s.id),
-            );
-            index.insert(s.id.as_str(), prev);
-        }
-    }
-
-    let mut steps = Vec::with_capacity(def.steps.len());
-    for (i, s) in def.steps.iter().enumerate() {
-        if let Some(step) = compile_step(i, s, &index, catalog, &mut cx) {
-            steps.push(step);
-        }
-    }
-    if cx.errors.is_empty() {
-        check_cycles(&steps, &mut cx);
-    }
+    });
     if !cx.errors.is_empty() {
         return Err(FlowError::Invalid(cx.errors));
     }
@@ -214,7 +198,181 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
         steps,
         run_timeout,
         vars: Value::Object(def.vars.clone().unwrap_or_default()),
+        concurrency,
     })
+}
+
+/// The role a step plays for another: a handler of its failure, or a member of a switch case.
+#[derive(Default)]
+struct Roles {
+    /// handler index → (handled step, kind)
+    handles: HashMap<usize, (usize, Handler)>,
+    /// case member index → (switch index, case key)
+    case_of: HashMap<usize, (usize, String)>,
+}
+
+/// Compiles one list of steps (the flow's, or a `for_each`'s at `prefix`); `outer` holds the
+/// ids of the enclosing list, which nested ids must not reuse (both are in `.steps`).
+fn compile_steps(
+    prefix: &str,
+    defs: &[StepDef],
+    outer: &HashMap<&str, usize>,
+    catalog: &dyn ActionCatalog,
+    cx: &mut Ctx,
+) -> Vec<CompiledStep> {
+    let nested = !outer.is_empty() || prefix != "steps";
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in defs.iter().enumerate() {
+        if !valid_step_id(&s.id) {
+            cx.err(
+                format!("{prefix}[{i}].id"),
+                "must be 1-64 characters: letters, digits, '-' or '_', starting with a letter or '_'",
+            );
+        }
+        if outer.contains_key(s.id.as_str()) {
+            cx.err(
+                format!("{prefix}[{i}].id"),
+                format!(
+                    "'{}' is already a step of the enclosing flow; nested steps need their own ids",
+                    s.id
+                ),
+            );
+        }
+        if let Some(prev) = index.insert(s.id.as_str(), i) {
+            cx.err(
+                format!("{prefix}[{i}].id"),
+                format!(
+                    "duplicate step id '{}' (also used by {prefix}[{prev}])",
+                    s.id
+                ),
+            );
+            index.insert(s.id.as_str(), prev);
+        }
+    }
+    let roles = collect_roles(prefix, defs, &index, cx);
+    let mut steps = Vec::with_capacity(defs.len());
+    for (i, s) in defs.iter().enumerate() {
+        if let Some(step) = compile_step(prefix, i, s, &index, &roles, nested, catalog, cx) {
+            steps.push(step);
+        }
+    }
+    if steps.len() == defs.len() {
+        for (i, s) in defs.iter().enumerate() {
+            if let StepKind::ForEach(fe) = &mut steps[i].kind {
+                let mut all = outer.clone();
+                all.extend(index.iter().map(|(k, v)| (*k, *v)));
+                fe.steps = compile_steps(
+                    &format!("{prefix}[{i}].steps"),
+                    s.steps.as_deref().unwrap_or_default(),
+                    &all,
+                    catalog,
+                    cx,
+                );
+            }
+        }
+        if cx.errors.is_empty() {
+            check_cycles(prefix, &steps, cx);
+        }
+    }
+    steps
+}
+
+/// Reads `on_error`, `on_timeout` and `cases` lists: which steps handle or belong to which.
+fn collect_roles(
+    prefix: &str,
+    defs: &[StepDef],
+    index: &HashMap<&str, usize>,
+    cx: &mut Ctx,
+) -> Roles {
+    let mut roles = Roles::default();
+    let mut claim = |cx: &mut Ctx,
+                     path: String,
+                     from: usize,
+                     id: &str,
+                     role: Result<Handler, String>| {
+        let Some(&j) = index.get(id) else {
+            cx.err(path, format!("no step has the id '{id}'"));
+            return;
+        };
+        if j == from {
+            cx.err(path, "a step cannot name itself");
+            return;
+        }
+        if roles.handles.contains_key(&j) || roles.case_of.contains_key(&j) {
+            cx.err(
+                path,
+                format!("step '{id}' is already a handler or a case of another step; a step can have one such role"),
+            );
+            return;
+        }
+        match role {
+            Ok(h) => {
+                roles.handles.insert(j, (from, h));
+            }
+            Err(key) => {
+                roles.case_of.insert(j, (from, key));
+            }
+        }
+    };
+    for (i, s) in defs.iter().enumerate() {
+        let p = format!("{prefix}[{i}]");
+        for (k, id) in s.on_error.iter().flatten().enumerate() {
+            claim(cx, format!("{p}.on_error[{k}]"), i, id, Ok(Handler::Error));
+        }
+        let timeouts = [
+            (
+                "approval",
+                s.approval.as_ref().and_then(|a| a.on_timeout.as_ref()),
+            ),
+            (
+                "wait_for_event",
+                s.wait_for_event
+                    .as_ref()
+                    .and_then(|a| a.on_timeout.as_ref()),
+            ),
+        ];
+        for (kind, list) in timeouts {
+            for (k, id) in list.into_iter().flatten().enumerate() {
+                claim(
+                    cx,
+                    format!("{p}.{kind}.on_timeout[{k}]"),
+                    i,
+                    id,
+                    Ok(Handler::Timeout),
+                );
+            }
+        }
+        if s.switch.is_some() {
+            for (key, v) in s.cases.iter().flatten() {
+                let ids: Vec<(String, &str)> = match v {
+                    Value::String(id) => vec![(format!("{p}.cases.{key}"), id.as_str())],
+                    Value::Array(list) => {
+                        let mut ids = Vec::new();
+                        for (k, x) in list.iter().enumerate() {
+                            match x.as_str() {
+                                Some(id) => ids.push((format!("{p}.cases.{key}[{k}]"), id)),
+                                None => {
+                                    cx.err(format!("{p}.cases.{key}[{k}]"), "must be a step id")
+                                }
+                            }
+                        }
+                        ids
+                    }
+                    _ => {
+                        cx.err(
+                            format!("{p}.cases.{key}"),
+                            "must be a step id or a list of step ids",
+                        );
+                        Vec::new()
+                    }
+                };
+                for (path, id) in ids {
+                    claim(cx, path, i, id, Err(key.clone()));
+                }
+            }
+        }
+    }
+    roles
 }
 
 fn compile_trigger(
@@ -355,24 +513,63 @@ fn compile_poll(p: &PollTrigger, catalog: &dyn ActionCatalog, cx: &mut Ctx) -> O
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile_step(
+    prefix: &str,
     i: usize,
     s: &StepDef,
     index: &HashMap<&str, usize>,
+    roles: &Roles,
+    nested: bool,
     catalog: &dyn ActionCatalog,
     cx: &mut Ctx,
 ) -> Option<CompiledStep> {
-    let p = format!("steps[{i}]");
+    let p = format!("{prefix}[{i}]");
     let before = cx.errors.len();
 
-    let deps: Vec<usize> = match &s.needs {
-        None => {
-            if i == 0 {
-                vec![]
-            } else {
-                vec![i - 1]
-            }
+    let handles = roles.handles.get(&i).copied();
+    let case_of = roles.case_of.get(&i).cloned();
+    let mut join_any = match s.join.as_deref() {
+        None | Some("all") => false,
+        Some("any") => true,
+        Some(_) => {
+            cx.err(format!("{p}.join"), "must be `all` or `any`");
+            false
         }
+    };
+    // What a step needs is implied by its role; otherwise the previous step (handlers are not
+    // in that chain, and a step after a switch's cases joins them all).
+    let implied = handles
+        .map(|(t, _)| t)
+        .or(case_of.as_ref().map(|(sw, _)| *sw));
+    let mut deps: Vec<usize> = match &s.needs {
+        None => match (&case_of, implied) {
+            (Some((sw, key)), _) => match i.checked_sub(1) {
+                Some(prev) if roles.case_of.get(&prev) == Some(&(*sw, key.clone())) => vec![prev],
+                _ => vec![*sw],
+            },
+            (None, Some(t)) => vec![t],
+            (None, None) => {
+                let prev = (0..i).rev().find(|j| !roles.handles.contains_key(j));
+                match prev.and_then(|j| roles.case_of.get(&j).map(|c| c.0)) {
+                    Some(sw) => {
+                        if s.join.is_none() {
+                            join_any = true;
+                        }
+                        let members: Vec<usize> = roles
+                            .case_of
+                            .iter()
+                            .filter(|(_, (w, _))| *w == sw)
+                            .map(|(j, _)| *j)
+                            .collect();
+                        let mut d = vec![sw];
+                        d.extend(members.into_iter().filter(|&j| j < i));
+                        d
+                    }
+                    None => prev.into_iter().collect(),
+                }
+            }
+        },
         Some(needs) => {
             let mut deps = Vec::new();
             for (j, n) in needs.iter().enumerate() {
@@ -387,11 +584,12 @@ fn compile_step(
                     ),
                 }
             }
-            deps.sort_unstable();
-            deps.dedup();
+            deps.extend(implied);
             deps
         }
     };
+    deps.sort_unstable();
+    deps.dedup();
     let condition = s
         .condition
         .as_deref()
@@ -412,15 +610,6 @@ fn compile_step(
             "only `action` steps take a rate limit",
         );
     }
-    for (field, set) in [("on_error", s.on_error.is_some())] {
-        if set {
-            cx.err(
-                format!("{p}.{field}"),
-                format!("`{field}` is not available in this version of Weft yet"),
-            );
-        }
-    }
-
     let kinds = s.kinds();
     if kinds.len() != 1 {
         cx.err(
@@ -443,11 +632,25 @@ fn compile_step(
     if (s.cases.is_some()) && kind_name != "switch" {
         cx.err(format!("{p}.cases"), "`cases` belongs to `switch` steps");
     }
-    if (s.steps.is_some() || s.concurrency.is_some()) && kind_name != "for_each" {
+    if (s.steps.is_some() || s.concurrency.is_some() || s.collect.is_some())
+        && kind_name != "for_each"
+    {
         cx.err(
             format!("{p}.steps"),
-            "`steps` and `concurrency` belong to `for_each` steps",
+            "`steps`, `concurrency` and `collect` belong to `for_each` steps",
         );
+    }
+    if nested
+        && matches!(
+            kind_name,
+            "wait" | "approval" | "wait_for_event" | "subflow" | "respond" | "for_each"
+        )
+    {
+        cx.err(
+            format!("{p}.{kind_name}"),
+            format!("`{kind_name}` steps cannot run inside a for_each; put them before or after the loop"),
+        );
+        return None;
     }
 
     let mut retry = RetryPolicy::none();
@@ -491,6 +694,91 @@ fn compile_step(
             .as_deref()
             .and_then(|m| cx.tvalue(&format!("{p}.fail"), &Value::String(m.to_string())))
             .map(StepKind::Fail),
+        "switch" => compile_switch(&p, s, cx),
+        "wait" => match &s.wait {
+            Some(crate::model::WaitDef::For(d)) => cx
+                .duration(&format!("{p}.wait"), d)
+                .map(|d| StepKind::Wait(WaitSpec::For(d))),
+            Some(crate::model::WaitDef::Until { until }) => cx
+                .expr(&format!("{p}.wait.until"), until)
+                .map(|e| StepKind::Wait(WaitSpec::Until(e))),
+            None => None,
+        },
+        "approval" => {
+            let a = s.approval.clone().unwrap_or_default();
+            let timeout = a
+                .timeout
+                .as_ref()
+                .and_then(|t| cx.duration(&format!("{p}.approval.timeout"), t));
+            let message = match &a.message {
+                Some(m) => {
+                    Some(cx.tvalue(&format!("{p}.approval.message"), &Value::String(m.clone()))?)
+                }
+                None => None,
+            };
+            Some(StepKind::Signal(SignalWait {
+                names: vec![s.id.clone()],
+                timeout,
+                approval: true,
+                message,
+            }))
+        }
+        "wait_for_event" => {
+            let w = s.wait_for_event.clone().unwrap_or_default();
+            let timeout = w
+                .timeout
+                .as_ref()
+                .and_then(|t| cx.duration(&format!("{p}.wait_for_event.timeout"), t));
+            let mut names = vec![s.id.clone()];
+            if let Some(e) = &w.event {
+                if valid_signal_name(e) {
+                    if e != &s.id {
+                        names.push(e.clone());
+                    }
+                } else {
+                    cx.err(
+                        format!("{p}.wait_for_event.event"),
+                        "must be 1-100 characters: letters, digits, '-', '_', '.' or ':'",
+                    );
+                }
+            }
+            Some(StepKind::Signal(SignalWait {
+                names,
+                timeout,
+                approval: false,
+                message: None,
+            }))
+        }
+        "for_each" => {
+            let list = s
+                .for_each
+                .as_deref()
+                .and_then(|e| cx.expr(&format!("{p}.for_each"), e));
+            let concurrency = s.concurrency.unwrap_or(1);
+            if !(1..=100).contains(&concurrency) {
+                cx.err(format!("{p}.concurrency"), "must be between 1 and 100");
+            }
+            if s.steps.as_ref().is_none_or(|v| v.is_empty()) {
+                cx.err(
+                    format!("{p}.steps"),
+                    "a for_each needs `steps` to run for each item",
+                );
+            } else if s.steps.as_ref().is_some_and(|v| v.len() > MAX_STEPS) {
+                cx.err(
+                    format!("{p}.steps"),
+                    format!("a for_each may have at most {MAX_STEPS} steps"),
+                );
+            }
+            // The nested steps are compiled by `compile_steps` once this list compiled.
+            list.map(|list| {
+                StepKind::ForEach(Box::new(ForEachSpec {
+                    list,
+                    steps: Vec::new(),
+                    concurrency: concurrency as usize,
+                    collect: s.collect.unwrap_or(true),
+                }))
+            })
+        }
         other => {
             cx.err(
                 format!("{p}.{other}"),
@@ -512,8 +800,51 @@ fn compile_step(
         retry,
         timeout,
         continue_on_error: s.continue_on_error.unwrap_or(false),
+        join_any,
+        on_error: s
+            .on_error
+            .iter()
+            .flatten()
+            .filter_map(|id| index.get(id.as_str()).copied())
+            .collect(),
+        on_timeout: [
+            s.approval.as_ref().and_then(|a| a.on_timeout.as_ref()),
+            s.wait_for_event
+                .as_ref()
+                .and_then(|a| a.on_timeout.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|id| index.get(id.as_str()).copied())
+        .collect(),
+        handles,
+        case_of,
         kind: kind?,
     })
+}
+
+/// Signal names: what `POST …/signals/{name}` can carry in a path segment.
+fn valid_signal_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn compile_switch(p: &str, s: &StepDef, cx: &mut Ctx) -> Option<StepKind> {
+    let expr = s
+        .switch
+        .as_deref()
+        .and_then(|e| cx.expr(&format!("{p}.switch"), e));
+    let cases: Vec<String> = s.cases.iter().flatten().map(|(k, _)| k.clone()).collect();
+    if cases.is_empty() {
+        cx.err(
+            format!("{p}.cases"),
+            "a switch needs `cases`: {value: [step ids], …, default: [step ids]}",
+        );
+    }
+    Some(StepKind::Switch { expr: expr?, cases })
 }
 
 fn compile_action(
@@ -666,7 +997,7 @@ fn compile_retry(
 }
 
 /// Kahn's algorithm over `needs`; reports the steps on a cycle.
-fn check_cycles(steps: &[CompiledStep], cx: &mut Ctx) {
+fn check_cycles(prefix: &str, steps: &[CompiledStep], cx: &mut Ctx) {
     let n = steps.len();
     let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -693,7 +1024,7 @@ fn check_cycles(steps: &[CompiledStep], cx: &mut Ctx) {
             .collect();
         let first = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
         cx.err(
-            format!("steps[{first}].needs"),
+            format!("{prefix}[{first}].needs"),
             format!("`needs` forms a cycle through steps: {}", cyc.join(", ")),
         );
     }

@@ -214,7 +214,7 @@ fn rejects_with_field_paths() {
     );
     check_err(
         &format!("{HEAD}steps:\n  - id: a\n    for_each: '.x'\n"),
-        &["steps[0].for_each"],
+        &["steps[0].steps"],
     );
     check_err(
         &format!("{HEAD}steps:\n  - id: a\n    respond: {{ status: 99 }}\n"),
@@ -475,4 +475,161 @@ fn poll_triggers() {
         &["trigger.poll.input.url"],
     );
     check_err(&poll("    every: 1m\n    wat: 1\n"), &["trigger.poll.wat"]);
+}
+
+fn ids(c: &weft_flow::CompiledFlow, idx: &[usize]) -> Vec<String> {
+    idx.iter().map(|&i| c.steps[i].id.clone()).collect()
+}
+
+#[test]
+fn switch_cases_handlers_and_joins_imply_their_needs() {
+    let c = check_ok(&format!(
+        "{HEAD}steps:
+  - id: pick
+    switch: .trigger.body.kind
+    cases:
+      big: [b1, b2]
+      small: s1
+      default: []
+  - id: b1
+    transform: '1'
+  - id: b2
+    transform: '2'
+  - id: s1
+    transform: '3'
+  - id: after
+    transform: '4'
+  - id: risky
+    transform: '5'
+    on_error: [cleanup]
+  - id: cleanup
+    transform: '6'
+  - id: last
+    transform: '7'
+"
+    ));
+    // b1 follows the switch, b2 follows b1 (same case), s1 the switch (another case).
+    assert_eq!(ids(&c, &c.steps[1].deps), ["pick"]);
+    assert_eq!(ids(&c, &c.steps[2].deps), ["b1"]);
+    assert_eq!(ids(&c, &c.steps[3].deps), ["pick"]);
+    assert_eq!(c.steps[1].case_of, Some((0, "big".to_string())));
+    // The step after the cases joins them all, and the switch itself, with `any`.
+    assert_eq!(ids(&c, &c.steps[4].deps), ["pick", "b1", "b2", "s1"]);
+    assert!(c.steps[4].join_any);
+    // A handler needs what it handles; the chain skips it.
+    assert_eq!(ids(&c, &c.steps[6].deps), ["risky"]);
+    assert_eq!(c.steps[5].on_error, vec![6]);
+    assert_eq!(ids(&c, &c.steps[7].deps), ["risky"]);
+    assert!(!c.steps[7].join_any);
+}
+
+#[test]
+fn waits_signals_and_loops_compile() {
+    let c = check_ok(&format!(
+        "{HEAD}concurrency: 4
+steps:
+  - id: pause
+    wait: 5m
+  - id: until
+    wait: {{until: .trigger.body.at}}
+  - id: approve
+    approval: {{timeout: 2d, on_timeout: [expire], message: 'ok {{{{ .trigger.body.x }}}}?'}}
+  - id: expire
+    transform: '1'
+  - id: hear
+    wait_for_event: {{event: 'order.paid', timeout: 1h}}
+  - id: loop
+    for_each: .trigger.body.items
+    concurrency: 5
+    collect: false
+    steps:
+      - id: double
+        transform: '.item * 2'
+      - id: check
+        if: '.steps.double.output > 2'
+        transform: '.steps.double.output'
+"
+    ));
+    assert_eq!(c.concurrency, Some(4));
+    assert_eq!(c.steps[0].kind.name(), "wait");
+    assert_eq!(c.steps[2].kind.name(), "approval");
+    assert_eq!(c.steps[2].on_timeout, vec![3]);
+    match &c.steps[4].kind {
+        weft_flow::StepKind::Signal(s) => assert_eq!(s.names, ["hear", "order.paid"]),
+        other => panic!("{other:?}"),
+    }
+    match &c.steps[5].kind {
+        weft_flow::StepKind::ForEach(fe) => {
+            assert_eq!(fe.concurrency, 5);
+            assert!(!fe.collect);
+            assert_eq!(fe.steps.len(), 2);
+            assert_eq!(fe.steps[1].deps, vec![0]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The loop's default need skips the handler `expire`.
+    assert_eq!(ids(&c, &c.steps[4].deps), ["approve"]);
+}
+
+#[test]
+fn flow_control_errors_name_their_fields() {
+    let one = |body: &str, paths: &[&str]| check_err(&format!("{HEAD}steps:\n{body}"), paths);
+    one("  - id: s\n    switch: .x\n", &["steps[0].cases"]);
+    one(
+        "  - id: s\n    switch: .x\n    cases: {a: [nope]}\n",
+        &["steps[0].cases.a[0]"],
+    );
+    one(
+        "  - id: s\n    switch: .x\n    cases: {a: 3}\n",
+        &["steps[0].cases.a"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    on_error: [a]\n",
+        &["steps[0].on_error[0]"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    on_error: [h]\n  - id: b\n    transform: '1'\n    on_error: [h]\n  - id: h\n    transform: '1'\n",
+        &["steps[1].on_error[0]"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    join: some\n",
+        &["steps[0].join"],
+    );
+    one("  - id: w\n    wait: soon\n", &["steps[0].wait"]);
+    one(
+        "  - id: w\n    wait: {until: '('}\n",
+        &["steps[0].wait.until"],
+    );
+    one(
+        "  - id: w\n    approval: {timeout: never}\n",
+        &["steps[0].approval.timeout"],
+    );
+    one(
+        "  - id: w\n    wait_for_event: {event: 'a b'}\n",
+        &["steps[0].wait_for_event.event"],
+    );
+    one(
+        "  - id: l\n    for_each: .x\n    concurrency: 0\n    steps:\n      - id: i\n        transform: '1'\n",
+        &["steps[0].concurrency"],
+    );
+    one(
+        "  - id: l\n    for_each: .x\n    steps:\n      - id: i\n        wait: 5m\n",
+        &["steps[0].steps[0].wait"],
+    );
+    one(
+        "  - id: l\n    for_each: .x\n    steps:\n      - id: l\n        transform: '1'\n",
+        &["steps[0].steps[0].id"],
+    );
+    one(
+        "  - id: l\n    for_each: .x\n    steps:\n      - id: i\n        transform: '('\n",
+        &["steps[0].steps[0].transform"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    collect: true\n",
+        &["steps[0].steps"],
+    );
+    check_err(
+        &format!("{HEAD}concurrency: 0\nsteps:\n  - id: a\n    transform: '1'\n"),
+        &["concurrency"],
+    );
 }

@@ -107,6 +107,33 @@ pub(crate) fn run_not_finished(
     ))
 }
 
+/// The wake time stored for a run that waits for a signal or a child run only: later than any
+/// real time, so it is never due (and never reported as the next wake-up).
+pub(crate) const NO_WAKE: weft_types::Millis = i64::MAX / 4;
+
+/// The refusal to signal a run that has finished.
+pub(crate) fn signal_to_finished(status: weft_types::RunStatus) -> StoreError {
+    StoreError::Conflict(format!(
+        "run is already {}; signals reach only unfinished runs",
+        status.as_str()
+    ))
+}
+
+/// The refusal to deliver a signal name twice to one run.
+pub(crate) fn signal_taken(name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "signal '{name}' was already delivered to this run; signals are single-use"
+    ))
+}
+
+/// The refusal to retry a run in place that has not failed.
+pub(crate) fn retry_refused(status: weft_types::RunStatus) -> StoreError {
+    StoreError::Conflict(format!(
+        "only a failed run can be retried in place; this one is {}",
+        status.as_str()
+    ))
+}
+
 /// Hashes an API key secret for storage and lookup (keys are high-entropy, so a fast hash fits).
 pub fn hash_secret(secret: &str) -> String {
     use sha2::Digest;

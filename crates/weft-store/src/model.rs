@@ -74,6 +74,8 @@ pub struct NewRun {
     pub now: Millis,
     /// Set for runs started by a person or key (audited); `None` for webhooks and schedules.
     pub audit: Option<Actor>,
+    /// The run that started this one as a sub-flow (in the same workspace), if any.
+    pub parent: Option<RunId>,
 }
 
 /// Result of inserting a run: the new id, or the id of the run that absorbed the duplicate.
@@ -112,6 +114,19 @@ pub struct RunRecord {
     pub started_at: Option<Millis>,
     /// Finished at.
     pub finished_at: Option<Millis>,
+    /// The run that started this one as a sub-flow, if any.
+    pub parent: Option<RunId>,
+}
+
+/// A signal delivered to a run (at most one per name and run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRecord {
+    /// Name, unique per run.
+    pub name: String,
+    /// What the sender attached.
+    pub payload: Value,
+    /// Delivered at.
+    pub created_at: Millis,
 }
 
 /// A step's checkpointed state.

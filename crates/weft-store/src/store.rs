@@ -183,8 +183,21 @@ dispatch! {
     fn reclaim_all_except(owner: &str) -> Result<usize, StoreError>;
     /// Hands `owner`'s running runs back to the queue (graceful shutdown).
     fn release_leases(owner: &str) -> Result<usize, StoreError>;
-    /// Cancels a run that has not finished; returns its status afterwards.
+    /// Cancels a run that has not finished, with every unfinished run below it (sub-flows, theirs,
+    /// …), and wakes its parent if that waits; returns its status afterwards.
     fn cancel_run(scope: Scope, run: RunId, actor: Actor, now: Millis) -> Result<RunStatus, StoreError>;
+    /// Parks a run `owner` holds: `waiting` until `wake_at` (`None`: no timer), or until a signal
+    /// named in `awaiting` arrives or a child run whose id is in `awaiting` ends; ready again at
+    /// once when one of those already has. False (nothing changed) when `owner` does not hold it.
+    fn park_run(scope: Scope, run: RunId, owner: &str, wake_at: Option<Millis>, awaiting: Vec<String>, now: Millis) -> Result<bool, StoreError>;
+    /// System: makes up to `limit` waiting runs whose wake time is at or before `now` ready;
+    /// returns how many.
+    fn wake_runs(now: Millis, limit: usize) -> Result<usize, StoreError>;
+    /// System: the earliest wake time of a waiting run with a timer.
+    fn next_wake_at() -> Result<Option<Millis>, StoreError>;
+    /// Queues a failed run again, keeping its succeeded steps and dropping the rest (no new run
+    /// is counted); a run that has not failed is a conflict.
+    fn retry_run(scope: Scope, run: RunId, actor: Actor, now: Millis) -> Result<(), StoreError>;
     /// Appends log lines to a run.
     fn append_logs(scope: Scope, run: RunId, logs: Vec<NewLog>, now: Millis) -> Result<(), StoreError>;
     /// Log lines of a run after sequence `after`.
@@ -514,7 +527,8 @@ impl Store {
         r
     }
 
-    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
+    /// held (e.g. cancelled meanwhile).
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_run(
         &self,
@@ -566,8 +580,52 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a finished run with its steps, logs and payloads, and gives its stored bytes
-    /// back to the tenant. A queued or running run must be cancelled first.
+    /// Delivers the signal `name` with `payload` to an unfinished run (once per name: a second
+    /// delivery, or one to a finished run, is a conflict) and makes the run ready now if it
+    /// waits; returns its status afterwards.
+    pub async fn signal_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        name: &str,
+        payload: Value,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<RunStatus, StoreError> {
+        let (stored, written) = self.put_value(&scope, run, "signal", payload).await?;
+        let r = on_backend!(self, s => s.signal_run(scope, run, name, stored, actor, now));
+        if r.is_err() {
+            self.forget(written).await;
+        }
+        r
+    }
+
+    /// The signals delivered to a run, oldest first.
+    pub async fn run_signals(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<Vec<SignalRecord>, StoreError> {
+        let mut signals = on_backend!(self, s => s.run_signals(scope, run))?;
+        for sig in &mut signals {
+            let p = std::mem::take(&mut sig.payload);
+            sig.payload = self.resolve(&scope, run, p).await?;
+        }
+        Ok(signals)
+    }
+
+    /// The runs `run` started as sub-flows, oldest first.
+    pub async fn child_runs(&self, scope: Scope, run: RunId) -> Result<Vec<RunRecord>, StoreError> {
+        let runs = on_backend!(self, s => s.child_runs(scope, run))?;
+        let mut out = Vec::with_capacity(runs.len());
+        for r in runs {
+            out.push(self.resolve_run(r).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a finished run with its steps, logs, signals and payloads, and gives its stored
+    /// bytes back to the tenant. A queued or running run must be cancelled first.
     pub async fn delete_run(
         &self,
         scope: Scope,

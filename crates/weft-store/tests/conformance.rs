@@ -527,6 +527,7 @@ fn run(scope: Scope, flow: weft_types::FlowId, key: Option<&str>, now: i64) -> w
         dedupe_window_ms: 10_000,
         now,
         audit: None,
+        parent: None,
     }
 }
 
@@ -2487,3 +2488,680 @@ conformance!(
         );
     }
 );
+
+/// A run started by `parent` as a sub-flow.
+fn child(scope: Scope, parent: weft_types::RunId, now: i64) -> weft_store::NewRun {
+    weft_store::NewRun {
+        parent: Some(parent),
+        ..run(scope, weft_types::FlowId::new(), None, now)
+    }
+}
+
+fn failed_step(id: &str, idx: i64, at: i64) -> weft_store::StepCheckpoint {
+    let mut cp = step(id, idx, json!(null), at);
+    cp.step.status = weft_types::StepStatus::Failed;
+    cp.step.output = None;
+    cp.step.error = Some("boom".into());
+    cp
+}
+
+conformance!(
+    a_parked_run_waits_for_its_time_then_resumes_with_its_steps,
+    |s| {
+        use weft_types::RunStatus;
+        let scope = scope_of(&s).await;
+        let r = s
+            .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+            .await
+            .unwrap()
+            .run_id;
+        s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+        let cp = step("a", 0, json!({"x": 1}), 210);
+        assert!(
+            s.checkpoint_step(scope, r, "w1", cp.clone(), 210)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.park_run(scope, r, "w2", Some(10_000), vec![], 220)
+                .await
+                .unwrap(),
+            "only the lease owner parks a run"
+        );
+        assert_eq!(
+            s.get_run(scope, r).await.unwrap().0.status,
+            RunStatus::Running
+        );
+        assert!(
+            s.park_run(scope, r, "w1", Some(10_000), vec![], 220)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.get_run(scope, r).await.unwrap().0.status,
+            RunStatus::Waiting
+        );
+        assert_eq!(s.next_wake_at().await.unwrap(), Some(10_000));
+        assert!(
+            s.claim_runs("w2", 5_000, 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a waiting run is not claimed before its time"
+        );
+        assert_eq!(
+            s.reclaim_expired(100_000).await.unwrap(),
+            0,
+            "a parked run holds no lease"
+        );
+        assert_eq!(s.wake_runs(9_999, 100).await.unwrap(), 0);
+        assert_eq!(s.wake_runs(10_000, 100).await.unwrap(), 1);
+        assert_eq!(s.next_wake_at().await.unwrap(), None);
+        assert_eq!(
+            s.get_run(scope, r).await.unwrap().0.status,
+            RunStatus::Queued
+        );
+        let again = s.claim_runs("w2", 10_000, 30_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].run.id, r);
+        assert_eq!(
+            again[0].steps,
+            vec![cp.step],
+            "checkpoints come back with the claim"
+        );
+        assert!(
+            s.finish_run(
+                scope,
+                r,
+                "w2",
+                RunStatus::Succeeded,
+                None,
+                None,
+                vec![],
+                10_001
+            )
+            .await
+            .unwrap()
+        );
+    }
+);
+
+conformance!(a_run_parked_without_a_timer_waits_for_its_signal, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let r = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    assert!(
+        s.park_run(scope, r, "w1", None, vec!["approve".into()], 300)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.next_wake_at().await.unwrap(),
+        None,
+        "a wait without a timer has no wake time"
+    );
+    let far = 4_000_000_000_000;
+    assert_eq!(s.wake_runs(far, 100).await.unwrap(), 0);
+    assert!(
+        s.claim_runs("w2", far, 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another signal is stored; the run keeps waiting for its own.
+    assert_eq!(
+        s.signal_run(scope, r, "note", json!(1), op(), 400)
+            .await
+            .unwrap(),
+        RunStatus::Queued,
+        "any signal makes a waiting run ready (the worker decides whether to park again)"
+    );
+    assert!(matches!(
+        s.signal_run(scope, r, "note", json!(2), op(), 410).await,
+        Err(StoreError::Conflict(m)) if m.contains("single-use")
+    ));
+    let claimed = s.claim_runs("w2", 420, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        s.park_run(scope, r, "w2", None, vec!["approve".into()], 430)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, r).await.unwrap().0.status,
+        RunStatus::Waiting,
+        "a signal it does not await leaves the park alone"
+    );
+    assert_eq!(
+        s.signal_run(scope, r, "approve", json!({"by": "ann"}), op(), 500)
+            .await
+            .unwrap(),
+        RunStatus::Queued
+    );
+    let claimed = s.claim_runs("w3", 500, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "a signalled run is ready at once");
+    let sigs = s.run_signals(scope, r).await.unwrap();
+    assert_eq!(
+        sigs.iter()
+            .map(|x| (x.name.as_str(), x.payload.clone(), x.created_at))
+            .collect::<Vec<_>>(),
+        vec![
+            ("note", json!(1), 400),
+            ("approve", json!({"by": "ann"}), 500)
+        ]
+    );
+    // Signals to a running run are stored; it stays running.
+    assert_eq!(
+        s.signal_run(scope, r, "later", json!(null), op(), 510)
+            .await
+            .unwrap(),
+        RunStatus::Running
+    );
+    assert!(
+        s.finish_run(
+            scope,
+            r,
+            "w3",
+            RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            600
+        )
+        .await
+        .unwrap()
+    );
+    assert!(matches!(
+        s.signal_run(scope, r, "late", json!(1), op(), 700).await,
+        Err(StoreError::Conflict(m)) if m.contains("already succeeded")
+    ));
+    assert!(matches!(
+        s.signal_run(scope, weft_types::RunId::new(), "x", json!(1), op(), 700)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let other = s
+        .create_workspace(scope.tenant, "ops", "Ops", None, op(), 700)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.signal_run(other.scope, r, "x", json!(1), op(), 700).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.run_signals(other.scope, r).await.unwrap().is_empty());
+    // Audited by name, never with the payload.
+    let trail = s.list_audit(scope.tenant, None, None, 100).await.unwrap();
+    let signals: Vec<_> = trail
+        .iter()
+        .filter(|e| e.action == "run.signal")
+        .map(|e| e.detail.as_str())
+        .collect();
+    assert_eq!(
+        signals,
+        vec![
+            r#"{"name":"later"}"#,
+            r#"{"name":"approve"}"#,
+            r#"{"name":"note"}"#
+        ]
+    );
+    assert_eq!(s.verify_audit(scope.tenant).await.unwrap().broken, None);
+    // Deleting the run deletes its signals.
+    s.delete_run(scope, r, op(), 800).await.unwrap();
+    assert!(s.run_signals(scope, r).await.unwrap().is_empty());
+});
+
+conformance!(a_park_whose_signal_already_arrived_is_ready_at_once, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let r = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    assert_eq!(
+        s.signal_run(scope, r, "go", json!(true), op(), 250)
+            .await
+            .unwrap(),
+        RunStatus::Running
+    );
+    assert!(
+        s.park_run(
+            scope,
+            r,
+            "w1",
+            Some(90_000),
+            vec!["other".into(), "go".into()],
+            300
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, r).await.unwrap().0.status,
+        RunStatus::Queued
+    );
+    assert_eq!(s.next_wake_at().await.unwrap(), None);
+    let claimed = s.claim_runs("w2", 300, 30_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the signal is not missed");
+});
+
+conformance!(
+    retry_in_place_keeps_succeeded_steps_and_drops_the_rest,
+    |s| {
+        use weft_types::RunStatus;
+        let scope = scope_of(&s).await;
+        let jan = 1_768_435_200_000;
+        let r = s
+            .insert_run(run(scope, weft_types::FlowId::new(), None, jan))
+            .await
+            .unwrap()
+            .run_id;
+        let u0 = s.usage(scope.tenant, jan).await.unwrap();
+        s.claim_runs("w1", jan, 30_000, 10).await.unwrap();
+        let a = step("a", 0, json!("kept"), jan);
+        for cp in [a.clone(), failed_step("b", 1, jan)] {
+            assert!(s.checkpoint_step(scope, r, "w1", cp, jan).await.unwrap());
+        }
+        assert!(
+            s.finish_run(
+                scope,
+                r,
+                "w1",
+                RunStatus::Failed,
+                None,
+                Some("step b failed".into()),
+                vec![],
+                jan + 1
+            )
+            .await
+            .unwrap()
+        );
+        let u1 = s.usage(scope.tenant, jan).await.unwrap();
+        assert!(u1.stored_bytes > u0.stored_bytes);
+        s.retry_run(scope, r, op(), jan + 2).await.unwrap();
+        let (got, steps) = s.get_run(scope, r).await.unwrap();
+        assert_eq!(
+            (got.status, got.error, got.finished_at, got.output),
+            (RunStatus::Queued, None, None, None)
+        );
+        assert_eq!(steps, vec![a.step.clone()], "the failed step is dropped");
+        let u2 = s.usage(scope.tenant, jan).await.unwrap();
+        assert_eq!(
+            (u2.runs_in_month, u2.stored_bytes),
+            (u0.runs_in_month, u0.stored_bytes),
+            "not a new run; the bytes charged at the failure come back until it ends again"
+        );
+        assert!(
+            s.run_logs(scope, r, 0, 100)
+                .await
+                .unwrap()
+                .iter()
+                .any(|l| l.message == "retry requested: resuming from the failed step")
+        );
+        let claimed = s.claim_runs("w2", jan + 3, 30_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "a retried run is claimable again");
+        assert_eq!(claimed[0].steps, vec![a.step]);
+        assert!(matches!(
+            s.retry_run(scope, r, op(), jan + 4).await,
+            Err(StoreError::Conflict(m)) if m.contains("this one is running")
+        ));
+        assert!(
+            s.finish_run(
+                scope,
+                r,
+                "w2",
+                RunStatus::Succeeded,
+                None,
+                None,
+                vec![],
+                jan + 5
+            )
+            .await
+            .unwrap()
+        );
+        assert_eq!(
+            s.usage(scope.tenant, jan).await.unwrap().stored_bytes,
+            u0.stored_bytes + r#""kept""#.len() as i64,
+            "the kept step's output is charged again when the run ends"
+        );
+        assert!(matches!(
+            s.retry_run(scope, r, op(), jan + 6).await,
+            Err(StoreError::Conflict(m)) if m.contains("this one is succeeded")
+        ));
+        assert!(matches!(
+            s.retry_run(scope, weft_types::RunId::new(), op(), jan + 6)
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        let trail = s.list_audit(scope.tenant, None, None, 100).await.unwrap();
+        assert_eq!(trail.iter().filter(|e| e.action == "run.retry").count(), 1);
+        assert_eq!(s.verify_audit(scope.tenant).await.unwrap().broken, None);
+    }
+);
+
+conformance!(a_finished_child_run_wakes_its_waiting_parent, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let p = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w1", 100, 30_000, 10).await.unwrap();
+    let c = s.insert_run(child(scope, p, 110)).await.unwrap().run_id;
+    assert!(
+        s.park_run(scope, p, "w1", None, vec![c.to_string()], 120)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, p).await.unwrap().0.status,
+        RunStatus::Waiting
+    );
+    assert_eq!(s.get_run(scope, c).await.unwrap().0.parent, Some(p));
+    assert_eq!(s.get_run(scope, p).await.unwrap().0.parent, None);
+    let kids = s.child_runs(scope, p).await.unwrap();
+    assert_eq!(kids.iter().map(|k| k.id).collect::<Vec<_>>(), vec![c]);
+    let claimed = s.claim_runs("w2", 130, 30_000, 10).await.unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|x| (x.run.id, x.run.parent))
+            .collect::<Vec<_>>(),
+        vec![(c, Some(p))],
+        "only the child is ready"
+    );
+    assert!(
+        s.finish_run(
+            scope,
+            c,
+            "w2",
+            RunStatus::Succeeded,
+            Some(json!({"done": 1})),
+            None,
+            vec![],
+            140
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, p).await.unwrap().0.status,
+        RunStatus::Queued,
+        "the child's end woke its parent"
+    );
+    let claimed = s.claim_runs("w1", 140, 30_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|x| x.run.id).collect::<Vec<_>>(),
+        vec![p]
+    );
+    // A child that ended before its parent parked: the park does not wait for it.
+    let c2 = s.insert_run(child(scope, p, 150)).await.unwrap().run_id;
+    s.claim_runs("w2", 150, 30_000, 10).await.unwrap();
+    assert!(
+        s.finish_run(
+            scope,
+            c2,
+            "w2",
+            RunStatus::Failed,
+            None,
+            Some("no".into()),
+            vec![],
+            160
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, p).await.unwrap().0.status,
+        RunStatus::Running,
+        "a running parent is left alone"
+    );
+    assert!(
+        s.park_run(scope, p, "w1", None, vec![c2.to_string()], 170)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_run(scope, p).await.unwrap().0.status,
+        RunStatus::Queued
+    );
+    // A cancelled child wakes its waiting parent too.
+    s.claim_runs("w1", 180, 30_000, 10).await.unwrap();
+    let c3 = s.insert_run(child(scope, p, 185)).await.unwrap().run_id;
+    assert!(
+        s.park_run(scope, p, "w1", Some(50_000), vec![], 190)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.cancel_run(scope, c3, op(), 200).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    assert_eq!(
+        s.get_run(scope, p).await.unwrap().0.status,
+        RunStatus::Queued
+    );
+    let kids = s.child_runs(scope, p).await.unwrap();
+    assert_eq!(
+        kids.iter().map(|k| k.id).collect::<Vec<_>>(),
+        vec![c, c2, c3],
+        "oldest first"
+    );
+});
+
+conformance!(cancelling_a_run_cancels_its_unfinished_descendants, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let p = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    s.claim_runs("w1", 100, 30_000, 10).await.unwrap();
+    // A finished child, a waiting child and a queued child, with grandchildren under two.
+    let done = s.insert_run(child(scope, p, 110)).await.unwrap().run_id;
+    s.claim_runs("w2", 110, 30_000, 10).await.unwrap();
+    assert!(
+        s.finish_run(
+            scope,
+            done,
+            "w2",
+            RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            115
+        )
+        .await
+        .unwrap()
+    );
+    let waiting = s.insert_run(child(scope, p, 120)).await.unwrap().run_id;
+    s.claim_runs("w3", 120, 30_000, 10).await.unwrap();
+    assert!(
+        s.park_run(scope, waiting, "w3", Some(99_000), vec![], 125)
+            .await
+            .unwrap()
+    );
+    let queued = s.insert_run(child(scope, p, 130)).await.unwrap().run_id;
+    let grand_q = s
+        .insert_run(child(scope, queued, 131))
+        .await
+        .unwrap()
+        .run_id;
+    let grand_d = s.insert_run(child(scope, done, 132)).await.unwrap().run_id;
+    let great = s
+        .insert_run(child(scope, grand_q, 133))
+        .await
+        .unwrap()
+        .run_id;
+    let unrelated = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 134))
+        .await
+        .unwrap()
+        .run_id;
+    assert_eq!(
+        s.cancel_run(scope, p, op(), 200).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    let status = |r| {
+        let s = &s;
+        async move { s.get_run(scope, r).await.unwrap().0.status }
+    };
+    assert_eq!(
+        status(done).await,
+        RunStatus::Succeeded,
+        "finished runs stay"
+    );
+    for r in [waiting, queued, grand_q, grand_d, great] {
+        assert_eq!(status(r).await, RunStatus::Cancelled, "{r}");
+    }
+    assert_eq!(status(unrelated).await, RunStatus::Queued);
+    let logs = s.run_logs(scope, grand_q, 0, 10).await.unwrap();
+    assert_eq!(
+        logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+        vec![format!("cancelled with its parent run {queued}")]
+    );
+    assert_eq!(
+        s.run_logs(scope, waiting, 0, 10).await.unwrap()[0].message,
+        format!("cancelled with its parent run {p}")
+    );
+    assert_eq!(s.next_wake_at().await.unwrap(), None);
+    let claimed = s.claim_runs("w4", 300_000, 30_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|x| x.run.id).collect::<Vec<_>>(),
+        vec![unrelated],
+        "nothing of the cancelled tree is claimed"
+    );
+    assert!(
+        !s.finish_run(
+            scope,
+            p,
+            "w1",
+            RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            300_001
+        )
+        .await
+        .unwrap()
+    );
+    // Cancelled descendants can be deleted like any finished run.
+    s.delete_run(scope, great, op(), 300_002).await.unwrap();
+    let trail = s.list_audit(scope.tenant, None, None, 100).await.unwrap();
+    let cancel = trail.iter().find(|e| e.action == "run.cancel").unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&cancel.detail).unwrap(),
+        json!({"previous_status": "running", "cancelled_descendants": 5})
+    );
+});
+
+payload_conformance!(large_signal_payloads_live_in_object_storage, |s, dir| {
+    let scope = scope_of(&s).await;
+    let r = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    let big = json!({"text": "s".repeat(5000)});
+    s.signal_run(scope, r, "big", big.clone(), op(), 200)
+        .await
+        .unwrap();
+    let files = files_under(dir.path());
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(&format!("{}/{}/{r}/signal-", scope.tenant, scope.workspace))),
+        "{files:?}"
+    );
+    assert!(matches!(
+        s.signal_run(scope, r, "big", big.clone(), op(), 201).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        files_under(dir.path()).len(),
+        files.len(),
+        "the refused signal's object is removed"
+    );
+    let sigs = s.run_signals(scope, r).await.unwrap();
+    assert_eq!(sigs.len(), 1);
+    assert_eq!(sigs[0].payload, big);
+});
+
+conformance!(a_signal_or_a_child_end_racing_a_park_is_never_missed, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let mut parents = Vec::new();
+    for i in 0..24 {
+        let p = s
+            .insert_run(run(scope, weft_types::FlowId::new(), None, 100 + i))
+            .await
+            .unwrap()
+            .run_id;
+        parents.push(p);
+    }
+    assert_eq!(
+        s.claim_runs("wp", 200, 60_000, 100).await.unwrap().len(),
+        24
+    );
+    let mut kids = Vec::new();
+    for p in &parents[12..] {
+        kids.push(s.insert_run(child(scope, *p, 210)).await.unwrap().run_id);
+    }
+    assert_eq!(
+        s.claim_runs("wc", 220, 60_000, 100).await.unwrap().len(),
+        12
+    );
+    let mut hs = Vec::new();
+    for (i, p) in parents.iter().copied().enumerate() {
+        // Half race a signal, half the end of their child, against their park.
+        let (s1, s2) = (s.clone(), s.clone());
+        let kid = i.checked_sub(12).map(|k| kids[k]);
+        let awaited = kid.map_or("go".to_string(), |k| k.to_string());
+        hs.push(tokio::spawn(async move {
+            s1.park_run(scope, p, "wp", None, vec![awaited], 300)
+                .await
+                .unwrap()
+        }));
+        hs.push(tokio::spawn(async move {
+            match kid {
+                Some(k) => s2
+                    .finish_run(
+                        scope,
+                        k,
+                        "wc",
+                        RunStatus::Succeeded,
+                        None,
+                        None,
+                        vec![],
+                        300,
+                    )
+                    .await
+                    .unwrap(),
+                None => {
+                    s2.signal_run(scope, p, "go", json!(1), op(), 300)
+                        .await
+                        .unwrap();
+                    true
+                }
+            }
+        }));
+    }
+    for h in hs {
+        assert!(h.await.unwrap());
+    }
+    for p in parents {
+        assert_eq!(
+            s.get_run(scope, p).await.unwrap().0.status,
+            RunStatus::Queued,
+            "{p} missed what it awaited"
+        );
+    }
+});

@@ -40,6 +40,7 @@ fn new_run(scope: Scope, flow: FlowId, key: Option<&str>, now: i64) -> NewRun {
         dedupe_window_ms: 10_000,
         now,
         audit: None,
+        parent: None,
     }
 }
 

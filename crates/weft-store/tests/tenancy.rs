@@ -50,6 +50,7 @@ fn run(scope: Scope, flow: FlowId, now: i64) -> NewRun {
         dedupe_window_ms: 0,
         now,
         audit: None,
+        parent: None,
     }
 }
 

@@ -12,6 +12,14 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now_ms(&self) -> Millis;
     /// Completes once the clock has advanced by `d`.
     fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    /// Completes once the clock reads `at` (epoch ms) or later. Unlike `sleep`, a deadline
+    /// computed before the clock moved still fires on time.
+    fn sleep_until(
+        &self,
+        at: Millis,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.sleep(Duration::from_millis((at - self.now_ms()).max(0) as u64))
+    }
 }
 
 /// The real clock.
@@ -69,7 +77,12 @@ impl Clock for ManualClock {
         self.inner.now.load(Ordering::SeqCst)
     }
     fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        let deadline = self.now_ms() + d.as_millis() as i64;
+        self.sleep_until(self.now_ms() + d.as_millis() as i64)
+    }
+    fn sleep_until(
+        &self,
+        deadline: Millis,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let mut rx = self.inner.tick.subscribe();
         Box::pin(async move {
             loop {

@@ -38,6 +38,8 @@ pub enum StepStatus {
     Skipped,
     /// Stopped because the run was cancelled.
     Cancelled,
+    /// Parked until a time, a signal or a child run (the run is `waiting`).
+    Waiting,
 }
 
 macro_rules! str_enum {
@@ -61,7 +63,7 @@ macro_rules! str_enum {
 }
 
 str_enum!(RunStatus { Queued = "queued", Running = "running", Waiting = "waiting", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled" });
-str_enum!(StepStatus { Pending = "pending", Running = "running", Retrying = "retrying", Succeeded = "succeeded", Failed = "failed", Skipped = "skipped", Cancelled = "cancelled" });
+str_enum!(StepStatus { Pending = "pending", Running = "running", Retrying = "retrying", Succeeded = "succeeded", Failed = "failed", Skipped = "skipped", Cancelled = "cancelled", Waiting = "waiting" });
 
 impl RunStatus {
     /// Whether the run can no longer change.

@@ -150,8 +150,8 @@ pub(super) fn start(pool: PgPool, announce: mpsc::Sender<()>) -> mpsc::Sender<Jo
                         }
                     }
                 }
-                let inserted = run_batch(&pool, jobs).await;
-                if inserted {
+                let readied = run_batch(&pool, jobs).await;
+                if readied {
                     let _ = announce.try_send(());
                 }
             }
@@ -160,13 +160,14 @@ pub(super) fn start(pool: PgPool, announce: mpsc::Sender<()>) -> mpsc::Sender<Jo
     tx
 }
 
-/// Runs `jobs` in one transaction and answers each; true when a run was inserted. When the
-/// batch fails for a reason other than a deadlock, each job is run again on its own, so one
-/// job whose data the database rejects fails alone instead of taking the others with it.
+/// Runs `jobs` in one transaction and answers each; true when a run was made ready (inserted,
+/// or a parent woken by the end of its sub-flow run). When the batch fails for a reason other
+/// than a deadlock, each job is run again on its own, so one job whose data the database
+/// rejects fails alone instead of taking the others with it.
 async fn run_batch(pool: &PgPool, mut jobs: Vec<Job>) -> bool {
     jobs.sort_by_cached_key(Job::order_key);
     match with_retries(pool, &jobs).await {
-        Ok(outcomes) => answer_all(jobs, outcomes),
+        Ok((outcomes, woke)) => answer_all(jobs, outcomes) | woke,
         // Only an error about some job's data is worth splitting the batch for.
         Err(e) if jobs.len() == 1 || !matches!(e, StoreError::Db(_)) => {
             for job in jobs {
@@ -176,14 +177,14 @@ async fn run_batch(pool: &PgPool, mut jobs: Vec<Job>) -> bool {
         }
         Err(e) => {
             tracing::warn!(error = %e, jobs = jobs.len(), "a batch of writes failed; writing its jobs one by one");
-            let mut inserted = false;
+            let mut readied = false;
             for job in jobs {
                 match with_retries(pool, std::slice::from_ref(&job)).await {
-                    Ok(outcomes) => inserted |= answer_all(vec![job], outcomes),
+                    Ok((outcomes, woke)) => readied |= answer_all(vec![job], outcomes) | woke,
                     Err(e) => job.fail(&e),
                 }
             }
-            inserted
+            readied
         }
     }
 }
@@ -200,7 +201,7 @@ fn answer_all(jobs: Vec<Job>, outcomes: Vec<Outcome>) -> bool {
 }
 
 /// [`attempt_batch`], again when the database asks for a retry (deadlock, serialization).
-async fn with_retries(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+async fn with_retries(pool: &PgPool, jobs: &[Job]) -> Result<(Vec<Outcome>, bool), StoreError> {
     let mut attempt = 1;
     loop {
         match attempt_batch(pool, jobs).await {
@@ -213,10 +214,12 @@ async fn with_retries(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Store
     }
 }
 
-/// One attempt: every job in one transaction, committed; or the error that undid them all.
-async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, StoreError> {
+/// One attempt: every job in one transaction, committed, and whether a finish woke a waiting
+/// parent run; or the error that undid them all.
+async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Vec<Outcome>, bool), StoreError> {
     let mut tx = pool.begin().await.map_err(db)?;
     let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut woke = false;
     let mut current: Option<String> = None;
     let mut plans = super::runs::PlanCache::new();
     let mut i = 0;
@@ -258,9 +261,9 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
             outcomes.extend(held.into_iter().map(|h| Outcome::Bool(Ok(h))));
             continue;
         }
-        // A run of plain inserts (no delivery key, no audit) for a tenant without run or byte
-        // limits: one statement too. Others take the path with their checks.
-        if matches!(job, Job::Insert { run, .. } if run.dedupe_key.is_none() && run.audit.is_none())
+        // A run of plain inserts (no delivery key, no audit, no parent) for a tenant without run
+        // or byte limits: one statement too. Others take the path with their checks.
+        if matches!(job, Job::Insert { run, .. } if run.dedupe_key.is_none() && run.audit.is_none() && run.parent.is_none())
             && plan_limits(&mut tx, &tenant, &mut plans).await? == (None, None)
         {
             let month = |r: &NewRun| crate::quota::month_of(r.now);
@@ -275,6 +278,7 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
                         if run.scope.tenant.to_string() == tenant
                             && run.dedupe_key.is_none()
                             && run.audit.is_none()
+                            && run.parent.is_none()
                             && month(run) == first_month =>
                     {
                         Some((run, super::pg_json(&run.trigger)))
@@ -317,14 +321,15 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
             })
             .collect();
         if !finishes.is_empty() {
-            let done = finish_many_tx(&mut tx, &tenant, &finishes).await?;
+            let (done, parents_woken) = finish_many_tx(&mut tx, &tenant, &finishes).await?;
+            woke |= parents_woken;
             i += finishes.len();
             outcomes.extend(done.into_iter().map(|d| Outcome::Bool(Ok(d))));
             continue;
         }
         i += 1;
         // Checkpoints and finishes went in their grouped statements above; what is left is an
-        // insert with its own checks (delivery key, audit entry, plan limits).
+        // insert with its own checks (delivery key, audit entry, plan limits) or a parent run.
         let Job::Insert { run, .. } = job else {
             return Err(StoreError::Db(
                 "internal: a batch job was left ungrouped".into(),
@@ -359,5 +364,5 @@ async fn attempt_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Outcome>, Stor
         outcomes.push(outcome);
     }
     tx.commit().await.map_err(db)?;
-    Ok(outcomes)
+    Ok((outcomes, woke))
 }

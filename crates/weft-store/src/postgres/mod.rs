@@ -10,6 +10,7 @@ mod polls;
 mod runs;
 mod store;
 mod system;
+mod waits;
 
 pub use store::PgStore;
 
@@ -27,6 +28,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_connectors.sql")),
     (6, include_str!("migrations/0006_oauth.sql")),
     (7, include_str!("migrations/0007_polls.sql")),
+    (8, include_str!("migrations/0008_waits.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -45,6 +47,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "runs",
     "run_steps",
     "run_logs",
+    "run_signals",
     "schedules",
     "polls",
     "poll_seen",

@@ -15,9 +15,9 @@ use super::store::{Tx, append, db, parse};
 use super::{pg_json, pg_text};
 use crate::*;
 
-const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims";
+pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims, parent_run";
 /// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
-const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims";
+const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims, r.parent_run";
 
 /// Puts the runs leaving `run_queue` in the CTE `back` (tenant_id, workspace_id, run_id) back
 /// to `queued` in `runs`.
@@ -31,8 +31,9 @@ fn json_opt(s: Option<String>) -> Result<Option<Value>, StoreError> {
     .transpose()
 }
 
-fn read_run(r: &PgRow) -> Result<(RunRecord, i64), StoreError> {
+pub(super) fn read_run(r: &PgRow) -> Result<(RunRecord, i64), StoreError> {
     let status: String = r.try_get(6).map_err(db)?;
+    let parent: Option<String> = r.try_get(14).map_err(db)?;
     Ok((
         RunRecord {
             scope: Scope {
@@ -51,6 +52,7 @@ fn read_run(r: &PgRow) -> Result<(RunRecord, i64), StoreError> {
             created_at: r.try_get(10).map_err(db)?,
             started_at: r.try_get(11).map_err(db)?,
             finished_at: r.try_get(12).map_err(db)?,
+            parent: parent.map(|p| parse(p, "parent run id")).transpose()?,
         },
         r.try_get(13).map_err(db)?,
     ))
@@ -85,7 +87,7 @@ async fn steps_of(tx: &mut Tx, t: &str, w: &str, run: &str) -> Result<Vec<StepRe
         .collect()
 }
 
-async fn insert_logs(
+pub(super) async fn insert_logs(
     tx: &mut Tx,
     t: &str,
     w: &str,
@@ -141,8 +143,8 @@ pub(super) async fn plan_limits(
 }
 
 /// Inserts many queued runs of one tenant whose plan has no run or byte limit, none with a
-/// delivery key or an audit entry (the common webhook), with one statement; for each, the
-/// result [`insert_run_tx`] would give.
+/// delivery key, an audit entry or a parent run (the common webhook), with one statement; for
+/// each, the result [`insert_run_tx`] would give.
 pub(super) async fn insert_many_tx(
     tx: &mut Tx,
     tenant: &str,
@@ -314,8 +316,8 @@ pub(super) async fn insert_run_tx(
     // winner. One statement: the run, its queue row and the tenant's charge.
     let n: i64 = sqlx::query_scalar(
         "WITH ins AS (
-           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9) ON CONFLICT DO NOTHING
+           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run)
+           VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9, $12) ON CONFLICT DO NOTHING
            RETURNING tenant_id, workspace_id, id, not_before),
          q AS (
            INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
@@ -341,6 +343,7 @@ pub(super) async fn insert_run_tx(
     .bind(r.now)
     .bind(crate::quota::month_of(r.now))
     .bind(bytes)
+    .bind(r.parent.map(|p| p.to_string()))
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
@@ -535,12 +538,13 @@ pub(super) struct FinishRow<'a> {
 
 /// Finishes many runs of one tenant in `tx` (tenant set) with one statement; for each, whether
 /// it was finished (false: `owner` no longer holds it, and nothing of it was written). One usage
-/// charge covers them all.
+/// charge covers them all. The waiting parents of finished sub-flow runs are made ready by a
+/// second statement, only when there are any; the second result says whether one was.
 pub(super) async fn finish_many_tx(
     tx: &mut Tx,
     tenant: &str,
     rows: &[FinishRow<'_>],
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<(Vec<bool>, bool), StoreError> {
     let n = rows.len();
     let mut ws = Vec::with_capacity(n);
     let mut runs = Vec::with_capacity(n);
@@ -570,7 +574,7 @@ pub(super) async fn finish_many_tx(
     // Which rows are held is found by primary-key lookups (see `checkpoint_many_tx`); the
     // delete then finds them through the same index and checks the owner again, since a
     // lease can change hands between the two.
-    let done: Vec<i64> = sqlx::query_scalar(
+    let done: Vec<(i64, Option<String>)> = sqlx::query_as(
         "WITH inp AS (
            SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[])
              WITH ORDINALITY AS i(workspace_id, run_id, owner, status, output, error, now, output_bytes, ord)),
@@ -588,7 +592,7 @@ pub(super) async fn finish_many_tx(
            UPDATE runs r SET status = i.status, output = i.output::jsonb, error = i.error, finished_at = i.now
            FROM inp i JOIN held h ON h.workspace_id = i.workspace_id AND h.run_id = i.run_id
            WHERE r.tenant_id = $1 AND r.workspace_id = i.workspace_id AND r.id = i.run_id
-           RETURNING i.ord, i.workspace_id, i.run_id, i.now, i.output_bytes),
+           RETURNING i.ord, i.workspace_id, i.run_id, i.now, i.output_bytes, r.parent_run),
          charge AS (
            INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
            SELECT $1, pg_backend_pid() % 256, $10, 0,
@@ -607,7 +611,7 @@ pub(super) async fn finish_many_tx(
            JOIN upd d ON d.ord = l.ord + 1
            ORDER BY l.ord, l.n
            RETURNING 1)
-         SELECT ord - 1 FROM upd ORDER BY ord",
+         SELECT ord - 1, parent_run FROM upd ORDER BY ord",
     )
     .bind(tenant)
     .bind(ws)
@@ -626,7 +630,16 @@ pub(super) async fn finish_many_tx(
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    Ok(flags(n, done))
+    // Sub-flow runs wake their waiting parents in the same transaction.
+    let parents: Vec<(String, String, Millis)> = done
+        .iter()
+        .filter_map(|(ord, parent)| {
+            let row = rows.get(usize::try_from(*ord).ok()?)?;
+            Some((row.scope.workspace.to_string(), parent.clone()?, row.now))
+        })
+        .collect();
+    let woke = !parents.is_empty() && super::waits::wake_waiting(tx, tenant, &parents).await? > 0;
+    Ok((flags(n, done.into_iter().map(|d| d.0).collect()), woke))
 }
 
 impl PgStore {
@@ -708,7 +721,7 @@ impl PgStore {
                WHERE lease_owner IS NULL AND tenant_id = $5 AND not_before <= $3
                ORDER BY not_before, run_id LIMIT $4 FOR UPDATE SKIP LOCKED),
              leased AS (
-               UPDATE run_queue q SET lease_owner = $1, lease_expires = $2 FROM picked p
+               UPDATE run_queue q SET lease_owner = $1, lease_expires = $2, waiting = false FROM picked p
                WHERE q.tenant_id = p.tenant_id AND q.workspace_id = p.workspace_id AND q.run_id = p.run_id
                RETURNING q.tenant_id, q.workspace_id, q.run_id)
              UPDATE runs r SET status = 'running', claims = r.claims + 1, started_at = COALESCE(r.started_at, $3)
@@ -885,7 +898,8 @@ impl PgStore {
         .await
     }
 
-    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
+    /// held (e.g. cancelled meanwhile).
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_run(
         &self,
@@ -912,7 +926,8 @@ impl PgStore {
         .await
     }
 
-    /// Cancels a run that has not finished; returns its status afterwards.
+    /// Cancels a run that has not finished, and every unfinished run below it (sub-flows, theirs,
+    /// …); wakes its parent if that waits. Returns its status afterwards.
     pub async fn cancel_run(
         &self,
         scope: Scope,
@@ -923,8 +938,23 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let rid = run.to_string();
         let mut tx = self.tenant_tx(&t).await?;
+        // Runs below this one, deepest first (none for most runs). Their queue rows are locked
+        // before this run's: a finishing sub-flow locks its own queue row, then its parent's.
+        let below = super::waits::descendants(&mut tx, &t, &w, &rid).await?;
+        if !below.is_empty() {
+            sqlx::query(
+                "SELECT 1 FROM run_queue q JOIN UNNEST($3::text[]) WITH ORDINALITY AS i(run_id, n) ON q.run_id = i.run_id
+                 WHERE q.tenant_id = $1 AND q.workspace_id = $2 ORDER BY i.n FOR UPDATE OF q",
+            )
+            .bind(&t)
+            .bind(&w)
+            .bind(&below)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
         // Queue row first (the lock order of claims and finishes), then the run.
-        sqlx::query(
+        let dequeued = sqlx::query(
             "DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
         )
         .bind(&t)
@@ -932,7 +962,8 @@ impl PgStore {
         .bind(&rid)
         .execute(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(db)?
+        .rows_affected();
         let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 FOR UPDATE")
             .bind(&t)
             .bind(&w)
@@ -946,15 +977,28 @@ impl PgStore {
         if status.is_terminal() {
             return Ok(status);
         }
-        sqlx::query(
+        if dequeued == 0 {
+            // An unfinished run without a queue row a moment ago: a retry that put it back
+            // committed while this waited for the run. Its new queue row goes too.
+            sqlx::query(
+                "DELETE FROM run_queue WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+            )
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        let parent: Option<String> = sqlx::query_scalar(
             "UPDATE runs SET status = 'cancelled', finished_at = $4, error = 'cancelled on request'
-             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 RETURNING parent_run",
         )
         .bind(&t)
         .bind(&w)
         .bind(&rid)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
         insert_logs(
@@ -970,6 +1014,17 @@ impl PgStore {
             }],
         )
         .await?;
+        let mut detail = json!({"previous_status": status.as_str()});
+        if !below.is_empty() {
+            let n = super::waits::cancel_below(&mut tx, &t, &w, &below, now).await?;
+            if n > 0 {
+                detail["cancelled_descendants"] = json!(n);
+            }
+        }
+        let woke = match parent {
+            Some(p) => super::waits::wake_waiting(&mut tx, &t, &[(w.clone(), p, now)]).await? > 0,
+            None => false,
+        };
         append(
             &mut tx,
             &t,
@@ -980,16 +1035,19 @@ impl PgStore {
                 object_kind: "run",
                 object_id: rid.clone(),
                 workspace: Some(scope.workspace),
-                detail: json!({"previous_status": status.as_str()}),
+                detail,
             },
         )
         .await?;
         tx.commit().await.map_err(db)?;
+        if woke {
+            self.announce();
+        }
         Ok(RunStatus::Cancelled)
     }
 
-    /// Deletes a finished run with its steps and logs and gives its stored bytes back to the
-    /// tenant; a queued or running run must be cancelled first.
+    /// Deletes a finished run with its steps, logs and signals and gives its stored bytes back
+    /// to the tenant; a queued or running run must be cancelled first.
     pub async fn delete_run(
         &self,
         scope: Scope,
@@ -1033,6 +1091,7 @@ impl PgStore {
         for sql in [
             "DELETE FROM run_logs WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
             "DELETE FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+            "DELETE FROM run_signals WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
             "DELETE FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         ] {
             sqlx::query(sql)

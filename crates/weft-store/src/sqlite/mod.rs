@@ -10,6 +10,7 @@ mod credentials;
 mod identity;
 mod ops;
 mod polls;
+mod waits;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_connectors.sql")),
     (6, include_str!("migrations/0006_oauth.sql")),
     (7, include_str!("migrations/0007_polls.sql")),
+    (8, include_str!("migrations/0008_waits.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

@@ -48,7 +48,7 @@ fn read_flow(r: &Row<'_>) -> Result<FlowRecord, StoreError> {
     })
 }
 
-const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims";
+pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims, parent_run";
 
 /// A run row whose JSON columns are still text, so the writer thread never parses JSON.
 struct RawRun {
@@ -69,6 +69,7 @@ impl RawRun {
 
 fn read_run_raw(r: &Row<'_>) -> Result<RawRun, StoreError> {
     let status: String = r.get(6)?;
+    let parent: Option<String> = r.get(14)?;
     Ok(RawRun {
         rec: RunRecord {
             scope: Scope {
@@ -87,6 +88,7 @@ fn read_run_raw(r: &Row<'_>) -> Result<RawRun, StoreError> {
             created_at: r.get(10)?,
             started_at: r.get(11)?,
             finished_at: r.get(12)?,
+            parent: parent.map(|p| parse(p, "parent run id")).transpose()?,
         },
         trigger: r.get(7)?,
         output: r.get(8)?,
@@ -94,7 +96,7 @@ fn read_run_raw(r: &Row<'_>) -> Result<RawRun, StoreError> {
     })
 }
 
-fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
+pub(super) fn read_run(r: &Row<'_>) -> Result<(RunRecord, i64), StoreError> {
     read_run_raw(r)?.parse()
 }
 
@@ -126,7 +128,7 @@ fn steps_of(c: &Connection, t: &str, w: &str, run: &str) -> Result<Vec<StepRecor
     Ok(out)
 }
 
-fn insert_logs(
+pub(super) fn insert_logs(
     c: &Connection,
     t: &str,
     w: &str,
@@ -194,10 +196,10 @@ pub(super) fn insert_run_tx(
         )?;
     }
     c.prepare_cached(
-        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)",
+        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9, ?10)",
     )?
-    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, trigger, r.dedupe_key, r.now])?;
+    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, trigger, r.dedupe_key, r.now, r.parent.map(|p| p.to_string())])?;
     Ok(Inserted {
         run_id: r.id,
         duplicate: false,
@@ -206,7 +208,7 @@ pub(super) fn insert_run_tx(
 
 /// The bytes a run's step outputs are charged: an offloaded output's recorded size, else its
 /// JSON text (see `crate::payloads`).
-const STEP_BYTES: &str = "SELECT COALESCE(SUM(COALESCE(json_extract(output, '$.\"$weft_payload\".blob.size'), LENGTH(output))), 0)
+pub(super) const STEP_BYTES: &str = "SELECT COALESCE(SUM(COALESCE(json_extract(output, '$.\"$weft_payload\".blob.size'), LENGTH(output))), 0)
      FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3";
 
 /// Counts a new run against the tenant's monthly and storage limits, or refuses it.
@@ -797,7 +799,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Finishes a run `owner` holds; false when it is no longer held (e.g. cancelled meanwhile).
+    /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
+    /// held (e.g. cancelled meanwhile).
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_run(
         &self,
@@ -818,14 +821,20 @@ impl SqliteStore {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
-            let n = c
+            let finished: Option<Option<String>> = c
                 .prepare_cached(
                     "UPDATE runs SET status = ?5, output = ?6, error = ?7, finished_at = ?8, lease_owner = NULL, lease_expires = NULL
-                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4",
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4
+                     RETURNING parent_run",
                 )?
-                .execute(params![t, w, rid, owner, status.as_str(), output, error, now])?;
-            if n == 0 {
+                .query_row(params![t, w, rid, owner, status.as_str(), output, error, now], |r| r.get(0))
+                .optional()?;
+            let Some(parent) = finished else {
                 return Ok(false);
+            };
+            // A sub-flow's end wakes the run waiting for it, in the same transaction.
+            if let Some(parent) = parent {
+                super::waits::wake_if_waiting(c, &t, &w, &parent, now)?;
             }
             // Stored data is charged once per run, when it ends: one write instead of one per step.
             let steps: i64 = c
@@ -838,7 +847,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Cancels a run that has not finished; returns its status afterwards.
+    /// Cancels a run that has not finished, and every unfinished run below it (sub-flows, theirs,
+    /// …); wakes its parent if that waits. Returns its status afterwards.
     pub async fn cancel_run(
         &self,
         scope: Scope,
@@ -856,23 +866,32 @@ impl SqliteStore {
             if status.is_terminal() {
                 return Ok(status);
             }
-            c.execute(
+            let parent: Option<String> = c.query_row(
                 "UPDATE runs SET status = 'cancelled', finished_at = ?4, error = 'cancelled on request', lease_owner = NULL, lease_expires = NULL
-                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 RETURNING parent_run",
                 params![t, w, rid, now],
+                |r| r.get(0),
             )?;
             insert_logs(c, &t, &w, &rid, now, &[NewLog { level: "warn", step_id: None, message: "run cancelled on request".into() }])?;
+            let descendants = super::waits::cancel_descendants(c, &t, &w, &rid, now)?;
+            if let Some(parent) = parent {
+                super::waits::wake_if_waiting(c, &t, &w, &parent, now)?;
+            }
+            let mut detail = json!({"previous_status": status.as_str()});
+            if descendants > 0 {
+                detail["cancelled_descendants"] = json!(descendants);
+            }
             append(c, &t, now, &Audit {
                 actor, action: "run.cancel", object_kind: "run", object_id: rid.clone(),
-                workspace: Some(scope.workspace), detail: json!({"previous_status": status.as_str()}),
+                workspace: Some(scope.workspace), detail,
             })?;
             Ok(RunStatus::Cancelled)
         })
         .await
     }
 
-    /// Deletes a finished run with its steps and logs and gives its stored bytes back to the
-    /// tenant; a queued or running run must be cancelled first.
+    /// Deletes a finished run with its steps, logs and signals and gives its stored bytes back
+    /// to the tenant; a queued or running run must be cancelled first.
     pub async fn delete_run(
         &self,
         scope: Scope,
@@ -900,6 +919,7 @@ impl SqliteStore {
             for sql in [
                 "DELETE FROM run_logs WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
                 "DELETE FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
+                "DELETE FROM run_signals WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
                 "DELETE FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
             ] {
                 c.prepare_cached(sql)?.execute(params![t, w, rid])?;

@@ -1,0 +1,278 @@
+//! `for_each`: the nested steps run once per item, up to `concurrency` items at a time. Each
+//! nested step is checkpointed as `loop[i].step`, and each finished item as `loop[i]`, so a
+//! resumed run skips finished items and, inside an unfinished one, finished steps.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weft_flow::ForEachSpec;
+use weft_store::{NewLog, RunRecord, StepCheckpoint, StepRecord};
+use weft_types::{Millis, StepStatus};
+
+use super::step::StepJob;
+use super::{DagEnd, Frame, ItemCx, Outcome, Prior, Report, run_dag};
+use crate::Inner;
+
+/// Longest list a loop takes.
+pub(crate) const MAX_ITEMS: usize = 1_000_000;
+
+/// How one item ended.
+enum ItemEnd {
+    Done(usize, Result<Value, String>),
+    Lost,
+}
+
+impl StepJob {
+    pub(crate) async fn for_each(&self, fe: &ForEachSpec, ctx: &Value, started: Millis) -> Report {
+        let list = match self.inner.eval(&fe.list, ctx).await {
+            Ok(Value::Array(a)) if a.len() <= MAX_ITEMS => a,
+            Ok(Value::Array(a)) => {
+                return self
+                    .fail_loop(
+                        format!("for_each gave {} items; the limit is {MAX_ITEMS}", a.len()),
+                        started,
+                    )
+                    .await;
+            }
+            Ok(other) => {
+                return self
+                    .fail_loop(
+                        format!(
+                            "for_each needs a list; its expression gave {}",
+                            kind_of(&other)
+                        ),
+                        started,
+                    )
+                    .await;
+            }
+            Err(e) => return self.fail_loop(format!("for_each: {e}"), started).await,
+        };
+        let total = list.len();
+        let fid = self.step().id.clone();
+        if self.prior.is_none() {
+            // Shows the loop and its size while items run (progress counts item checkpoints).
+            let rec = self.record(
+                StepStatus::Running,
+                1,
+                Some(json!({"items_total": total})),
+                None,
+                started,
+            );
+            if !self.checkpoint(rec, Vec::new()).await {
+                return Report::Lost;
+            }
+        }
+        let mut results: Vec<Value> = if fe.collect {
+            vec![Value::Null; total]
+        } else {
+            Vec::new()
+        };
+        let mut succeeded = 0usize;
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        let mut todo = Vec::new();
+        for i in 0..total {
+            let rec = self.all_prior.get(&format!("{fid}[{i}]"));
+            match rec.map(|r| r.status) {
+                Some(StepStatus::Succeeded) => {
+                    succeeded += 1;
+                    if let Some(slot) = results.get_mut(i) {
+                        *slot = rec.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
+                    }
+                }
+                Some(StepStatus::Failed) => {
+                    failed.push((i, rec.and_then(|r| r.error.clone()).unwrap_or_default()))
+                }
+                _ => todo.push(i),
+            }
+        }
+        let outer = Arc::new(
+            ctx.get("steps")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let mut items: Vec<Option<Value>> = list.into_iter().map(Some).collect();
+        let mut pending = todo.into_iter();
+        let mut set: JoinSet<ItemEnd> = JoinSet::new();
+        loop {
+            while set.len() < fe.concurrency && failed.is_empty() {
+                let Some(i) = pending.next() else { break };
+                let item = ItemTask {
+                    inner: self.inner.clone(),
+                    run: self.run.clone(),
+                    frame: Frame {
+                        flow: self.frame.flow.clone(),
+                        item: Some(Arc::new(ItemCx {
+                            parent: self.idx,
+                            index: i,
+                            item: items[i].take().unwrap_or(Value::Null),
+                            outer: outer.clone(),
+                        })),
+                    },
+                    prior: self.all_prior.clone(),
+                    token: self.token.clone(),
+                    loop_id: fid.clone(),
+                    started: self.inner.now(),
+                };
+                set.spawn(item.run());
+            }
+            if set.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = set.join_next() => match joined {
+                    Some(Ok(ItemEnd::Done(i, Ok(v)))) => {
+                        succeeded += 1;
+                        if fe.collect {
+                            results[i] = v;
+                        }
+                    }
+                    Some(Ok(ItemEnd::Done(i, Err(e)))) => failed.push((i, e)),
+                    Some(Ok(ItemEnd::Lost)) | None => {
+                        set.abort_all();
+                        return Report::Lost;
+                    }
+                    Some(Err(e)) => failed.push((usize::MAX, format!("an item task crashed: {e}"))),
+                },
+                _ = self.token.cancelled() => {
+                    set.abort_all();
+                    return Report::Lost;
+                }
+            }
+        }
+        if let Some((i, e)) = failed.iter().min_by_key(|(i, _)| *i) {
+            let msg = format!(
+                "item {i} failed: {e} ({} of {total} items failed, {succeeded} succeeded)",
+                failed.len()
+            );
+            return self.fail_loop(msg, started).await;
+        }
+        let output = if fe.collect {
+            Value::Array(results)
+        } else {
+            json!({"total": total, "succeeded": succeeded, "failed": 0})
+        };
+        self.conclude(
+            Outcome::Succeeded(output),
+            started,
+            format!("all {total} items succeeded"),
+        )
+        .await
+    }
+
+    async fn fail_loop(&self, e: String, started: Millis) -> Report {
+        self.set_class("permanent");
+        self.conclude(Outcome::failed(e.clone()), started, format!("failed: {e}"))
+            .await
+    }
+}
+
+/// One item's run of the nested steps.
+struct ItemTask {
+    inner: Arc<Inner>,
+    run: Arc<RunRecord>,
+    frame: Frame,
+    prior: Prior,
+    token: CancellationToken,
+    loop_id: String,
+    started: Millis,
+}
+
+impl ItemTask {
+    async fn run(self) -> ItemEnd {
+        let Some(item) = self.frame.item.clone() else {
+            return ItemEnd::Lost;
+        };
+        let end = run_dag(
+            &self.inner,
+            &self.run,
+            self.frame.clone(),
+            &self.prior,
+            &self.token,
+            None,
+        )
+        .await;
+        let result = match end {
+            DagEnd::Done {
+                fatal: None,
+                outcomes,
+            } => Ok(outcomes
+                .iter()
+                .rev()
+                .find_map(|o| match o {
+                    Some(Outcome::Succeeded(v)) => Some(v.clone()),
+                    _ => None,
+                })
+                .unwrap_or(Value::Null)),
+            DagEnd::Done { fatal: Some(e), .. } => Err(e),
+            DagEnd::Crashed(e) => Err(format!("a step task crashed: {e}")),
+            // Validation keeps waiting steps out of loops; no deadline is passed in.
+            DagEnd::Parked(..) | DagEnd::TimedOut => {
+                Err("a step inside a for_each cannot wait".to_string())
+            }
+            DagEnd::Lost => return ItemEnd::Lost,
+        };
+        let (status, output, error) = match &result {
+            Ok(v) => (StepStatus::Succeeded, Some(v.clone()), None),
+            Err(e) => (StepStatus::Failed, None, Some(e.clone())),
+        };
+        let rec = StepRecord {
+            step_id: format!("{}[{}]", self.loop_id, item.index),
+            idx: item.parent as i64,
+            status,
+            attempts: 1,
+            output,
+            error,
+            started_at: Some(self.started),
+            finished_at: Some(self.inner.now()),
+        };
+        let logs = match &result {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![NewLog {
+                level: "warn",
+                step_id: Some(rec.step_id.clone()),
+                message: format!("item {} failed: {e}", item.index),
+            }],
+        };
+        match self
+            .inner
+            .opts
+            .store
+            .checkpoint_step(
+                self.run.scope,
+                self.run.id,
+                &self.inner.opts.owner,
+                StepCheckpoint { step: rec, logs },
+                self.inner.now(),
+            )
+            .await
+        {
+            Ok(true) => {
+                weft_types::failpoint_at(
+                    "for_each.item_done",
+                    &format!("{}[{}]", self.loop_id, item.index),
+                );
+                ItemEnd::Done(item.index, result)
+            }
+            Ok(false) => ItemEnd::Lost,
+            Err(e) => {
+                tracing::warn!(run = %self.run.id, error = %e, "checkpoint failed; the run will be resumed");
+                ItemEnd::Lost
+            }
+        }
+    }
+}
+
+/// A JSON value's kind, for messages.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}

@@ -1,0 +1,594 @@
+//! Executes one claimed run: its steps as a DAG, each result checkpointed before any step that
+//! depends on it starts; retries with backoff; step and run timeouts; cancellation; parking
+//! the run while a step waits (a timer, a signal, a child run) and resuming it later.
+//!
+//! - `mod.rs` — the run: claim to finish or park, the DAG loop and its skip rules.
+//! - `step.rs` — one step: condition, attempts with retries, checkpoints.
+//! - `waits.rs` — `wait`, `approval` and `wait_for_event` steps.
+//! - `for_each.rs` — loops: items with their own nested DAG and per-item checkpoints.
+//!
+//! Skip rule: a step whose `if:` is false is `skipped`. A step's need is *met* when it
+//! succeeded, or failed with `continue_on_error`; it is *unmet* when skipped, or failed and
+//! handled by `on_error`/`on_timeout` steps. With `join: all` (the default) a step is skipped
+//! when any need is unmet; with `join: any`, only when every need is. A handler runs only for
+//! the failure it handles; a step in a `switch` case only when its case was chosen.
+
+mod for_each;
+mod step;
+mod waits;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weft_flow::{CompiledFlow, CompiledStep, Handler, StepKind};
+use weft_store::{ClaimedRun, NewLog, RunRecord, StepRecord};
+use weft_types::{Millis, RunStatus, StepStatus};
+
+use crate::Inner;
+use step::StepJob;
+
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Succeeded(Value),
+    Skipped,
+    Failed { error: String, timed_out: bool },
+}
+
+impl Outcome {
+    fn failed(error: impl Into<String>) -> Self {
+        Outcome::Failed {
+            error: error.into(),
+            timed_out: false,
+        }
+    }
+
+    /// The outcome a checkpointed record stands for; `None` for one still in progress.
+    fn of_record(rec: &StepRecord) -> Option<Self> {
+        match rec.status {
+            StepStatus::Succeeded => Some(Outcome::Succeeded(
+                rec.output.clone().unwrap_or(Value::Null),
+            )),
+            StepStatus::Skipped => Some(Outcome::Skipped),
+            StepStatus::Failed => Some(Outcome::Failed {
+                error: rec.error.clone().unwrap_or_default(),
+                timed_out: rec
+                    .output
+                    .as_ref()
+                    .and_then(|o| o.get("timed_out"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The step's state as expressions see it under `.steps.<id>`.
+    fn to_context(&self) -> Value {
+        match self {
+            Outcome::Succeeded(out) => json!({"status": "succeeded", "output": out}),
+            Outcome::Skipped => json!({"status": "skipped", "output": null}),
+            Outcome::Failed { error, .. } => {
+                json!({"status": "failed", "output": null, "error": error})
+            }
+        }
+    }
+}
+
+/// What a step task reports back.
+pub(crate) enum Report {
+    Done(usize, Outcome),
+    /// The step is checkpointed `waiting`: the run parks until this time (if any), one of
+    /// these signals, or a child run's end.
+    Parked(Option<Millis>, Vec<String>),
+    /// The run is no longer ours (cancelled, or the lease was lost): stop without finishing.
+    Lost,
+}
+
+/// One item of a `for_each`: what its nested steps see besides their own outputs.
+pub(crate) struct ItemCx {
+    /// Index of the `for_each` step in the flow.
+    pub(crate) parent: usize,
+    /// Position of the item in the list.
+    pub(crate) index: usize,
+    /// The item.
+    pub(crate) item: Value,
+    /// `.steps` of the enclosing run at the time the loop started.
+    pub(crate) outer: Arc<Map<String, Value>>,
+}
+
+/// Where a list of steps lives: the flow's own, or a `for_each`'s for one item.
+#[derive(Clone)]
+pub(crate) struct Frame {
+    pub(crate) flow: Arc<CompiledFlow>,
+    pub(crate) item: Option<Arc<ItemCx>>,
+}
+
+impl Frame {
+    fn steps(&self) -> &[CompiledStep] {
+        match &self.item {
+            None => &self.flow.steps,
+            Some(it) => match &self.flow.steps[it.parent].kind {
+                StepKind::ForEach(fe) => &fe.steps,
+                _ => &[],
+            },
+        }
+    }
+
+    /// The id a step's checkpoint is stored under: nested ones as `loop[3].inner`, which no
+    /// top-level id can collide with.
+    fn record_id(&self, local: &str) -> String {
+        match &self.item {
+            None => local.to_string(),
+            Some(it) => format!("{}[{}].{local}", self.flow.steps[it.parent].id, it.index),
+        }
+    }
+
+    /// The stored position: nested records sort with their loop.
+    fn record_idx(&self, i: usize) -> i64 {
+        match &self.item {
+            None => i as i64,
+            Some(it) => it.parent as i64,
+        }
+    }
+
+    /// The loop index in idempotency keys: (run, step, loop index).
+    fn loop_index(&self) -> usize {
+        self.item.as_ref().map_or(0, |it| it.index)
+    }
+}
+
+/// Checkpoints of a run, by stored step id.
+pub(crate) type Prior = Arc<HashMap<String, StepRecord>>;
+
+/// How a DAG ended.
+pub(crate) enum DagEnd {
+    Done {
+        fatal: Option<String>,
+        outcomes: Vec<Option<Outcome>>,
+    },
+    Parked(Option<Millis>, Vec<String>),
+    Lost,
+    Crashed(String),
+    TimedOut,
+}
+
+/// What a run's execution came to.
+enum RunEnd {
+    Finished(RunStatus, Option<Value>, Option<String>),
+    Parked(Option<Millis>, Vec<String>),
+    Lost,
+}
+
+pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
+    let run = Arc::new(claimed.run);
+    let claimed_at = inner.now();
+    let token = CancellationToken::new();
+    if let Ok(mut m) = inner.cancels.lock() {
+        m.insert(run.id, token.clone());
+    }
+    let result = run_steps(&inner, &run, claimed.steps, &token).await;
+    if let Ok(mut m) = inner.cancels.lock() {
+        m.remove(&run.id);
+    }
+    // A run that did not reach its `respond` step answers intake with 202 (dropping the sender).
+    if let Ok(mut m) = inner.responders.lock() {
+        m.remove(&run.id);
+    }
+    let (status, output, error) = match result {
+        RunEnd::Finished(s, o, e) => (s, o, e),
+        RunEnd::Parked(wake, awaiting) => {
+            park(&inner, &run, wake, awaiting).await;
+            return;
+        }
+        RunEnd::Lost => {
+            // Stopped without an outcome. If this process still holds the run (a checkpoint could
+            // not be written), it goes back to the queue now rather than when the process goes
+            // idle; a cancelled run or one another worker took over is not held, and nothing
+            // changes.
+            hand_back(&inner, &run).await;
+            let _ = inner
+                .events
+                .send(crate::EngineEvent::RunStopped { run: run.id });
+            return;
+        }
+    };
+    let msg = match status {
+        RunStatus::Succeeded => NewLog {
+            level: "info",
+            step_id: None,
+            message: "run succeeded".into(),
+        },
+        _ => NewLog {
+            level: "error",
+            step_id: None,
+            message: format!("run failed: {}", error.clone().unwrap_or_default()),
+        },
+    };
+    match inner
+        .opts
+        .store
+        .finish_run(
+            run.scope,
+            run.id,
+            &inner.opts.owner,
+            status,
+            output,
+            error,
+            vec![msg],
+            inner.now(),
+        )
+        .await
+    {
+        Ok(true) => {
+            let labels = crate::metrics::RunLabels {
+                status: status.as_str(),
+            };
+            inner.metrics.runs_finished.get_or_create(&labels).inc();
+            let secs = (inner.now() - claimed_at).max(0) as f64 / 1000.0;
+            inner
+                .metrics
+                .run_duration
+                .get_or_create(&labels)
+                .observe(secs);
+            if run.parent.is_some() {
+                // The parent waits for this run; on this process it may be claimable now.
+                inner.wake.notify_one();
+            }
+            let _ = inner.events.send(crate::EngineEvent::RunFinished {
+                run: run.id,
+                status,
+            });
+        }
+        Ok(false) => (),
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
+            hand_back(&inner, &run).await;
+        }
+    }
+}
+
+/// Parks a run whose remaining steps all wait: its lease goes, and the timer task (or a
+/// signal, or a child's end) makes it ready again.
+async fn park(inner: &Arc<Inner>, run: &RunRecord, wake: Option<Millis>, awaiting: Vec<String>) {
+    match inner
+        .opts
+        .store
+        .park_run(
+            run.scope,
+            run.id,
+            &inner.opts.owner,
+            wake,
+            awaiting,
+            inner.now(),
+        )
+        .await
+    {
+        Ok(true) => {
+            inner.timer_wake.notify_one();
+            // A signal that arrived meanwhile made it ready again at once.
+            inner.wake.notify_one();
+            let _ = inner.events.send(crate::EngineEvent::RunParked {
+                run: run.id,
+                until: wake,
+            });
+        }
+        Ok(false) => {
+            let _ = inner
+                .events
+                .send(crate::EngineEvent::RunStopped { run: run.id });
+        }
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "could not park a waiting run; it will be resumed");
+            hand_back(inner, run).await;
+        }
+    }
+}
+
+/// Returns a run this process holds to the queue, ready again in a second (so a store that is
+/// failing is not hammered by the same run).
+async fn hand_back(inner: &Arc<Inner>, run: &RunRecord) {
+    let at = inner.now() + 1_000;
+    if let Err(e) = inner
+        .opts
+        .store
+        .release_run(run.scope, run.id, &inner.opts.owner, at)
+        .await
+    {
+        tracing::warn!(run = %run.id, error = %e, "could not hand a run back; its lease will expire");
+    }
+}
+
+async fn run_steps(
+    inner: &Arc<Inner>,
+    run: &Arc<RunRecord>,
+    prior: Vec<StepRecord>,
+    token: &CancellationToken,
+) -> RunEnd {
+    let flow = match inner
+        .compiled(run.scope, run.flow_id, run.flow_version)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            return RunEnd::Finished(
+                RunStatus::Failed,
+                None,
+                Some(format!("flow version {} cannot run: {e}", run.flow_version)),
+            );
+        }
+    };
+    let prior: Prior = Arc::new(prior.into_iter().map(|r| (r.step_id.clone(), r)).collect());
+    let deadline: Option<Millis> = flow
+        .run_timeout
+        .map(|t| run.started_at.unwrap_or(run.created_at) + t.as_millis() as i64);
+    let frame = Frame {
+        flow: flow.clone(),
+        item: None,
+    };
+    match run_dag(inner, run, frame, &prior, token, deadline).await {
+        DagEnd::Done { fatal: Some(e), .. } => RunEnd::Finished(RunStatus::Failed, None, Some(e)),
+        DagEnd::Done { outcomes, .. } => {
+            let output = outcomes.iter().rev().find_map(|o| match o {
+                Some(Outcome::Succeeded(v)) => Some(v.clone()),
+                _ => None,
+            });
+            RunEnd::Finished(RunStatus::Succeeded, output, None)
+        }
+        DagEnd::Parked(wake, awaiting) => RunEnd::Parked(wake, awaiting),
+        DagEnd::Lost => RunEnd::Lost,
+        DagEnd::Crashed(e) => RunEnd::Finished(
+            RunStatus::Failed,
+            None,
+            Some(format!("a step task crashed: {e}")),
+        ),
+        DagEnd::TimedOut => {
+            let t = flow.run_timeout.unwrap_or_default();
+            RunEnd::Finished(
+                RunStatus::Failed,
+                None,
+                Some(format!("the run exceeded its {} timeout", fmt_duration(t))),
+            )
+        }
+    }
+}
+
+/// Runs one list of steps to its end (or until all that is left waits). Boxed: loops run
+/// their items' lists through it, from inside a step of the enclosing list.
+fn run_dag<'a>(
+    inner: &'a Arc<Inner>,
+    run: &'a Arc<RunRecord>,
+    frame: Frame,
+    prior: &'a Prior,
+    token: &'a CancellationToken,
+    deadline: Option<Millis>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = DagEnd> + Send + 'a>> {
+    Box::pin(run_dag_inner(inner, run, frame, prior, token, deadline))
+}
+
+async fn run_dag_inner(
+    inner: &Arc<Inner>,
+    run: &Arc<RunRecord>,
+    frame: Frame,
+    prior: &Prior,
+    token: &CancellationToken,
+    deadline: Option<Millis>,
+) -> DagEnd {
+    let steps = frame.steps();
+    let n = steps.len();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut records: Vec<Option<StepRecord>> = vec![None; n];
+    for (i, s) in steps.iter().enumerate() {
+        if let Some(rec) = prior.get(&frame.record_id(&s.id)) {
+            outcomes[i] = Outcome::of_record(rec);
+            records[i] = Some(rec.clone());
+        }
+    }
+    let cap = if frame.item.is_none() {
+        frame.flow.concurrency.unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    let mut started = vec![false; n];
+    let mut parked: Vec<(Option<Millis>, Vec<String>)> = Vec::new();
+    let mut fatal: Option<String> = None;
+    let mut tasks: JoinSet<Report> = JoinSet::new();
+
+    loop {
+        if fatal.is_none() {
+            for i in 0..n {
+                if tasks.len() >= cap {
+                    break;
+                }
+                if started[i] || outcomes[i].is_some() {
+                    continue;
+                }
+                let step = &steps[i];
+                if !step.deps.iter().all(|&d| outcomes[d].is_some()) {
+                    continue;
+                }
+                started[i] = true;
+                let ctx = context(run, &frame, steps, &outcomes);
+                let job = StepJob {
+                    inner: inner.clone(),
+                    frame: frame.clone(),
+                    idx: i,
+                    run: run.clone(),
+                    prior: records[i].clone(),
+                    all_prior: prior.clone(),
+                    token: token.clone(),
+                    class: std::sync::Mutex::new("none"),
+                };
+                tasks.spawn(job.run(ctx, skip_reason(steps, i, &outcomes)));
+            }
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(d) => {
+                    inner
+                        .opts
+                        .clock
+                        .sleep(Duration::from_millis((d - inner.now()).max(0) as u64))
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = tasks.join_next() => {
+                match joined {
+                    Some(Ok(Report::Done(i, outcome))) => {
+                        if let Outcome::Failed { error, .. } = &outcome
+                            && !steps[i].continue_on_error
+                            && !steps[i].has_handlers()
+                            && fatal.is_none()
+                        {
+                            fatal = Some(format!("step '{}' failed: {error}", steps[i].id));
+                        }
+                        outcomes[i] = Some(outcome);
+                    }
+                    Some(Ok(Report::Parked(wake, names))) => parked.push((wake, names)),
+                    Some(Ok(Report::Lost)) | None => {
+                        tasks.abort_all();
+                        return DagEnd::Lost;
+                    }
+                    Some(Err(e)) => {
+                        tasks.abort_all();
+                        return DagEnd::Crashed(e.to_string());
+                    }
+                }
+            }
+            _ = token.cancelled() => {
+                tasks.abort_all();
+                return DagEnd::Lost;
+            }
+            _ = sleep_until_deadline => {
+                tasks.abort_all();
+                return DagEnd::TimedOut;
+            }
+        }
+    }
+    if fatal.is_none() && !parked.is_empty() {
+        let wake = parked.iter().filter_map(|(w, _)| *w).min();
+        let mut names: Vec<String> = parked.into_iter().flat_map(|(_, n)| n).collect();
+        names.sort();
+        names.dedup();
+        return DagEnd::Parked(wake, names);
+    }
+    DagEnd::Done { fatal, outcomes }
+}
+
+/// Why step `i` is skipped without running, given the outcomes of the steps it needs (all
+/// known); `None` when it runs (subject to its own `if:`).
+pub(crate) fn skip_reason(
+    steps: &[CompiledStep],
+    i: usize,
+    outcomes: &[Option<Outcome>],
+) -> Option<String> {
+    let step = &steps[i];
+    if let Some((t, kind)) = step.handles {
+        let target = &steps[t];
+        let Some(Outcome::Failed { timed_out, .. }) = &outcomes[t] else {
+            return Some(format!("step '{}' did not fail", target.id));
+        };
+        let runs = match kind {
+            Handler::Timeout => *timed_out,
+            Handler::Error => !*timed_out || target.on_timeout.is_empty(),
+        };
+        if !runs {
+            return Some(format!(
+                "step '{}' failed, but not in the way this step handles",
+                target.id
+            ));
+        }
+    }
+    if let Some((sw, key)) = &step.case_of
+        && let Some(Outcome::Succeeded(out)) = &outcomes[*sw]
+        && out.get("case").and_then(Value::as_str) != Some(key.as_str())
+    {
+        return Some(format!(
+            "switch '{}' chose {}",
+            steps[*sw].id,
+            match out.get("case").and_then(Value::as_str) {
+                Some(c) => format!("case '{c}'"),
+                None => "no case".to_string(),
+            }
+        ));
+    }
+    let met = |d: usize| -> bool {
+        match &outcomes[d] {
+            Some(Outcome::Succeeded(_)) => true,
+            // A handler's own target failing is what it waits for.
+            Some(Outcome::Failed { .. }) if step.handles.map(|h| h.0) == Some(d) => true,
+            Some(Outcome::Failed { .. }) => steps[d].continue_on_error,
+            _ => false,
+        }
+    };
+    let unmet: Vec<usize> = step.deps.iter().copied().filter(|&d| !met(d)).collect();
+    let skip = if step.join_any {
+        !step.deps.is_empty() && unmet.len() == step.deps.len()
+    } else {
+        !unmet.is_empty()
+    };
+    if skip {
+        let d = unmet[0];
+        return Some(match &outcomes[d] {
+            Some(Outcome::Failed { .. }) => {
+                format!("step '{}' it needs failed (and was handled)", steps[d].id)
+            }
+            _ => format!("step '{}' it needs was skipped", steps[d].id),
+        });
+    }
+    None
+}
+
+/// The expression context `{trigger, steps, run, flow, vars}` (plus `item` and `index` inside
+/// a `for_each`). Credentials never appear here.
+fn context(
+    run: &RunRecord,
+    frame: &Frame,
+    steps: &[CompiledStep],
+    outcomes: &[Option<Outcome>],
+) -> Value {
+    let mut map = match &frame.item {
+        Some(it) => (*it.outer).clone(),
+        None => Map::new(),
+    };
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Some(o) = o {
+            map.insert(steps[i].id.clone(), o.to_context());
+        }
+    }
+    let mut ctx = json!({
+        "trigger": run.trigger,
+        "steps": map,
+        "run": {"id": run.id.to_string(), "flow_version": run.flow_version, "created_at": weft_types::rfc3339(run.created_at)},
+        "flow": {"id": run.flow_id.to_string(), "name": run.flow_name, "version": run.flow_version},
+        "vars": frame.flow.vars,
+    });
+    if let (Some(it), Value::Object(m)) = (&frame.item, &mut ctx) {
+        m.insert("item".into(), it.item.clone());
+        m.insert("index".into(), json!(it.index));
+    }
+    ctx
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// jq truthiness: everything but `false` and `null`.
+fn truthy(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
+}

@@ -1,0 +1,129 @@
+//! Operating runs: signals that resume waiting steps, retry in place, replay as a new run.
+
+use serde_json::Value;
+use weft_store::{Actor, Inserted, NewRun, StoreError};
+use weft_types::{RunId, RunStatus, Scope};
+
+use crate::{Engine, EngineError};
+
+/// Longest signal name (it travels in a URL path segment).
+pub const MAX_SIGNAL_NAME: usize = 100;
+
+/// Which version a replayed run executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayVersion {
+    /// The version the original run was pinned to.
+    Pinned,
+    /// The flow's published version now.
+    Latest,
+}
+
+fn run_not_found(e: StoreError) -> EngineError {
+    match e {
+        StoreError::NotFound => EngineError::NotFound("run"),
+        other => other.into(),
+    }
+}
+
+impl Engine {
+    /// Delivers the signal `name` (with `payload`) to a run: an `approval` or `wait_for_event`
+    /// step waiting for that name resumes with it. Single-use per run and name.
+    pub async fn signal_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        name: &str,
+        payload: Value,
+        actor: Actor,
+    ) -> Result<RunStatus, EngineError> {
+        if name.is_empty()
+            || name.len() > MAX_SIGNAL_NAME
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Err(EngineError::BadInput(vec![weft_flow::FieldError::new(
+                "name",
+                "a signal name is 1-100 characters: letters, digits, '-', '_', '.' or ':' (the id of the step it resumes)",
+            )]));
+        }
+        let status = self
+            .inner
+            .opts
+            .store
+            .signal_run(scope, run, name, payload, actor, self.inner.now())
+            .await
+            .map_err(run_not_found)?;
+        self.wake();
+        Ok(status)
+    }
+
+    /// Retries a failed run in place: completed steps keep their outputs, the failed ones run
+    /// again (with their idempotency keys unchanged).
+    pub async fn retry_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        actor: Actor,
+    ) -> Result<(), EngineError> {
+        self.inner
+            .opts
+            .store
+            .retry_run(scope, run, actor, self.inner.now())
+            .await
+            .map_err(run_not_found)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Starts a new run with the trigger event of `run`, on its pinned version or the flow's
+    /// published one.
+    pub async fn replay_run(
+        &self,
+        scope: Scope,
+        run: RunId,
+        version: ReplayVersion,
+        actor: Actor,
+    ) -> Result<Inserted, EngineError> {
+        let store = &self.inner.opts.store;
+        let (r, _) = store.get_run(scope, run).await.map_err(run_not_found)?;
+        let flow_version = match version {
+            ReplayVersion::Pinned => r.flow_version,
+            ReplayVersion::Latest => {
+                let flow = store
+                    .get_flow(scope, &r.flow_id.to_string())
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => EngineError::Conflict(format!(
+                            "flow '{}' of this run was deleted; replay it on its pinned version",
+                            r.flow_name
+                        )),
+                        other => other.into(),
+                    })?;
+                flow.published_version.ok_or_else(|| {
+                    EngineError::Conflict(format!(
+                        "flow '{}' has no published version; replay on the pinned one",
+                        r.flow_name
+                    ))
+                })?
+            }
+        };
+        let inserted = store
+            .insert_run(NewRun {
+                scope,
+                id: RunId::new(),
+                flow_id: r.flow_id,
+                flow_name: r.flow_name,
+                flow_version,
+                trigger: r.trigger,
+                dedupe_key: None,
+                dedupe_window_ms: 0,
+                now: self.inner.now(),
+                audit: Some(actor),
+                parent: None,
+            })
+            .await?;
+        self.wake();
+        Ok(inserted)
+    }
+}

@@ -1,0 +1,370 @@
+//! Flow control on the manual clock: durable waits, signals (approval, wait_for_event) with
+//! timeouts, switch and joins, on_error handlers, for_each, retry in place and replay. No test
+//! sleeps: each advances the clock and awaits the engine's events.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weft_engine::{EngineError, ReplayVersion};
+use weft_store::Actor;
+use weft_types::{RunStatus, StepStatus};
+
+mod common;
+use common::*;
+
+fn flow(name: &str, steps: &str) -> String {
+    format!("name: {name}\ntrigger:\n  manual: {{}}\nsteps:\n{steps}")
+}
+
+async fn step_of(h: &Harness, run: weft_types::RunId, id: &str) -> weft_store::StepRecord {
+    let (_, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    steps
+        .into_iter()
+        .find(|s| s.step_id == id)
+        .unwrap_or_else(|| panic!("no step {id}"))
+}
+
+async fn status_of(h: &Harness, run: weft_types::RunId) -> RunStatus {
+    h.engine
+        .store()
+        .get_run(h.scope, run)
+        .await
+        .unwrap()
+        .0
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_parks_the_run_and_fires_once_at_its_time_even_across_a_restart() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "nap",
+        "  - id: pause\n    wait: 1h\n  - id: after\n    transform: '.steps.pause.output'\n",
+    ))
+    .await;
+    let run = h.start("nap", json!({})).await;
+    let until = h.parked(run).await;
+    assert_eq!(until, Some(T0 + 3_600_000));
+    assert_eq!(status_of(&h, run).await, RunStatus::Waiting);
+    assert_eq!(step_of(&h, run, "pause").await.status, StepStatus::Waiting);
+
+    // A restart while waiting keeps the deadline set when the step began.
+    h.clock.advance(Duration::from_secs(1800));
+    h.restart().await;
+    assert_eq!(status_of(&h, run).await, RunStatus::Waiting);
+    h.clock.advance(Duration::from_secs(1800));
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(
+        r.output,
+        Some(json!({"waited_until": weft_types::rfc3339(T0 + 3_600_000)}))
+    );
+    // Fired once: one checkpoint per step, the wait's started when the run began.
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].started_at, Some(T0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_resumes_on_its_signal_once() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "ask",
+        "  - id: approve\n    approval: {message: 'refund {{ .trigger.body.amount }}?'}\n  - id: after\n    transform: '.steps.approve.output'\n",
+    ))
+    .await;
+    let run = h.start("ask", json!({"amount": 30})).await;
+    assert_eq!(h.parked(run).await, None);
+    let waiting = step_of(&h, run, "approve").await;
+    assert_eq!(waiting.output.unwrap()["message"], json!("refund 30?"));
+
+    let st = h
+        .engine
+        .signal_run(
+            h.scope,
+            run,
+            "approve",
+            json!({"by": "ann"}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        st,
+        RunStatus::Queued | RunStatus::Running | RunStatus::Succeeded
+    ));
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let out = r.output.unwrap();
+    assert_eq!(out["approved"], json!(true));
+    assert_eq!(out["by"], json!("ann"));
+
+    // Signals are single-use and reach only unfinished runs.
+    let again = h
+        .engine
+        .signal_run(h.scope, run, "approve", json!({}), Actor::system("test"))
+        .await;
+    assert!(matches!(again, Err(EngineError::Conflict(_))), "{again:?}");
+    let unknown = h
+        .engine
+        .signal_run(
+            h.scope,
+            weft_types::RunId::new(),
+            "approve",
+            json!({}),
+            Actor::system("test"),
+        )
+        .await;
+    assert!(
+        matches!(unknown, Err(EngineError::NotFound(_))),
+        "{unknown:?}"
+    );
+    let bad = h
+        .engine
+        .signal_run(h.scope, run, "no spaces", json!({}), Actor::system("test"))
+        .await;
+    assert!(matches!(bad, Err(EngineError::BadInput(_))), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_fails_the_step_and_on_error_handles_it() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "gate",
+        "  - id: approve\n    approval: {}\n    on_error: [notify]\n  - id: ship\n    transform: '\"shipped\"'\n  - id: notify\n    transform: '.steps.approve.error'\n",
+    ))
+    .await;
+    let run = h.start("gate", json!({})).await;
+    h.parked(run).await;
+    h.engine
+        .signal_run(
+            h.scope,
+            run,
+            "approve",
+            json!({"approved": false, "reason": "too big"}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    // The handled failure does not fail the run; what needed the step is skipped.
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    assert_eq!(step_of(&h, run, "approve").await.status, StepStatus::Failed);
+    assert_eq!(step_of(&h, run, "ship").await.status, StepStatus::Skipped);
+    let notify = step_of(&h, run, "notify").await;
+    assert_eq!(notify.output, Some(json!("rejected: too big")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_timeout_takes_the_on_timeout_path_and_without_one_fails() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "expiring",
+        "  - id: approve\n    approval: {timeout: 2d, on_timeout: [expire]}\n  - id: ship\n    transform: '1'\n  - id: expire\n    transform: '\"expired\"'\n",
+    ))
+    .await;
+    h.apply(&flow(
+        "strict",
+        "  - id: hear\n    wait_for_event: {event: paid, timeout: 10m}\n",
+    ))
+    .await;
+    let a = h.start("expiring", json!({})).await;
+    assert_eq!(h.parked(a).await, Some(T0 + 2 * 86_400_000));
+    let b = h.start("strict", json!({})).await;
+    assert_eq!(h.parked(b).await, Some(T0 + 600_000));
+
+    h.clock.advance(Duration::from_secs(600));
+    assert_eq!(h.finished(b).await, RunStatus::Failed);
+    let (rb, _) = h.engine.store().get_run(h.scope, b).await.unwrap();
+    assert!(rb.error.unwrap().contains("no signal 'hear' arrived"));
+
+    h.clock.advance(Duration::from_secs(2 * 86_400));
+    assert_eq!(h.finished(a).await, RunStatus::Succeeded);
+    assert_eq!(step_of(&h, a, "ship").await.status, StepStatus::Skipped);
+    assert_eq!(
+        step_of(&h, a, "expire").await.output,
+        Some(json!("expired"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_that_arrives_early_is_kept_for_its_step() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "early",
+        "  - id: pause\n    wait: 1m\n  - id: hear\n    wait_for_event: {event: 'order.paid'}\n",
+    ))
+    .await;
+    let run = h.start("early", json!({})).await;
+    h.parked(run).await;
+    // Sent under the event name while the run still waits on its timer.
+    h.engine
+        .signal_run(
+            h.scope,
+            run,
+            "order.paid",
+            json!({"order": 7}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    // The signal wakes the run, which parks again on its timer (the clock must not jump
+    // while a claim is in flight: its lease would look expired).
+    h.parked(run).await;
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(r.output, Some(json!({"order": 7})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_runs_the_chosen_case_and_the_join_after_it() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "route",
+        "  - id: pick\n    switch: .trigger.body.size\n    cases:\n      big: [b1, b2]\n      small: s1\n      default: []\n  - id: b1\n    transform: '\"b1\"'\n  - id: b2\n    transform: '.steps.b1.output + \"b2\"'\n  - id: s1\n    transform: '\"s1\"'\n  - id: after\n    transform: '[.steps.b2.status, .steps.s1.status]'\n",
+    ))
+    .await;
+    for (size, want) in [
+        ("big", json!(["succeeded", "skipped"])),
+        ("small", json!(["skipped", "succeeded"])),
+        ("other", json!(["skipped", "skipped"])),
+    ] {
+        let run = h.start("route", json!({"size": size})).await;
+        assert_eq!(h.finished(run).await, RunStatus::Succeeded, "{size}");
+        let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+        assert_eq!(r.output, Some(want), "{size}");
+        let pick = step_of(&h, run, "pick").await.output.unwrap();
+        let case = if size == "other" { "default" } else { size };
+        assert_eq!(pick, json!({"value": size, "case": case}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_runs_nested_steps_per_item_and_collects() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "loop",
+        "  - id: each\n    for_each: .trigger.body.items\n    concurrency: 4\n    steps:\n      - id: double\n        transform: '.item * 2'\n      - id: tag\n        transform: '{i: .index, v: .steps.double.output}'\n  - id: sum\n    transform: '[.steps.each.output[].v] | add'\n",
+    ))
+    .await;
+    let items: Vec<i64> = (1..=50).collect();
+    let run = h.start("loop", json!({"items": items})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(r.output, Some(json!(2 * (1..=50).sum::<i64>())));
+    let each = steps.iter().find(|s| s.step_id == "each").unwrap();
+    let out = each.output.as_ref().unwrap().as_array().unwrap();
+    assert_eq!(out.len(), 50);
+    assert_eq!(out[7], json!({"i": 7, "v": 16}));
+    // Per-item checkpoints: one per item, one per nested step of each.
+    let items = steps.iter().filter(|s| s.step_id.ends_with(']')).count();
+    let nested = steps.iter().filter(|s| s.step_id.contains("].")).count();
+    assert_eq!((items, nested), (50, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_over_a_non_list_or_with_a_failing_item_fails_clearly() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "bad",
+        "  - id: each\n    for_each: .trigger.body.items\n    steps:\n      - id: check\n        if: '.item == 3'\n        fail: 'item {{ .item }} is bad'\n",
+    ))
+    .await;
+    let run = h.start("bad", json!({"items": {"not": "a list"}})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("needs a list; its expression gave an object"),
+        "{:?}",
+        r.error
+    );
+
+    let run = h.start("bad", json!({"items": [1, 2, 3, 4, 5]})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("item 2 failed") && e.contains("item 3 is bad"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_keeps_completed_steps_and_replay_starts_anew() {
+    let mut h = harness().await;
+    // A counter outside the engine: the step fails until the test flips it.
+    let ok = Arc::new(Mutex::new(false));
+    let hits = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = {
+        let ok = ok.clone();
+        let hits = hits.clone();
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let ok = ok.clone();
+            let hits = hits.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                hits.lock().unwrap().push(key);
+                if *ok.lock().unwrap() {
+                    (axum::http::StatusCode::OK, "{\"done\":true}")
+                } else {
+                    (axum::http::StatusCode::BAD_REQUEST, "{}")
+                }
+            }
+        })
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    h.apply(&flow(
+        "fragile",
+        &format!("  - id: first\n    transform: '.run.id'\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x' }}\n"),
+    ))
+    .await;
+    let run = h.start("fragile", json!({"n": 1})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let first = step_of(&h, run, "first").await;
+
+    // Only a failed run retries; a running or finished-ok one is a conflict.
+    *ok.lock().unwrap() = true;
+    h.engine
+        .retry_run(h.scope, run, Actor::system("test"))
+        .await
+        .unwrap();
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let again = step_of(&h, run, "first").await;
+    assert_eq!(
+        again.finished_at, first.finished_at,
+        "completed step re-ran"
+    );
+    let keys = hits.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "a retried step keeps its idempotency key");
+    let twice = h
+        .engine
+        .retry_run(h.scope, run, Actor::system("test"))
+        .await;
+    assert!(matches!(twice, Err(EngineError::Conflict(_))), "{twice:?}");
+
+    let replayed = h
+        .engine
+        .replay_run(h.scope, run, ReplayVersion::Pinned, Actor::system("test"))
+        .await
+        .unwrap()
+        .run_id;
+    assert_ne!(replayed, run);
+    assert_eq!(h.finished(replayed).await, RunStatus::Succeeded);
+    let (a, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let (b, _) = h.engine.store().get_run(h.scope, replayed).await.unwrap();
+    assert_eq!(a.trigger, b.trigger);
+    let keys = hits.lock().unwrap().clone();
+    assert_ne!(keys[2], keys[0], "a replay is a new run with new keys");
+    let _: Value = b.output.unwrap();
+}
