@@ -640,6 +640,21 @@ impl Engine {
                 other => other.into(),
             })?;
         self.signal_cancel(run);
+        // The store cancelled its unfinished sub-flow runs too; those executing here stop now.
+        let mut pending = vec![run];
+        let mut seen = 0;
+        while let Some(r) = pending.pop() {
+            seen += 1;
+            if seen > 1000 {
+                break;
+            }
+            if let Ok(children) = self.inner.opts.store.child_runs(scope, r).await {
+                for c in children {
+                    self.signal_cancel(c.id);
+                    pending.push(c.id);
+                }
+            }
+        }
         Ok(status)
     }
 

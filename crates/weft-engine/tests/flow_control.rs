@@ -368,3 +368,84 @@ async fn retry_in_place_keeps_completed_steps_and_replay_starts_anew() {
     assert_ne!(keys[2], keys[0], "a replay is a new run with new keys");
     let _: Value = b.output.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subflow_runs_as_a_linked_child_and_its_result_is_the_steps_output() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "child",
+        "  - id: double\n    transform: '.trigger.body.n * 2'\n",
+    ))
+    .await;
+    h.apply(&flow(
+        "parent",
+        "  - id: call\n    subflow: child\n    input: {n: '{{ .trigger.body.n }}'}\n  - id: fire\n    subflow: child\n    detach: true\n    input: {n: 1}\n  - id: after\n    transform: '.steps.call.output + 1'\n",
+    ))
+    .await;
+    let run = h.start("parent", json!({"n": 20})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(r.output, Some(json!(41)));
+    let children = h.engine.store().child_runs(h.scope, run).await.unwrap();
+    assert_eq!(
+        children.len(),
+        1,
+        "the detached child is not awaited or linked"
+    );
+    let child = &children[0];
+    assert_eq!(child.parent, Some(run));
+    assert_eq!(child.trigger["parent"]["run"], json!(run.to_string()));
+    assert_eq!(child.output, Some(json!(40)));
+    let fire = step_of(&h, run, "fire").await.output.unwrap();
+    let detached: weft_types::RunId = fire["run_id"].as_str().unwrap().parse().unwrap();
+    let (d, _) = h.engine.store().get_run(h.scope, detached).await.unwrap();
+    assert_eq!(d.parent, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subflow_cycle_fails_clearly_instead_of_recursing() {
+    let mut h = harness().await;
+    h.apply(&flow("ping", "  - id: call\n    subflow: pong\n"))
+        .await;
+    h.apply(&flow("pong", "  - id: call\n    subflow: ping\n"))
+        .await;
+    let run = h.start("ping", json!({})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let e = r.error.unwrap();
+    assert!(e.contains("sub-flow cycle: ping → pong → ping"), "{e}");
+    // Exactly one child was started (pong), and it failed on the cycle.
+    let children = h.engine.store().child_runs(h.scope, run).await.unwrap();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].status, RunStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_cancels_its_waiting_child() {
+    let mut h = harness().await;
+    h.apply(&flow("slow", "  - id: approve\n    approval: {}\n"))
+        .await;
+    h.apply(&flow("boss", "  - id: call\n    subflow: slow\n"))
+        .await;
+    let run = h.start("boss", json!({})).await;
+    // Both park: the child on its approval, the parent on the child.
+    let mut parked = 0;
+    while parked < 2 {
+        if let weft_engine::EngineEvent::RunParked { .. } = h.next_event().await {
+            parked += 1;
+        }
+    }
+    let child = h.engine.store().child_runs(h.scope, run).await.unwrap()[0].id;
+    assert_eq!(status_of(&h, child).await, RunStatus::Waiting);
+    h.engine
+        .cancel_run(h.scope, run, Actor::system("test"))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&h, run).await, RunStatus::Cancelled);
+    assert_eq!(status_of(&h, child).await, RunStatus::Cancelled);
+    let late = h
+        .engine
+        .signal_run(h.scope, child, "approve", json!({}), Actor::system("test"))
+        .await;
+    assert!(matches!(late, Err(EngineError::Conflict(_))), "{late:?}");
+}

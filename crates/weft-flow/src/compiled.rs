@@ -293,6 +293,17 @@ pub enum StepKind {
     Signal(SignalWait),
     /// Nested steps per item of a list.
     ForEach(Box<ForEachSpec>),
+    /// Sandboxed JavaScript: the body of a function over the context; returns the output.
+    Code(String),
+    /// Another flow, run as a child run.
+    Subflow {
+        /// The flow's name in the same workspace.
+        flow: String,
+        /// The child's input (its `.trigger.body`).
+        input: TValue,
+        /// Start it and go on (output `{run_id}`), instead of awaiting its result.
+        detach: bool,
+    },
 }
 
 impl StepKind {
@@ -308,6 +319,8 @@ impl StepKind {
             StepKind::Signal(s) if s.approval => "approval",
             StepKind::Signal(_) => "wait_for_event",
             StepKind::ForEach(_) => "for_each",
+            StepKind::Code(_) => "code",
+            StepKind::Subflow { .. } => "subflow",
         }
     }
 }

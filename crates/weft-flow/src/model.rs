@@ -268,9 +268,12 @@ pub struct StepDef {
     /// Wait for a signal named after the step id (or after `event`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_event: Option<WaitForEventDef>,
-    /// Another flow to call.
+    /// Another flow to call (its published version); the step's output is the child run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subflow: Option<String>,
+    /// With `subflow`: start the child and go on without waiting for its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detach: Option<bool>,
     /// Synchronous answer to the webhook that started the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<RespondDef>,

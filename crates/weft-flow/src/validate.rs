@@ -17,6 +17,9 @@ use crate::{FieldError, FlowError};
 /// Most steps a flow may have.
 pub const MAX_STEPS: usize = 500;
 
+/// Largest `code` of one step, in bytes.
+pub const MAX_CODE_BYTES: usize = 64 * 1024;
+
 /// The actions a flow may call; implemented by the connector registry.
 pub trait ActionCatalog {
     /// `connector.action` (at `version`, if given), if it exists.
@@ -629,6 +632,9 @@ fn compile_step(
             "`input` belongs to `action` and `subflow` steps",
         );
     }
+    if s.detach.is_some() && kind_name != "subflow" {
+        cx.err(format!("{p}.detach"), "`detach` belongs to `subflow` steps");
+    }
     if (s.cases.is_some()) && kind_name != "switch" {
         cx.err(format!("{p}.cases"), "`cases` belongs to `switch` steps");
     }
@@ -695,6 +701,44 @@ fn compile_step(
             .and_then(|m| cx.tvalue(&format!("{p}.fail"), &Value::String(m.to_string())))
             .map(StepKind::Fail),
         "switch" => compile_switch(&p, s, cx),
+        "subflow" => {
+            let flow = s.subflow.clone().unwrap_or_default();
+            if !valid_name(&flow) {
+                cx.err(
+                    format!("{p}.subflow"),
+                    "must be the name of a flow in this workspace",
+                );
+            }
+            let input = cx.tvalue(
+                &format!("{p}.input"),
+                s.input
+                    .as_ref()
+                    .unwrap_or(&Value::Object(Default::default())),
+            );
+            Some(StepKind::Subflow {
+                flow,
+                input: input?,
+                detach: s.detach.unwrap_or(false),
+            })
+        }
+        "code" => match s.code.as_deref() {
+            Some(c) if c.trim().is_empty() => {
+                cx.err(
+                    format!("{p}.code"),
+                    "must hold JavaScript that returns the step's output",
+                );
+                None
+            }
+            Some(c) if c.len() > MAX_CODE_BYTES => {
+                cx.err(
+                    format!("{p}.code"),
+                    format!("is {} bytes; the limit is {MAX_CODE_BYTES}", c.len()),
+                );
+                None
+            }
+            Some(c) => Some(StepKind::Code(c.to_string())),
+            None => None,
+        },
         "wait" => match &s.wait {
             Some(crate::model::WaitDef::For(d)) => cx
                 .duration(&format!("{p}.wait"), d)

@@ -120,6 +120,47 @@ impl SandboxPool {
 
     /// Evaluates jq `src` on `input` in a worker; returns all outputs.
     pub async fn eval_jq(&self, src: &str, input: &Value) -> Result<Vec<Value>, SandboxError> {
+        let req = Request {
+            src: src.to_string(),
+            input: input.clone(),
+            js_ms: None,
+        };
+        match self.exchange(&req, self.opts.timeout).await? {
+            Response::Ok(v) => Ok(v),
+            Response::Err(e) => Err(SandboxError::Eval(e)),
+            Response::Js(_) => Err(SandboxError::Eval(
+                "the sandbox answered a jq request with a code result".into(),
+            )),
+        }
+    }
+
+    /// Runs a JavaScript code step's `code` over `input` (its context) in a worker, with
+    /// `time` of CPU; the worker is killed if it outlives that by a second.
+    pub async fn eval_js(
+        &self,
+        code: &str,
+        input: &Value,
+        time: Duration,
+    ) -> Result<crate::JsOutcome, SandboxError> {
+        let req = Request {
+            src: code.to_string(),
+            input: input.clone(),
+            js_ms: Some(time.as_millis() as u64),
+        };
+        match self.exchange(&req, time + Duration::from_secs(1)).await {
+            Ok(Response::Js(o)) => Ok(o),
+            Ok(Response::Err(e)) => Err(SandboxError::Eval(e)),
+            Ok(Response::Ok(_)) => Err(SandboxError::Eval(
+                "the sandbox answered a code request with a jq result".into(),
+            )),
+            Err(SandboxError::Timeout(_)) => Err(SandboxError::Timeout(time)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one request to an idle (or new) worker and reads its answer within `timeout`;
+    /// a worker that overruns is killed, one that dies is counted, either way replaced later.
+    async fn exchange(&self, req: &Request, timeout: Duration) -> Result<Response, SandboxError> {
         let _permit = self
             .permits
             .acquire()
@@ -130,11 +171,8 @@ impl SandboxPool {
             Some(w) => w,
             None => self.spawn()?,
         };
-        let mut line = serde_json::to_string(&Request {
-            src: src.to_string(),
-            input: input.clone(),
-        })
-        .map_err(|e| SandboxError::Eval(format!("cannot encode the input: {e}")))?;
+        let mut line = serde_json::to_string(req)
+            .map_err(|e| SandboxError::Eval(format!("cannot encode the input: {e}")))?;
         line.push('\n');
         let exchange = async {
             worker.stdin.write_all(line.as_bytes()).await?;
@@ -143,13 +181,13 @@ impl SandboxPool {
             let n = worker.stdout.read_line(&mut answer).await?;
             Ok::<_, std::io::Error>((n, answer))
         };
-        match tokio::time::timeout(self.opts.timeout, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Err(_) => {
                 self.kills
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = worker.child.start_kill();
                 let _ = worker.child.wait().await;
-                Err(SandboxError::Timeout(self.opts.timeout))
+                Err(SandboxError::Timeout(timeout))
             }
             Ok(Ok((n, answer))) if n > 0 => {
                 let resp: Response = serde_json::from_str(&answer).map_err(|e| {
@@ -158,10 +196,7 @@ impl SandboxPool {
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.push(worker);
                 }
-                match resp {
-                    Response::Ok(v) => Ok(v),
-                    Response::Err(e) => Err(SandboxError::Eval(e)),
-                }
+                Ok(resp)
             }
             Ok(_) => {
                 // EOF or broken pipe: the worker died mid-evaluation.

@@ -1,4 +1,5 @@
-//! The child side: read one JSON request per line, answer one JSON line.
+//! The child side: read one JSON request per line (jq, or a JavaScript code step), answer one
+//! JSON line.
 
 use std::io::{BufRead, Write};
 
@@ -21,9 +22,22 @@ pub fn worker_main(memory_bytes: u64) -> std::io::Result<()> {
             return Ok(());
         }
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => match cache.eval(&req.src, &req.input) {
-                Ok(out) => Response::Ok(out),
-                Err(e) => Response::Err(e.to_string()),
+            Ok(req) => match req.js_ms {
+                Some(ms) => Response::Js(crate::eval_js(
+                    &req.src,
+                    &req.input,
+                    crate::JsLimits {
+                        // The heap cap stays well inside the process's address-space cap, so
+                        // runaway allocation is a clean error rather than a dead worker.
+                        memory_bytes: (memory_bytes / 4).clamp(16 << 20, 256 << 20) as usize,
+                        time: std::time::Duration::from_millis(ms),
+                        ..crate::JsLimits::default()
+                    },
+                )),
+                None => match cache.eval(&req.src, &req.input) {
+                    Ok(out) => Response::Ok(out),
+                    Err(e) => Response::Err(e.to_string()),
+                },
             },
             Err(e) => Response::Err(format!("bad sandbox request: {e}")),
         };

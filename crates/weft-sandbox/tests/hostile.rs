@@ -67,3 +67,44 @@ async fn hostile_filters_fail_within_limits_and_the_pool_recovers() {
         vec![json!(42)]
     );
 }
+
+#[tokio::test]
+async fn runaway_javascript_fails_its_evaluation_and_the_worker_keeps_serving() {
+    let p = pool(2);
+    let t = Duration::from_millis(500);
+    let ctx = json!({"trigger": {"body": {"n": 2}}});
+    let cases = [
+        ("while (true) {}", "time limit"),
+        (
+            "var a = []; while (true) { a.push(new Array(1e7).fill(1)); }",
+            "memory",
+        ),
+        (
+            "function f(n) { return f(n + 1) + 1; } return f(0);",
+            "stack",
+        ),
+        ("return require('fs')", "require"),
+    ];
+    let mut handles = Vec::new();
+    for (code, want) in cases {
+        let p = p.clone();
+        let ctx = ctx.clone();
+        handles.push(tokio::spawn(async move {
+            (code, want, p.eval_js(code, &ctx, t).await)
+        }));
+    }
+    for h in handles {
+        let (code, want, res) = h.await.unwrap();
+        let o = res.unwrap_or_else(|e| panic!("{code}: the worker itself failed: {e}"));
+        let e = o.result.unwrap_err();
+        assert!(e.contains(want), "{code}: {e}");
+    }
+    // The QuickJS limits stopped every case: no worker had to be killed, and they still answer.
+    assert_eq!(p.kills(), 0);
+    let ok = p
+        .eval_js("console.log('hi'); return trigger.body.n * 21;", &ctx, t)
+        .await
+        .unwrap();
+    assert_eq!(ok.result, Ok(json!(42)));
+    assert_eq!(ok.logs, vec!["hi".to_string()]);
+}

@@ -278,6 +278,8 @@ pub struct SinkBehavior {
 pub struct Sink {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Most requests it was answering at once.
+    pub peak: Arc<std::sync::atomic::AtomicUsize>,
     _rt: std::thread::JoinHandle<()>,
 }
 
@@ -285,6 +287,8 @@ impl Sink {
     pub fn start(behavior: SinkBehavior) -> Sink {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let rec = received.clone();
+        let peak: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let peak_seen = peak.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let h = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -297,10 +301,16 @@ impl Sink {
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let statuses = Arc::new(Mutex::new(behavior.statuses.clone()));
                 let delay = behavior.delay;
+                let in_flight: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
                 let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                     let rec = rec.clone();
                     let statuses = statuses.clone();
+                    let in_flight = in_flight.clone();
+                    let peak = peak_seen.clone();
                     async move {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = in_flight.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(now, SeqCst);
                         let path = req.uri().path().to_string();
                         let key = req
                             .headers()
@@ -319,6 +329,7 @@ impl Sink {
                         if !delay.is_zero() {
                             tokio::time::sleep(delay).await;
                         }
+                        in_flight.fetch_sub(1, SeqCst);
                         let st = {
                             let mut s = statuses.lock().unwrap();
                             if s.is_empty() { 200 } else { s.remove(0) }
@@ -336,6 +347,7 @@ impl Sink {
         Sink {
             url: format!("http://{addr}"),
             received,
+            peak,
             _rt: h,
         }
     }

@@ -6,6 +6,7 @@
 //! - `step.rs` — one step: condition, attempts with retries, checkpoints.
 //! - `waits.rs` — `wait`, `approval` and `wait_for_event` steps.
 //! - `for_each.rs` — loops: items with their own nested DAG and per-item checkpoints.
+//! - `subflow.rs` — child runs of other flows, awaited or detached.
 //!
 //! Skip rule: a step whose `if:` is false is `skipped`. A step's need is *met* when it
 //! succeeded, or failed with `continue_on_error`; it is *unmet* when skipped, or failed and
@@ -15,6 +16,7 @@
 
 mod for_each;
 mod step;
+mod subflow;
 mod waits;
 
 use std::collections::HashMap;
@@ -422,6 +424,7 @@ async fn run_dag_inner(
                     all_prior: prior.clone(),
                     token: token.clone(),
                     class: std::sync::Mutex::new("none"),
+                    console: std::sync::Mutex::default(),
                 };
                 tasks.spawn(job.run(ctx, skip_reason(steps, i, &outcomes)));
             }

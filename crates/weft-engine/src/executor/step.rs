@@ -13,6 +13,11 @@ use crate::invoke::{ActionCall, AttemptError};
 use crate::limits::StepLimit;
 use crate::{Inner, WebhookResponse};
 
+/// CPU time of a code step without its own `timeout`.
+const CODE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most CPU time a code step may ask for.
+const MAX_CODE_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most times a rate-limited step waits before it counts as failed.
 const MAX_RATE_LIMIT_WAITS: u32 = 100;
 
@@ -28,6 +33,8 @@ pub(crate) struct StepJob {
     pub(crate) token: CancellationToken,
     /// The class of the last failure, for metrics.
     pub(crate) class: std::sync::Mutex<&'static str>,
+    /// Lines a code step wrote (`console.log`), stored with its next checkpoint.
+    pub(crate) console: std::sync::Mutex<Vec<NewLog>>,
 }
 
 impl StepJob {
@@ -43,6 +50,7 @@ impl StepJob {
     pub(crate) fn set_class(&self, class: &'static str) {
         let class = match self.step().kind {
             StepKind::Transform(_) => "expression",
+            StepKind::Code(_) => "code",
             _ => class,
         };
         if let Ok(mut c) = self.class.lock() {
@@ -82,7 +90,14 @@ impl StepJob {
         );
     }
 
-    pub(crate) async fn checkpoint(&self, rec: StepRecord, logs: Vec<NewLog>) -> bool {
+    pub(crate) async fn checkpoint(&self, rec: StepRecord, mut logs: Vec<NewLog>) -> bool {
+        if let Ok(mut c) = self.console.lock()
+            && !c.is_empty()
+        {
+            let mut all = std::mem::take(&mut *c);
+            all.append(&mut logs);
+            logs = all;
+        }
         let status = rec.status;
         let secs = match (rec.started_at, rec.finished_at) {
             (Some(a), Some(b)) => (b - a).max(0) as f64 / 1000.0,
@@ -202,6 +217,11 @@ impl StepJob {
             StepKind::Wait(w) => return self.wait(w, &ctx, started).await,
             StepKind::Signal(s) => return self.await_signal(s, &ctx, started).await,
             StepKind::ForEach(fe) => return self.for_each(fe, &ctx, started).await,
+            StepKind::Subflow {
+                flow,
+                input,
+                detach,
+            } => return self.subflow(flow, input, *detach, &ctx, started).await,
             _ => {}
         }
         let policy = self.step().retry.clone();
@@ -463,11 +483,32 @@ impl StepJob {
                 };
                 Ok(json!({"value": v, "case": case}))
             }
-            StepKind::Wait(_) | StepKind::Signal(_) | StepKind::ForEach(_) => {
-                Err(AttemptError::permanent(
-                    "internal: a waiting step reached the attempt path".to_string(),
-                ))
+            StepKind::Code(src) => {
+                let time = self.step().timeout.unwrap_or(CODE_TIME).min(MAX_CODE_TIME);
+                let out = self
+                    .inner
+                    .opts
+                    .sandbox
+                    .eval_js(src, ctx, time)
+                    .await
+                    .map_err(|e| AttemptError::permanent(format!("code: {e}")))?;
+                if let Ok(mut c) = self.console.lock() {
+                    let step = self.record_id();
+                    c.extend(out.logs.into_iter().map(|l| NewLog {
+                        level: "info",
+                        step_id: Some(step.clone()),
+                        message: format!("console: {l}"),
+                    }));
+                }
+                out.result
+                    .map_err(|e| AttemptError::permanent(format!("code threw: {e}")))
             }
+            StepKind::Wait(_)
+            | StepKind::Signal(_)
+            | StepKind::ForEach(_)
+            | StepKind::Subflow { .. } => Err(AttemptError::permanent(
+                "internal: a waiting step reached the attempt path".to_string(),
+            )),
         }
     }
 }
