@@ -66,6 +66,20 @@ impl Engine {
         run: RunId,
         actor: Actor,
     ) -> Result<(), EngineError> {
+        let (_, steps) = self
+            .inner
+            .opts
+            .store
+            .get_run(scope, run)
+            .await
+            .map_err(run_not_found)?;
+        // Completed steps are kept on a retry; after a saga undid them that would resume a run
+        // whose effects were reversed.
+        if steps.iter().any(|s| s.step_id.contains(".compensate.")) {
+            return Err(EngineError::Conflict(
+                "this run was compensated (its completed steps were undone), so it cannot resume in place; replay it as a new run".into(),
+            ));
+        }
         self.inner
             .opts
             .store

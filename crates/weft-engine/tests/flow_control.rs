@@ -449,3 +449,73 @@ async fn cancelling_a_parent_cancels_its_waiting_child() {
         .await;
     assert!(matches!(late, Err(EngineError::Conflict(_))), "{late:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_compensates_its_completed_steps_last_first() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "saga",
+        "  - id: charge
+    transform: '\"ch_1\"'
+    compensate:
+      - id: refund
+        transform: '{refunded: .compensating.output, step: .compensating.step}'
+  - id: reserve
+    transform: '\"res_9\"'
+    compensate:
+      - id: release
+        if: '.trigger.body.release_fails'
+        fail: 'the warehouse is down'
+  - id: ship
+    fail: 'out of stock'
+    compensate:
+      - id: never
+        transform: '1'
+",
+    ))
+    .await;
+    let run = h.start("saga", json!({})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(r.error.as_deref(), Some("step 'ship' failed: out of stock"));
+    let refund = steps
+        .iter()
+        .find(|s| s.step_id == "charge.compensate.refund")
+        .unwrap();
+    assert_eq!(
+        refund.output,
+        Some(json!({"refunded": "ch_1", "step": "charge"}))
+    );
+    let release = steps
+        .iter()
+        .find(|s| s.step_id == "reserve.compensate.release")
+        .unwrap();
+    assert_eq!(release.status, StepStatus::Skipped);
+    // The step that failed did nothing to undo.
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.step_id.starts_with("ship.compensate"))
+    );
+    // A compensated run does not resume in place.
+    let retry = h
+        .engine
+        .retry_run(h.scope, run, Actor::system("test"))
+        .await;
+    assert!(matches!(retry, Err(EngineError::Conflict(_))), "{retry:?}");
+
+    // A compensation that fails is recorded, the others still run, and the run says so.
+    let run = h.start("saga", json!({"release_fails": true})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("compensation failed: undoing 'reserve'") && e.contains("the warehouse is down"),
+        "{e}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.step_id == "charge.compensate.refund" && s.status == StepStatus::Succeeded)
+    );
+}

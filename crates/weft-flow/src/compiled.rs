@@ -194,6 +194,8 @@ pub struct CompiledStep {
     pub handles: Option<(usize, Handler)>,
     /// On a step listed in a `switch` case: the switch's index and the case key.
     pub case_of: Option<(usize, String)>,
+    /// Steps that undo this one when the run fails after it succeeded.
+    pub compensate: Vec<CompiledStep>,
     /// What it does.
     pub kind: StepKind,
 }

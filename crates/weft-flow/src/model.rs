@@ -221,6 +221,10 @@ pub struct StepDef {
     /// on, and steps that need this one are skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<Vec<String>>,
+    /// Steps that undo this one (saga): when the run fails after this step succeeded, they
+    /// run, for each such step in reverse order. They see `.compensating: {step, output}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Vec<StepDef>>,
     /// Rate limit override for the action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Map<String, Value>>,

@@ -260,16 +260,57 @@ fn compile_steps(
         }
     }
     if steps.len() == defs.len() {
+        let mut all = outer.clone();
+        all.extend(index.iter().map(|(k, v)| (*k, *v)));
+        // Nested lists may not reuse any id of the flow (all are in `.steps`), nor of each other.
         for (i, s) in defs.iter().enumerate() {
             if let StepKind::ForEach(fe) = &mut steps[i].kind {
-                let mut all = outer.clone();
-                all.extend(index.iter().map(|(k, v)| (*k, *v)));
                 fe.steps = compile_steps(
                     &format!("{prefix}[{i}].steps"),
                     s.steps.as_deref().unwrap_or_default(),
                     &all,
                     catalog,
                     cx,
+                );
+                all.extend(fe.steps.iter().map(|n| (leak_id(defs, i, &n.id), 0)));
+            }
+            if let Some(list) = &s.compensate {
+                if nested {
+                    cx.err(
+                        format!("{prefix}[{i}].compensate"),
+                        "only top-level steps can declare `compensate`",
+                    );
+                    continue;
+                }
+                if list.is_empty() {
+                    cx.err(
+                        format!("{prefix}[{i}].compensate"),
+                        "list the steps that undo this one, or leave `compensate` out",
+                    );
+                    continue;
+                }
+                if matches!(
+                    steps[i].kind,
+                    StepKind::ForEach(_) | StepKind::Switch { .. }
+                ) {
+                    cx.err(
+                        format!("{prefix}[{i}].compensate"),
+                        "loops and switches have nothing to undo; put `compensate` on their steps' actions",
+                    );
+                    continue;
+                }
+                steps[i].compensate = compile_steps(
+                    &format!("{prefix}[{i}].compensate"),
+                    list,
+                    &all,
+                    catalog,
+                    cx,
+                );
+                all.extend(
+                    steps[i]
+                        .compensate
+                        .iter()
+                        .map(|n| (leak_id(defs, i, &n.id), 0)),
                 );
             }
         }
@@ -278,6 +319,17 @@ fn compile_steps(
         }
     }
     steps
+}
+
+/// A nested step's id borrowed from the definition it came from (ids in `all` borrow `defs`).
+fn leak_id<'a>(defs: &'a [StepDef], parent: usize, id: &str) -> &'a str {
+    let p = &defs[parent];
+    p.steps
+        .iter()
+        .chain(p.compensate.iter())
+        .flatten()
+        .find(|d| d.id == id)
+        .map_or("", |d| d.id.as_str())
 }
 
 /// Reads `on_error`, `on_timeout` and `cases` lists: which steps handle or belong to which.
@@ -864,6 +916,7 @@ fn compile_step(
         .collect(),
         handles,
         case_of,
+        compensate: Vec::new(),
         kind: kind?,
     })
 }

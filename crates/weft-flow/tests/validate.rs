@@ -632,4 +632,44 @@ fn flow_control_errors_name_their_fields() {
         &format!("{HEAD}concurrency: 0\nsteps:\n  - id: a\n    transform: '1'\n"),
         &["concurrency"],
     );
+    one("  - id: c\n    code: '   '\n", &["steps[0].code"]);
+    one(
+        &format!("  - id: c\n    code: '{}'\n", "x".repeat(70_000)),
+        &["steps[0].code"],
+    );
+    one(
+        "  - id: s\n    subflow: 'no good!'\n",
+        &["steps[0].subflow"],
+    );
+    one(
+        "  - id: s\n    transform: '1'\n    detach: true\n",
+        &["steps[0].detach"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    compensate: []\n",
+        &["steps[0].compensate"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    compensate:\n      - id: a\n        transform: '2'\n",
+        &["steps[0].compensate[0].id"],
+    );
+    one(
+        "  - id: a\n    transform: '1'\n    compensate:\n      - id: u\n        wait: 5m\n",
+        &["steps[0].compensate[0].wait"],
+    );
+    one(
+        "  - id: l\n    for_each: .x\n    steps:\n      - id: i\n        transform: '1'\n  - id: a\n    transform: '1'\n    compensate:\n      - id: i\n        transform: '2'\n",
+        &["steps[1].compensate[0].id"],
+    );
+}
+
+#[test]
+fn code_subflow_and_compensation_compile() {
+    let c = check_ok(&format!(
+        "{HEAD}steps:\n  - id: js\n    code: 'return 1 + 1;'\n  - id: child\n    subflow: other-flow\n    input: {{x: '{{{{ .steps.js.output }}}}'}}\n  - id: pay\n    transform: '1'\n    compensate:\n      - id: refund\n        transform: '.compensating.output'\n"
+    ));
+    assert_eq!(c.steps[0].kind.name(), "code");
+    assert_eq!(c.steps[1].kind.name(), "subflow");
+    assert_eq!(c.steps[2].compensate.len(), 1);
+    assert_eq!(c.steps[2].compensate[0].id, "refund");
 }

@@ -106,8 +106,11 @@ impl StepJob {
                         flow: self.frame.flow.clone(),
                         item: Some(Arc::new(ItemCx {
                             parent: self.idx,
-                            index: i,
-                            item: items[i].take().unwrap_or(Value::Null),
+                            index: Some(i),
+                            extra: vec![
+                                ("item", items[i].take().unwrap_or(Value::Null)),
+                                ("index", json!(i)),
+                            ],
                             outer: outer.clone(),
                         })),
                     },
@@ -182,7 +185,12 @@ struct ItemTask {
 
 impl ItemTask {
     async fn run(self) -> ItemEnd {
-        let Some(item) = self.frame.item.clone() else {
+        let Some((item, index)) = self
+            .frame
+            .item
+            .clone()
+            .and_then(|it| it.index.map(|i| (it, i)))
+        else {
             return ItemEnd::Lost;
         };
         let end = run_dag(
@@ -219,7 +227,7 @@ impl ItemTask {
             Err(e) => (StepStatus::Failed, None, Some(e.clone())),
         };
         let rec = StepRecord {
-            step_id: format!("{}[{}]", self.loop_id, item.index),
+            step_id: format!("{}[{index}]", self.loop_id),
             idx: item.parent as i64,
             status,
             attempts: 1,
@@ -233,7 +241,7 @@ impl ItemTask {
             Err(e) => vec![NewLog {
                 level: "warn",
                 step_id: Some(rec.step_id.clone()),
-                message: format!("item {} failed: {e}", item.index),
+                message: format!("item {index} failed: {e}"),
             }],
         };
         match self
@@ -252,9 +260,9 @@ impl ItemTask {
             Ok(true) => {
                 weft_types::failpoint_at(
                     "for_each.item_done",
-                    &format!("{}[{}]", self.loop_id, item.index),
+                    &format!("{}[{index}]", self.loop_id),
                 );
-                ItemEnd::Done(item.index, result)
+                ItemEnd::Done(index, result)
             }
             Ok(false) => ItemEnd::Lost,
             Err(e) => {

@@ -91,19 +91,20 @@ pub(crate) enum Report {
     Lost,
 }
 
-/// One item of a `for_each`: what its nested steps see besides their own outputs.
+/// A nested list of steps: one item of a `for_each`, or the compensation of a step.
 pub(crate) struct ItemCx {
-    /// Index of the `for_each` step in the flow.
+    /// Index of the top-level step the list belongs to.
     pub(crate) parent: usize,
-    /// Position of the item in the list.
-    pub(crate) index: usize,
-    /// The item.
-    pub(crate) item: Value,
-    /// `.steps` of the enclosing run at the time the loop started.
+    /// Which list: an item's (its position), or the compensation (`None`).
+    pub(crate) index: Option<usize>,
+    /// What the nested steps see besides `.steps`: `item` and `index`, or `compensating`.
+    pub(crate) extra: Vec<(&'static str, Value)>,
+    /// `.steps` of the enclosing run when the list started.
     pub(crate) outer: Arc<Map<String, Value>>,
 }
 
-/// Where a list of steps lives: the flow's own, or a `for_each`'s for one item.
+/// Where a list of steps lives: the flow's own, a `for_each`'s for one item, or a step's
+/// compensation.
 #[derive(Clone)]
 pub(crate) struct Frame {
     pub(crate) flow: Arc<CompiledFlow>,
@@ -114,23 +115,32 @@ impl Frame {
     fn steps(&self) -> &[CompiledStep] {
         match &self.item {
             None => &self.flow.steps,
-            Some(it) => match &self.flow.steps[it.parent].kind {
-                StepKind::ForEach(fe) => &fe.steps,
-                _ => &[],
-            },
+            Some(it) => {
+                let parent = &self.flow.steps[it.parent];
+                match (&parent.kind, it.index) {
+                    (StepKind::ForEach(fe), Some(_)) => &fe.steps,
+                    _ => &parent.compensate,
+                }
+            }
         }
     }
 
-    /// The id a step's checkpoint is stored under: nested ones as `loop[3].inner`, which no
-    /// top-level id can collide with.
+    /// The id a step's checkpoint is stored under: an item's as `loop[3].inner`, a
+    /// compensation's as `charge.compensate.refund`; no top-level id can collide with either.
     fn record_id(&self, local: &str) -> String {
         match &self.item {
             None => local.to_string(),
-            Some(it) => format!("{}[{}].{local}", self.flow.steps[it.parent].id, it.index),
+            Some(it) => {
+                let parent = &self.flow.steps[it.parent].id;
+                match it.index {
+                    Some(i) => format!("{parent}[{i}].{local}"),
+                    None => format!("{parent}.compensate.{local}"),
+                }
+            }
         }
     }
 
-    /// The stored position: nested records sort with their loop.
+    /// The stored position: nested records sort with their parent.
     fn record_idx(&self, i: usize) -> i64 {
         match &self.item {
             None => i as i64,
@@ -140,7 +150,7 @@ impl Frame {
 
     /// The loop index in idempotency keys: (run, step, loop index).
     fn loop_index(&self) -> usize {
-        self.item.as_ref().map_or(0, |it| it.index)
+        self.item.as_ref().and_then(|it| it.index).unwrap_or(0)
     }
 }
 
@@ -333,7 +343,20 @@ async fn run_steps(
         item: None,
     };
     match run_dag(inner, run, frame, &prior, token, deadline).await {
-        DagEnd::Done { fatal: Some(e), .. } => RunEnd::Finished(RunStatus::Failed, None, Some(e)),
+        DagEnd::Done {
+            fatal: Some(e),
+            outcomes,
+        } => match compensate(inner, run, &flow, &prior, token, &outcomes).await {
+            Some(problems) if problems.is_empty() => {
+                RunEnd::Finished(RunStatus::Failed, None, Some(e))
+            }
+            Some(problems) => RunEnd::Finished(
+                RunStatus::Failed,
+                None,
+                Some(format!("{e}; compensation failed: {}", problems.join("; "))),
+            ),
+            None => RunEnd::Lost,
+        },
         DagEnd::Done { outcomes, .. } => {
             let output = outcomes.iter().rev().find_map(|o| match o {
                 Some(Outcome::Succeeded(v)) => Some(v.clone()),
@@ -357,6 +380,59 @@ async fn run_steps(
             )
         }
     }
+}
+
+/// Saga compensation of a failed run: for each step that succeeded and declares `compensate`,
+/// last first, its compensation steps run (checkpointed like any step, so each runs once
+/// across crashes). Returns what failed (empty when all undid their step), or `None` when
+/// the run was lost meanwhile.
+async fn compensate(
+    inner: &Arc<Inner>,
+    run: &Arc<RunRecord>,
+    flow: &Arc<CompiledFlow>,
+    prior: &Prior,
+    token: &CancellationToken,
+    outcomes: &[Option<Outcome>],
+) -> Option<Vec<String>> {
+    let steps = &flow.steps;
+    let mut outer = Map::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Some(o) = o {
+            outer.insert(steps[i].id.clone(), o.to_context());
+        }
+    }
+    let outer = Arc::new(outer);
+    let mut problems = Vec::new();
+    for i in (0..steps.len()).rev() {
+        let Some(Outcome::Succeeded(out)) = &outcomes[i] else {
+            continue;
+        };
+        if steps[i].compensate.is_empty() {
+            continue;
+        }
+        weft_types::failpoint_at("compensation.start", &steps[i].id);
+        let frame = Frame {
+            flow: flow.clone(),
+            item: Some(Arc::new(ItemCx {
+                parent: i,
+                index: None,
+                extra: vec![("compensating", json!({"step": steps[i].id, "output": out}))],
+                outer: outer.clone(),
+            })),
+        };
+        match run_dag(inner, run, frame, prior, token, None).await {
+            DagEnd::Done { fatal: None, .. } => {}
+            DagEnd::Done { fatal: Some(e), .. } | DagEnd::Crashed(e) => {
+                problems.push(format!("undoing '{}': {e}", steps[i].id))
+            }
+            DagEnd::Parked(..) | DagEnd::TimedOut => problems.push(format!(
+                "undoing '{}': a compensation step cannot wait",
+                steps[i].id
+            )),
+            DagEnd::Lost => return None,
+        }
+    }
+    Some(problems)
 }
 
 /// Runs one list of steps to its end (or until all that is left waits). Boxed: loops run
@@ -384,10 +460,19 @@ async fn run_dag_inner(
     let n = steps.len();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut records: Vec<Option<StepRecord>> = vec![None; n];
+    let mut fatal: Option<String> = None;
     for (i, s) in steps.iter().enumerate() {
         if let Some(rec) = prior.get(&frame.record_id(&s.id)) {
             outcomes[i] = Outcome::of_record(rec);
             records[i] = Some(rec.clone());
+            // A failure checkpointed before a crash still fails the run when it resumes.
+            if let Some(Outcome::Failed { error, .. }) = &outcomes[i]
+                && !s.continue_on_error
+                && !s.has_handlers()
+                && fatal.is_none()
+            {
+                fatal = Some(format!("step '{}' failed: {error}", s.id));
+            }
         }
     }
     let cap = if frame.item.is_none() {
@@ -397,7 +482,6 @@ async fn run_dag_inner(
     };
     let mut started = vec![false; n];
     let mut parked: Vec<(Option<Millis>, Vec<String>)> = Vec::new();
-    let mut fatal: Option<String> = None;
     let mut tasks: JoinSet<Report> = JoinSet::new();
 
     loop {
@@ -577,8 +661,9 @@ fn context(
         "vars": frame.flow.vars,
     });
     if let (Some(it), Value::Object(m)) = (&frame.item, &mut ctx) {
-        m.insert("item".into(), it.item.clone());
-        m.insert("index".into(), json!(it.index));
+        for (k, v) in &it.extra {
+            m.insert((*k).to_string(), v.clone());
+        }
     }
     ctx
 }
