@@ -519,3 +519,34 @@ async fn a_failed_run_compensates_its_completed_steps_last_first() {
             .any(|s| s.step_id == "charge.compensate.refund" && s.status == StepStatus::Succeeded)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_starts_its_error_flow_once() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "alert",
+        "  - id: say\n    transform: '\"\\(.trigger.body.flow) failed: \\(.trigger.body.error)\"'\n",
+    ))
+    .await;
+    h.apply(
+        "name: brittle\nerror_flow: alert\ntrigger:\n  manual: {}\nsteps:\n  - id: boom\n    fail: 'no luck'\n",
+    )
+    .await;
+    let run = h.start("brittle", json!({"x": 1})).await;
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        if let weft_engine::EngineEvent::RunFinished { run: r, status } = h.next_event().await {
+            finished.push((r, status));
+        }
+    }
+    assert!(finished.contains(&(run, RunStatus::Failed)));
+    let (alert_run, st) = *finished.iter().find(|(r, _)| *r != run).unwrap();
+    assert_eq!(st, RunStatus::Succeeded);
+    let (a, _) = h.engine.store().get_run(h.scope, alert_run).await.unwrap();
+    assert_eq!(
+        a.output,
+        Some(json!("brittle failed: step 'boom' failed: no luck"))
+    );
+    assert_eq!(a.trigger["body"]["run_id"], json!(run.to_string()));
+    assert_eq!(a.trigger["body"]["trigger"]["body"], json!({"x": 1}));
+}

@@ -21,6 +21,8 @@ pub struct CompiledFlow {
     pub vars: serde_json::Value,
     /// Most steps executing at once in one run.
     pub concurrency: Option<usize>,
+    /// The flow started when a run fails.
+    pub error_flow: Option<String>,
 }
 
 impl CompiledFlow {

@@ -21,6 +21,10 @@ pub struct FlowDef {
     /// Run-level time limit, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
+    /// A flow started (with the failed run's details as its input) whenever a run of this
+    /// one fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_flow: Option<String>,
     /// Most steps of one run executing at once (default: no cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,

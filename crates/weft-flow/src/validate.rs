@@ -178,6 +178,13 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
     }
 
     let steps = compile_steps("steps", &def.steps, &HashMap::new(), catalog, &mut cx);
+    if let Some(f) = &def.error_flow {
+        if !valid_name(f) {
+            cx.err("error_flow", "must be the name of a flow in this workspace");
+        } else if *f == def.name {
+            cx.err("error_flow", "a flow cannot be its own error flow");
+        }
+    }
     let concurrency = def.concurrency.and_then(|c| {
         if (1..=1000).contains(&c) {
             Some(c as usize)
@@ -202,6 +209,7 @@ pub fn compile(def: &FlowDef, catalog: &dyn ActionCatalog) -> Result<CompiledFlo
         run_timeout,
         vars: Value::Object(def.vars.clone().unwrap_or_default()),
         concurrency,
+        error_flow: def.error_flow.clone(),
     })
 }
 

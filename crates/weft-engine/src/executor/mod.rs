@@ -172,6 +172,8 @@ pub(crate) enum DagEnd {
 /// What a run's execution came to.
 enum RunEnd {
     Finished(RunStatus, Option<Value>, Option<String>),
+    /// Failed, and the flow names an error flow to start first.
+    FailedWithErrorFlow(String, String),
     Parked(Option<Millis>, Vec<String>),
     Lost,
 }
@@ -193,6 +195,15 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
     }
     let (status, output, error) = match result {
         RunEnd::Finished(s, o, e) => (s, o, e),
+        RunEnd::FailedWithErrorFlow(target, e) => {
+            // Started before the run is finished (once: its dedupe key is this run), so a
+            // crash in between cannot lose it.
+            if !start_error_flow(&inner, &run, &target, &e).await {
+                hand_back(&inner, &run).await;
+                return;
+            }
+            (RunStatus::Failed, None, Some(e))
+        }
         RunEnd::Parked(wake, awaiting) => {
             park(&inner, &run, wake, awaiting).await;
             return;
@@ -260,6 +271,64 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         Err(e) => {
             tracing::warn!(run = %run.id, error = %e, "could not record the end of a run; it will be resumed");
             hand_back(&inner, &run).await;
+        }
+    }
+}
+
+/// Starts the error flow of a failed run (its input: the run, flow and error); true when it
+/// is started or nothing is to be started, false when the store failed (retry later).
+async fn start_error_flow(inner: &Arc<Inner>, run: &RunRecord, target: &str, error: &str) -> bool {
+    let store = &inner.opts.store;
+    let flow = match store.get_flow(run.scope, target).await {
+        Ok(f) => f,
+        Err(weft_store::StoreError::NotFound) => {
+            tracing::warn!(run = %run.id, flow = target, "the error flow does not exist; nothing started");
+            return true;
+        }
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "could not read the error flow; the run will be resumed");
+            return false;
+        }
+    };
+    let Some(version) = flow.published_version else {
+        tracing::warn!(run = %run.id, flow = target, "the error flow has no published version; nothing started");
+        return true;
+    };
+    let now = inner.now();
+    let body = json!({
+        "run_id": run.id.to_string(),
+        "flow": run.flow_name,
+        "flow_version": run.flow_version,
+        "error": error,
+        "trigger": run.trigger,
+    });
+    let res = store
+        .insert_run(weft_store::NewRun {
+            scope: run.scope,
+            id: weft_types::RunId::new(),
+            flow_id: flow.id,
+            flow_name: flow.name,
+            flow_version: version,
+            trigger: json!({"kind": "error_flow", "body": body, "received_at": weft_types::rfc3339(now)}),
+            dedupe_key: Some(format!("error-flow:{}", run.id)),
+            dedupe_window_ms: i64::MAX / 4,
+            now,
+            audit: None,
+            parent: None,
+        })
+        .await;
+    match res {
+        Ok(_) => {
+            inner.wake.notify_one();
+            true
+        }
+        Err(weft_store::StoreError::Quota { detail, .. }) => {
+            tracing::warn!(run = %run.id, detail, "the error flow was not started: quota");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "could not start the error flow; the run will be resumed");
+            false
         }
     }
 }
@@ -342,11 +411,33 @@ async fn run_steps(
         flow: flow.clone(),
         item: None,
     };
-    match run_dag(inner, run, frame, &prior, token, deadline).await {
+    let end = run_dag_to_end(inner, run, &flow, &prior, token, deadline, frame).await;
+    match (end, &flow.error_flow) {
+        // Runs of an error flow do not start error flows: one failure, one notification.
+        (RunEnd::Finished(RunStatus::Failed, _, e), Some(target))
+            if run.trigger.get("kind").and_then(Value::as_str) != Some("error_flow") =>
+        {
+            RunEnd::FailedWithErrorFlow(target.clone(), e.unwrap_or_default())
+        }
+        (end, _) => end,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_dag_to_end(
+    inner: &Arc<Inner>,
+    run: &Arc<RunRecord>,
+    flow: &Arc<CompiledFlow>,
+    prior: &Prior,
+    token: &CancellationToken,
+    deadline: Option<Millis>,
+    frame: Frame,
+) -> RunEnd {
+    match run_dag(inner, run, frame, prior, token, deadline).await {
         DagEnd::Done {
             fatal: Some(e),
             outcomes,
-        } => match compensate(inner, run, &flow, &prior, token, &outcomes).await {
+        } => match compensate(inner, run, flow, prior, token, &outcomes).await {
             Some(problems) if problems.is_empty() => {
                 RunEnd::Finished(RunStatus::Failed, None, Some(e))
             }
