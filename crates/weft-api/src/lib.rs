@@ -19,6 +19,7 @@ mod identity;
 pub mod metrics;
 pub mod password;
 pub mod problem;
+mod resume;
 mod runs;
 mod server;
 
@@ -83,6 +84,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::replay))
+        .routes(routes!(resume::show, resume::answer))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))
         .routes(routes!(identity::list_members, identity::add_member))

@@ -544,6 +544,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no master key is configured (WEFT_MASTER_KEY or --master-key-file): credentials cannot be set or used"
         );
     }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_string();
     let engine = Engine::new(EngineOptions {
         store: store.clone(),
         clock: clock.clone(),
@@ -556,18 +566,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dedupe_window: Duration::from_secs(args.dedupe_window_secs),
         execute: args.role != Role::Api,
         vault,
+        public_url: public_url.clone(),
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
-    let public_url = args
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"))
-        .trim_end_matches('/')
-        .to_string();
     let boot = store.bootstrap_if_empty(clock.now_ms()).await?;
     // The instance admin token: the operator's, or one made at first start (shown once).
     let admin_token_hash = args.admin_token.as_deref().map(weft_store::hash_secret);

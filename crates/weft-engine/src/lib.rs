@@ -37,7 +37,7 @@ pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
 pub use poll::MAX_POLL_ITEMS;
-pub use runs::{MAX_SIGNAL_NAME, ReplayVersion};
+pub use runs::{MAX_SIGNAL_NAME, ReplayVersion, ResumeTarget};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]
@@ -65,6 +65,8 @@ pub struct EngineOptions {
     /// The credential vault; `None` when no master key is configured (credentials then
     /// cannot be set or used, and say so).
     pub vault: Option<Arc<weft_vault::Vault>>,
+    /// The address users reach this instance at (resume links are built on it).
+    pub public_url: String,
 }
 
 /// Why an engine call failed; each variant maps to one API error kind.

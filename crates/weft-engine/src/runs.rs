@@ -141,3 +141,69 @@ impl Engine {
         Ok(inserted)
     }
 }
+
+/// What resume-link MACs are for (the vault derives a key per purpose).
+const RESUME_PURPOSE: &str = "resume-link/v1";
+
+/// Where a resume link leads: the run and the signal it delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeTarget {
+    /// The run's workspace.
+    pub scope: Scope,
+    /// The run.
+    pub run: RunId,
+    /// The signal the link delivers (the step id).
+    pub name: String,
+}
+
+impl crate::Inner {
+    /// The signed, single-use link that delivers signal `name` to `run` (for approve/reject
+    /// buttons in emails and chat); `None` without a master key.
+    pub(crate) fn resume_url(&self, scope: Scope, run: RunId, name: &str) -> Option<String> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let vault = self.opts.vault.as_ref()?;
+        let payload = format!("{}:{}:{run}:{name}", scope.tenant, scope.workspace);
+        let tag = vault.sign(RESUME_PURPOSE, payload.as_bytes());
+        Some(format!(
+            "{}/resume/{}.{}",
+            self.opts.public_url.trim_end_matches('/'),
+            URL_SAFE_NO_PAD.encode(payload.as_bytes()),
+            URL_SAFE_NO_PAD.encode(&tag[..16])
+        ))
+    }
+}
+
+impl Engine {
+    /// Reads a resume link's token: what it leads to, if the instance signed it.
+    pub fn open_resume_token(&self, token: &str) -> Option<ResumeTarget> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if token.len() > 1024 {
+            return None;
+        }
+        let vault = self.inner.opts.vault.as_ref()?;
+        let (payload, tag) = token.split_once('.')?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if !vault.verify(RESUME_PURPOSE, &payload, &tag) {
+            return None;
+        }
+        let text = String::from_utf8(payload).ok()?;
+        let mut parts = text.splitn(4, ':');
+        let tenant = parts.next()?.parse().ok()?;
+        let workspace = parts.next()?.parse().ok()?;
+        let run = parts.next()?.parse().ok()?;
+        let name = parts.next()?.to_string();
+        Some(ResumeTarget {
+            scope: Scope { tenant, workspace },
+            run,
+            name,
+        })
+    }
+
+    /// The resume link of signal `name` of `run` (see [`Engine::open_resume_token`]).
+    pub fn resume_url(&self, scope: Scope, run: RunId, name: &str) -> Option<String> {
+        self.inner.resume_url(scope, run, name)
+    }
+}

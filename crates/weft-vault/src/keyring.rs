@@ -294,6 +294,25 @@ impl Vault {
         }
     }
 
+    /// A MAC of `msg` under a key derived from the primary master key for `purpose`: how the
+    /// instance signs what it hands out (resume links), with nothing new to configure.
+    pub fn sign(&self, purpose: &str, msg: &[u8]) -> [u8; 32] {
+        mac(self.ring().primary(), purpose, msg)
+    }
+
+    /// Whether `tag` is (a prefix of at least 16 bytes of) [`Vault::sign`] of `msg` under any
+    /// master key of the ring, so what was signed before a key rotation still verifies.
+    pub fn verify(&self, purpose: &str, msg: &[u8], tag: &[u8]) -> bool {
+        let ring = self.ring();
+        ring.ids().iter().filter_map(|id| ring.get(id)).any(|k| {
+            let want = mac(k, purpose, msg);
+            // A prefix of at least 128 bits; compared in constant time (the tag comes from
+            // whoever holds the link).
+            (16..=32).contains(&tag.len())
+                && want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+    }
+
     /// Reads the source again; true when the ring changed.
     pub fn reload(&self) -> Result<bool, VaultError> {
         let fresh = self.source.load()?;
@@ -460,4 +479,24 @@ mod tests {
         assert_eq!(server.open(&binding("crd_a"), &sealed).unwrap(), values());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// HMAC-SHA256 of `msg` under a key derived from `key` for `purpose` (never the master key
+/// itself, so a MAC reveals nothing usable against sealed credentials).
+fn mac(key: &MasterKey, purpose: &str, msg: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut d = Sha256::new();
+    d.update(b"weft derived key\0");
+    d.update(purpose.as_bytes());
+    d.update(b"\0");
+    d.update(key.bytes());
+    let mut derived = Zeroizing::new([0u8; 32]);
+    derived.copy_from_slice(&d.finalize());
+    let mut m = match <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(derived.as_ref()) {
+        Ok(m) => m,
+        // HMAC takes keys of any length; this arm cannot be reached.
+        Err(_) => return [0; 32],
+    };
+    m.update(msg);
+    m.finalize().into_bytes().into()
 }

@@ -72,6 +72,7 @@ impl App {
             poll_interval: Duration::from_secs(1),
             dedupe_window: Duration::from_secs(3600),
             execute: false,
+            public_url: "http://weft.test".into(),
             vault: Some(Arc::new(weft_vault::Vault::new(
                 weft_vault::KeySource::Env(String::new()),
                 weft_vault::Keyring::generate().unwrap(),

@@ -104,6 +104,7 @@ impl StepJob {
                     run: self.run.clone(),
                     frame: Frame {
                         flow: self.frame.flow.clone(),
+                        links: self.frame.links.clone(),
                         item: Some(Arc::new(ItemCx {
                             parent: self.idx,
                             index: Some(i),

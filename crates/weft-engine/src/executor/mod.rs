@@ -109,6 +109,8 @@ pub(crate) struct ItemCx {
 pub(crate) struct Frame {
     pub(crate) flow: Arc<CompiledFlow>,
     pub(crate) item: Option<Arc<ItemCx>>,
+    /// `.run.resume`: the resume link of each step that waits for a signal.
+    pub(crate) links: Arc<Value>,
 }
 
 impl Frame {
@@ -407,9 +409,18 @@ async fn run_steps(
     let deadline: Option<Millis> = flow
         .run_timeout
         .map(|t| run.started_at.unwrap_or(run.created_at) + t.as_millis() as i64);
+    let mut links = Map::new();
+    for s in &flow.steps {
+        if let StepKind::Signal(_) = s.kind
+            && let Some(url) = inner.resume_url(run.scope, run.id, &s.id)
+        {
+            links.insert(s.id.clone(), Value::String(url));
+        }
+    }
     let frame = Frame {
         flow: flow.clone(),
         item: None,
+        links: Arc::new(Value::Object(links)),
     };
     let end = run_dag_to_end(inner, run, &flow, &prior, token, deadline, frame).await;
     match (end, &flow.error_flow) {
@@ -504,6 +515,7 @@ async fn compensate(
         weft_types::failpoint_at("compensation.start", &steps[i].id);
         let frame = Frame {
             flow: flow.clone(),
+            links: Arc::new(Value::Null),
             item: Some(Arc::new(ItemCx {
                 parent: i,
                 index: None,
@@ -747,7 +759,7 @@ fn context(
     let mut ctx = json!({
         "trigger": run.trigger,
         "steps": map,
-        "run": {"id": run.id.to_string(), "flow_version": run.flow_version, "created_at": weft_types::rfc3339(run.created_at)},
+        "run": {"id": run.id.to_string(), "flow_version": run.flow_version, "created_at": weft_types::rfc3339(run.created_at), "resume": *frame.links},
         "flow": {"id": run.flow_id.to_string(), "name": run.flow_name, "version": run.flow_version},
         "vars": frame.flow.vars,
     });

@@ -340,7 +340,12 @@ impl StepJob {
     /// One attempt, bounded by the step's timeout.
     async fn attempt(&self, ctx: &Value, attempt: u32) -> Result<Value, AttemptError> {
         let fut = self.attempt_inner(ctx, attempt);
-        match self.step().timeout {
+        // A code step's `timeout` is its CPU limit inside the sandbox, which says so itself.
+        let limit = match self.step().kind {
+            StepKind::Code(_) => None,
+            _ => self.step().timeout,
+        };
+        match limit {
             Some(t) => tokio::select! {
                 r = fut => r,
                 _ = self.inner.opts.clock.sleep(t) => Err(AttemptError {

@@ -171,6 +171,7 @@ impl StepJob {
                     None => None,
                 };
                 let out = json!({
+                    "resume_url": self.inner.resume_url(self.run.scope, self.run.id, &s.names[0]),
                     "waiting_for": s.names,
                     "deadline": deadline.map(weft_types::rfc3339),
                     "deadline_ms": deadline,

@@ -55,6 +55,7 @@ pub async fn harness() -> Harness {
         poll_interval: Duration::from_secs(1),
         dedupe_window: Duration::from_secs(3600),
         execute: true,
+        public_url: "http://weft.test".into(),
         vault: None,
     };
     let engine = Engine::new(opts.clone());

@@ -1,0 +1,208 @@
+//! Code steps and resume links through the real binary: JavaScript in the sandbox workers
+//! (output, console lines in the run's logs, runaway code stopped while other runs go on), and
+//! the signed single-use links that answer an approval from an email or a chat message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::{Value, json};
+
+fn wait_status(srv: &Server, run: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = srv.cli_json(&["runs", "show", run]);
+        if r["status"] == want {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run} never became {want}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run}"))
+}
+
+/// (status, content-type, body) of a request without a key.
+fn call(method: &str, url: &str, ctype: Option<&str>, body: &str) -> (u16, String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let mut req = match method {
+            "GET" => c.get(url),
+            _ => c.post(url).body(body.to_string()),
+        };
+        if let Some(t) = ctype {
+            req = req.header("content-type", t);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (st, ct, r.text().await.unwrap())
+    })
+}
+
+#[test]
+fn code_steps_return_json_log_to_the_run_and_runaways_stop_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: js\ntrigger:\n  manual: {}\nsteps:\n  - id: total\n    code: |\n      const items = trigger.body.items;\n      console.log('adding', items.length, 'items');\n      return {sum: items.reduce((a, b) => a + b, 0), first: ctx.trigger.body.items[0]};\n  - id: after\n    transform: '.steps.total.output.sum * 10'\n",
+    );
+    srv.apply(
+        "name: spin\ntrigger:\n  manual: {}\nsteps:\n  - id: loop\n    timeout: 1s\n    code: 'while (true) {}'\n",
+    );
+    let spin = srv.cli_json(&["run", "start", "spin"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = srv.cli_json(&["run", "start", "js", "--input", r#"{"items": [1, 2, 3]}"#])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = srv.wait_run(&run, Duration::from_secs(30));
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["output"], json!(60));
+    assert_eq!(step(&r, "total")["output"], json!({"sum": 6, "first": 1}));
+    let out = srv.cli(&["runs", "logs", &run, "--json"]);
+    assert!(out.status.success());
+    // One JSON line per log line.
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        lines.iter().any(|l| l == "console: adding 3 items"),
+        "{lines:?}"
+    );
+
+    let s = srv.wait_run(&spin, Duration::from_secs(30));
+    assert_eq!(s["status"], "failed");
+    let e = step(&s, "loop")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("time limit"), "{e}");
+}
+
+#[test]
+fn a_resume_link_shows_the_question_answers_once_and_cannot_be_forged() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: refund\ntrigger:\n  manual: {}\nsteps:\n  - id: mail\n    transform: '.run.resume.approve'\n  - id: approve\n    approval:\n      message: 'Refund {{ .trigger.body.amount }} EUR to <b>Ann</b>?'\n  - id: pay\n    transform: '.steps.approve.output'\n",
+    );
+    let start = |amount: u32| {
+        srv.cli_json(&[
+            "run",
+            "start",
+            "refund",
+            "--input",
+            &json!({"amount": amount}).to_string(),
+        ])["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let run = start(30);
+    let r = wait_status(&srv, &run, "waiting");
+    let link = step(&r, "mail")["output"].as_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("{}/resume/", srv.url)), "{link}");
+    assert_eq!(step(&r, "approve")["output"]["resume_url"], json!(link));
+
+    // GET shows the question (escaped) and changes nothing.
+    let (st, ct, page) = call("GET", &link, None, "");
+    assert_eq!(st, 200, "{page}");
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(
+        page.contains("Refund 30 EUR to &lt;b&gt;Ann&lt;/b&gt;?"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"reject\""));
+    assert_eq!(srv.cli_json(&["runs", "show", &run])["status"], "waiting");
+
+    // A forged or altered token leads nowhere.
+    let mut forged = link.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [forged.as_str(), &format!("{}/resume/nope", srv.url)] {
+        let (st, ct, _) = call(
+            "POST",
+            bad,
+            Some("application/x-www-form-urlencoded"),
+            "decision=approve",
+        );
+        assert_eq!(st, 404, "{bad}");
+        assert!(ct.starts_with("application/problem+json"));
+    }
+
+    // The form rejects with a reason; the run fails on it.
+    let (st, _, page) = call(
+        "POST",
+        &link,
+        Some("application/x-www-form-urlencoded"),
+        "decision=reject&reason=too+much",
+    );
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("Rejected"));
+    let done = srv.wait_run(&run, Duration::from_secs(30));
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("rejected: too much"),
+        "{done}"
+    );
+    // Used once: a second answer, or a look at the page, is a 409.
+    let (st, ct, body) = call(
+        "POST",
+        &link,
+        Some("application/x-www-form-urlencoded"),
+        "decision=approve",
+    );
+    assert_eq!(st, 409, "{body}");
+    assert!(ct.starts_with("application/problem+json"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "link_used"
+    );
+    assert_eq!(call("GET", &link, None, "").0, 409);
+
+    // JSON approves; the payload reaches the step's output.
+    let run = start(5);
+    let r = wait_status(&srv, &run, "waiting");
+    let link = step(&r, "mail")["output"].as_str().unwrap().to_string();
+    let (st, ct, body) = call("POST", &link, Some("application/json"), r#"{"by": "ann"}"#);
+    assert_eq!(st, 200, "{body}");
+    assert!(ct.starts_with("application/json"));
+    let done = srv.wait_run(&run, Duration::from_secs(30));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"]["approved"], json!(true));
+    assert_eq!(done["output"]["by"], json!("ann"));
+    assert_eq!(done["output"]["via"], json!("resume_link"));
+    // Another run's link does not open this run, and a link of a finished run is used up.
+    let (st, _, _) = call("POST", &link, Some("application/json"), "{}");
+    assert_eq!(st, 409);
+}
