@@ -84,6 +84,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))
         .routes(routes!(runs::replay))
+        .routes(routes!(runs::replay_many))
         .routes(routes!(resume::show, resume::answer))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))

@@ -83,7 +83,61 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// List runs, newest first.
+/// The store filter for run lists; `None` when the flow does not exist (no runs match).
+async fn run_filter(
+    s: &AppState,
+    scope: weft_types::Scope,
+    flow: Option<&str>,
+    status: Option<&str>,
+    since: Option<&str>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Option<RunFilter>, Problem> {
+    let flow_id = match flow.filter(|f| !f.is_empty()) {
+        Some(f) => match s.engine.get_flow(scope, f).await {
+            Ok(rec) => Some(rec.id),
+            Err(weft_engine::EngineError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let status = status
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            RunStatus::parse(x).ok_or_else(|| {
+                Problem::invalid(
+                    "status",
+                    "must be one of queued, running, waiting, succeeded, failed, cancelled",
+                )
+            })
+        })
+        .transpose()?;
+    let since = since
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            weft_types::parse_rfc3339(x).ok_or_else(|| {
+                Problem::invalid(
+                    "since",
+                    "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
+                )
+            })
+        })
+        .transpose()?;
+    let before = cursor
+        .filter(|x| !x.is_empty())
+        .map(|c| parse_id::<RunId>("cursor", c))
+        .transpose()?;
+    Ok(Some(RunFilter {
+        flow_id,
+        status,
+        since,
+        before,
+        limit,
+    }))
+}
+
+/// List runs, newest first. `status=failed` is the dead-letter view: runs whose steps
+/// exhausted their retries (or failed for good); `POST …/runs/replay` replays them in bulk.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/runs", tag = "runs",
     params(WsParam,
         ("flow" = Option<String>, Query, description = "flow id or name"),
@@ -100,66 +154,23 @@ pub(crate) async fn list(
 ) -> Result<Json<Page<RunOut>>, Problem> {
     let q: ListQuery = parse_query(q.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let flow_id = match q.flow.as_deref().filter(|f| !f.is_empty()) {
-        Some(f) => match s.engine.get_flow(auth.scope, f).await {
-            Ok(rec) => Some(rec.id),
-            // An unknown flow has no runs.
-            Err(weft_engine::EngineError::NotFound(_)) => {
-                return Ok(Json(Page {
-                    items: vec![],
-                    next_cursor: None,
-                }));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
+    let Some(filter) = run_filter(
+        &s,
+        auth.scope,
+        q.flow.as_deref(),
+        q.status.as_deref(),
+        q.since.as_deref(),
+        q.cursor.as_deref(),
+        limit + 1,
+    )
+    .await?
+    else {
+        return Ok(Json(Page {
+            items: vec![],
+            next_cursor: None,
+        }));
     };
-    let status = q
-        .status
-        .as_deref()
-        .filter(|x| !x.is_empty())
-        .map(|x| {
-            RunStatus::parse(x).ok_or_else(|| {
-                Problem::invalid(
-                    "status",
-                    "must be one of queued, running, waiting, succeeded, failed, cancelled",
-                )
-            })
-        })
-        .transpose()?;
-    let since = q
-        .since
-        .as_deref()
-        .filter(|x| !x.is_empty())
-        .map(|x| {
-            weft_types::parse_rfc3339(x).ok_or_else(|| {
-                Problem::invalid(
-                    "since",
-                    "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
-                )
-            })
-        })
-        .transpose()?;
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|x| !x.is_empty())
-        .map(|c| parse_id::<RunId>("cursor", c))
-        .transpose()?;
-    let mut runs = s
-        .engine
-        .store()
-        .list_runs(
-            auth.scope,
-            RunFilter {
-                flow_id,
-                status,
-                since,
-                before,
-                limit: limit + 1,
-            },
-        )
-        .await?;
+    let mut runs = s.engine.store().list_runs(auth.scope, filter).await?;
     let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
     let items = runs.iter().map(|r| RunOut::new(r, None)).collect();
     Ok(Json(Page {
@@ -386,6 +397,111 @@ pub(crate) async fn replay(
         Json(Started {
             run_id: ins.run_id.to_string(),
             duplicate: false,
+        }),
+    ))
+}
+
+/// Body of a bulk replay.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkReplayIn {
+    /// Only runs of this flow (id or name).
+    #[serde(default)]
+    flow: Option<String>,
+    /// Only runs with this status (default `failed`: the dead letters).
+    #[serde(default)]
+    status: Option<String>,
+    /// Only runs created at or after this RFC 3339 time.
+    #[serde(default)]
+    since: Option<String>,
+    /// `next_cursor` of the previous batch.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Runs replayed in this batch, 1-100 (default 50).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// `pinned` (default) or `latest`.
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// One replayed run.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Replayed {
+    /// The original run.
+    from: String,
+    /// The new run.
+    run_id: String,
+}
+
+/// Replay matching runs (by default the failed ones: the dead letters) in batches, newest
+/// first: each becomes a new run with the same trigger event. Call again with `next_cursor`
+/// until it is null; each batch reports what it replayed (the CLI prints the progress).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/replay", tag = "runs",
+    params(WsParam),
+    request_body(content = Option<BulkReplayIn>, content_type = "application/json"),
+    responses((status = 202, body = Page<Replayed>), (status = "4XX", body = ProblemDoc, content_type = "application/problem+json")),
+    security(("api_key" = ["runs:write"]), ("session" = ["runs:write"])))]
+pub(crate) async fn replay_many(
+    State(s): State<AppState>,
+    auth: Ws<RunsWrite>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Page<Replayed>>), Problem> {
+    let bytes = read_limited(body, s.opts.max_body_bytes).await?;
+    let q: BulkReplayIn = if bytes.is_empty() {
+        parse_json(b"{}")?
+    } else {
+        require_json(&headers, &bytes)?;
+        parse_json(&bytes)?
+    };
+    let limit = match q.limit {
+        None => 50,
+        Some(n) if (1..=100).contains(&n) => n,
+        Some(_) => return Err(Problem::invalid("limit", "must be between 1 and 100")),
+    };
+    let version = match q.version.as_deref() {
+        None | Some("pinned") => weft_engine::ReplayVersion::Pinned,
+        Some("latest") => weft_engine::ReplayVersion::Latest,
+        Some(_) => return Err(Problem::invalid("version", "must be `pinned` or `latest`")),
+    };
+    let Some(filter) = run_filter(
+        &s,
+        auth.scope,
+        q.flow.as_deref(),
+        Some(q.status.as_deref().unwrap_or("failed")),
+        q.since.as_deref(),
+        q.cursor.as_deref(),
+        limit + 1,
+    )
+    .await?
+    else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(Page {
+                items: vec![],
+                next_cursor: None,
+            }),
+        ));
+    };
+    let mut runs = s.engine.store().list_runs(auth.scope, filter).await?;
+    let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
+    let mut items = Vec::with_capacity(runs.len());
+    for r in runs {
+        let ins = s
+            .engine
+            .replay_run(auth.scope, r.id, version, auth.actor.clone())
+            .await?;
+        items.push(Replayed {
+            from: r.id.to_string(),
+            run_id: ins.run_id.to_string(),
+        });
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Page {
+            items,
+            next_cursor: next,
         }),
     ))
 }

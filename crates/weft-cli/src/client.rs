@@ -159,11 +159,22 @@ pub enum RunsCmd {
         /// Run id.
         run: String,
     },
-    /// Start a new run with the same trigger event.
+    /// Start a new run with the same trigger event; with `--failed`, replay every failed run
+    /// (the dead letters, newest first), printing progress.
     Replay {
-        /// Run id.
-        run: String,
-        /// Run the flow's published version instead of the one the run was pinned to.
+        /// Run id (leave out with `--failed`).
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        run: Option<String>,
+        /// Replay all failed runs (of `--flow`, since `--since`).
+        #[arg(long)]
+        failed: bool,
+        /// With `--failed`: only this flow's runs.
+        #[arg(long, requires = "failed")]
+        flow: Option<String>,
+        /// With `--failed`: only runs created at or after this RFC 3339 time.
+        #[arg(long, requires = "failed")]
+        since: Option<String>,
+        /// Run the flow's published version instead of the one each run was pinned to.
         #[arg(long)]
         latest: bool,
     },
@@ -569,7 +580,11 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                 println!("run {} is {} again", s(&v, "id"), s(&v, "status"))
             }
         }
-        RunsCmd::Replay { run, latest } => {
+        RunsCmd::Replay {
+            run: Some(run),
+            latest,
+            ..
+        } => {
             let body = serde_json::json!({"version": if latest { "latest" } else { "pinned" }});
             let v = api
                 .send(
@@ -582,6 +597,54 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                 print_json(&v)
             } else {
                 println!("replayed as run {}", s(&v, "run_id"))
+            }
+        }
+        RunsCmd::Replay {
+            run: None,
+            flow,
+            since,
+            latest,
+            ..
+        } => {
+            let mut cursor: Option<String> = None;
+            let mut total = 0usize;
+            loop {
+                let body = serde_json::json!({
+                    "flow": flow,
+                    "since": since,
+                    "cursor": cursor,
+                    "limit": 50,
+                    "version": if latest { "latest" } else { "pinned" },
+                });
+                let v = api
+                    .send(api.http.post(api.ws("/runs/replay")).json(&body))
+                    .await?;
+                for r in v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    total += 1;
+                    if json_out {
+                        println!("{r}");
+                    } else {
+                        println!("{} -> {}", s(r, "from"), s(r, "run_id"));
+                    }
+                }
+                if !json_out {
+                    eprintln!("replayed {total} runs so far");
+                }
+                cursor = v
+                    .get("next_cursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            if !json_out {
+                println!("replayed {total} failed runs");
             }
         }
         RunsCmd::Signal { run, name, payload } => {

@@ -206,3 +206,86 @@ fn a_resume_link_shows_the_question_answers_once_and_cannot_be_forged() {
     let (st, _, _) = call("POST", &link, Some("application/json"), "{}");
     assert_eq!(st, 409);
 }
+
+#[test]
+fn dead_letters_replay_in_batches_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply("name: doomed\ntrigger:\n  manual: {}\nsteps:\n  - id: boom\n    fail: 'no {{ .trigger.body.n }}'\n");
+    srv.apply("name: fine\ntrigger:\n  manual: {}\nsteps:\n  - id: ok\n    transform: '1'\n");
+    let mut failed = Vec::new();
+    for n in 0..3 {
+        let id = srv.cli_json(&[
+            "run",
+            "start",
+            "doomed",
+            "--input",
+            &json!({"n": n}).to_string(),
+        ])["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        failed.push(id);
+    }
+    let ok = srv.cli_json(&["run", "start", "fine"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for r in failed.iter().chain([&ok]) {
+        srv.wait_run(r, Duration::from_secs(30));
+    }
+    // The dead-letter view is the failed runs.
+    let (st, dead) = srv.api_get("/api/v1/workspaces/default/runs?status=failed");
+    assert_eq!(st, 200);
+    assert_eq!(dead["items"].as_array().unwrap().len(), 3);
+
+    // Batches of 2 through the API: a cursor until nothing is left.
+    let post = |body: Value| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{}/api/v1/workspaces/default/runs/replay", srv.url))
+                .bearer_auth(&srv.key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let (st, first) = post(json!({"flow": "doomed", "limit": 2}));
+    assert_eq!(st, 202, "{first}");
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let (_, second) = post(json!({"flow": "doomed", "limit": 2, "cursor": cursor}));
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second["next_cursor"].is_null());
+    let from: Vec<&str> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["items"].as_array().unwrap())
+        .map(|r| r["from"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<&str> = failed.iter().map(String::as_str).collect();
+    want.reverse();
+    assert_eq!(from, want, "newest first, each once");
+    let (st, bad) = post(json!({"limit": 0}));
+    assert_eq!(st, 400, "{bad}");
+
+    // The CLI replays all of them (now 6 failed: the replays failed too) and reports progress.
+    let out = srv.cli(&["runs", "replay", "--failed", "--flow", "doomed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("replayed 6 failed runs"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 6 runs so far"));
+    let bad = srv.cli(&["runs", "replay"]);
+    assert!(!bad.status.success());
+}
