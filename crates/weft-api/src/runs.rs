@@ -306,6 +306,12 @@ pub(crate) async fn signal(
 ) -> Result<(StatusCode, Json<RunStatusOut>), Problem> {
     let (_, run, name) = path;
     let id: RunId = parse_id("run", &run)?;
+    if !weft_engine::valid_signal_name(&name) {
+        return Err(Problem::invalid(
+            "name",
+            "a signal name is 1-100 characters: letters, digits, '-', '_', '.' or ':' (the id of the step it resumes)",
+        ));
+    }
     let bytes = read_limited(body, s.opts.max_body_bytes).await?;
     let payload = if bytes.is_empty() {
         Value::Null

@@ -101,6 +101,13 @@ fn wait_status(srv: &Server, run: &str, want: &str, within: Duration) -> Value {
             return r;
         }
         assert!(
+            !matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ),
+            "run {run} ended instead of being {want}: {r}"
+        );
+        assert!(
             Instant::now() < deadline,
             "run {run} not {want} after {within:?}: {r}"
         );
@@ -118,6 +125,7 @@ fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
+/// `POST /runs/{run}/signals/{name}` with `body` as the payload.
 fn signal(srv: &Server, run: &str, name: &str, body: Option<&str>) -> Resp {
     call(
         srv,
@@ -127,6 +135,7 @@ fn signal(srv: &Server, run: &str, name: &str, body: Option<&str>) -> Resp {
     )
 }
 
+/// Wall-clock time in epoch milliseconds (the server's clock too).
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -730,4 +739,361 @@ steps:
         }
         assert_eq!(step(&r, "both")["status"], "skipped", "{size}: {r}");
     }
+}
+
+#[test]
+fn a_failed_loop_item_retries_in_place_from_that_item() {
+    let dir = tempfile::tempdir().unwrap();
+    // Items 0 and 1 pass, item 2 gets a permanent 400, everything after passes.
+    let sink = Sink::start(SinkBehavior {
+        statuses: vec![200, 200, 400],
+        ..Default::default()
+    });
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(&format!(
+        r#"name: items
+trigger:
+  manual: {{}}
+steps:
+  - id: loop
+    for_each: .trigger.body.items
+    steps:
+      - id: send
+        action: http.request
+        input: {{ method: POST, url: '{}/item', body: {{ item: '{{{{ .item }}}}' }} }}
+"#,
+        sink.url
+    ));
+    let run = start(&srv, "items", json!({"items": [0, 1, 2, 3, 4]}));
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "failed", "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("item 2 failed"), "{e}");
+    assert_eq!(
+        sink.count(),
+        3,
+        "a concurrency-1 loop stops at its failed item"
+    );
+    let lp = step(&r, "loop");
+    assert_eq!(lp["status"], "failed", "{r}");
+    assert_eq!(lp["progress"]["done"], 3, "{r}");
+    assert_eq!(lp["progress"]["failed"], 1, "{r}");
+
+    let v = srv.cli_json(&["runs", "retry", &run]);
+    assert_eq!(v["id"], run.as_str());
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let lp = step(&r, "loop");
+    assert_eq!(lp["progress"], json!({"total": 5, "done": 5, "failed": 0}));
+    assert_eq!(lp["output"].as_array().unwrap().len(), 5);
+    // Items that succeeded are not sent again; the failed one keeps its key.
+    let got = sink.all();
+    let items: Vec<i64> = got
+        .iter()
+        .map(|g| g.body["item"].as_i64().unwrap())
+        .collect();
+    assert_eq!(items, [0, 1, 2, 2, 3, 4], "{got:?}");
+    assert_eq!(got[2].idempotency_key, got[3].idempotency_key);
+    assert_eq!(
+        got[3].idempotency_key.as_deref(),
+        Some(format!("{run}:send:2").as_str())
+    );
+}
+
+#[test]
+fn loop_and_flow_concurrency_cap_what_runs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = || {
+        Sink::start(SinkBehavior {
+            delay: Duration::from_millis(150),
+            ..Default::default()
+        })
+    };
+    let (looped, flat) = (slow(), slow());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(&format!(
+        r#"name: wide
+trigger:
+  manual: {{}}
+steps:
+  - id: loop
+    for_each: .trigger.body.items
+    concurrency: 3
+    collect: false
+    steps:
+      - id: send
+        action: http.request
+        input: {{ method: POST, url: '{}/item', body: {{ item: '{{{{ .item }}}}' }} }}
+"#,
+        looped.url
+    ));
+    let mut parallel =
+        String::from("name: capped\ntrigger:\n  manual: {}\nconcurrency: 2\nsteps:\n");
+    for i in 0..5 {
+        parallel.push_str(&format!(
+            "  - id: s{i}\n    needs: []\n    action: http.request\n    input: {{ method: POST, url: '{}/s{i}' }}\n",
+            flat.url
+        ));
+    }
+    srv.apply(&parallel);
+
+    let run = start(&srv, "wide", json!({"items": (0..12).collect::<Vec<_>>()}));
+    // While items run, the loop shows its size and what is done so far.
+    let deadline = Instant::now() + T;
+    loop {
+        let r = get_run(&srv, &run);
+        let lp = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "loop");
+        if let Some(lp) = lp
+            && lp["status"] == "running"
+        {
+            assert_eq!(lp["progress"]["total"], 12, "{r}");
+            assert!(lp["progress"]["done"].as_i64().unwrap() < 12, "{r}");
+            break;
+        }
+        assert_ne!(r["status"], "succeeded", "never saw the loop running: {r}");
+        assert!(Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let lp = step(&r, "loop");
+    assert_eq!(
+        lp["output"],
+        json!({"total": 12, "succeeded": 12, "failed": 0})
+    );
+    assert_eq!(
+        lp["progress"],
+        json!({"total": 12, "done": 12, "failed": 0})
+    );
+    assert_eq!(looped.count(), 12);
+    let peak = looped.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&peak), "loop concurrency 3, peak {peak}");
+
+    let run = start(&srv, "capped", json!({}));
+    assert_eq!(srv.wait_run(&run, T)["status"], "succeeded");
+    assert_eq!(flat.count(), 5);
+    let peak = flat.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&peak), "flow concurrency 2, peak {peak}");
+}
+
+#[test]
+fn a_for_each_with_items_in_flight_at_kill_9_resends_only_those_with_their_keys() {
+    const N: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let mut srv = Server::start(
+        dir.path(),
+        None,
+        &[("WEFT_FAILPOINTS", "for_each.item_done:loop[9]")],
+        &[],
+    );
+    let key = srv.key.clone();
+    srv.apply(&format!(
+        r#"name: fan4
+trigger:
+  manual: {{}}
+steps:
+  - id: loop
+    for_each: .trigger.body.items
+    concurrency: 4
+    steps:
+      - id: send
+        action: http.request
+        input: {{ method: POST, url: '{}/item', body: {{ index: '{{{{ .index }}}}' }} }}
+"#,
+        sink.url
+    ));
+    let run = start(&srv, "fan4", json!({"items": vec![0; N]}));
+    assert!(srv.wait_exit(Duration::from_secs(20)));
+    let srv = Server::start(dir.path(), Some(&key), &[], &[]);
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(
+        step(&r, "loop")["progress"],
+        json!({"total": N, "done": N, "failed": 0})
+    );
+    let mut per: HashMap<usize, Vec<Option<String>>> = HashMap::new();
+    for g in sink.all() {
+        per.entry(g.body["index"].as_u64().unwrap() as usize)
+            .or_default()
+            .push(g.idempotency_key);
+    }
+    assert_eq!(per.len(), N);
+    let mut resent = 0;
+    for (i, keys) in &per {
+        assert!(keys.len() <= 2, "item {i} sent {} times", keys.len());
+        resent += keys.len() - 1;
+        let want = format!("{run}:send:{i}");
+        assert!(
+            keys.iter().all(|k| k.as_deref() == Some(want.as_str())),
+            "item {i}: {keys:?}"
+        );
+    }
+    assert_eq!(per[&9].len(), 1, "the checkpointed item is not re-sent");
+    assert!(resent <= 3, "only items in flight at the crash: {resent}");
+}
+
+#[test]
+fn an_early_signal_is_kept_an_event_times_out_to_its_handler_and_cancel_stops_a_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(&format!(
+        r#"name: later
+trigger:
+  manual: {{}}
+steps:
+  - id: pause
+    wait: 1s
+  - id: hear
+    wait_for_event: {{event: paid, timeout: 1s, on_timeout: [expire]}}
+  - id: ship
+    action: http.request
+    input: {{ method: POST, url: '{0}/ship', body: '{{{{ .steps.hear.output }}}}' }}
+  - id: expire
+    action: http.request
+    input: {{ method: POST, url: '{0}/expire', body: {{ why: '{{{{ .steps.hear.error }}}}' }} }}
+"#,
+        sink.url
+    ));
+    let early = start(&srv, "later", json!({}));
+    let lapsed = start(&srv, "later", json!({}));
+    let cancelled = start(&srv, "later", json!({}));
+    for r in [&early, &lapsed, &cancelled] {
+        let w = wait_status(&srv, r, "waiting", T);
+        assert_eq!(step(&w, "pause")["status"], "waiting", "{w}");
+    }
+    // Sent while the run still waits on its timer: kept for the step that takes it.
+    let s = signal(&srv, &early, "paid", Some(r#"{"order": 7}"#));
+    assert_eq!(s.status, 202, "{s:?}");
+    let c = srv.cli_json(&["runs", "cancel", &cancelled]);
+    assert_eq!(c["status"], "cancelled", "{c}");
+    let late = signal(&srv, &cancelled, "paid", None);
+    assert_problem(&late, 409, "conflict");
+
+    let r = srv.wait_run(&early, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(step(&r, "hear")["output"], json!({"order": 7}));
+    assert_eq!(step(&r, "expire")["status"], "skipped", "{r}");
+    let r = srv.wait_run(&lapsed, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let hear = step(&r, "hear");
+    assert_eq!(hear["status"], "failed", "{r}");
+    assert_eq!(hear["output"], json!({"timed_out": true}), "{r}");
+    assert!(
+        hear["error"]
+            .as_str()
+            .unwrap()
+            .contains("no signal 'hear' arrived"),
+        "{r}"
+    );
+    assert_eq!(step(&r, "ship")["status"], "skipped", "{r}");
+    assert_eq!(step(&r, "expire")["status"], "succeeded", "{r}");
+    // A signal after the timeout finds the run finished.
+    assert_problem(&signal(&srv, &lapsed, "paid", None), 409, "conflict");
+
+    // The cancelled run's timer never fires: nothing of it is sent.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get_run(&srv, &cancelled);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    let got = sink.all();
+    let paths: Vec<&str> = got.iter().map(|g| g.path.as_str()).collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(
+        paths.contains(&"/ship") && paths.contains(&"/expire"),
+        "{paths:?}"
+    );
+    let keys: Vec<String> = got
+        .iter()
+        .filter_map(|g| g.idempotency_key.clone())
+        .collect();
+    assert!(keys.iter().all(|k| !k.starts_with(&cancelled)), "{keys:?}");
+}
+
+#[test]
+fn a_run_timeout_bounds_its_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(&format!(
+        r#"name: bounded
+trigger:
+  manual: {{}}
+timeout: 1s
+steps:
+  - id: pause
+    wait: 3s
+  - id: ping
+    action: http.request
+    input: {{ method: POST, url: '{}/ping' }}
+"#,
+        sink.url
+    ));
+    srv.apply(
+        "name: unanswered\ntrigger:\n  manual: {}\ntimeout: 1s\nsteps:\n  - id: approve\n    approval: {}\n  - id: after\n    transform: '1'\n",
+    );
+    let began = Instant::now();
+    let wait = start(&srv, "bounded", json!({}));
+    let ask = start(&srv, "unanswered", json!({}));
+    // Both must end by their 1s run timeout (with slack), not when (or if) the wait ends.
+    let within = Duration::from_millis(2500);
+    for run in [&wait, &ask] {
+        let left = within.saturating_sub(began.elapsed());
+        let deadline = Instant::now() + left;
+        let r = loop {
+            let r = get_run(&srv, run);
+            if matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run} is still {} {:?} after its 1s timeout: {r}",
+                r["status"],
+                began.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("exceeded its"), "{r}");
+    }
+    // Nothing after the deadline ran.
+    std::thread::sleep(Duration::from_millis(
+        2500u64.saturating_sub(began.elapsed().as_millis() as u64) + 1000,
+    ));
+    assert_eq!(sink.count(), 0, "a timed-out run sent a request");
+    let r = get_run(&srv, &wait);
+    assert_eq!(r["status"], "failed", "{r}");
+    let ping = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "ping");
+    assert!(ping.is_none(), "a step ran after the run timed out: {r}");
+}
+
+#[test]
+fn a_failed_loop_still_shows_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: bad\ntrigger:\n  manual: {}\nsteps:\n  - id: loop\n    for_each: .trigger.body.items\n    steps:\n      - id: check\n        if: '.item == 2'\n        fail: 'item {{ .item }} is bad'\n",
+    );
+    let run = start(&srv, "bad", json!({"items": [0, 1, 2, 3, 4]}));
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(
+        step(&r, "loop")["progress"],
+        json!({"total": 5, "done": 3, "failed": 1}),
+        "{r}"
+    );
 }

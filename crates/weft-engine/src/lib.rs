@@ -37,7 +37,7 @@ pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
 pub use poll::MAX_POLL_ITEMS;
-pub use runs::{MAX_SIGNAL_NAME, ReplayVersion, ResumeTarget};
+pub use runs::{MAX_SIGNAL_BYTES, MAX_SIGNAL_NAME, ReplayVersion, ResumeTarget, valid_signal_name};
 
 /// Options for building an [`Engine`].
 #[derive(Clone)]

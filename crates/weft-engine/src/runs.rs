@@ -9,6 +9,18 @@ use crate::{Engine, EngineError};
 /// Longest signal name (it travels in a URL path segment).
 pub const MAX_SIGNAL_NAME: usize = 100;
 
+/// Largest signal payload, serialized.
+pub const MAX_SIGNAL_BYTES: usize = 256 * 1024;
+
+/// Whether `name` can name a signal (it travels in a URL path segment).
+pub fn valid_signal_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SIGNAL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Which version a replayed run executes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayVersion {
@@ -36,16 +48,42 @@ impl Engine {
         payload: Value,
         actor: Actor,
     ) -> Result<RunStatus, EngineError> {
-        if name.is_empty()
-            || name.len() > MAX_SIGNAL_NAME
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        {
+        if !valid_signal_name(name) {
             return Err(EngineError::BadInput(vec![weft_flow::FieldError::new(
                 "name",
                 "a signal name is 1-100 characters: letters, digits, '-', '_', '.' or ':' (the id of the step it resumes)",
             )]));
+        }
+        let size = serde_json::to_vec(&payload).map_or(0, |v| v.len());
+        if size > MAX_SIGNAL_BYTES {
+            return Err(EngineError::BadInput(vec![weft_flow::FieldError::new(
+                "payload",
+                format!("is {size} bytes; a signal carries at most {MAX_SIGNAL_BYTES}"),
+            )]));
+        }
+        // Only names a step of the run waits for: anything else would be stored for nothing.
+        let (r, _) = self
+            .inner
+            .opts
+            .store
+            .get_run(scope, run)
+            .await
+            .map_err(run_not_found)?;
+        if !r.status.is_terminal() {
+            let flow = self
+                .inner
+                .compiled(scope, r.flow_id, r.flow_version)
+                .await?;
+            let known = flow.steps.iter().any(|s| match &s.kind {
+                weft_flow::StepKind::Signal(w) => w.names.iter().any(|n| n == name),
+                _ => false,
+            });
+            if !known {
+                return Err(EngineError::Conflict(format!(
+                    "no step of flow '{}' (version {}) waits for a signal named '{name}'; signals are named after the approval or wait_for_event step they resume",
+                    r.flow_name, r.flow_version
+                )));
+            }
         }
         let status = self
             .inner

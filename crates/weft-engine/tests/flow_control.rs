@@ -550,3 +550,55 @@ async fn a_failed_run_starts_its_error_flow_once() {
     assert_eq!(a.trigger["body"]["run_id"], json!(run.to_string()));
     assert_eq!(a.trigger["body"]["trigger"]["body"], json!({"x": 1}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_approval_is_asked_again_on_retry_and_unknown_signals_are_refused() {
+    let mut h = harness().await;
+    h.apply(&flow(
+        "again",
+        "  - id: approve\n    approval: {}\n  - id: done\n    transform: '.steps.approve.output.approved'\n",
+    ))
+    .await;
+    let run = h.start("again", json!({})).await;
+    h.parked(run).await;
+    let nobody = h
+        .engine
+        .signal_run(h.scope, run, "made-up", json!({}), Actor::system("test"))
+        .await;
+    assert!(
+        matches!(nobody, Err(EngineError::Conflict(_))),
+        "{nobody:?}"
+    );
+    let huge = h
+        .engine
+        .signal_run(
+            h.scope,
+            run,
+            "approve",
+            json!({"x": "y".repeat(300 * 1024)}),
+            Actor::system("test"),
+        )
+        .await;
+    assert!(matches!(huge, Err(EngineError::BadInput(_))), "{huge:?}");
+    h.engine
+        .signal_run(
+            h.scope,
+            run,
+            "approve",
+            json!({"approved": false}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    h.engine
+        .retry_run(h.scope, run, Actor::system("test"))
+        .await
+        .unwrap();
+    h.parked(run).await;
+    h.engine
+        .signal_run(h.scope, run, "approve", json!({}), Actor::system("test"))
+        .await
+        .unwrap();
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+}

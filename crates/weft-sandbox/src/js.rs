@@ -113,12 +113,10 @@ pub fn eval_js(code: &str, input: &Value, limits: JsLimits) -> JsOutcome {
         run().map_err(|e| match e {
             rquickjs::Error::Exception => {
                 let ex = cx.catch();
-                let text = ex
-                    .as_exception()
-                    .map(|x| format!("{}", x.message().unwrap_or_else(|| "exception".to_string())))
+                ex.as_exception()
+                    .map(|x| x.message().unwrap_or_else(|| "exception".to_string()))
                     .or_else(|| ex.as_string().and_then(|s| s.to_string().ok()))
-                    .unwrap_or_else(|| "the code threw a non-error value".to_string());
-                text
+                    .unwrap_or_else(|| "the code threw a non-error value".to_string())
             }
             other => other.to_string(),
         })
@@ -165,6 +163,7 @@ pub fn eval_js(code: &str, input: &Value, limits: JsLimits) -> JsOutcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

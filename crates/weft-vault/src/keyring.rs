@@ -351,6 +351,26 @@ impl Vault {
     }
 }
 
+/// HMAC-SHA256 of `msg` under a key derived from `key` for `purpose` (never the master key
+/// itself, so a MAC reveals nothing usable against sealed credentials).
+fn mac(key: &MasterKey, purpose: &str, msg: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut d = Sha256::new();
+    d.update(b"weft derived key\0");
+    d.update(purpose.as_bytes());
+    d.update(b"\0");
+    d.update(key.bytes());
+    let mut derived = Zeroizing::new([0u8; 32]);
+    derived.copy_from_slice(&d.finalize());
+    let mut m = match <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(derived.as_ref()) {
+        Ok(m) => m,
+        // HMAC takes keys of any length; this arm cannot be reached.
+        Err(_) => return [0; 32],
+    };
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -479,24 +499,23 @@ mod tests {
         assert_eq!(server.open(&binding("crd_a"), &sealed).unwrap(), values());
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
 
-/// HMAC-SHA256 of `msg` under a key derived from `key` for `purpose` (never the master key
-/// itself, so a MAC reveals nothing usable against sealed credentials).
-fn mac(key: &MasterKey, purpose: &str, msg: &[u8]) -> [u8; 32] {
-    use hmac::{KeyInit, Mac};
-    let mut d = Sha256::new();
-    d.update(b"weft derived key\0");
-    d.update(purpose.as_bytes());
-    d.update(b"\0");
-    d.update(key.bytes());
-    let mut derived = Zeroizing::new([0u8; 32]);
-    derived.copy_from_slice(&d.finalize());
-    let mut m = match <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(derived.as_ref()) {
-        Ok(m) => m,
-        // HMAC takes keys of any length; this arm cannot be reached.
-        Err(_) => return [0; 32],
-    };
-    m.update(msg);
-    m.finalize().into_bytes().into()
+    #[test]
+    fn signatures_verify_under_every_key_of_the_ring_and_nothing_else() {
+        let old = Keyring::generate().unwrap();
+        let v = Vault::new(KeySource::Env(String::new()), old.clone());
+        let tag = v.sign("links", b"run_1:approve");
+        assert!(v.verify("links", b"run_1:approve", &tag));
+        assert!(v.verify("links", b"run_1:approve", &tag[..16]));
+        assert!(!v.verify("links", b"run_1:approve", &tag[..15]));
+        assert!(!v.verify("other", b"run_1:approve", &tag));
+        assert!(!v.verify("links", b"run_2:approve", &tag));
+        // After a rotation the old key still verifies what it signed.
+        let rotated = Vault::new(
+            KeySource::Env(String::new()),
+            old.with_primary(MasterKey::generate().unwrap()),
+        );
+        assert!(rotated.verify("links", b"run_1:approve", &tag));
+        assert_ne!(rotated.sign("links", b"run_1:approve"), tag);
+    }
 }

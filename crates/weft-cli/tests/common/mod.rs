@@ -278,7 +278,7 @@ pub struct SinkBehavior {
 pub struct Sink {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
-    /// Most requests it was answering at once.
+    /// Most requests it was answering at once (one whose client went away stays counted).
     pub peak: Arc<std::sync::atomic::AtomicUsize>,
     _rt: std::thread::JoinHandle<()>,
 }

@@ -151,7 +151,29 @@ impl StepJob {
                 "item {i} failed: {e} ({} of {total} items failed, {succeeded} succeeded)",
                 failed.len()
             );
-            return self.fail_loop(msg, started).await;
+            self.set_class("permanent");
+            // The failed record keeps the loop's size for its progress.
+            let rec = self.record(
+                StepStatus::Failed,
+                1,
+                Some(json!({"items_total": total})),
+                Some(msg.clone()),
+                started,
+            );
+            let log = weft_store::NewLog {
+                level: if self.step().continue_on_error || self.step().has_handlers() {
+                    "warn"
+                } else {
+                    "error"
+                },
+                step_id: Some(self.record_id()),
+                message: format!("failed: {msg}"),
+            };
+            return if self.checkpoint(rec, vec![log]).await {
+                Report::Done(self.idx, Outcome::failed(msg))
+            } else {
+                Report::Lost
+            };
         }
         let output = if fe.collect {
             Value::Array(results)

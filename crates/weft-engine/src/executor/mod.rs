@@ -588,6 +588,11 @@ async fn run_dag_inner(
     let mut tasks: JoinSet<Report> = JoinSet::new();
 
     loop {
+        // A run resumed (from a wait) after its deadline starts nothing more.
+        if deadline.is_some_and(|d| inner.now() >= d) {
+            tasks.abort_all();
+            return DagEnd::TimedOut;
+        }
         if fatal.is_none() {
             for i in 0..n {
                 if tasks.len() >= cap {
@@ -666,7 +671,8 @@ async fn run_dag_inner(
         }
     }
     if fatal.is_none() && !parked.is_empty() {
-        let wake = parked.iter().filter_map(|(w, _)| *w).min();
+        // The run's own deadline wakes it too, so a run-level timeout also bounds its waits.
+        let wake = parked.iter().filter_map(|(w, _)| *w).chain(deadline).min();
         let mut names: Vec<String> = parked.into_iter().flat_map(|(_, n)| n).collect();
         names.sort();
         names.dedup();

@@ -1001,6 +1001,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
+        super::waits::cancel_open_steps(&mut tx, &t, &w, std::slice::from_ref(&rid), now).await?;
         insert_logs(
             &mut tx,
             &t,

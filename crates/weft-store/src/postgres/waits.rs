@@ -120,7 +120,30 @@ pub(super) async fn cancel_below(
     .await
     .map_err(db)?
     .rows_affected();
+    cancel_open_steps(tx, t, w, runs, now).await?;
     Ok(n)
+}
+
+/// Marks the unfinished steps (waiting, running, retrying) of cancelled `runs` `cancelled`.
+pub(super) async fn cancel_open_steps(
+    tx: &mut Tx,
+    t: &str,
+    w: &str,
+    runs: &[String],
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE run_steps SET status = 'cancelled', finished_at = $4
+         WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = ANY($3) AND status IN ('waiting', 'running', 'retrying', 'pending')",
+    )
+    .bind(t)
+    .bind(w)
+    .bind(runs)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 impl PgStore {
@@ -394,6 +417,17 @@ impl PgStore {
         if status != RunStatus::Failed {
             return Err(crate::retry_refused(status));
         }
+        // A signal consumed by a step that runs again (a rejected approval) is asked anew.
+        sqlx::query(
+            "DELETE FROM run_signals WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND name IN (
+               SELECT step_id FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND status <> 'succeeded')",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let dropped = sqlx::query(
             "DELETE FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND status <> 'succeeded'",
         )

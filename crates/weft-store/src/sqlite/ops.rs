@@ -873,6 +873,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )?;
             insert_logs(c, &t, &w, &rid, now, &[NewLog { level: "warn", step_id: None, message: "run cancelled on request".into() }])?;
+            super::waits::cancel_open_steps(c, &t, &w, &rid, now)?;
             let descendants = super::waits::cancel_descendants(c, &t, &w, &rid, now)?;
             if let Some(parent) = parent {
                 super::waits::wake_if_waiting(c, &t, &w, &parent, now)?;

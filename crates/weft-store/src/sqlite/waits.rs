@@ -35,6 +35,22 @@ pub(super) fn wake_if_waiting(
     Ok(n > 0)
 }
 
+/// Marks a cancelled run's unfinished steps (waiting, running, retrying) `cancelled`.
+pub(super) fn cancel_open_steps(
+    c: &Connection,
+    t: &str,
+    w: &str,
+    run: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE run_steps SET status = 'cancelled', finished_at = ?4
+         WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND status IN ('waiting', 'running', 'retrying', 'pending')",
+    )?
+    .execute(params![t, w, run, now])?;
+    Ok(())
+}
+
 /// Cancels every unfinished run below `run` (its children, their children, …), each with a
 /// log line naming its parent; returns how many.
 pub(super) fn cancel_descendants(
@@ -60,6 +76,7 @@ pub(super) fn cancel_descendants(
         .collect::<Result<_, _>>()?;
     drop(st);
     for (id, parent) in &cancelled {
+        cancel_open_steps(c, t, w, id, now)?;
         let log = NewLog {
             level: "warn",
             step_id: None,
@@ -264,6 +281,12 @@ impl SqliteStore {
             let step_bytes: i64 = c
                 .prepare_cached(STEP_BYTES)?
                 .query_row(params![t, w, rid], |r| r.get(0))?;
+            // A signal consumed by a step that runs again (a rejected approval) is asked anew.
+            c.prepare_cached(
+                "DELETE FROM run_signals WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND name IN (
+                   SELECT step_id FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND status <> 'succeeded')",
+            )?
+            .execute(params![t, w, rid])?;
             let dropped = c
                 .prepare_cached(
                     "DELETE FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND status <> 'succeeded'",
