@@ -257,7 +257,11 @@ async fn bola_matrix_tenant_b_never_reaches_tenant_a() {
             check_absent(&r, &format!("{method} {url}"));
         } else {
             // 4. Routes outside a workspace: nothing of tenant A in B's answers.
-            let url = fill(&path, &[("name", "github")]);
+            // Resume links are capabilities: a token this instance did not sign leads nowhere.
+            let url = fill(
+                &path,
+                &[("name", "github"), ("token", "not-a-signed-token")],
+            );
             let r = w
                 .app
                 .call(&method, &url, Some(&w.b_key), body.clone())
