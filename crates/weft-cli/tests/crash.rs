@@ -145,3 +145,123 @@ fn kill_9_while_runs_are_queued_and_running_loses_no_accepted_event() {
     }
     assert_eq!(by_key.len(), accepted.len() * 2);
 }
+
+fn post_json(url: &str, key: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .ok()?;
+        let st = r.status().as_u16();
+        Some((st, r.json().await.unwrap_or(serde_json::Value::Null)))
+    })
+}
+
+#[test]
+fn crash_while_a_signal_is_delivered_keeps_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let key = srv.key.clone();
+    srv.apply(&format!(
+        "name: gated\ntrigger:\n  manual: {{}}\nsteps:\n  - id: approve\n    approval: {{}}\n  - id: go\n    action: http.request\n    input: {{ method: POST, url: '{}/go', body: '{{{{ .steps.approve.output }}}}' }}\n",
+        sink.url
+    ));
+    let run = srv.cli_json(&["run", "start", "gated"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + T;
+    while srv.cli_json(&["runs", "show", &run])["status"] != "waiting" {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(srv);
+
+    // The process dies after the signal committed, before it answered.
+    let mut srv = Server::start(
+        dir.path(),
+        Some(&key),
+        &[("WEFT_FAILPOINTS", "signal.after_commit")],
+        &[],
+    );
+    let url = format!(
+        "{}/api/v1/workspaces/default/runs/{run}/signals/approve",
+        srv.url
+    );
+    assert!(post_json(&url, &key, r#"{"by": "ann"}"#).is_none());
+    assert!(srv.wait_exit(Duration::from_secs(10)));
+
+    let srv = Server::start(dir.path(), Some(&key), &[], &[]);
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let got = sink.all();
+    assert_eq!(got.len(), 1, "the resumed step ran once");
+    assert_eq!(got[0].body["by"], "ann");
+    // The sender, never answered, tries again: the signal is already there.
+    let url = format!(
+        "{}/api/v1/workspaces/default/runs/{run}/signals/approve",
+        srv.url
+    );
+    let (st, p) = post_json(&url, &key, r#"{"by": "ann"}"#).unwrap();
+    assert_eq!(st, 409, "{p}");
+    assert_eq!(sink.count(), 1);
+}
+
+#[test]
+fn crash_during_compensation_runs_each_compensation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let key = srv.key.clone();
+    let call = |id: &str| {
+        format!(
+            "action: http.request\n    input: {{ method: POST, url: '{}/{id}', body: {{ step: {id} }} }}",
+            sink.url
+        )
+    };
+    let nested = |id: &str| call(id).replace("\n    input", "\n        input");
+    srv.apply(&format!(
+        "name: saga\ntrigger:\n  manual: {{}}\nsteps:\n  - id: charge\n    {}\n    compensate:\n      - id: refund\n        {}\n  - id: reserve\n    {}\n    compensate:\n      - id: release\n        {}\n  - id: ship\n    fail: 'out of stock'\n",
+        call("charge"),
+        nested("refund"),
+        call("reserve"),
+        nested("release"),
+    ));
+    drop(srv);
+
+    // `reserve` is undone first (last first); the process dies as `charge`'s undoing starts.
+    let mut srv = Server::start(
+        dir.path(),
+        Some(&key),
+        &[("WEFT_FAILPOINTS", "compensation.start:charge")],
+        &[],
+    );
+    let run = srv.cli_json(&["run", "start", "saga"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(srv.wait_exit(Duration::from_secs(20)));
+
+    let srv = Server::start(dir.path(), Some(&key), &[], &[]);
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error"], "step 'ship' failed: out of stock");
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for x in sink.all() {
+        *counts.entry(x.path.clone()).or_default() += 1;
+    }
+    for path in ["/charge", "/reserve", "/release", "/refund"] {
+        assert_eq!(counts.get(path), Some(&1), "{path}: {counts:?}");
+    }
+    let order: Vec<String> = sink.all().into_iter().map(|x| x.path).collect();
+    assert_eq!(order, ["/charge", "/reserve", "/release", "/refund"]);
+}

@@ -92,6 +92,7 @@ impl Engine {
             .signal_run(scope, run, name, payload, actor, self.inner.now())
             .await
             .map_err(run_not_found)?;
+        weft_types::failpoint("signal.after_commit");
         self.wake();
         Ok(status)
     }
