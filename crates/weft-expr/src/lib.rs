@@ -183,6 +183,15 @@ struct Inner {
     fast: Option<eval::Node>,
 }
 
+/// One field of a context evaluated with [`Expr::eval_fast_parts`].
+#[derive(Debug, Clone)]
+pub enum Part<'a> {
+    /// A whole value.
+    Value(&'a Value),
+    /// An object with these entries (a later entry replaces an earlier one of the same key).
+    Object(Vec<(&'a str, &'a Value)>),
+}
+
 /// A compiled jq expression; cheap to clone (Arc inside), Send + Sync.
 #[derive(Debug, Clone)]
 pub struct Expr {
@@ -249,11 +258,58 @@ impl Expr {
         input: &Value,
         limits: &Limits,
     ) -> Option<Result<Vec<Value>, EvalError>> {
+        self.run_fast(val::Val::J(input), limits)
+    }
+
+    /// [`Expr::eval_fast`] over the object `{name: part, …}`, which is never built: its parts
+    /// are borrowed, so a large trigger or step output costs nothing per evaluation. Keys
+    /// are ordered as in a `serde_json` object (sorted), so the result is the same as over
+    /// the built object.
+    pub fn eval_fast_parts(
+        &self,
+        parts: &[(&str, Part<'_>)],
+        limits: &Limits,
+    ) -> Option<Result<Vec<Value>, EvalError>> {
+        self.inner.fast.as_ref()?;
+        let mut fields: Vec<(&str, val::Val<'_>)> = parts
+            .iter()
+            .map(|(k, p)| {
+                let v = match p {
+                    Part::Value(v) => val::Val::J(v),
+                    Part::Object(entries) => {
+                        let mut es: Vec<(&str, &Value)> = entries.clone();
+                        // Later entries win, as inserting into an object would.
+                        es.reverse();
+                        es.sort_by(|a, b| a.0.cmp(b.0));
+                        es.dedup_by(|a, b| a.0 == b.0);
+                        let mut m = val::ObjMap::default();
+                        for (k, v) in es {
+                            m.insert(val::Key::B(k), val::Val::J(v));
+                        }
+                        val::Val::Obj(std::rc::Rc::new(m))
+                    }
+                };
+                (*k, v)
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        let mut m = val::ObjMap::default();
+        for (k, v) in fields {
+            m.insert(val::Key::B(k), v);
+        }
+        self.run_fast(val::Val::Obj(std::rc::Rc::new(m)), limits)
+    }
+
+    fn run_fast<'a>(
+        &self,
+        input: val::Val<'a>,
+        limits: &Limits,
+    ) -> Option<Result<Vec<Value>, EvalError>> {
         let node = self.inner.fast.as_ref()?;
         let cx = val::Ctx::new(limits.fuel, limits.max_output_bytes);
         let mut outs = Vec::new();
         let mut budget = limits.max_output_bytes;
-        let r = node.run(&cx, &eval::Env::Nil, val::Val::J(input), &mut |y| {
+        let r = node.run(&cx, &eval::Env::Nil, input, &mut |y| {
             let v = y.to_value(&mut budget).map_err(|()| val::Stop::TooLarge)?;
             outs.push(v);
             Ok(())

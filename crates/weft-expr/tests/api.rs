@@ -552,3 +552,46 @@ fn templates() {
     let root = TValue::compile(&json!("{{ .a |")).unwrap_err();
     assert_eq!(root[0].0, "");
 }
+
+#[test]
+fn a_context_of_borrowed_parts_evaluates_like_the_built_object() {
+    use weft_expr::Part;
+    let trigger = json!({"body": {"items": [1, 2, 3], "name": "x"}});
+    let a = json!({"status": "succeeded", "output": {"n": 2}});
+    let b = json!({"status": "skipped", "output": null});
+    let b2 = json!({"status": "succeeded", "output": 7});
+    let vars = json!({"k": "v"});
+    let parts = [
+        ("vars", Part::Value(&vars)),
+        ("trigger", Part::Value(&trigger)),
+        // `b` appears twice: the later entry wins, as in a built object.
+        (
+            "steps",
+            Part::Object(vec![("b", &b), ("a", &a), ("b", &b2)]),
+        ),
+    ];
+    let built = json!({
+        "trigger": trigger,
+        "steps": {"a": a, "b": b2},
+        "vars": vars,
+    });
+    for src in [
+        ".",
+        "keys",
+        ".steps | keys",
+        "to_entries | map(.key)",
+        ".steps.a.output.n + .steps.b.output",
+        "[.trigger.body.items[] * 2]",
+        ".steps | to_entries | map(.value.status)",
+        "{name: .trigger.body.name, v: .vars.k}",
+        ".missing.deep",
+    ] {
+        let e = Expr::compile(src).unwrap();
+        let l = Limits::default();
+        assert_eq!(
+            e.eval_fast_parts(&parts, &l).map(|r| r.unwrap()),
+            e.eval_fast(&built, &l).map(|r| r.unwrap()),
+            "{src}"
+        );
+    }
+}

@@ -25,7 +25,12 @@ enum ItemEnd {
 }
 
 impl StepJob {
-    pub(crate) async fn for_each(&self, fe: &ForEachSpec, ctx: &Value, started: Millis) -> Report {
+    pub(crate) async fn for_each(
+        &self,
+        fe: &ForEachSpec,
+        ctx: &super::StepCtx,
+        started: Millis,
+    ) -> Report {
         let list = match self.inner.eval(&fe.list, ctx).await {
             Ok(Value::Array(a)) if a.len() <= MAX_ITEMS => a,
             Ok(Value::Array(a)) => {
@@ -87,12 +92,7 @@ impl StepJob {
                 _ => todo.push(i),
             }
         }
-        let outer = Arc::new(
-            ctx.get("steps")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-        );
+        let outer = Arc::new(ctx.steps_map());
         let mut items: Vec<Option<Value>> = list.into_iter().map(Some).collect();
         let mut pending = todo.into_iter();
         let mut set: JoinSet<ItemEnd> = JoinSet::new();
@@ -104,7 +104,7 @@ impl StepJob {
                     run: self.run.clone(),
                     frame: Frame {
                         flow: self.frame.flow.clone(),
-                        links: self.frame.links.clone(),
+                        base: self.frame.base.clone(),
                         item: Some(Arc::new(ItemCx {
                             parent: self.idx,
                             index: Some(i),

@@ -109,8 +109,77 @@ pub(crate) struct ItemCx {
 pub(crate) struct Frame {
     pub(crate) flow: Arc<CompiledFlow>,
     pub(crate) item: Option<Arc<ItemCx>>,
-    /// `.run.resume`: the resume link of each step that waits for a signal.
-    pub(crate) links: Arc<Value>,
+    /// The parts of the context every step of the run shares.
+    pub(crate) base: Arc<BaseCtx>,
+}
+
+/// What every step of a run sees and nothing changes while it executes: built once per
+/// execution, borrowed by every expression.
+pub(crate) struct BaseCtx {
+    run: Arc<RunRecord>,
+    flow: Arc<CompiledFlow>,
+    /// `.run`: `{id, flow_version, created_at, resume}`.
+    run_v: Value,
+    /// `.flow`: `{id, name, version}`.
+    flow_v: Value,
+}
+
+/// The expression context of one step, `{trigger, steps, run, flow, vars}` (plus `item` and
+/// `index` in a loop, `compensating` in a compensation), kept as parts: the fast path reads
+/// them where they are, and only the sandbox gets a built copy. Credentials never appear here.
+pub(crate) struct StepCtx {
+    base: Arc<BaseCtx>,
+    /// The run's step states when this is a nested list's context.
+    outer: Option<Arc<Map<String, Value>>>,
+    /// This list's step states.
+    steps: Map<String, Value>,
+    item: Option<Arc<ItemCx>>,
+}
+
+impl StepCtx {
+    /// `.steps` as one map (the run's and this list's), for a loop to hand to its items.
+    pub(crate) fn steps_map(&self) -> Map<String, Value> {
+        let mut m = self.outer.as_deref().cloned().unwrap_or_default();
+        m.extend(self.steps.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m
+    }
+}
+
+impl crate::eval::EvalInput for StepCtx {
+    fn parts(&self) -> Option<Vec<(&str, weft_expr::Part<'_>)>> {
+        use weft_expr::Part;
+        let mut steps: Vec<(&str, &Value)> = Vec::new();
+        if let Some(o) = &self.outer {
+            steps.extend(o.iter().map(|(k, v)| (k.as_str(), v)));
+        }
+        steps.extend(self.steps.iter().map(|(k, v)| (k.as_str(), v)));
+        let mut parts = vec![
+            ("trigger", Part::Value(&self.base.run.trigger)),
+            ("steps", Part::Object(steps)),
+            ("run", Part::Value(&self.base.run_v)),
+            ("flow", Part::Value(&self.base.flow_v)),
+            ("vars", Part::Value(&self.base.flow.vars)),
+        ];
+        if let Some(it) = &self.item {
+            parts.extend(it.extra.iter().map(|(k, v)| (*k, Part::Value(v))));
+        }
+        Some(parts)
+    }
+
+    fn value(&self) -> std::borrow::Cow<'_, Value> {
+        let mut m = Map::new();
+        m.insert("trigger".into(), self.base.run.trigger.clone());
+        m.insert("steps".into(), Value::Object(self.steps_map()));
+        m.insert("run".into(), self.base.run_v.clone());
+        m.insert("flow".into(), self.base.flow_v.clone());
+        m.insert("vars".into(), self.base.flow.vars.clone());
+        if let Some(it) = &self.item {
+            for (k, v) in &it.extra {
+                m.insert((*k).to_string(), v.clone());
+            }
+        }
+        std::borrow::Cow::Owned(Value::Object(m))
+    }
 }
 
 impl Frame {
@@ -417,10 +486,16 @@ async fn run_steps(
             links.insert(s.id.clone(), Value::String(url));
         }
     }
+    let base = Arc::new(BaseCtx {
+        run_v: json!({"id": run.id.to_string(), "flow_version": run.flow_version, "created_at": weft_types::rfc3339(run.created_at), "resume": links}),
+        flow_v: json!({"id": run.flow_id.to_string(), "name": run.flow_name, "version": run.flow_version}),
+        run: run.clone(),
+        flow: flow.clone(),
+    });
     let frame = Frame {
         flow: flow.clone(),
         item: None,
-        links: Arc::new(Value::Object(links)),
+        base,
     };
     let end = run_dag_to_end(inner, run, &flow, &prior, token, deadline, frame).await;
     match (end, &flow.error_flow) {
@@ -444,11 +519,12 @@ async fn run_dag_to_end(
     deadline: Option<Millis>,
     frame: Frame,
 ) -> RunEnd {
+    let frame_base = frame.base.clone();
     match run_dag(inner, run, frame, prior, token, deadline).await {
         DagEnd::Done {
             fatal: Some(e),
             outcomes,
-        } => match compensate(inner, run, flow, prior, token, &outcomes).await {
+        } => match compensate(inner, run, &frame_base, flow, prior, token, &outcomes).await {
             Some(problems) if problems.is_empty() => {
                 RunEnd::Finished(RunStatus::Failed, None, Some(e))
             }
@@ -491,6 +567,7 @@ async fn run_dag_to_end(
 async fn compensate(
     inner: &Arc<Inner>,
     run: &Arc<RunRecord>,
+    base: &Arc<BaseCtx>,
     flow: &Arc<CompiledFlow>,
     prior: &Prior,
     token: &CancellationToken,
@@ -515,7 +592,7 @@ async fn compensate(
         weft_types::failpoint_at("compensation.start", &steps[i].id);
         let frame = Frame {
             flow: flow.clone(),
-            links: Arc::new(Value::Null),
+            base: base.clone(),
             item: Some(Arc::new(ItemCx {
                 parent: i,
                 index: None,
@@ -606,7 +683,7 @@ async fn run_dag_inner(
                     continue;
                 }
                 started[i] = true;
-                let ctx = context(run, &frame, steps, &outcomes);
+                let ctx = context(&frame, steps, &outcomes);
                 let job = StepJob {
                     inner: inner.clone(),
                     frame: frame.clone(),
@@ -745,36 +822,20 @@ pub(crate) fn skip_reason(
     None
 }
 
-/// The expression context `{trigger, steps, run, flow, vars}` (plus `item` and `index` inside
-/// a `for_each`). Credentials never appear here.
-fn context(
-    run: &RunRecord,
-    frame: &Frame,
-    steps: &[CompiledStep],
-    outcomes: &[Option<Outcome>],
-) -> Value {
-    let mut map = match &frame.item {
-        Some(it) => (*it.outer).clone(),
-        None => Map::new(),
-    };
+/// The context of a step of `frame` that starts now.
+fn context(frame: &Frame, steps: &[CompiledStep], outcomes: &[Option<Outcome>]) -> StepCtx {
+    let mut map = Map::new();
     for (i, o) in outcomes.iter().enumerate() {
         if let Some(o) = o {
             map.insert(steps[i].id.clone(), o.to_context());
         }
     }
-    let mut ctx = json!({
-        "trigger": run.trigger,
-        "steps": map,
-        "run": {"id": run.id.to_string(), "flow_version": run.flow_version, "created_at": weft_types::rfc3339(run.created_at), "resume": *frame.links},
-        "flow": {"id": run.flow_id.to_string(), "name": run.flow_name, "version": run.flow_version},
-        "vars": frame.flow.vars,
-    });
-    if let (Some(it), Value::Object(m)) = (&frame.item, &mut ctx) {
-        for (k, v) in &it.extra {
-            m.insert((*k).to_string(), v.clone());
-        }
+    StepCtx {
+        base: frame.base.clone(),
+        outer: frame.item.as_ref().map(|it| it.outer.clone()),
+        steps: map,
+        item: frame.item.clone(),
     }
-    ctx
 }
 
 fn fmt_duration(d: Duration) -> String {

@@ -165,7 +165,7 @@ impl StepJob {
             .unwrap_or_else(|| self.inner.now())
     }
 
-    pub(crate) async fn run(self, ctx: Value, skip: Option<String>) -> Report {
+    pub(crate) async fn run(self, ctx: super::StepCtx, skip: Option<String>) -> Report {
         let started = self.started();
         let id = self.record_id();
         let resumed = self
@@ -338,7 +338,7 @@ impl StepJob {
     }
 
     /// One attempt, bounded by the step's timeout.
-    async fn attempt(&self, ctx: &Value, attempt: u32) -> Result<Value, AttemptError> {
+    async fn attempt(&self, ctx: &super::StepCtx, attempt: u32) -> Result<Value, AttemptError> {
         let fut = self.attempt_inner(ctx, attempt);
         // A code step's `timeout` is its CPU limit inside the sandbox, which says so itself.
         let limit = match self.step().kind {
@@ -360,7 +360,11 @@ impl StepJob {
         }
     }
 
-    async fn attempt_inner(&self, ctx: &Value, _attempt: u32) -> Result<Value, AttemptError> {
+    async fn attempt_inner(
+        &self,
+        ctx: &super::StepCtx,
+        _attempt: u32,
+    ) -> Result<Value, AttemptError> {
         match &self.step().kind {
             StepKind::Transform(e) => self
                 .inner
@@ -494,7 +498,7 @@ impl StepJob {
                     .inner
                     .opts
                     .sandbox
-                    .eval_js(src, ctx, time)
+                    .eval_js(src, &crate::eval::EvalInput::value(ctx), time)
                     .await
                     .map_err(|e| AttemptError::permanent(format!("code: {e}")))?;
                 if let Ok(mut c) = self.console.lock() {

@@ -20,7 +20,7 @@ impl StepJob {
         target: &str,
         input: &TValue,
         detach: bool,
-        ctx: &Value,
+        ctx: &super::StepCtx,
         started: Millis,
     ) -> Report {
         let recorded = self
@@ -106,7 +106,7 @@ impl StepJob {
         target: &str,
         input: &TValue,
         detach: bool,
-        ctx: &Value,
+        ctx: &super::StepCtx,
     ) -> Result<RunId, Result<(), String>> {
         let chain: Vec<String> = self
             .run

@@ -71,7 +71,7 @@ impl StepJob {
     }
 
     /// `wait: 5m` / `wait: {until: JQ}`.
-    pub(crate) async fn wait(&self, w: &WaitSpec, ctx: &Value, started: Millis) -> Report {
+    pub(crate) async fn wait(&self, w: &WaitSpec, ctx: &super::StepCtx, started: Millis) -> Report {
         let until = match self.waiting_field("until_ms") {
             Some(Some(ms)) => ms,
             _ => {
@@ -124,7 +124,7 @@ impl StepJob {
     pub(crate) async fn await_signal(
         &self,
         s: &SignalWait,
-        ctx: &Value,
+        ctx: &super::StepCtx,
         started: Millis,
     ) -> Report {
         let signals = match self
