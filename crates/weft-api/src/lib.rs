@@ -13,6 +13,7 @@ pub mod auth;
 mod body;
 mod credentials;
 pub mod dto;
+mod events;
 mod flows;
 mod hooks;
 mod identity;
@@ -85,6 +86,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::retry))
         .routes(routes!(runs::replay))
         .routes(routes!(runs::replay_many))
+        .routes(routes!(events::publish))
         .routes(routes!(resume::show, resume::answer))
         .routes(routes!(identity::list_keys, identity::create_key))
         .routes(routes!(identity::revoke_key))

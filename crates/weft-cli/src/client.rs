@@ -190,6 +190,62 @@ pub enum RunsCmd {
     },
 }
 
+/// `weft events …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum EventsCmd {
+    /// Publish an event: resumes the runs waiting for it and starts the flows it triggers.
+    Publish {
+        /// Event name, e.g. order.paid.
+        name: String,
+        /// What the event carries (JSON).
+        #[arg(long)]
+        data: Option<String>,
+        /// Correlation key: only waits with this key (or with none) resume. (`--key` is the
+        /// API key.)
+        #[arg(long)]
+        event_key: Option<String>,
+        /// Event id: publishing the same id again does nothing more.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// Runs `weft events …`.
+pub(crate) async fn events(cmd: EventsCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let api = Api::new(args)?;
+    match cmd {
+        EventsCmd::Publish {
+            name,
+            data,
+            event_key: key,
+            id,
+        } => {
+            let data: Value = match data {
+                Some(d) => serde_json::from_str(&d)
+                    .map_err(|e| anyhow::anyhow!("--data is not valid JSON: {e}"))?,
+                None => Value::Null,
+            };
+            let body = serde_json::json!({"name": name, "data": data, "key": key, "id": id});
+            let v = api
+                .send(api.http.post(api.ws("/events")).json(&body))
+                .await?;
+            if json_out {
+                print_json(&v)
+            } else {
+                let n = |k: &str| v.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+                println!(
+                    "event {} published: {} waiting run(s) resumed, {} run(s) started",
+                    s(&v, "id"),
+                    n("resumed"),
+                    n("started")
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) struct Api {
     http: reqwest::Client,
     pub(crate) args: ClientArgs,

@@ -108,6 +108,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Publish workspace events (they resume waiting runs and start event-triggered flows).
+    Events {
+        #[command(subcommand)]
+        cmd: client::EventsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List the available connectors, or show one.
     Connectors {
         #[command(subcommand)]
@@ -197,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Flow { cmd, client } => client::flow(cmd, client).await,
             Cmd::Run { cmd, client } => client::run(cmd, client).await,
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
+            Cmd::Events { cmd, client } => client::events(cmd, client).await,
             Cmd::Connectors { cmd, client } => credentials::connectors(cmd, client).await,
             Cmd::Credentials { cmd, client } => credentials::credentials(cmd, client).await,
             Cmd::Keys { cmd, client } => identity::keys(cmd, client).await,

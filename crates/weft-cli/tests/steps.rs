@@ -289,3 +289,132 @@ fn dead_letters_replay_in_batches_with_progress() {
     let bad = srv.cli(&["runs", "replay"]);
     assert!(!bad.status.success());
 }
+
+/// POST on the API with the key and a raw body; (status, content-type, JSON body).
+fn api_post(
+    srv: &Server,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{path}", srv.url))
+            .bearer_auth(&srv.key)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (st, ct, r.json().await.unwrap_or(Value::Null))
+    })
+}
+
+#[test]
+fn events_resume_matching_waits_and_start_listening_flows_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: shipping\ntrigger:\n  manual: {}\nsteps:\n  - id: paid\n    wait_for_event: {event: order.paid, key: '{{ .trigger.body.order }}', timeout: 30d}\n  - id: ship\n    transform: '\"ship \" + .trigger.body.order + \" for \" + (.steps.paid.output.data.amount | tostring)'\n",
+    );
+    srv.apply(
+        "name: receipts\ntrigger:\n  event: {name: order.paid}\nsteps:\n  - id: mail\n    transform: '\"receipt \" + .trigger.event.key'\n",
+    );
+    srv.apply(
+        "name: after-shipping\ntrigger:\n  event: {flow: shipping}\nsteps:\n  - id: note\n    transform: '.trigger.body.output'\n",
+    );
+    let a = srv.cli_json(&["run", "start", "shipping", "--input", r#"{"order": "A1"}"#])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = srv.cli_json(&["run", "start", "shipping", "--input", r#"{"order": "B2"}"#])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&srv, &a, "waiting");
+    wait_status(&srv, &b, "waiting");
+
+    // The CLI publishes; only A's wait matches the key, and the listening flow starts.
+    let p = srv.cli_json(&[
+        "events",
+        "publish",
+        "order.paid",
+        "--event-key",
+        "A1",
+        "--data",
+        r#"{"amount": 30}"#,
+        "--id",
+        "pay-A1",
+    ]);
+    assert_eq!(p["id"], "pay-A1");
+    assert_eq!(p["resumed"], json!([a]));
+    assert_eq!(p["started"].as_array().unwrap().len(), 1, "{p}");
+    let receipt = srv.wait_run(p["started"][0].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(receipt["status"], "succeeded");
+    let ra = srv.wait_run(&a, Duration::from_secs(30));
+    assert_eq!(ra["status"], "succeeded", "{ra}");
+    assert_eq!(step(&ra, "ship")["output"], "ship A1 for 30");
+    // A's end started the flow that listens for shipping's ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let list = srv.cli_json(&["runs", "list", "--flow", "after-shipping"]);
+        if let Some(r) = list["items"].as_array().and_then(|v| v.first()) {
+            break r["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "after-shipping never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        srv.wait_run(&after, Duration::from_secs(30))["steps"][0]["output"],
+        "ship A1 for 30"
+    );
+
+    // The same event id again (over HTTP, as the header): nothing more happens.
+    let (st, _, again) = api_post(
+        &srv,
+        "/api/v1/workspaces/default/events",
+        r#"{"name": "order.paid", "key": "A1", "data": {"amount": 30}}"#,
+        &[("idempotency-key", "pay-A1")],
+    );
+    assert_eq!(st, 202, "{again}");
+    assert_eq!(again["resumed"], json!([]));
+    assert_eq!(again["started"], p["started"]);
+    let rb = srv.cli_json(&["runs", "show", &b]);
+    assert_eq!(rb["status"], "waiting");
+
+    // Bad input: a problem naming the field, nothing published.
+    for (body, want, field) in [
+        (r#"{"name": "no spaces allowed"}"#, 422, "name"),
+        (r#"{"name": "ok", "key": ""}"#, 422, "key"),
+        (r#"{"name": "ok", "extra": 1}"#, 400, ""),
+        (r#"{"key": "k"}"#, 400, ""),
+        (r#"not json"#, 400, ""),
+    ] {
+        let (st, ct, prob) = api_post(&srv, "/api/v1/workspaces/default/events", body, &[]);
+        assert_eq!(st, want, "{body}: {prob}");
+        assert!(ct.starts_with("application/problem+json"), "{ct}");
+        if !field.is_empty() {
+            assert_eq!(prob["errors"][0]["path"], field, "{prob}");
+        }
+    }
+    let big = format!(r#"{{"name": "ok", "data": "{}"}}"#, "x".repeat(300 * 1024));
+    let (st, _, prob) = api_post(&srv, "/api/v1/workspaces/default/events", &big, &[]);
+    assert_eq!(st, 422, "{prob}");
+    assert_eq!(prob["errors"][0]["path"], "data", "{prob}");
+    let out = srv.cli(&["events", "publish", "ok", "--data", "{nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--data"), "{err}");
+}

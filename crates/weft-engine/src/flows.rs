@@ -240,6 +240,7 @@ impl Engine {
         if let Ok(mut h) = self.inner.flows.hooks.lock() {
             h.remove(&rec.hook_id);
         }
+        self.inner.events_cache.forget(scope);
         let next = compiled.trigger.next_tick_after(self.inner.now());
         self.inner
             .opts
@@ -291,6 +292,7 @@ impl Engine {
         if let Ok(mut h) = self.inner.flows.hooks.lock() {
             h.remove(&rec.hook_id);
         }
+        self.inner.events_cache.forget(scope);
         Ok(())
     }
 

@@ -8,6 +8,7 @@ mod connectors;
 mod credentials;
 mod dispatch;
 mod eval;
+mod events;
 mod executor;
 mod flows;
 mod invoke;
@@ -34,6 +35,7 @@ use weft_types::{Clock, RunId};
 
 pub use connectors::{MAX_MANIFEST_BYTES, WorkspaceCatalog, check_manifest};
 pub use credentials::{MAX_VALUE_BYTES, OpenCredential, rewrap_all};
+pub use events::{MAX_EVENT_BYTES, MAX_EVENT_DEPTH, NewEvent, Published, check_event};
 pub use flows::{Accepted, ActionRegistry, Delivery, FlowRef, Intake};
 pub use oauth::{AUTHORIZE_TTL, OAuthError, REFRESH_AHEAD};
 pub use poll::MAX_POLL_ITEMS;
@@ -221,6 +223,7 @@ pub(crate) struct Inner {
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
     pub(crate) responders: Mutex<HashMap<RunId, oneshot::Sender<WebhookResponse>>>,
     pub(crate) flows: flows::FlowCache,
+    pub(crate) events_cache: events::EventCache,
     pub(crate) catalogs: connectors::CatalogCache,
     pub(crate) guards: limits::Guards,
     pub(crate) refreshing: oauth::RefreshLocks,
@@ -247,6 +250,7 @@ impl Engine {
                 cancels: Mutex::default(),
                 responders: Mutex::default(),
                 flows: flows::FlowCache::default(),
+                events_cache: events::EventCache::default(),
                 catalogs: connectors::CatalogCache::default(),
                 guards: limits::Guards::default(),
                 refreshing: Default::default(),

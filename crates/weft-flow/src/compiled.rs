@@ -59,6 +59,11 @@ pub enum TriggerKind {
     Manual,
     /// An action polled on an interval.
     Poll(Box<PollSpec>),
+    /// Events published in the workspace with one of these names.
+    Event {
+        /// Event names (`flow.NAME.succeeded` / `flow.NAME.failed` for another flow's ends).
+        names: Vec<String>,
+    },
 }
 
 /// A compiled poll trigger.
@@ -128,13 +133,14 @@ impl TriggerKind {
             .ok()
             .map(|t| t.timestamp_millis())
     }
-    /// Short name: `webhook`, `schedule`, `manual`, `poll`.
+    /// Short name: `webhook`, `schedule`, `manual`, `poll`, `event`.
     pub fn name(&self) -> &'static str {
         match self {
             TriggerKind::Webhook { .. } => "webhook",
             TriggerKind::Schedule { .. } => "schedule",
             TriggerKind::Manual => "manual",
             TriggerKind::Poll(_) => "poll",
+            TriggerKind::Event { .. } => "event",
         }
     }
 }
@@ -238,6 +244,10 @@ pub struct SignalWait {
     pub approval: bool,
     /// What the approver is asked.
     pub message: Option<TValue>,
+    /// The workspace event that also resumes it (`wait_for_event.event`).
+    pub event: Option<String>,
+    /// Only an event with this key resumes it (evaluated when the wait starts).
+    pub key: Option<TValue>,
 }
 
 /// A `for_each` loop.
@@ -299,6 +309,15 @@ pub enum StepKind {
     ForEach(Box<ForEachSpec>),
     /// Sandboxed JavaScript: the body of a function over the context; returns the output.
     Code(String),
+    /// Publishes an event in the workspace.
+    Emit {
+        /// Event name.
+        event: String,
+        /// What it carries.
+        data: TValue,
+        /// Correlation key.
+        key: Option<TValue>,
+    },
     /// Another flow, run as a child run.
     Subflow {
         /// The flow's name in the same workspace.
@@ -325,6 +344,7 @@ impl StepKind {
             StepKind::ForEach(_) => "for_each",
             StepKind::Code(_) => "code",
             StepKind::Subflow { .. } => "subflow",
+            StepKind::Emit { .. } => "emit",
         }
     }
 }

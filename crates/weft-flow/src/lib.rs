@@ -12,12 +12,13 @@ pub use compiled::{
 };
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    ApprovalDef, DurationSpec, FlowDef, HmacDef, ManualTrigger, PollTrigger, RespondDef, RetryDef,
-    ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef, WaitForEventDef, WebhookTrigger,
+    ApprovalDef, DurationSpec, EmitDef, EventTrigger, FlowDef, HmacDef, ManualTrigger, PollTrigger,
+    RespondDef, RetryDef, ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef,
+    WaitForEventDef, WebhookTrigger,
 };
 pub use validate::{
     ActionCatalog, ActionFacts, CredentialUse, MIN_POLL_INTERVAL, PollDefaults, compile,
-    pointer_to_path, valid_name,
+    pointer_to_path, run_end_event, valid_event_name, valid_name,
 };
 
 use serde::Serialize;

@@ -60,7 +60,23 @@ pub struct TriggerDef {
     pub manual: Option<ManualTrigger>,
     /// Started by another flow's output or an internal event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<Map<String, Value>>,
+    pub event: Option<EventTrigger>,
+}
+
+/// Event trigger: a run starts for each event of that name published in the workspace (by the
+/// API, an `emit` step, or the end of another flow's run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventTrigger {
+    /// The event name, e.g. `order.paid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Another flow of the workspace: a run starts when one of its runs ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// With `flow`: which ends count, `succeeded` (default), `failed` or `finished` (both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// Webhook trigger options.
@@ -193,7 +209,7 @@ pub enum WaitDef {
 }
 
 /// One step. Exactly one of the kind keys (`transform`, `action`, `code`, `switch`, `for_each`,
-/// `wait`, `approval`, `wait_for_event`, `subflow`, `respond`, `fail`) is set.
+/// `wait`, `approval`, `wait_for_event`, `subflow`, `respond`, `fail`, `emit`) is set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepDef {
@@ -288,6 +304,24 @@ pub struct StepDef {
     /// Fail the run with this message (may hold templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<String>,
+    /// Publish an event in the workspace (resumes runs waiting for it, starts event-triggered
+    /// flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<EmitDef>,
+}
+
+/// An `emit` step: publishes one event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitDef {
+    /// The event name, e.g. `order.paid`.
+    pub event: String,
+    /// What the event carries; strings may hold templates (default: null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// Correlation key (a template): only waits with this key, or with none, are resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// An `approval` step: resumed by the signal named after the step id, whose payload
@@ -311,9 +345,14 @@ pub struct ApprovalDef {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitForEventDef {
-    /// Another signal name that resumes the step.
+    /// Another signal name that resumes the step; an event of this name published in the
+    /// workspace resumes it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
+    /// Only an event with this key resumes the step (a template, evaluated when it starts
+    /// waiting, e.g. `{{ .trigger.body.order_id }}`); without it, any event of the name does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// How long to wait (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
@@ -357,6 +396,7 @@ impl StepDef {
         add(self.subflow.is_some(), "subflow");
         add(self.respond.is_some(), "respond");
         add(self.fail.is_some(), "fail");
+        add(self.emit.is_some(), "emit");
         k
     }
 }

@@ -518,11 +518,67 @@ fn compile_trigger(
     if let Some(p) = &t.poll {
         return compile_poll(p, catalog, cx).map(|p| TriggerKind::Poll(Box::new(p)));
     }
-    cx.err(
-        "trigger.event",
-        "`event` triggers are not available in this version of Weft yet",
-    );
-    None
+    let e = t.event.clone().unwrap_or_default();
+    let names = match (&e.name, &e.flow) {
+        (Some(n), None) => {
+            if e.status.is_some() {
+                cx.err(
+                    "trigger.event.status",
+                    "`status` belongs with `flow` (which ends of the other flow's runs count)",
+                );
+            }
+            if !valid_event_name(n) {
+                cx.err(
+                    "trigger.event.name",
+                    "must be 1-100 characters: letters, digits, '-', '_', '.' or ':'",
+                );
+                return None;
+            }
+            vec![n.clone()]
+        }
+        (None, Some(f)) => {
+            if !valid_name(f) {
+                cx.err(
+                    "trigger.event.flow",
+                    "must be the name of a flow in this workspace",
+                );
+                return None;
+            }
+            if f == &def.name {
+                cx.err(
+                    "trigger.event.flow",
+                    "a flow cannot be started by its own runs' ends",
+                );
+                return None;
+            }
+            let ends: &[&str] = match e.status.as_deref().unwrap_or("succeeded") {
+                "succeeded" => &["succeeded"],
+                "failed" => &["failed"],
+                "finished" => &["succeeded", "failed"],
+                _ => {
+                    cx.err(
+                        "trigger.event.status",
+                        "must be `succeeded`, `failed` or `finished`",
+                    );
+                    return None;
+                }
+            };
+            ends.iter().map(|s| run_end_event(f, s)).collect()
+        }
+        _ => {
+            cx.err(
+                "trigger.event",
+                "give exactly one of `name` (an event name) or `flow` (another flow whose runs' ends start this one)",
+            );
+            return None;
+        }
+    };
+    Some(TriggerKind::Event { names })
+}
+
+/// The event a run of `flow` publishes when it ends with `status` (`succeeded` / `failed`).
+pub fn run_end_event(flow: &str, status: &str) -> String {
+    format!("flow.{flow}.{status}")
 }
 
 /// Shortest poll interval: faster than this is a load test on someone else's API.
@@ -678,7 +734,7 @@ fn compile_step(
         cx.err(
             p.clone(),
             if kinds.is_empty() {
-                "a step needs exactly one kind key: transform, action, code, switch, for_each, wait, approval, wait_for_event, subflow, respond or fail".to_string()
+                "a step needs exactly one kind key: transform, action, code, switch, for_each, wait, approval, wait_for_event, subflow, respond, fail or emit".to_string()
             } else {
                 format!("a step has exactly one kind key; found {}", kinds.join(", "))
             },
@@ -825,6 +881,8 @@ fn compile_step(
                 timeout,
                 approval: true,
                 message,
+                event: None,
+                key: None,
             }))
         }
         "wait_for_event" => {
@@ -834,6 +892,20 @@ fn compile_step(
                 .as_ref()
                 .and_then(|t| cx.duration(&format!("{p}.wait_for_event.timeout"), t));
             let mut names = vec![s.id.clone()];
+            let key = match &w.key {
+                Some(_) if w.event.is_none() => {
+                    cx.err(
+                        format!("{p}.wait_for_event.key"),
+                        "`key` needs `event`: it selects which events of that name resume the step",
+                    );
+                    None
+                }
+                Some(k) => Some(cx.tvalue(
+                    &format!("{p}.wait_for_event.key"),
+                    &Value::String(k.clone()),
+                )?),
+                None => None,
+            };
             if let Some(e) = &w.event {
                 if valid_signal_name(e) {
                     if e != &s.id {
@@ -851,7 +923,28 @@ fn compile_step(
                 timeout,
                 approval: false,
                 message: None,
+                event: w.event.clone().filter(|e| valid_signal_name(e)),
+                key,
             }))
+        }
+        "emit" => {
+            let e = s.emit.clone().unwrap_or_default();
+            if !valid_event_name(&e.event) {
+                cx.err(
+                    format!("{p}.emit.event"),
+                    "must be 1-100 characters: letters, digits, '-', '_', '.' or ':'",
+                );
+            }
+            let data = cx.tvalue(&format!("{p}.emit.data"), &e.data.unwrap_or(Value::Null));
+            let key = match &e.key {
+                Some(k) => Some(cx.tvalue(&format!("{p}.emit.key"), &Value::String(k.clone()))?),
+                None => None,
+            };
+            Some(StepKind::Emit {
+                event: e.event,
+                data: data?,
+                key,
+            })
         }
         "for_each" => {
             let list = s
@@ -927,6 +1020,11 @@ fn compile_step(
         compensate: Vec::new(),
         kind: kind?,
     })
+}
+
+/// Whether `s` can name an event or a signal: 1-100 letters, digits, `-`, `_`, `.` or `:`.
+pub fn valid_event_name(s: &str) -> bool {
+    valid_signal_name(s)
 }
 
 /// Signal names: what `POST …/signals/{name}` can carry in a path segment.

@@ -673,3 +673,75 @@ fn code_subflow_and_compensation_compile() {
     assert_eq!(c.steps[2].compensate.len(), 1);
     assert_eq!(c.steps[2].compensate[0].id, "refund");
 }
+
+#[test]
+fn event_triggers_waits_and_emits_compile() {
+    let c = check_ok(
+        "name: f\ntrigger:\n  event: {name: order.paid}\nsteps:\n  - id: a\n    transform: '1'\n",
+    );
+    let weft_flow::TriggerKind::Event { names } = &c.trigger else {
+        panic!("expected an event trigger, got {:?}", c.trigger)
+    };
+    assert_eq!(names, &["order.paid"]);
+    assert_eq!(c.trigger.name(), "event");
+    let c = check_ok(
+        "name: f\ntrigger:\n  event: {flow: billing, status: finished}\nsteps:\n  - id: a\n    transform: '1'\n",
+    );
+    let weft_flow::TriggerKind::Event { names } = &c.trigger else {
+        panic!("expected an event trigger")
+    };
+    assert_eq!(names, &["flow.billing.succeeded", "flow.billing.failed"]);
+    let c = check_ok(&format!(
+        "{HEAD}steps:\n  - id: w\n    wait_for_event: {{event: order.paid, key: '{{{{ .trigger.body.id }}}}', timeout: 1d}}\n  - id: e\n    needs: [w]\n    emit: {{event: order.seen, key: abc, data: {{n: '{{{{ .steps.w.output.data }}}}'}}}}\n"
+    ));
+    let weft_flow::StepKind::Signal(w) = &c.steps[0].kind else {
+        panic!("expected a wait")
+    };
+    assert_eq!(w.event.as_deref(), Some("order.paid"));
+    assert!(w.key.is_some());
+    assert!(
+        matches!(&c.steps[1].kind, weft_flow::StepKind::Emit { event, key: Some(_), .. } if event == "order.seen")
+    );
+}
+
+#[test]
+fn event_errors_name_their_fields() {
+    let bad = [
+        ("trigger:\n  event: {}", "trigger.event"),
+        ("trigger:\n  event: {name: a, flow: b}", "trigger.event"),
+        ("trigger:\n  event: {name: 'a b'}", "trigger.event.name"),
+        (
+            "trigger:\n  event: {name: a, status: failed}",
+            "trigger.event.status",
+        ),
+        (
+            "trigger:\n  event: {flow: x, status: sometimes}",
+            "trigger.event.status",
+        ),
+        ("trigger:\n  event: {flow: self}", "trigger.event.flow"),
+    ];
+    for (trigger, path) in bad {
+        check_err(
+            &format!("name: self\n{trigger}\nsteps:\n  - id: a\n    transform: '1'\n"),
+            &[path],
+        );
+    }
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    wait_for_event: {{key: k}}\n"),
+        &["steps[0].wait_for_event.key"],
+    );
+    check_err(
+        &format!(
+            "{HEAD}steps:\n  - id: a\n    wait_for_event: {{event: e, key: '{{{{ .nope( }}}}'}}\n"
+        ),
+        &["steps[0].wait_for_event.key"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    emit: {{event: 'no spaces'}}\n"),
+        &["steps[0].emit.event"],
+    );
+    check_err(
+        &format!("{HEAD}steps:\n  - id: a\n    emit: {{event: e, data: '{{{{ .x | }}}}'}}\n"),
+        &["steps[0].emit.data"],
+    );
+}

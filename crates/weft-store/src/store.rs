@@ -195,6 +195,12 @@ dispatch! {
     fn wake_runs(now: Millis, limit: usize) -> Result<usize, StoreError>;
     /// System: the earliest wake time of a waiting run with a timer.
     fn next_wake_at() -> Result<Option<Millis>, StoreError>;
+    /// Records that `run` waits for `event` with `key` (any key when `None`); idempotent.
+    fn watch_event(scope: Scope, run: RunId, event: &str, key: Option<&str>, now: Millis) -> Result<(), StoreError>;
+    /// Runs watching `event` with no key or exactly `key`, oldest watch first, at most `limit`.
+    fn event_watchers(scope: Scope, event: &str, key: Option<&str>, limit: usize) -> Result<Vec<RunId>, StoreError>;
+    /// Forgets that `run` watches `event` (nothing happens when it does not).
+    fn unwatch_event(scope: Scope, run: RunId, event: &str) -> Result<(), StoreError>;
     /// Queues a failed run again, keeping its succeeded steps and dropping the rest (no new run
     /// is counted); a run that has not failed is a conflict.
     fn retry_run(scope: Scope, run: RunId, actor: Actor, now: Millis) -> Result<(), StoreError>;
@@ -624,8 +630,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a finished run with its steps, logs, signals and payloads, and gives its stored
-    /// bytes back to the tenant. A queued or running run must be cancelled first.
+    /// Deletes a finished run with its steps, logs, signals, event watches and payloads, and
+    /// gives its stored bytes back to the tenant. A queued or running run must be cancelled
+    /// first.
     pub async fn delete_run(
         &self,
         scope: Scope,

@@ -3165,3 +3165,243 @@ conformance!(a_signal_or_a_child_end_racing_a_park_is_never_missed, |s| {
         );
     }
 });
+
+conformance!(event_watches_match_by_event_and_key, |s| {
+    use weft_types::RunId;
+    let scope = scope_of(&s).await;
+    let (keyed, any, shipped) = (RunId::new(), RunId::new(), RunId::new());
+    s.watch_event(scope, keyed, "order.paid", Some("a"), 10)
+        .await
+        .unwrap();
+    s.watch_event(scope, any, "order.paid", None, 20)
+        .await
+        .unwrap();
+    s.watch_event(scope, shipped, "order.shipped", Some("a"), 5)
+        .await
+        .unwrap();
+    let watchers = |event: &'static str, key: Option<&'static str>| {
+        let s = s.clone();
+        async move { s.event_watchers(scope, event, key, 100).await.unwrap() }
+    };
+    assert_eq!(
+        watchers("order.paid", Some("a")).await,
+        vec![keyed, any],
+        "a keyed watch matches its key; an unkeyed one matches any key"
+    );
+    assert_eq!(
+        watchers("order.paid", Some("b")).await,
+        vec![any],
+        "a keyed watch does not match another key"
+    );
+    assert_eq!(
+        watchers("order.paid", None).await,
+        vec![any],
+        "an event without a key matches unkeyed watches only"
+    );
+    assert_eq!(
+        watchers("order.paid", Some("")).await,
+        vec![any],
+        "an empty key is a key, not the absence of one"
+    );
+    assert_eq!(watchers("order.shipped", Some("a")).await, vec![shipped]);
+    assert!(watchers("order.shipped", None).await.is_empty());
+    assert!(watchers("order.refunded", Some("a")).await.is_empty());
+    assert!(
+        watchers("order", Some("a")).await.is_empty(),
+        "names match exactly"
+    );
+
+    // Watching again replaces the key and the time (the watch is now the newest).
+    s.watch_event(scope, keyed, "order.paid", Some("b"), 30)
+        .await
+        .unwrap();
+    assert_eq!(watchers("order.paid", Some("a")).await, vec![any]);
+    assert_eq!(watchers("order.paid", Some("b")).await, vec![any, keyed]);
+    s.watch_event(scope, keyed, "order.paid", None, 35)
+        .await
+        .unwrap();
+    assert_eq!(
+        watchers("order.paid", None).await,
+        vec![any, keyed],
+        "a key can be dropped"
+    );
+    s.watch_event(scope, keyed, "order.paid", Some("b"), 36)
+        .await
+        .unwrap();
+    // One run may watch several events.
+    s.watch_event(scope, keyed, "order.shipped", None, 40)
+        .await
+        .unwrap();
+    assert_eq!(
+        watchers("order.shipped", Some("a")).await,
+        vec![shipped, keyed]
+    );
+
+    // Unwatching forgets one watch and nothing else; unwatching again is no error.
+    s.unwatch_event(scope, keyed, "order.paid").await.unwrap();
+    assert_eq!(watchers("order.paid", Some("b")).await, vec![any]);
+    assert_eq!(
+        watchers("order.shipped", Some("a")).await,
+        vec![shipped, keyed]
+    );
+    s.unwatch_event(scope, keyed, "order.paid").await.unwrap();
+    s.unwatch_event(scope, RunId::new(), "order.paid")
+        .await
+        .unwrap();
+    s.unwatch_event(scope, any, "never.watched").await.unwrap();
+    assert_eq!(watchers("order.paid", None).await, vec![any]);
+    s.unwatch_event(scope, any, "order.paid").await.unwrap();
+    assert!(watchers("order.paid", Some("b")).await.is_empty());
+
+    // Names and keys with a NUL character match themselves on both backends.
+    let nul = RunId::new();
+    s.watch_event(scope, nul, "odd\0event", Some("k\0"), 50)
+        .await
+        .unwrap();
+    assert_eq!(watchers("odd\0event", Some("k\0")).await, vec![nul]);
+    s.unwatch_event(scope, nul, "odd\0event").await.unwrap();
+    assert!(watchers("odd\0event", Some("k\0")).await.is_empty());
+});
+
+conformance!(event_watchers_come_oldest_first_up_to_the_limit, |s| {
+    use weft_types::RunId;
+    let scope = scope_of(&s).await;
+    let runs: Vec<(RunId, i64)> = [50, 10, 40, 20, 30]
+        .into_iter()
+        .map(|at| (RunId::new(), at))
+        .collect();
+    for (i, (r, at)) in runs.iter().enumerate() {
+        let key = (i % 2 == 0).then_some("k");
+        s.watch_event(scope, *r, "tick", key, *at).await.unwrap();
+    }
+    let mut oldest_first = runs.clone();
+    oldest_first.sort_by_key(|(_, at)| *at);
+    let oldest_first: Vec<RunId> = oldest_first.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        s.event_watchers(scope, "tick", Some("k"), 100)
+            .await
+            .unwrap(),
+        oldest_first
+    );
+    assert_eq!(
+        s.event_watchers(scope, "tick", Some("k"), 2).await.unwrap(),
+        oldest_first[..2].to_vec()
+    );
+    assert!(
+        s.event_watchers(scope, "tick", Some("k"), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.event_watchers(scope, "tick", Some("k"), usize::MAX)
+            .await
+            .unwrap(),
+        oldest_first,
+        "a huge limit is no limit"
+    );
+    // Without a key, only the unkeyed watches (at 10 and 20), still oldest first.
+    assert_eq!(
+        s.event_watchers(scope, "tick", None, 100).await.unwrap(),
+        vec![runs[1].0, runs[3].0]
+    );
+    assert_eq!(
+        s.event_watchers(scope, "tick", None, 1).await.unwrap(),
+        vec![runs[1].0]
+    );
+});
+
+conformance!(event_watches_are_walled_by_workspace_and_tenant, |s| {
+    use weft_types::RunId;
+    let a = scope_of(&s).await;
+    let ops = s
+        .create_workspace(a.tenant, "ops", "Ops", None, op(), 2)
+        .await
+        .unwrap()
+        .scope;
+    let b = s
+        .create_tenant("b", "b@example.com", Limits::default(), op(), 3)
+        .await
+        .unwrap();
+    let b = Scope {
+        tenant: b.tenant,
+        workspace: b.workspace,
+    };
+    let (ra, rops, rb) = (RunId::new(), RunId::new(), RunId::new());
+    s.watch_event(a, ra, "deploy", None, 10).await.unwrap();
+    s.watch_event(ops, rops, "deploy", None, 11).await.unwrap();
+    s.watch_event(b, rb, "deploy", None, 12).await.unwrap();
+    for (scope, mine) in [(a, ra), (ops, rops), (b, rb)] {
+        for key in [None, Some("x")] {
+            assert_eq!(
+                s.event_watchers(scope, "deploy", key, 100).await.unwrap(),
+                vec![mine],
+                "another workspace's watch is never returned"
+            );
+        }
+    }
+    // Another workspace cannot forget or change a watch, even naming its run.
+    s.unwatch_event(ops, ra, "deploy").await.unwrap();
+    s.unwatch_event(b, ra, "deploy").await.unwrap();
+    s.watch_event(ops, ra, "deploy", Some("other"), 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.event_watchers(a, "deploy", None, 100).await.unwrap(),
+        vec![ra]
+    );
+    assert_eq!(
+        s.event_watchers(ops, "deploy", Some("other"), 100)
+            .await
+            .unwrap(),
+        vec![rops, ra]
+    );
+    s.unwatch_event(ops, ra, "deploy").await.unwrap();
+    assert_eq!(
+        s.event_watchers(a, "deploy", None, 100).await.unwrap(),
+        vec![ra]
+    );
+    assert_eq!(
+        s.event_watchers(ops, "deploy", None, 100).await.unwrap(),
+        vec![rops]
+    );
+});
+
+conformance!(deleting_a_run_deletes_its_event_watches, |s| {
+    use weft_types::RunStatus;
+    let scope = scope_of(&s).await;
+    let gone = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+        .await
+        .unwrap()
+        .run_id;
+    let kept = s
+        .insert_run(run(scope, weft_types::FlowId::new(), None, 101))
+        .await
+        .unwrap()
+        .run_id;
+    s.watch_event(scope, gone, "paid", None, 110).await.unwrap();
+    s.watch_event(scope, gone, "shipped", Some("a"), 111)
+        .await
+        .unwrap();
+    s.watch_event(scope, kept, "paid", None, 112).await.unwrap();
+    assert_eq!(
+        s.event_watchers(scope, "paid", None, 100).await.unwrap(),
+        vec![gone, kept]
+    );
+    assert_eq!(
+        s.cancel_run(scope, gone, op(), 120).await.unwrap(),
+        RunStatus::Cancelled
+    );
+    s.delete_run(scope, gone, op(), 130).await.unwrap();
+    assert_eq!(
+        s.event_watchers(scope, "paid", None, 100).await.unwrap(),
+        vec![kept]
+    );
+    assert!(
+        s.event_watchers(scope, "shipped", Some("a"), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+});

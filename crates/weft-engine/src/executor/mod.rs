@@ -291,6 +291,12 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             return;
         }
     };
+    // Published before the end is recorded (the event id is the run's), so a crash in between
+    // publishes again on resume and delivers nothing twice.
+    if !inner.publish_run_end(&run, status, &output, &error).await {
+        hand_back(&inner, &run).await;
+        return;
+    }
     let msg = match status {
         RunStatus::Succeeded => NewLog {
             level: "info",

@@ -512,6 +512,62 @@ impl StepJob {
                 out.result
                     .map_err(|e| AttemptError::permanent(format!("code threw: {e}")))
             }
+            StepKind::Emit { event, data, key } => {
+                let data = self
+                    .inner
+                    .render(data, ctx)
+                    .await
+                    .map_err(AttemptError::permanent)?;
+                let key = match key {
+                    Some(k) => Some(weft_expr::to_text(
+                        &self
+                            .inner
+                            .render(k, ctx)
+                            .await
+                            .map_err(AttemptError::permanent)?,
+                    )),
+                    None => None,
+                };
+                crate::events::check_event(event, key.as_deref(), &data)
+                    .map_err(|e| AttemptError::permanent(format!("emit: {e}")))?;
+                let depth = crate::events::event_depth(&self.run) + 1;
+                if depth > crate::events::MAX_EVENT_DEPTH {
+                    return Err(AttemptError::permanent(format!(
+                        "emit: {} events in a chain already led to this run; a flow that emits the event that starts it would loop for ever",
+                        crate::events::MAX_EVENT_DEPTH
+                    )));
+                }
+                let ev = crate::events::NewEvent {
+                    // Stable per (run, step, loop index): a retry or a resumed run republishes
+                    // the same event, which delivers nothing twice.
+                    id: Some(format!("emit:{}:{}", self.run.id, self.record_id())),
+                    name: event.clone(),
+                    key,
+                    data,
+                    source: json!({
+                        "run_id": self.run.id.to_string(),
+                        "flow": self.run.flow_name,
+                        "step": self.record_id(),
+                    }),
+                    depth,
+                };
+                let p = self
+                    .inner
+                    .publish_event(self.run.scope, ev, weft_store::Actor::system("events"))
+                    .await
+                    .map_err(|e| AttemptError {
+                        message: format!("emit: {e}"),
+                        retryable: true,
+                        retry_after: None,
+                        rate_limited: false,
+                        unauthorized: false,
+                    })?;
+                Ok(json!({
+                    "event_id": p.id,
+                    "resumed": p.resumed.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    "started": p.started.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                }))
+            }
             StepKind::Wait(_)
             | StepKind::Signal(_)
             | StepKind::ForEach(_)

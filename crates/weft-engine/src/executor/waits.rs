@@ -170,7 +170,48 @@ impl StepJob {
                     },
                     None => None,
                 };
+                // The watch goes in before the step shows as waiting: an event published from
+                // now on finds this run (one published before the run parks is a signal the
+                // park sees, so it resumes at once).
+                let mut key = None;
+                if let Some(event) = &s.event {
+                    key = match &s.key {
+                        Some(k) => match self.inner.render(k, ctx).await {
+                            Ok(v) => Some(weft_expr::to_text(&v)),
+                            Err(e) => {
+                                self.set_class("expression");
+                                let m = format!("wait_for_event.key: {e}");
+                                return self
+                                    .conclude(
+                                        Outcome::failed(m.clone()),
+                                        started,
+                                        format!("failed: {m}"),
+                                    )
+                                    .await;
+                            }
+                        },
+                        None => None,
+                    };
+                    if let Err(e) = self
+                        .inner
+                        .opts
+                        .store
+                        .watch_event(
+                            self.run.scope,
+                            self.run.id,
+                            event,
+                            key.as_deref(),
+                            self.inner.now(),
+                        )
+                        .await
+                    {
+                        tracing::warn!(run = %self.run.id, error = %e, "could not record an event wait; the run will be resumed");
+                        return Report::Lost;
+                    }
+                }
                 let out = json!({
+                    "event": s.event,
+                    "key": key,
                     "resume_url": self.inner.resume_url(self.run.scope, self.run.id, &s.names[0]),
                     "waiting_for": s.names,
                     "deadline": deadline.map(weft_types::rfc3339),

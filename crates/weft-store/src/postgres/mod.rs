@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_oauth.sql")),
     (7, include_str!("migrations/0007_polls.sql")),
     (8, include_str!("migrations/0008_waits.sql")),
+    (9, include_str!("migrations/0009_events.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -48,6 +49,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "run_steps",
     "run_logs",
     "run_signals",
+    "event_watches",
     "schedules",
     "polls",
     "poll_seen",

@@ -1047,8 +1047,8 @@ impl PgStore {
         Ok(RunStatus::Cancelled)
     }
 
-    /// Deletes a finished run with its steps, logs and signals and gives its stored bytes back
-    /// to the tenant; a queued or running run must be cancelled first.
+    /// Deletes a finished run with its steps, logs, signals and event watches and gives its
+    /// stored bytes back to the tenant; a queued or running run must be cancelled first.
     pub async fn delete_run(
         &self,
         scope: Scope,
@@ -1093,6 +1093,7 @@ impl PgStore {
             "DELETE FROM run_logs WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
             "DELETE FROM run_steps WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
             "DELETE FROM run_signals WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
+            "DELETE FROM event_watches WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3",
             "DELETE FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         ] {
             sqlx::query(sql)

@@ -1,6 +1,6 @@
 //! PostgreSQL: durable waits (a run parked until a time, a signal or a child run), signals,
-//! retry in place and sub-flow runs (mirrors `sqlite/waits.rs`; the conformance suite checks
-//! they agree).
+//! event watches, retry in place and sub-flow runs (mirrors `sqlite/waits.rs`; the conformance
+//! suite checks they agree).
 //!
 //! A parked run is `waiting` in `runs` and keeps its `run_queue` row, unleased, with its wake
 //! time in `not_before` ([`crate::NO_WAKE`] when only a signal or a child run ends the wait)
@@ -16,7 +16,7 @@ use weft_types::{Millis, RunId, RunStatus, Scope};
 
 use super::PgStore;
 use super::runs::{RUN_COLS, insert_logs, read_run};
-use super::store::{Tx, append, db};
+use super::store::{Tx, append, db, parse};
 use super::{pg_json, pg_text};
 use crate::*;
 
@@ -269,6 +269,90 @@ impl PgStore {
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(at)
+    }
+
+    /// Records that `run` waits for the event `event` with `key` (any key when `None`); a second
+    /// call for the same run and event replaces the key and time.
+    pub async fn watch_event(
+        &self,
+        scope: Scope,
+        run: RunId,
+        event: &str,
+        key: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        sqlx::query(
+            "INSERT INTO event_watches (tenant_id, workspace_id, run_id, event, key, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id, workspace_id, run_id, event)
+             DO UPDATE SET key = excluded.key, created_at = excluded.created_at",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(run.to_string())
+        .bind(pg_text(event).as_ref())
+        .bind(key.map(pg_text).as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Up to `limit` runs watching `event` with no key or exactly `key` (`None`: unkeyed watches
+    /// only), oldest watch first.
+    pub async fn event_watchers(
+        &self,
+        scope: Scope,
+        event: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        // `key = NULL` is never true: an event without a key finds unkeyed watches only.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT run_id FROM event_watches
+             WHERE tenant_id = $1 AND workspace_id = $2 AND event = $3 AND (key IS NULL OR key = $4::text)
+             ORDER BY created_at, run_id LIMIT $5",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(pg_text(event).as_ref())
+        .bind(key.map(pg_text).as_deref())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        ids.into_iter().map(|id| parse(id, "run id")).collect()
+    }
+
+    /// Forgets that `run` watches `event` (nothing happens when it does not).
+    pub async fn unwatch_event(
+        &self,
+        scope: Scope,
+        run: RunId,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        sqlx::query(
+            "DELETE FROM event_watches
+             WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND event = $4",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(run.to_string())
+        .bind(pg_text(event).as_ref())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     /// Delivers the signal `name` to an unfinished run (once per name) and makes the run ready

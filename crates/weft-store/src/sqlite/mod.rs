@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_oauth.sql")),
     (7, include_str!("migrations/0007_polls.sql")),
     (8, include_str!("migrations/0008_waits.sql")),
+    (9, include_str!("migrations/0009_events.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

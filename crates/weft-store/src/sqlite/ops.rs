@@ -891,8 +891,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Deletes a finished run with its steps, logs and signals and gives its stored bytes back
-    /// to the tenant; a queued or running run must be cancelled first.
+    /// Deletes a finished run with its steps, logs, signals and event watches and gives its
+    /// stored bytes back to the tenant; a queued or running run must be cancelled first.
     pub async fn delete_run(
         &self,
         scope: Scope,
@@ -921,6 +921,7 @@ impl SqliteStore {
                 "DELETE FROM run_logs WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
                 "DELETE FROM run_steps WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
                 "DELETE FROM run_signals WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
+                "DELETE FROM event_watches WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3",
                 "DELETE FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
             ] {
                 c.prepare_cached(sql)?.execute(params![t, w, rid])?;

@@ -1,6 +1,6 @@
-//! SQLite: durable waits (a run parked until a time, a signal or a child run), signals, retry
-//! in place and sub-flow runs (mirrors `postgres/waits.rs`; the conformance suite checks they
-//! agree).
+//! SQLite: durable waits (a run parked until a time, a signal or a child run), signals, event
+//! watches, retry in place and sub-flow runs (mirrors `postgres/waits.rs`; the conformance
+//! suite checks they agree).
 //!
 //! The queue is `runs` itself: a parked run is `waiting`, its wake time in `not_before`
 //! ([`crate::NO_WAKE`] when only a signal or a child run ends the wait). Claims take `queued`
@@ -14,7 +14,7 @@ use weft_types::{Millis, RunId, RunStatus, Scope};
 
 use super::SqliteStore;
 use super::audit::append;
-use super::ops::{RUN_COLS, STEP_BYTES, insert_logs, json, read_run};
+use super::ops::{RUN_COLS, STEP_BYTES, insert_logs, json, parse, read_run};
 use crate::model::*;
 use crate::{NO_WAKE, StoreError, scope_strs};
 
@@ -166,6 +166,82 @@ impl SqliteStore {
                 "SELECT MIN(not_before) FROM runs WHERE status = 'waiting' AND not_before < ?1",
             )?
             .query_row([NO_WAKE], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    /// Records that `run` waits for the event `event` with `key` (any key when `None`); a second
+    /// call for the same run and event replaces the key and time.
+    pub async fn watch_event(
+        &self,
+        scope: Scope,
+        run: RunId,
+        event: &str,
+        key: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let event = event.to_string();
+        let key = key.map(str::to_string);
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            c.prepare_cached(
+                "INSERT INTO event_watches (tenant_id, workspace_id, run_id, event, key, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant_id, workspace_id, run_id, event)
+                 DO UPDATE SET key = excluded.key, created_at = excluded.created_at",
+            )?
+            .execute(params![t, w, run.to_string(), event, key, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` runs watching `event` with no key or exactly `key` (`None`: unkeyed watches
+    /// only), oldest watch first.
+    pub async fn event_watchers(
+        &self,
+        scope: Scope,
+        event: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunId>, StoreError> {
+        let event = event.to_string();
+        let key = key.map(str::to_string);
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            // `key = NULL` is never true: an event without a key finds unkeyed watches only.
+            let mut st = c.prepare_cached(
+                "SELECT run_id FROM event_watches
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND event = ?3 AND (key IS NULL OR key = ?4)
+                 ORDER BY created_at, run_id LIMIT ?5",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = st.query(params![t, w, event, key, limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(parse(r.get(0)?, "run id")?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Forgets that `run` watches `event` (nothing happens when it does not).
+    pub async fn unwatch_event(
+        &self,
+        scope: Scope,
+        run: RunId,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        let event = event.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            c.prepare_cached(
+                "DELETE FROM event_watches
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND event = ?4",
+            )?
+            .execute(params![t, w, run.to_string(), event])?;
+            Ok(())
         })
         .await
     }
