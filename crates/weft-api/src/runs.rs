@@ -431,18 +431,23 @@ pub(crate) struct BulkReplayIn {
     version: Option<String>,
 }
 
-/// One replayed run.
+/// One run of a bulk replay: replayed, or why not.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Replayed {
     /// The original run.
     from: String,
-    /// The new run.
-    run_id: String,
+    /// The new run (absent when this one could not be replayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
+    /// Why this run could not be replayed (the others in the batch still were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// Replay matching runs (by default the failed ones: the dead letters) in batches, newest
 /// first: each becomes a new run with the same trigger event. Call again with `next_cursor`
-/// until it is null; each batch reports what it replayed (the CLI prints the progress).
+/// until it is null; each batch reports what it replayed, and for a run it could not replay,
+/// why (the CLI prints the progress).
 #[utoipa::path(post, path = "/api/v1/workspaces/{ws}/runs/replay", tag = "runs",
     params(WsParam),
     request_body(content = Option<BulkReplayIn>, content_type = "application/json"),
@@ -493,14 +498,25 @@ pub(crate) async fn replay_many(
     let mut runs = s.engine.store().list_runs(auth.scope, filter).await?;
     let next = crate::body::cut_page(&mut runs, limit, |r| r.id.to_string());
     let mut items = Vec::with_capacity(runs.len());
+    // One run that cannot be replayed (its flow was deleted, the plan's quota is reached)
+    // is reported in its place; the batch goes on, so what was replayed is never hidden
+    // behind an error.
     for r in runs {
-        let ins = s
+        let res = s
             .engine
             .replay_run(auth.scope, r.id, version, auth.actor.clone())
-            .await?;
-        items.push(Replayed {
-            from: r.id.to_string(),
-            run_id: ins.run_id.to_string(),
+            .await;
+        items.push(match res {
+            Ok(ins) => Replayed {
+                from: r.id.to_string(),
+                run_id: Some(ins.run_id.to_string()),
+                error: None,
+            },
+            Err(e) => Replayed {
+                from: r.id.to_string(),
+                run_id: None,
+                error: Some(Problem::from(e).detail),
+            },
         });
     }
     Ok((

@@ -47,6 +47,11 @@ pub enum FlowCmd {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Delete a flow with its versions and triggers (its runs are kept).
+    Delete {
+        /// Flow name or id.
+        flow: String,
+    },
     /// Show a flow's poll trigger: cursor, next poll, last error, counts.
     Poll {
         /// Flow name or id.
@@ -460,6 +465,16 @@ pub(crate) async fn flow(cmd: FlowCmd, args: ClientArgs) -> anyhow::Result<()> {
             )
             .await?
         }
+        FlowCmd::Delete { flow } => {
+            api.delete(api.ws(&format!("/flows/{}", enc(&flow))))
+                .await?;
+            if json_out {
+                print_json(&json!({"deleted": flow}));
+            } else {
+                println!("deleted flow {flow}");
+            }
+            return Ok(());
+        }
         FlowCmd::Poll { flow } => {
             let v = api
                 .get(api.ws(&format!("/flows/{}/poll", enc(&flow))))
@@ -664,6 +679,7 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
         } => {
             let mut cursor: Option<String> = None;
             let mut total = 0usize;
+            let mut not_replayed = 0usize;
             loop {
                 let body = serde_json::json!({
                     "flow": flow,
@@ -681,9 +697,16 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
                     .into_iter()
                     .flatten()
                 {
-                    total += 1;
+                    let err = r.get("error").and_then(Value::as_str);
+                    if err.is_some() {
+                        not_replayed += 1;
+                    } else {
+                        total += 1;
+                    }
                     if json_out {
                         println!("{r}");
+                    } else if let Some(e) = err {
+                        println!("{} not replayed: {e}", s(r, "from"));
                     } else {
                         println!("{} -> {}", s(r, "from"), s(r, "run_id"));
                     }
@@ -701,6 +724,11 @@ pub(crate) async fn runs(cmd: RunsCmd, args: ClientArgs) -> anyhow::Result<()> {
             }
             if !json_out {
                 println!("replayed {total} failed runs");
+            }
+            if not_replayed > 0 {
+                anyhow::bail!(
+                    "{not_replayed} run(s) could not be replayed (listed above with the reason)"
+                );
             }
         }
         RunsCmd::Signal { run, name, payload } => {

@@ -288,6 +288,36 @@ fn dead_letters_replay_in_batches_with_progress() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 6 runs so far"));
     let bad = srv.cli(&["runs", "replay"]);
     assert!(!bad.status.success());
+
+    // A run that cannot be replayed (its flow was deleted, and the latest version is asked
+    // for) is reported with the reason; the rest of the batch is still replayed.
+    srv.apply("name: gone\ntrigger:\n  manual: {}\nsteps:\n  - id: boom\n    fail: 'x'\n");
+    let lost = srv.cli_json(&["run", "start", "gone"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    srv.wait_run(&lost, Duration::from_secs(30));
+    let del = srv.cli(&["flow", "delete", "gone"]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let out = srv.cli(&["runs", "replay", "--failed", "--latest"]);
+    assert!(!out.status.success(), "one run could not be replayed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "{lost} not replayed: flow 'gone' of this run was deleted"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains(" -> ")).count() >= 6,
+        "the doomed runs were still replayed: {text}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 run(s) could not be replayed"), "{err}");
 }
 
 /// POST on the API with the key and a raw body; (status, content-type, JSON body).

@@ -258,6 +258,44 @@ async fn run_timeout_fails_the_run_on_the_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_run_compensates_the_steps_it_completed() {
+    let mut h = harness().await;
+    let (url, mut reqs) = sink(vec![], true).await;
+    h.apply(&format!(
+        "name: saga-slow\ntimeout: 1m\ntrigger:\n  manual: {{}}\nsteps:\n  - id: book\n    transform: '\"bk_1\"'\n    compensate:\n      - id: cancel\n        transform: '{{undo: .compensating.output}}'\n  - id: call\n    action: http.request\n    input: {{ url: '{url}/x', timeout: 300s }}\n    compensate:\n      - id: never\n        transform: '1'\n"
+    ))
+    .await;
+    let run = h
+        .engine
+        .start_run(
+            h.scope,
+            "saga-slow",
+            serde_json::json!({}),
+            None,
+            Actor::system("test"),
+        )
+        .await
+        .unwrap()
+        .run_id;
+    reqs.recv().await.unwrap();
+    h.clock.advance(Duration::from_secs(61));
+    assert_eq!(h.run_finished().await, (run, RunStatus::Failed));
+    let (r, steps) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert!(r.error.unwrap().contains("exceeded its 60.0s timeout"));
+    let cancel = steps
+        .iter()
+        .find(|s| s.step_id == "book.compensate.cancel")
+        .expect("the completed step was undone");
+    assert_eq!(cancel.output, Some(serde_json::json!({"undo": "bk_1"})));
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.step_id.starts_with("call.compensate")),
+        "a step cut off by the timeout did not complete and is not undone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_with_continue_on_error_lets_dependents_run() {
     let mut h = harness().await;
     let (url, _reqs) = sink(vec![(400, None)], false).await;

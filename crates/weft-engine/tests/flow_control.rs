@@ -264,6 +264,51 @@ async fn for_each_runs_nested_steps_per_item_and_collects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_streams_another_loops_item_outputs_from_the_store() {
+    let mut h = harness().await;
+    // `first` keeps no outputs in memory or in its own output; `second` reads them a page at
+    // a time (more items than one page).
+    h.apply(&flow(
+        "stream",
+        "  - id: first\n    for_each: .trigger.body.items\n    collect: false\n    concurrency: 8\n    steps:\n      - id: sq\n        transform: '{i: .item, sq: (.item * .item)}'\n  - id: second\n    for_each: {outputs_of: first}\n    concurrency: 4\n    steps:\n      - id: plus\n        transform: '.item.sq + 1'\n  - id: total\n    transform: '[.steps.second.output[]] | add'\n",
+    ))
+    .await;
+    let n: i64 = 600;
+    let run = h
+        .start("stream", json!({"items": (0..n).collect::<Vec<_>>()}))
+        .await;
+    let end = h.finished(run).await;
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    assert_eq!(end, RunStatus::Succeeded, "{:?}", r.error);
+    let first = step_of(&h, run, "first").await;
+    assert_eq!(
+        first.output,
+        Some(json!({"total": n, "succeeded": n, "failed": 0}))
+    );
+    let second = step_of(&h, run, "second").await;
+    let out = second.output.unwrap();
+    let out = out.as_array().unwrap();
+    assert_eq!(out.len(), n as usize);
+    assert_eq!(out[3], json!(10));
+    assert_eq!(out[599], json!(599 * 599 + 1));
+    let (r, _) = h.engine.store().get_run(h.scope, run).await.unwrap();
+    let want: i64 = (0..n).map(|i| i * i + 1).sum();
+    assert_eq!(r.output, Some(json!(want)));
+
+    // A source loop that failed (and let the run go on) leaves the items it did not finish as
+    // null for the loop that reads it.
+    h.apply(&flow(
+        "partial",
+        "  - id: first\n    for_each: .trigger.body.items\n    collect: false\n    continue_on_error: true\n    steps:\n      - id: ok\n        transform: '.item'\n      - id: check\n        needs: []\n        if: '.item == 2'\n        fail: 'no 2'\n  - id: second\n    for_each: {outputs_of: first}\n    steps:\n      - id: echo\n        transform: '.item'\n",
+    ))
+    .await;
+    let run = h.start("partial", json!({"items": [0, 1, 2, 3, 4]})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let second = step_of(&h, run, "second").await;
+    assert_eq!(second.output, Some(json!([0, 1, null, null, null])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn for_each_over_a_non_list_or_with_a_failing_item_fails_clearly() {
     let mut h = harness().await;
     h.apply(&flow(

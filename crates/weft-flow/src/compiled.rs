@@ -250,11 +250,25 @@ pub struct SignalWait {
     pub key: Option<TValue>,
 }
 
+/// Where a loop's items come from.
+#[derive(Debug, Clone)]
+pub enum ItemSource {
+    /// jq yielding the list.
+    List(Expr),
+    /// The item outputs of an earlier loop (`collect: false`) of the same list of steps.
+    OutputsOf {
+        /// Its step id.
+        step: String,
+        /// Its index in the list (a dependency of this step).
+        idx: usize,
+    },
+}
+
 /// A `for_each` loop.
 #[derive(Debug, Clone)]
 pub struct ForEachSpec {
-    /// jq yielding the list.
-    pub list: Expr,
+    /// Where the items come from.
+    pub list: ItemSource,
     /// Steps run per item (indexes in `deps` etc. refer to this list).
     pub steps: Vec<CompiledStep>,
     /// Items in progress at once.

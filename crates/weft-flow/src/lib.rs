@@ -7,13 +7,13 @@ mod model;
 mod validate;
 
 pub use compiled::{
-    CompiledFlow, CompiledStep, ForEachSpec, Handler, PollSpec, RetryPolicy, SignalWait, StepKind,
-    TriggerKind, WaitSpec, WebhookVerify,
+    CompiledFlow, CompiledStep, ForEachSpec, Handler, ItemSource, PollSpec, RetryPolicy,
+    SignalWait, StepKind, TriggerKind, WaitSpec, WebhookVerify,
 };
 pub use duration::{MAX_DURATION, parse_duration, parse_duration_str};
 pub use model::{
-    ApprovalDef, DurationSpec, EmitDef, EventTrigger, FlowDef, HmacDef, ManualTrigger, PollTrigger,
-    RespondDef, RetryDef, ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef,
+    ApprovalDef, DurationSpec, EmitDef, EventTrigger, FlowDef, ForEachDef, HmacDef, ManualTrigger,
+    PollTrigger, RespondDef, RetryDef, ScheduleTrigger, SignatureDef, StepDef, TriggerDef, WaitDef,
     WaitForEventDef, WebhookTrigger,
 };
 pub use validate::{

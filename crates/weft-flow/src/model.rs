@@ -208,6 +208,19 @@ pub enum WaitDef {
     },
 }
 
+/// What a `for_each` iterates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ForEachDef {
+    /// jq yielding the list.
+    List(String),
+    /// The item outputs of an earlier loop with `collect: false`, streamed from the store.
+    OutputsOf {
+        /// The loop's step id.
+        outputs_of: String,
+    },
+}
+
 /// One step. Exactly one of the kind keys (`transform`, `action`, `code`, `switch`, `for_each`,
 /// `wait`, `approval`, `wait_for_event`, `subflow`, `respond`, `fail`, `emit`) is set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -270,9 +283,10 @@ pub struct StepDef {
     /// Cases of a `switch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cases: Option<Map<String, Value>>,
-    /// jq list to iterate.
+    /// What a loop iterates: a jq list, or `{outputs_of: LOOP}` (another loop's item outputs,
+    /// read from the store a page at a time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub for_each: Option<String>,
+    pub for_each: Option<ForEachDef>,
     /// Nested steps of a `for_each`, run for each item (they see `.item` and `.index`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepDef>>,

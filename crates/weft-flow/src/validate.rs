@@ -7,11 +7,11 @@ use serde_json::Value;
 use weft_expr::{Expr, TValue};
 
 use crate::compiled::{
-    CompiledFlow, CompiledStep, ForEachSpec, Handler, PollSpec, RetryPolicy, SignalWait, StepKind,
-    TriggerKind, WaitSpec, WebhookVerify,
+    CompiledFlow, CompiledStep, ForEachSpec, Handler, ItemSource, PollSpec, RetryPolicy,
+    SignalWait, StepKind, TriggerKind, WaitSpec, WebhookVerify,
 };
 use crate::duration::parse_duration;
-use crate::model::{DurationSpec, FlowDef, PollTrigger, StepDef};
+use crate::model::{DurationSpec, FlowDef, ForEachDef, PollTrigger, StepDef};
 use crate::{FieldError, FlowError};
 
 /// Most steps a flow may have.
@@ -319,6 +319,17 @@ fn compile_steps(
                         .compensate
                         .iter()
                         .map(|n| (leak_id(defs, i, &n.id), 0)),
+                );
+            }
+        }
+        for (i, st) in steps.iter().enumerate() {
+            if let StepKind::ForEach(fe) = &st.kind
+                && let ItemSource::OutputsOf { step, idx } = &fe.list
+                && !matches!(&steps[*idx].kind, StepKind::ForEach(src) if !src.collect)
+            {
+                cx.err(
+                    format!("{prefix}[{i}].for_each.outputs_of"),
+                    format!("'{step}' must be a for_each with `collect: false` (its item outputs are then kept in the store, not in its output)"),
                 );
             }
         }
@@ -947,10 +958,32 @@ fn compile_step(
             })
         }
         "for_each" => {
-            let list = s
-                .for_each
-                .as_deref()
-                .and_then(|e| cx.expr(&format!("{p}.for_each"), e));
+            let list = match s.for_each.as_ref() {
+                Some(ForEachDef::List(e)) => {
+                    cx.expr(&format!("{p}.for_each"), e).map(ItemSource::List)
+                }
+                Some(ForEachDef::OutputsOf { outputs_of }) => {
+                    match index.get(outputs_of.as_str()) {
+                        Some(&k) if k != i => {
+                            deps.push(k);
+                            deps.sort_unstable();
+                            deps.dedup();
+                            Some(ItemSource::OutputsOf {
+                                step: outputs_of.clone(),
+                                idx: k,
+                            })
+                        }
+                        _ => {
+                            cx.err(
+                            format!("{p}.for_each.outputs_of"),
+                            format!("must name another for_each step of this list; '{outputs_of}' is not one"),
+                        );
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             let concurrency = s.concurrency.unwrap_or(1);
             if !(1..=100).contains(&concurrency) {
                 cx.err(format!("{p}.concurrency"), "must be between 1 and 100");

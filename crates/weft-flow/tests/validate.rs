@@ -745,3 +745,32 @@ fn event_errors_name_their_fields() {
         &["steps[0].emit.data"],
     );
 }
+
+#[test]
+fn a_loop_over_another_loops_outputs_needs_a_non_collecting_loop() {
+    let loop_a = "  - id: a\n    for_each: '[1, 2]'\n    collect: false\n    steps:\n      - id: x\n        transform: '.item'\n";
+    let c = check_ok(&format!(
+        "{HEAD}steps:\n{loop_a}  - id: mid\n    transform: '1'\n  - id: b\n    needs: [mid]\n    for_each: {{outputs_of: a}}\n    steps:\n      - id: yy\n        transform: '.item'\n"
+    ));
+    let weft_flow::StepKind::ForEach(fe) = &c.steps[2].kind else {
+        panic!("expected a loop")
+    };
+    assert!(matches!(&fe.list, weft_flow::ItemSource::OutputsOf { step, idx: 0 } if step == "a"));
+    assert_eq!(
+        c.steps[2].deps,
+        vec![0, 1],
+        "the source loop becomes a need"
+    );
+    for (src, what) in [
+        ("nope", "an unknown step"),
+        ("b", "itself"),
+        ("t", "not a loop"),
+        ("c", "a collecting loop"),
+    ] {
+        let text = format!(
+            "{HEAD}steps:\n{loop_a}  - id: t\n    transform: '1'\n  - id: c\n    for_each: '[1]'\n    steps:\n      - id: z\n        transform: '.item'\n  - id: b\n    for_each: {{outputs_of: {src}}}\n    steps:\n      - id: yy\n        transform: '.item'\n"
+        );
+        check_err(&text, &["steps[3].for_each.outputs_of"]);
+        let _ = what;
+    }
+}

@@ -572,6 +572,19 @@ impl Store {
         Ok((self.resolve_run(r).await?, steps))
     }
 
+    /// The records of some steps of a run, by step id (ids with no record are left out);
+    /// a loop reads another loop's item outputs this way, a page at a time.
+    pub async fn get_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        ids: &[String],
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        let mut steps = on_backend!(self, s => s.get_steps(scope, run, ids))?;
+        self.resolve_steps(&scope, run, &mut steps).await?;
+        Ok(steps)
+    }
+
     /// Runs of a workspace, newest first, filtered.
     pub async fn list_runs(
         &self,

@@ -1760,6 +1760,19 @@ payload_conformance!(
                 .await
                 .unwrap()
         );
+        // Some steps by id, offloaded outputs read back whole; unknown ids are left out.
+        let mut some = s
+            .get_steps(scope, r, &["b".into(), "a".into(), "zz".into()])
+            .await
+            .unwrap();
+        some.sort_by_key(|x| x.idx);
+        assert_eq!(
+            some.iter().map(|x| x.step_id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(some[0].output.as_ref(), Some(&big));
+        assert_eq!(some[1].output.as_ref(), Some(&forged));
+        assert!(s.get_steps(scope, r, &[]).await.unwrap().is_empty());
         assert!(
             !s.checkpoint_step(scope, r, "w2", step("c", 2, big.clone(), jan), jan)
                 .await

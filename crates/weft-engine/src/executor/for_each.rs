@@ -2,12 +2,13 @@
 //! nested step is checkpointed as `loop[i].step`, and each finished item as `loop[i]`, so a
 //! resumed run skips finished items and, inside an unfinished one, finished steps.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weft_flow::ForEachSpec;
+use weft_flow::{ForEachSpec, ItemSource};
 use weft_store::{NewLog, RunRecord, StepCheckpoint, StepRecord};
 use weft_types::{Millis, StepStatus};
 
@@ -31,30 +32,70 @@ impl StepJob {
         ctx: &super::StepCtx,
         started: Millis,
     ) -> Report {
-        let list = match self.inner.eval(&fe.list, ctx).await {
-            Ok(Value::Array(a)) if a.len() <= MAX_ITEMS => a,
-            Ok(Value::Array(a)) => {
-                return self
-                    .fail_loop(
-                        format!("for_each gave {} items; the limit is {MAX_ITEMS}", a.len()),
-                        started,
-                    )
-                    .await;
+        let mut items = match &fe.list {
+            ItemSource::List(expr) => match self.inner.eval(expr, ctx).await {
+                Ok(Value::Array(a)) if a.len() <= MAX_ITEMS => {
+                    Items::Listed(a.into_iter().map(Some).collect())
+                }
+                Ok(Value::Array(a)) => {
+                    return self
+                        .fail_loop(
+                            format!("for_each gave {} items; the limit is {MAX_ITEMS}", a.len()),
+                            started,
+                        )
+                        .await;
+                }
+                Ok(other) => {
+                    return self
+                        .fail_loop(
+                            format!(
+                                "for_each needs a list; its expression gave {}",
+                                kind_of(&other)
+                            ),
+                            started,
+                        )
+                        .await;
+                }
+                Err(e) => return self.fail_loop(format!("for_each: {e}"), started).await,
+            },
+            ItemSource::OutputsOf { step, .. } => {
+                let rec = match self
+                    .inner
+                    .opts
+                    .store
+                    .get_steps(self.run.scope, self.run.id, std::slice::from_ref(step))
+                    .await
+                {
+                    Ok(mut v) => v.pop(),
+                    Err(e) => {
+                        tracing::warn!(run = %self.run.id, error = %e, "could not read a loop's record; the run will be resumed");
+                        return Report::Lost;
+                    }
+                };
+                let total = rec
+                    .as_ref()
+                    .and_then(|r| r.output.as_ref())
+                    // A finished loop's `total`, or a failed one's `items_total`.
+                    .and_then(|o| o.get("total").or_else(|| o.get("items_total")))
+                    .and_then(Value::as_u64);
+                match total {
+                    Some(n) if n as usize <= MAX_ITEMS => Items::Streamed {
+                        step: step.clone(),
+                        total: n as usize,
+                        page: HashMap::new(),
+                    },
+                    _ => {
+                        return self
+                            .fail_loop(
+                                format!("for_each: '{step}' has no item outputs to read (it did not run, or failed before it started its items)"),
+                                started,
+                            )
+                            .await;
+                    }
+                }
             }
-            Ok(other) => {
-                return self
-                    .fail_loop(
-                        format!(
-                            "for_each needs a list; its expression gave {}",
-                            kind_of(&other)
-                        ),
-                        started,
-                    )
-                    .await;
-            }
-            Err(e) => return self.fail_loop(format!("for_each: {e}"), started).await,
         };
-        let total = list.len();
+        let total = items.len();
         let fid = self.step().id.clone();
         if self.prior.is_none() {
             // Shows the loop and its size while items run (progress counts item checkpoints).
@@ -93,12 +134,20 @@ impl StepJob {
             }
         }
         let outer = Arc::new(ctx.steps_map());
-        let mut items: Vec<Option<Value>> = list.into_iter().map(Some).collect();
-        let mut pending = todo.into_iter();
+        let mut next = 0usize;
         let mut set: JoinSet<ItemEnd> = JoinSet::new();
         loop {
             while set.len() < fe.concurrency && failed.is_empty() {
-                let Some(i) = pending.next() else { break };
+                let Some(&i) = todo.get(next) else { break };
+                next += 1;
+                let value = match items.take(&self.inner, &self.run, i, &todo[next..]).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(run = %self.run.id, error = %e, "could not read a loop's item outputs; the run will be resumed");
+                        set.abort_all();
+                        return Report::Lost;
+                    }
+                };
                 let item = ItemTask {
                     inner: self.inner.clone(),
                     run: self.run.clone(),
@@ -108,10 +157,7 @@ impl StepJob {
                         item: Some(Arc::new(ItemCx {
                             parent: self.idx,
                             index: Some(i),
-                            extra: vec![
-                                ("item", items[i].take().unwrap_or(Value::Null)),
-                                ("index", json!(i)),
-                            ],
+                            extra: vec![("item", value), ("index", json!(i))],
                             outer: outer.clone(),
                         })),
                     },
@@ -195,6 +241,68 @@ impl StepJob {
     }
 }
 
+/// Items read ahead from another loop's checkpoints per store read.
+const PAGE: usize = 256;
+
+/// A loop's items: a list in memory, or another loop's item outputs read a page at a time
+/// (so a loop over a 100,000-item loop's results never holds them all).
+enum Items {
+    Listed(Vec<Option<Value>>),
+    Streamed {
+        step: String,
+        total: usize,
+        page: HashMap<usize, Value>,
+    },
+}
+
+impl Items {
+    fn len(&self) -> usize {
+        match self {
+            Items::Listed(v) => v.len(),
+            Items::Streamed { total, .. } => *total,
+        }
+    }
+
+    /// Item `i`; a streamed one is read with the items to start after it (`ahead`).
+    async fn take(
+        &mut self,
+        inner: &Inner,
+        run: &RunRecord,
+        i: usize,
+        ahead: &[usize],
+    ) -> Result<Value, weft_store::StoreError> {
+        match self {
+            Items::Listed(v) => Ok(v.get_mut(i).and_then(Option::take).unwrap_or(Value::Null)),
+            Items::Streamed { step, page, .. } => {
+                if let Some(v) = page.remove(&i) {
+                    return Ok(v);
+                }
+                page.clear();
+                let mut want = vec![i];
+                want.extend(ahead.iter().take(PAGE - 1));
+                let ids: Vec<String> = want.iter().map(|j| format!("{step}[{j}]")).collect();
+                let recs = inner.opts.store.get_steps(run.scope, run.id, &ids).await?;
+                let prefix = format!("{step}[");
+                for r in recs {
+                    // An item that failed (the loop continued on error) is given as null.
+                    let Some(j) = r
+                        .step_id
+                        .strip_prefix(&prefix)
+                        .and_then(|x| x.strip_suffix(']'))
+                        .and_then(|x| x.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    if r.status == StepStatus::Succeeded {
+                        page.insert(j, r.output.unwrap_or(Value::Null));
+                    }
+                }
+                Ok(page.remove(&i).unwrap_or(Value::Null))
+            }
+        }
+    }
+}
+
 /// One item's run of the nested steps.
 struct ItemTask {
     inner: Arc<Inner>,
@@ -240,7 +348,7 @@ impl ItemTask {
             DagEnd::Done { fatal: Some(e), .. } => Err(e),
             DagEnd::Crashed(e) => Err(format!("a step task crashed: {e}")),
             // Validation keeps waiting steps out of loops; no deadline is passed in.
-            DagEnd::Parked(..) | DagEnd::TimedOut => {
+            DagEnd::Parked(..) | DagEnd::TimedOut(_) => {
                 Err("a step inside a for_each cannot wait".to_string())
             }
             DagEnd::Lost => return ItemEnd::Lost,

@@ -237,7 +237,8 @@ pub(crate) enum DagEnd {
     Parked(Option<Millis>, Vec<String>),
     Lost,
     Crashed(String),
-    TimedOut,
+    /// The run's deadline passed; what had ended by then (for compensation).
+    TimedOut(Vec<Option<Outcome>>),
 }
 
 /// What a run's execution came to.
@@ -555,13 +556,22 @@ async fn run_dag_to_end(
             None,
             Some(format!("a step task crashed: {e}")),
         ),
-        DagEnd::TimedOut => {
+        DagEnd::TimedOut(outcomes) => {
             let t = flow.run_timeout.unwrap_or_default();
-            RunEnd::Finished(
-                RunStatus::Failed,
-                None,
-                Some(format!("the run exceeded its {} timeout", fmt_duration(t))),
-            )
+            let e = format!("the run exceeded its {} timeout", fmt_duration(t));
+            // A timed-out run failed: the steps it completed are undone as for any failure
+            // (steps cut off mid-flight are not: they did not complete).
+            match compensate(inner, run, &frame_base, flow, prior, token, &outcomes).await {
+                Some(problems) if problems.is_empty() => {
+                    RunEnd::Finished(RunStatus::Failed, None, Some(e))
+                }
+                Some(problems) => RunEnd::Finished(
+                    RunStatus::Failed,
+                    None,
+                    Some(format!("{e}; compensation failed: {}", problems.join("; "))),
+                ),
+                None => RunEnd::Lost,
+            }
         }
     }
 }
@@ -611,7 +621,7 @@ async fn compensate(
             DagEnd::Done { fatal: Some(e), .. } | DagEnd::Crashed(e) => {
                 problems.push(format!("undoing '{}': {e}", steps[i].id))
             }
-            DagEnd::Parked(..) | DagEnd::TimedOut => problems.push(format!(
+            DagEnd::Parked(..) | DagEnd::TimedOut(_) => problems.push(format!(
                 "undoing '{}': a compensation step cannot wait",
                 steps[i].id
             )),
@@ -674,7 +684,7 @@ async fn run_dag_inner(
         // A run resumed (from a wait) after its deadline starts nothing more.
         if deadline.is_some_and(|d| inner.now() >= d) {
             tasks.abort_all();
-            return DagEnd::TimedOut;
+            return DagEnd::TimedOut(outcomes);
         }
         if fatal.is_none() {
             for i in 0..n {
@@ -749,7 +759,7 @@ async fn run_dag_inner(
             }
             _ = sleep_until_deadline => {
                 tasks.abort_all();
-                return DagEnd::TimedOut;
+                return DagEnd::TimedOut(outcomes);
             }
         }
     }

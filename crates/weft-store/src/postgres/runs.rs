@@ -69,22 +69,24 @@ async fn steps_of(tx: &mut Tx, t: &str, w: &str, run: &str) -> Result<Vec<StepRe
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    rows.iter()
-        .map(|r| {
-            let status: String = r.get(2);
-            Ok(StepRecord {
-                step_id: r.get(0),
-                idx: r.get(1),
-                status: StepStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
-                attempts: r.get(3),
-                output: json_opt(r.get(4))?,
-                error: r.get(5),
-                started_at: r.get(6),
-                finished_at: r.get(7),
-            })
-        })
-        .collect()
+    rows.iter().map(read_step_row).collect()
+}
+
+/// A step record from `step_id, idx, status, attempts, output::text, error, started_at,
+/// finished_at`.
+fn read_step_row(r: &sqlx::postgres::PgRow) -> Result<StepRecord, StoreError> {
+    let status: String = r.get(2);
+    Ok(StepRecord {
+        step_id: r.get(0),
+        idx: r.get(1),
+        status: StepStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad step status {status}")))?,
+        attempts: r.get(3),
+        output: json_opt(r.get(4))?,
+        error: r.get(5),
+        started_at: r.get(6),
+        finished_at: r.get(7),
+    })
 }
 
 pub(super) async fn insert_logs(
@@ -1148,6 +1150,30 @@ impl PgStore {
         let mut tx = self.tenant_tx(&t).await?;
         insert_logs(&mut tx, &t, &w, &run.to_string(), now, &logs).await?;
         tx.commit().await.map_err(db)
+    }
+
+    /// The records of some steps of a run, by step id (ids with no record are left out).
+    pub async fn get_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        ids: &[String],
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let rows = sqlx::query(
+            "SELECT step_id, idx, status, attempts, output::text, error, started_at, finished_at FROM run_steps
+             WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND step_id = ANY($4)",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(run.to_string())
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(read_step_row).collect()
     }
 
     /// A run with its steps.

@@ -952,6 +952,31 @@ impl SqliteStore {
         .await
     }
 
+    /// The records of some steps of a run, by step id (ids with no record are left out).
+    pub async fn get_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        ids: &[String],
+    ) -> Result<Vec<StepRecord>, StoreError> {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT step_id, idx, status, attempts, output, error, started_at, finished_at FROM run_steps
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3
+                   AND step_id IN (SELECT value FROM json_each(?4))",
+            )?;
+            let mut rows = st.query(params![t, w, run.to_string(), ids])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read_step(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// A run with its steps.
     pub async fn get_run(
         &self,
