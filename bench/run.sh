@@ -4,6 +4,8 @@
 #   bench/run.sh --quick               smoke run (16,64 × 5 s, rate test 5 s)
 #   bench/run.sh --backend postgres …  the same against a fresh local PostgreSQL cluster with
 #                                      fsync on (started here from Debian's binaries, stopped after)
+#   bench/run.sh --loop-items 100000   one run looping over 100,000 items, killed (SIGKILL) half-way
+#                                      and resumed: items/s, resume time, RSS, repeats at the sink
 #   bench/run.sh --help                all options (--levels, --duration, --rate, --soak, --keep, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."

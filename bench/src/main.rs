@@ -7,6 +7,7 @@
 
 mod client;
 mod load;
+mod loops;
 mod neighbour;
 mod pg;
 mod rss;
@@ -94,6 +95,16 @@ struct Args {
     /// credential), to measure what signature checks cost.
     #[arg(long)]
     signed: bool,
+    /// Large-loop phase only: one run whose for_each posts this many items to the sink
+    /// (killed with SIGKILL part-way and resumed; see --loop-kill-at).
+    #[arg(long, default_value_t = 0)]
+    loop_items: u64,
+    /// Items of the large loop in progress at once.
+    #[arg(long, default_value_t = 16)]
+    loop_concurrency: usize,
+    /// Fraction of the items delivered when weft is killed (0: not killed).
+    #[arg(long, default_value_t = 0.5)]
+    loop_kill_at: f64,
 }
 
 struct Config {
@@ -971,6 +982,24 @@ async fn soak(
 }
 
 fn real_main(args: Args) -> anyhow::Result<bool> {
+    if args.loop_items > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let la = loops::LoopArgs {
+            bin: &args.weft,
+            weft_args: &args.weft_args,
+            items: args.loop_items,
+            concurrency: args.loop_concurrency.clamp(1, 100),
+            kill_at: args.loop_kill_at.clamp(0.0, 0.99),
+            timeout: Duration::from_secs(args.drain_timeout.max(600)),
+        };
+        rt.block_on(async {
+            let sink = Sink::start().await?;
+            loops::run(la, sink).await
+        })?;
+        return Ok(true);
+    }
     let cfg = Config::from_args(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

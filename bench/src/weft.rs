@@ -29,9 +29,43 @@ impl Weft {
             .prefix("weft-bench-")
             .tempdir()
             .context("cannot create a temp dir")?;
+        Self::spawn(bin, extra, root, true)
+    }
+
+    /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `weft serve` again on the same data directory (after [`Weft::kill9`]); the keys
+    /// stay those of the first start.
+    pub fn restart(&mut self, bin: &Path, extra: &[String]) -> anyhow::Result<()> {
+        self.kill9();
+        let root = self.root.take().context("the temp dir is gone")?;
+        let (key, admin) = (self.key.clone(), self.admin.clone());
+        let mut w = Self::spawn(bin, extra, root, false)?;
+        w.key = key;
+        w.admin = admin;
+        std::mem::swap(self, &mut w);
+        // `w` is now the old, empty handle: nothing to stop, no temp dir to remove.
+        Ok(())
+    }
+
+    fn spawn(
+        bin: &Path,
+        extra: &[String],
+        root: tempfile::TempDir,
+        first: bool,
+    ) -> anyhow::Result<Self> {
         let data = root.path().join("data");
         let log = root.path().join("weft.log");
-        let log_file = std::fs::File::create(&log)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
@@ -67,7 +101,7 @@ impl Weft {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while w.url.is_empty() || w.key.is_empty() || w.admin.is_empty() {
+        while w.url.is_empty() || (first && (w.key.is_empty() || w.admin.is_empty())) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {

@@ -106,32 +106,15 @@ impl From<&StepRecord> for StepOut {
     }
 }
 
-/// The run's steps as shown: the checkpoints of loop items (`loop[3]`, `loop[3].step`) are
-/// folded into their loop's `progress`.
-pub fn fold_steps(records: &[StepRecord]) -> Vec<StepOut> {
+/// The run's top-level steps as shown, each loop with its `progress` from the item counts.
+pub fn fold_steps(records: &[StepRecord], counts: &[weft_store::LoopCount]) -> Vec<StepOut> {
     let mut out: Vec<StepOut> = records
         .iter()
         .filter(|r| !r.step_id.contains('['))
         .map(StepOut::from)
         .collect();
     for step in &mut out {
-        let prefix = format!("{}[", step.id);
-        let mut p = Progress::default();
-        let mut any = false;
-        for r in records.iter().filter(|r| r.step_id.starts_with(&prefix)) {
-            any = true;
-            // Item records end at the bracket; nested steps' records go on with `.id`.
-            if r.step_id.ends_with(']') {
-                match r.status {
-                    weft_types::StepStatus::Succeeded => p.done += 1,
-                    weft_types::StepStatus::Failed => {
-                        p.done += 1;
-                        p.failed += 1;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let count = counts.iter().find(|c| c.step_id == step.id);
         // A loop in progress says how many items it has (`items_total`); a finished one
         // has its collected list, or its counts.
         let marker = step
@@ -139,12 +122,16 @@ pub fn fold_steps(records: &[StepRecord]) -> Vec<StepOut> {
             .as_ref()
             .and_then(|o| o.get("items_total"))
             .and_then(Value::as_i64);
-        if any || marker.is_some() {
-            p.total = marker.or_else(|| match step.output.as_ref() {
-                Some(Value::Array(a)) => Some(a.len() as i64),
-                Some(o) => o.get("total").and_then(Value::as_i64),
-                None => None,
-            });
+        if count.is_some() || marker.is_some() {
+            let p = Progress {
+                total: marker.or_else(|| match step.output.as_ref() {
+                    Some(Value::Array(a)) => Some(a.len() as i64),
+                    Some(o) => o.get("total").and_then(Value::as_i64),
+                    None => None,
+                }),
+                done: count.map_or(0, |c| c.done),
+                failed: count.map_or(0, |c| c.failed),
+            };
             step.progress = Some(p);
         }
     }
@@ -184,8 +171,8 @@ pub struct RunOut {
 }
 
 impl RunOut {
-    /// The run, with its steps when given.
-    pub fn new(r: &RunRecord, steps: Option<&[StepRecord]>) -> Self {
+    /// The run, with its steps (and per-loop item counts) when given.
+    pub fn new(r: &RunRecord, steps: Option<(&[StepRecord], &[weft_store::LoopCount])>) -> Self {
         RunOut {
             id: r.id.to_string(),
             flow: r.flow_name.clone(),
@@ -199,7 +186,7 @@ impl RunOut {
             started_at: ts(r.started_at),
             finished_at: ts(r.finished_at),
             parent_run: r.parent.map(|p| p.to_string()),
-            steps: steps.map(fold_steps),
+            steps: steps.map(|(s, c)| fold_steps(s, c)),
         }
     }
 }

@@ -40,8 +40,8 @@ pub(crate) async fn show(
 ) -> Result<Response, Problem> {
     let t = target(&s, &token)?;
     let store = s.engine.store();
-    let (run, steps) = store
-        .get_run(t.scope, t.run)
+    let (run, steps, _) = store
+        .get_run_summary(t.scope, t.run)
         .await
         .map_err(|e| Problem::store(e, "resume link"))?;
     if run.status.is_terminal() {
@@ -131,10 +131,10 @@ pub(crate) async fn answer(
             "send a form (decision=approve|reject) or JSON",
         ));
     };
-    let (run, _) = s
+    let (run, _, _) = s
         .engine
         .store()
-        .get_run(t.scope, t.run)
+        .get_run_summary(t.scope, t.run)
         .await
         .map_err(|e| Problem::store(e, "resume link"))?;
     let approval = is_approval(&s, &t, &run).await;

@@ -191,13 +191,13 @@ pub(crate) async fn show(
 ) -> Result<Json<RunOut>, Problem> {
     let (_, run) = path;
     let id: RunId = parse_id("run", &run)?;
-    let (r, steps) = s
+    let (r, steps, counts) = s
         .engine
         .store()
-        .get_run(auth.scope, id)
+        .get_run_summary(auth.scope, id)
         .await
         .map_err(|e| Problem::store(e, "run"))?;
-    Ok(Json(RunOut::new(&r, Some(&steps))))
+    Ok(Json(RunOut::new(&r, Some((&steps, &counts)))))
 }
 
 #[derive(Deserialize)]
@@ -226,8 +226,8 @@ pub(crate) async fn logs(
     let q: LogsQuery = parse_query(q.as_deref())?;
     let id: RunId = parse_id("run", &run)?;
     let store = s.engine.store();
-    let (r, _) = store
-        .get_run(auth.scope, id)
+    let (r, _, _) = store
+        .get_run_summary(auth.scope, id)
         .await
         .map_err(|e| Problem::store(e, "run"))?;
     let limit = q.limit.unwrap_or(500).clamp(1, 5000);

@@ -477,7 +477,7 @@ steps:
       - id: status
         transform: '.steps.send.output.status'
   - id: count
-    transform: '.steps.loop.output | length'
+    transform: '[.steps.loop.output[] | select(. == 200)] | length'
 "#,
         sink.url
     ));

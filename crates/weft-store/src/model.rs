@@ -155,8 +155,21 @@ pub struct StepRecord {
 pub struct ClaimedRun {
     /// The run.
     pub run: RunRecord,
-    /// Steps already checkpointed (non-empty only when resuming).
+    /// Steps already checkpointed (non-empty only when resuming), as a resume needs them:
+    /// loop items (`loop[i]`) without their outputs, and nested steps (`loop[i].step`) only
+    /// of items that have not finished.
     pub steps: Vec<StepRecord>,
+}
+
+/// How many items of one loop have finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopCount {
+    /// The loop's step id.
+    pub step_id: String,
+    /// Items finished (succeeded or failed).
+    pub done: i64,
+    /// Of those, failed.
+    pub failed: i64,
 }
 
 /// One log line of a run.

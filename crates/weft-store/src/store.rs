@@ -572,6 +572,17 @@ impl Store {
         Ok((self.resolve_run(r).await?, steps))
     }
 
+    /// A run with its top-level steps and per-loop item counts (not the item checkpoints).
+    pub async fn get_run_summary(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>, Vec<LoopCount>), StoreError> {
+        let (r, mut steps, counts) = on_backend!(self, s => s.get_run_summary(scope, run))?;
+        self.resolve_steps(&scope, run, &mut steps).await?;
+        Ok((self.resolve_run(r).await?, steps, counts))
+    }
+
     /// The records of some steps of a run, by step id (ids with no record are left out);
     /// a loop reads another loop's item outputs this way, a page at a time.
     pub async fn get_steps(

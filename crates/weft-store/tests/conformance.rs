@@ -705,6 +705,73 @@ conformance!(claims_checkpoints_leases_finish_and_resume, |s| {
     );
 });
 
+conformance!(
+    a_resumed_run_gets_loop_items_without_outputs_and_open_items_steps,
+    |s| {
+        let scope = scope_of(&s).await;
+        let r = s
+            .insert_run(run(scope, weft_types::FlowId::new(), None, 100))
+            .await
+            .unwrap()
+            .run_id;
+        s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+        let mut failed = step("l[2]", 1, json!(null), 210);
+        failed.step.status = weft_types::StepStatus::Failed;
+        failed.step.output = None;
+        failed.step.error = Some("boom".into());
+        for cp in [
+            step("a", 0, json!({"top": 1}), 210),
+            step("l[0].x", 1, json!("x0"), 210),
+            step("l[0]", 1, json!("item0"), 210),
+            step("l[1].x", 1, json!("x1"), 210),
+            step("l[2].x", 1, json!("x2"), 210),
+            failed,
+            step("undo.compensate.y", 2, json!("y"), 210),
+        ] {
+            assert!(s.checkpoint_step(scope, r, "w1", cp, 210).await.unwrap());
+        }
+        assert_eq!(s.reclaim_expired(100_000).await.unwrap(), 1);
+        let again = s.claim_runs("w2", 100_001, 30_000, 10).await.unwrap();
+        let mut got: Vec<(String, Option<serde_json::Value>)> = again[0]
+            .steps
+            .iter()
+            .map(|x| (x.step_id.clone(), x.output.clone()))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), Some(json!({"top": 1}))),
+                ("l[0]".to_string(), None),
+                ("l[1].x".to_string(), Some(json!("x1"))),
+                ("l[2]".to_string(), None),
+                ("undo.compensate.y".to_string(), Some(json!("y"))),
+            ],
+            "finished items come without outputs and without their nested steps"
+        );
+        // What a person looks at: top-level steps and per-loop counts.
+        let (sr, top, counts) = s.get_run_summary(scope, r).await.unwrap();
+        assert_eq!(sr.id, r);
+        assert_eq!(
+            top.iter().map(|x| x.step_id.as_str()).collect::<Vec<_>>(),
+            ["a", "undo.compensate.y"]
+        );
+        assert_eq!(top[0].output, Some(json!({"top": 1})));
+        assert_eq!(
+            counts,
+            vec![weft_store::LoopCount {
+                step_id: "l".into(),
+                done: 2,
+                failed: 1
+            }]
+        );
+        // The whole record is still there for whoever asks for it.
+        let items = s.get_steps(scope, r, &["l[0]".into()]).await.unwrap();
+        assert_eq!(items[0].output, Some(json!("item0")));
+        assert_eq!(s.get_run(scope, r).await.unwrap().1.len(), 7);
+    }
+);
+
 conformance!(cancel_takes_the_run_from_its_worker, |s| {
     let scope = scope_of(&s).await;
     let r = s

@@ -118,19 +118,45 @@ impl StepJob {
         let mut succeeded = 0usize;
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut todo = Vec::new();
+        // Items finished before a resume: a resumed run's checkpoints come without item
+        // outputs, so a collecting loop reads them back here, a page at a time.
+        let mut finished = Vec::new();
         for i in 0..total {
             let rec = self.all_prior.get(&format!("{fid}[{i}]"));
             match rec.map(|r| r.status) {
                 Some(StepStatus::Succeeded) => {
                     succeeded += 1;
-                    if let Some(slot) = results.get_mut(i) {
-                        *slot = rec.and_then(|r| r.output.clone()).unwrap_or(Value::Null);
+                    if fe.collect {
+                        finished.push(i);
                     }
                 }
                 Some(StepStatus::Failed) => {
                     failed.push((i, rec.and_then(|r| r.error.clone()).unwrap_or_default()))
                 }
                 _ => todo.push(i),
+            }
+        }
+        for chunk in finished.chunks(PAGE) {
+            let ids: Vec<String> = chunk.iter().map(|i| format!("{fid}[{i}]")).collect();
+            let recs = match self
+                .inner
+                .opts
+                .store
+                .get_steps(self.run.scope, self.run.id, &ids)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(run = %self.run.id, error = %e, "could not read a loop's item outputs; the run will be resumed");
+                    return Report::Lost;
+                }
+            };
+            for r in recs {
+                if let Some(i) = item_index(&r.step_id, &fid)
+                    && let Some(slot) = results.get_mut(i)
+                {
+                    *slot = r.output.unwrap_or(Value::Null);
+                }
             }
         }
         let outer = Arc::new(ctx.steps_map());
@@ -282,15 +308,9 @@ impl Items {
                 want.extend(ahead.iter().take(PAGE - 1));
                 let ids: Vec<String> = want.iter().map(|j| format!("{step}[{j}]")).collect();
                 let recs = inner.opts.store.get_steps(run.scope, run.id, &ids).await?;
-                let prefix = format!("{step}[");
                 for r in recs {
                     // An item that failed (the loop continued on error) is given as null.
-                    let Some(j) = r
-                        .step_id
-                        .strip_prefix(&prefix)
-                        .and_then(|x| x.strip_suffix(']'))
-                        .and_then(|x| x.parse::<usize>().ok())
-                    else {
+                    let Some(j) = item_index(&r.step_id, step) else {
                         continue;
                     };
                     if r.status == StepStatus::Succeeded {
@@ -402,6 +422,16 @@ impl ItemTask {
             }
         }
     }
+}
+
+/// `i` of an item checkpoint `loop[i]`.
+fn item_index(step_id: &str, loop_id: &str) -> Option<usize> {
+    step_id
+        .strip_prefix(loop_id)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// A JSON value's kind, for messages.

@@ -89,6 +89,38 @@ fn read_step_row(r: &sqlx::postgres::PgRow) -> Result<StepRecord, StoreError> {
     })
 }
 
+/// The checkpoints a resumed run needs: a loop item's record without its output (a loop that
+/// collects reads them in pages), and nested steps only of items not finished yet, so resuming
+/// a 100,000-item loop does not load 100,000 outputs.
+async fn resume_steps_of(
+    tx: &mut Tx,
+    t: &str,
+    w: &str,
+    run: &str,
+) -> Result<Vec<StepRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.step_id, s.idx, s.status, s.attempts,
+                CASE WHEN s.step_id LIKE '%]' THEN NULL ELSE s.output::text END,
+                s.error, s.started_at, s.finished_at
+         FROM run_steps s
+         WHERE s.tenant_id = $1 AND s.workspace_id = $2 AND s.run_id = $3
+           AND NOT (strpos(s.step_id, '].') > 0 AND EXISTS (
+               SELECT 1 FROM run_steps i
+               WHERE i.tenant_id = s.tenant_id AND i.workspace_id = s.workspace_id
+                 AND i.run_id = s.run_id
+                 AND i.step_id = substr(s.step_id, 1, strpos(s.step_id, '].'))
+                 AND i.status IN ('succeeded', 'failed')))
+         ORDER BY s.idx",
+    )
+    .bind(t)
+    .bind(w)
+    .bind(run)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    rows.iter().map(read_step_row).collect()
+}
+
 pub(super) async fn insert_logs(
     tx: &mut Tx,
     t: &str,
@@ -761,7 +793,7 @@ impl PgStore {
                 let (run, claims) = read_run(r)?;
                 let steps = if claims > 1 {
                     let (t, w) = scope_strs(&run.scope);
-                    steps_of(&mut tx, &t, &w, &run.id.to_string()).await?
+                    resume_steps_of(&mut tx, &t, &w, &run.id.to_string()).await?
                 } else {
                     Vec::new()
                 };
@@ -1200,6 +1232,70 @@ impl PgStore {
         let steps = steps_of(&mut tx, &t, &w, &rid).await?;
         tx.commit().await.map_err(db)?;
         Ok((run, steps))
+    }
+
+    /// A run with its top-level steps and, per loop, how many items finished: what a person
+    /// looks at, without reading a large loop's item checkpoints.
+    pub async fn get_run_summary(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>, Vec<LoopCount>), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let rid = run.to_string();
+        let mut tx = self.tenant_tx(&t).await?;
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&t)
+            .bind(&w)
+            .bind(&rid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound)?;
+        let run = read_run(&row)?.0;
+        let rows = sqlx::query(
+            "SELECT step_id, idx, status, attempts, output::text, error, started_at, finished_at FROM run_steps
+             WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND strpos(step_id, '[') = 0
+             ORDER BY idx",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let steps = rows
+            .iter()
+            .map(read_step_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(
+            "SELECT substr(step_id, 1, strpos(step_id, '[') - 1) AS loop_id, count(*),
+                    count(*) FILTER (WHERE status = 'failed')
+             FROM run_steps
+             WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3
+               AND step_id LIKE '%]' AND strpos(step_id, '].') = 0
+               AND status IN ('succeeded', 'failed')
+             GROUP BY loop_id",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(&rid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let counts = rows
+            .iter()
+            .map(|r| LoopCount {
+                step_id: r.get(0),
+                done: r.get(1),
+                failed: r.get(2),
+            })
+            .collect();
+        Ok((run, steps, counts))
     }
 
     /// Runs of a workspace, newest first, filtered.

@@ -128,6 +128,37 @@ fn steps_of(c: &Connection, t: &str, w: &str, run: &str) -> Result<Vec<StepRecor
     Ok(out)
 }
 
+/// The checkpoints a resumed run needs: a loop item's record without its output (a loop that
+/// collects reads them in pages), and nested steps only of items not finished yet, so resuming
+/// a 100,000-item loop does not load 100,000 outputs.
+fn resume_steps_of(
+    c: &Connection,
+    t: &str,
+    w: &str,
+    run: &str,
+) -> Result<Vec<StepRecord>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT s.step_id, s.idx, s.status, s.attempts,
+                CASE WHEN s.step_id LIKE '%]' THEN NULL ELSE s.output END,
+                s.error, s.started_at, s.finished_at
+         FROM run_steps s
+         WHERE s.tenant_id = ?1 AND s.workspace_id = ?2 AND s.run_id = ?3
+           AND NOT (instr(s.step_id, '].') > 0 AND EXISTS (
+               SELECT 1 FROM run_steps i
+               WHERE i.tenant_id = s.tenant_id AND i.workspace_id = s.workspace_id
+                 AND i.run_id = s.run_id
+                 AND i.step_id = substr(s.step_id, 1, instr(s.step_id, '].'))
+                 AND i.status IN ('succeeded', 'failed')))
+         ORDER BY s.idx",
+    )?;
+    let mut rows = st.query(params![t, w, run])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(read_step(r)?);
+    }
+    Ok(out)
+}
+
 pub(super) fn insert_logs(
     c: &Connection,
     t: &str,
@@ -677,7 +708,7 @@ impl SqliteStore {
                     // Only a resumed run can have checkpoints; skip the lookup on the hot path.
                     let steps = if run.claims > 1 {
                         let (t, w) = scope_strs(&run.rec.scope);
-                        steps_of(c, &t, &w, &run.rec.id.to_string())?
+                        resume_steps_of(c, &t, &w, &run.rec.id.to_string())?
                     } else {
                         Vec::new()
                     };
@@ -997,6 +1028,58 @@ impl SqliteStore {
             };
             let steps = steps_of(c, &t, &w, &rid)?;
             Ok((run, steps))
+        })
+        .await
+    }
+
+    /// A run with its top-level steps and, per loop, how many items finished: what a person
+    /// looks at, without reading a large loop's item checkpoints.
+    pub async fn get_run_summary(
+        &self,
+        scope: Scope,
+        run: RunId,
+    ) -> Result<(RunRecord, Vec<StepRecord>, Vec<LoopCount>), StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let sql = format!(
+                "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, w, rid])?;
+            let run = match rows.next()? {
+                Some(r) => read_run(r)?.0,
+                None => return Err(StoreError::NotFound),
+            };
+            let mut st = c.prepare_cached(
+                "SELECT step_id, idx, status, attempts, output, error, started_at, finished_at FROM run_steps
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND instr(step_id, '[') = 0
+                 ORDER BY idx",
+            )?;
+            let mut rows = st.query(params![t, w, rid])?;
+            let mut steps = Vec::new();
+            while let Some(r) = rows.next()? {
+                steps.push(read_step(r)?);
+            }
+            let mut st = c.prepare_cached(
+                "SELECT substr(step_id, 1, instr(step_id, '[') - 1) AS loop_id, count(*),
+                        sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)
+                 FROM run_steps
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3
+                   AND step_id LIKE '%]' AND instr(step_id, '].') = 0
+                   AND status IN ('succeeded', 'failed')
+                 GROUP BY loop_id",
+            )?;
+            let counts = st
+                .query_map(params![t, w, rid], |r| {
+                    Ok(LoopCount {
+                        step_id: r.get(0)?,
+                        done: r.get(1)?,
+                        failed: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((run, steps, counts))
         })
         .await
     }
