@@ -17,6 +17,7 @@ mod events;
 mod flows;
 mod hooks;
 mod identity;
+mod live;
 pub mod metrics;
 pub mod password;
 pub mod problem;
@@ -81,6 +82,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::show, runs::delete))
         .routes(routes!(runs::logs))
+        .routes(routes!(live::run_events))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))

@@ -1,0 +1,218 @@
+//! The live view of a run through the real binary: `GET …/runs/{run}/events` as Server-Sent
+//! Events while the run waits and finishes, and a reconnect with `Last-Event-ID` that gets
+//! every log line after the last one seen and no earlier one.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::Value;
+
+/// One SSE event: (event name, id, data).
+type Ev = (String, Option<String>, String);
+
+fn parse_sse(text: &str) -> Vec<Ev> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut event, mut id, mut data) = (String::from("message"), None, Vec::new());
+        let mut any = false;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+                any = true;
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_string());
+                any = true;
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                any = true;
+            }
+        }
+        if any {
+            out.push((event, id, data.join("\n")));
+        }
+    }
+    out
+}
+
+/// GETs the stream to its end; (status, content type, events).
+fn read_stream(srv: &Server, path: &str, last_id: Option<&str>) -> (u16, String, Vec<Ev>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}{path}", srv.url))
+            .bearer_auth(&srv.key)
+            .timeout(Duration::from_secs(60));
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = r.text().await.unwrap();
+        (st, ct, parse_sse(&text))
+    })
+}
+
+fn wait_status(srv: &Server, run: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = srv.cli_json(&["runs", "show", run]);
+        if r["status"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run} never became {want}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_run_streams_live_and_a_reconnect_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: live\ntrigger:\n  manual: {}\nsteps:\n  - id: first\n    code: 'console.log(\"one\"); console.log(\"two\"); return 1'\n  - id: ok\n    approval: {message: 'go?'}\n  - id: last\n    code: 'console.log(\"three\"); return 3'\n",
+    );
+    let run = srv.cli_json(&["run", "start", "live"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_status(&srv, &run, "waiting");
+    let path = format!("/api/v1/workspaces/default/runs/{run}/events");
+
+    // Follow while it waits; the approval arrives while the stream is open.
+    let signal = {
+        let url = srv.url.clone();
+        let key = srv.key.clone();
+        let run = run.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                reqwest::Client::new()
+                    .post(format!(
+                        "{url}/api/v1/workspaces/default/runs/{run}/signals/ok"
+                    ))
+                    .bearer_auth(&key)
+                    .json(&serde_json::json!({"approved": true}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+    };
+    let (st, ct, events) = read_stream(&srv, &path, None);
+    assert_eq!(signal.join().unwrap(), 202);
+    assert_eq!(st, 200);
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names.last(), Some(&"end"), "{events:?}");
+    let end: Value = serde_json::from_str(&events.last().unwrap().2).unwrap();
+    assert_eq!(end["status"], "succeeded");
+    // The run's status went by: waiting first, succeeded last.
+    let statuses: Vec<String> = events
+        .iter()
+        .filter(|e| e.0 == "run")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.2).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        statuses.first().map(String::as_str),
+        Some("waiting"),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("succeeded"),
+        "{statuses:?}"
+    );
+    // Steps as snapshots: `ok` went from waiting to succeeded.
+    let ok: Vec<String> = events
+        .iter()
+        .filter(|e| e.0 == "step")
+        .map(|e| serde_json::from_str::<Value>(&e.2).unwrap())
+        .filter(|s| s["id"] == "ok")
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ok, ["waiting", "succeeded"]);
+    // Every log line, in order, with its seq as the event id; the console lines among them.
+    let logs: Vec<(i64, Value)> = events
+        .iter()
+        .filter(|e| e.0 == "log")
+        .map(|e| {
+            let v: Value = serde_json::from_str(&e.2).unwrap();
+            let id: i64 = e.1.as_deref().unwrap().parse().unwrap();
+            assert_eq!(v["seq"], id);
+            (id, v)
+        })
+        .collect();
+    assert!(logs.windows(2).all(|w| w[0].0 < w[1].0), "{logs:?}");
+    let (_, all) = srv.api_get(&format!("/api/v1/workspaces/default/runs/{run}/logs"));
+    assert_eq!(
+        logs.len(),
+        all["items"].as_array().unwrap().len(),
+        "every line came"
+    );
+    let text: Vec<&str> = logs
+        .iter()
+        .map(|(_, v)| v["message"].as_str().unwrap())
+        .collect();
+    for want in ["one", "two", "three"] {
+        assert!(text.iter().any(|m| m.contains(want)), "{text:?}");
+    }
+
+    // A client that saw up to the second line reconnects: it gets the lines after it (and the
+    // snapshots), none before.
+    let mid = logs[1].0.to_string();
+    let (st, _, again) = read_stream(&srv, &path, Some(&mid));
+    assert_eq!(st, 200);
+    let again_ids: Vec<i64> = again
+        .iter()
+        .filter(|e| e.0 == "log")
+        .map(|e| e.1.as_deref().unwrap().parse().unwrap())
+        .collect();
+    let want: Vec<i64> = logs
+        .iter()
+        .map(|l| l.0)
+        .filter(|&s| s > logs[1].0)
+        .collect();
+    assert_eq!(again_ids, want);
+    assert_eq!(again.last().unwrap().0, "end");
+    // `?after=` does the same for clients that cannot set headers.
+    let by_query = read_stream(&srv, &format!("{path}?after={mid}"), None).2;
+    assert_eq!(by_query.iter().filter(|e| e.0 == "log").count(), want.len());
+
+    // Bad input: a problem, no stream.
+    let (st, ct, _) = read_stream(&srv, &path, Some("not-a-number"));
+    assert_eq!(st, 400);
+    assert!(ct.starts_with("application/problem+json"), "{ct}");
+    let (st, _, _) = read_stream(
+        &srv,
+        "/api/v1/workspaces/default/runs/run_01a23a8c9f7a75b38d231ce85b769f9a/events",
+        None,
+    );
+    assert_eq!(st, 404);
+    let (st, _, _) = read_stream(&srv, &format!("{path}?after=-4"), None);
+    assert_eq!(st, 400);
+}
