@@ -11,7 +11,7 @@
 //! It is read from the store (which every process shares), checked often while something
 //! changes and less often while the run waits, up to every [`SLOWEST`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -37,6 +37,16 @@ const FASTEST: Duration = Duration::from_millis(200);
 const SLOWEST: Duration = Duration::from_secs(2);
 /// Log lines read per store call.
 const PAGE: usize = 500;
+/// Age after which a log line is settled: every line with a smaller seq has committed.
+const SETTLE_MS: i64 = 10_000;
+/// Most unsettled lines re-read per pass.
+const MAX_UNSETTLED: usize = 1_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +114,12 @@ async fn follow(s: AppState, scope: Scope, run: RunId, mut after: i64, tx: mpsc:
     let store = s.engine.store();
     let mut last_run: Option<String> = None;
     let mut last_steps: HashMap<String, String> = HashMap::new();
+    // Lines sent above `after`, by seq, with their time. On PostgreSQL a line's seq is taken
+    // before its transaction commits, so a line may become visible after one with a higher
+    // seq (parallel steps checkpoint in parallel transactions); each pass re-reads the
+    // lines above `after` and sends only new ones, and `after` moves past lines once they
+    // are old enough that nothing before them can still appear.
+    let mut recent: BTreeMap<i64, i64> = BTreeMap::new();
     let mut wait = FASTEST;
     loop {
         // The status first, then the lines: a finished run wrote its last line before it
@@ -118,8 +134,9 @@ async fn follow(s: AppState, scope: Scope, run: RunId, mut after: i64, tx: mpsc:
             }
         };
         let mut changed = false;
+        let mut cursor = after;
         loop {
-            let lines = match store.run_logs(scope, run, after, PAGE).await {
+            let lines = match store.run_logs(scope, run, cursor, PAGE).await {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = tx
@@ -130,7 +147,10 @@ async fn follow(s: AppState, scope: Scope, run: RunId, mut after: i64, tx: mpsc:
             };
             let n = lines.len();
             for l in lines {
-                after = l.seq;
+                cursor = l.seq;
+                if recent.insert(l.seq, l.ts).is_some() {
+                    continue; // sent by an earlier pass over the unsettled window
+                }
                 let ev = Event::default()
                     .id(l.seq.to_string())
                     .event("log")
@@ -144,6 +164,16 @@ async fn follow(s: AppState, scope: Scope, run: RunId, mut after: i64, tx: mpsc:
             if n < PAGE {
                 break;
             }
+        }
+        // Lines older than SETTLE are final: nothing with a smaller seq can still commit.
+        let cutoff = now_ms() - SETTLE_MS;
+        // A very busy run keeps at most MAX_UNSETTLED lines in the window (its re-read).
+        while let Some((&seq, &ts)) = recent.first_key_value() {
+            if ts >= cutoff && recent.len() <= MAX_UNSETTLED {
+                break;
+            }
+            after = seq;
+            recent.pop_first();
         }
         for step in fold_steps(&steps, &counts) {
             let Ok(text) = serde_json::to_string(&step) else {
