@@ -18,6 +18,7 @@ mod flows;
 mod hooks;
 mod identity;
 mod live;
+mod logs;
 pub mod metrics;
 pub mod password;
 pub mod problem;
@@ -83,6 +84,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::show, runs::delete))
         .routes(routes!(runs::logs))
         .routes(routes!(live::run_events))
+        .routes(routes!(logs::search))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))

@@ -195,6 +195,118 @@ pub enum RunsCmd {
     },
 }
 
+/// `weft logs …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum LogsCmd {
+    /// Search the log lines of every run of the workspace, newest first.
+    Search {
+        /// Text the line contains (case-insensitive).
+        text: Option<String>,
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only this step (a loop's includes its items).
+        #[arg(long)]
+        step: Option<String>,
+        /// info, warn or error.
+        #[arg(long)]
+        level: Option<String>,
+        /// Only runs in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Lines at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Lines before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most lines to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Runs `weft logs …`.
+pub(crate) async fn logs(cmd: LogsCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let api = Api::new(args)?;
+    let LogsCmd::Search {
+        text,
+        flow,
+        run,
+        step,
+        level,
+        status,
+        since,
+        until,
+        limit,
+    } = cmd;
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for (k, v) in [
+        ("q", text),
+        ("flow", flow),
+        ("run", run),
+        ("step", step),
+        ("level", level),
+        ("status", status),
+        ("since", since),
+        ("until", until),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v));
+        }
+    }
+    let mut left = limit;
+    let mut cursor: Option<String> = None;
+    while left > 0 {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &query {
+            q.append_pair(k, v);
+        }
+        q.append_pair("limit", &left.min(500).to_string());
+        if let Some(c) = &cursor {
+            q.append_pair("cursor", c);
+        }
+        let v = api.get(api.ws(&format!("/logs?{}", q.finish()))).await?;
+        let items = v
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        left = left.saturating_sub(items.len());
+        for l in &items {
+            if json_out {
+                println!("{l}");
+            } else {
+                let step = l
+                    .get("step")
+                    .and_then(Value::as_str)
+                    .map(|s| format!("[{s}] "))
+                    .unwrap_or_default();
+                println!(
+                    "{} {:<5} {} {} {step}{}",
+                    s(l, "ts"),
+                    s(l, "level"),
+                    s(l, "flow"),
+                    s(l, "run_id"),
+                    s(l, "message")
+                );
+            }
+        }
+        cursor = v
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if cursor.is_none() || items.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// `weft events …`.
 #[derive(Subcommand, Debug)]
 pub(crate) enum EventsCmd {

@@ -108,6 +108,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Search the log lines of the workspace's runs.
+    Logs {
+        #[command(subcommand)]
+        cmd: client::LogsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Publish workspace events (they resume waiting runs and start event-triggered flows).
     Events {
         #[command(subcommand)]
@@ -205,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Run { cmd, client } => client::run(cmd, client).await,
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
             Cmd::Events { cmd, client } => client::events(cmd, client).await,
+            Cmd::Logs { cmd, client } => client::logs(cmd, client).await,
             Cmd::Connectors { cmd, client } => credentials::connectors(cmd, client).await,
             Cmd::Credentials { cmd, client } => credentials::credentials(cmd, client).await,
             Cmd::Keys { cmd, client } => identity::keys(cmd, client).await,

@@ -216,3 +216,122 @@ fn a_run_streams_live_and_a_reconnect_misses_nothing() {
     let (st, _, _) = read_stream(&srv, &format!("{path}?after=-4"), None);
     assert_eq!(st, 400);
 }
+
+#[test]
+fn log_search_finds_lines_across_runs_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: pay\ntrigger:\n  manual: {}\nsteps:\n  - id: charge\n    code: 'console.log(\"charging order \" + trigger.body.order); return 1'\n  - id: check\n    if: '.trigger.body.order == \"B\"'\n    fail: 'card declined for order {{ .trigger.body.order }}'\n",
+    );
+    srv.apply(
+        "name: other\ntrigger:\n  manual: {}\nsteps:\n  - id: hello\n    code: 'console.log(\"nothing to do with ORDERS\"); return 1'\n",
+    );
+    let mut runs = Vec::new();
+    for (flow, input) in [
+        ("pay", r#"{"order": "A"}"#),
+        ("pay", r#"{"order": "B"}"#),
+        ("other", "{}"),
+    ] {
+        let id = srv.cli_json(&["run", "start", flow, "--input", input])["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            srv.cli_json(&["runs", "show", &id])["status"].as_str(),
+            Some("succeeded" | "failed")
+        ) {
+            assert!(Instant::now() < deadline, "run {id} did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        runs.push(id);
+    }
+    let search = |query: &str| {
+        let (st, v) = srv.api_get(&format!("/api/v1/workspaces/default/logs?{query}"));
+        assert_eq!(st, 200, "{query}: {v}");
+        v["items"].as_array().unwrap().clone()
+    };
+    // Text, case-insensitive, across flows; newest first.
+    let hits = search("q=order");
+    let flows: Vec<&str> = hits.iter().map(|h| h["flow"].as_str().unwrap()).collect();
+    assert!(
+        flows.contains(&"pay") && flows.contains(&"other"),
+        "{hits:?}"
+    );
+    assert!(
+        hits.windows(2)
+            .all(|w| w[0]["seq"].as_i64() > w[1]["seq"].as_i64())
+    );
+    // Filters: flow, run, step, level, status.
+    assert!(
+        search("q=order&flow=pay")
+            .iter()
+            .all(|h| h["flow"] == "pay")
+    );
+    let b = search(&format!("run={}", runs[1]));
+    assert!(!b.is_empty() && b.iter().all(|h| h["run_id"] == runs[1].as_str()));
+    let errors = search("level=error&flow=pay");
+    assert!(!errors.is_empty());
+    assert!(
+        errors.iter().all(|h| h["run_id"] == runs[1].as_str()),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|h| h["message"].as_str().unwrap().contains("card declined"))
+    );
+    let charge = search("step=charge");
+    assert_eq!(
+        charge
+            .iter()
+            .filter(|h| h["message"].as_str().unwrap().contains("charging order"))
+            .count(),
+        2
+    );
+    assert!(
+        search("status=failed")
+            .iter()
+            .all(|h| h["run_id"] == runs[1].as_str())
+    );
+    assert!(search("flow=no-such-flow").is_empty());
+    // Pages.
+    let (_, p1) = srv.api_get("/api/v1/workspaces/default/logs?limit=2");
+    let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2) = srv.api_get(&format!(
+        "/api/v1/workspaces/default/logs?limit=2&cursor={cursor}"
+    ));
+    assert!(p2["items"][0]["seq"].as_i64() < p1["items"][1]["seq"].as_i64());
+    // Bad input: a problem naming the field.
+    for (query, field) in [
+        ("level=loud", "level"),
+        ("limit=0", "limit"),
+        ("since=yesterday", "since"),
+        ("cursor=abc", "cursor"),
+        ("run=nope", "run"),
+        ("status=sleeping", "status"),
+    ] {
+        let (st, v) = srv.api_get(&format!("/api/v1/workspaces/default/logs?{query}"));
+        assert!(st == 400 || st == 422, "{query}: {st} {v}");
+        assert_eq!(v["errors"][0]["path"], field, "{query}: {v}");
+    }
+    let (st, _) = srv.api_get("/api/v1/workspaces/default/logs?nope=1");
+    assert_eq!(st, 400);
+    // The CLI prints the same lines.
+    let out = srv.cli(&["logs", "search", "declined", "--flow", "pay"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("card declined for order B"), "{text}");
+    assert!(text.contains(&runs[1]), "{text}");
+    let bad = srv.cli(&["logs", "search", "--level", "loud"]);
+    assert!(!bad.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr).trim().lines().count(),
+        1
+    );
+}

@@ -173,7 +173,7 @@ pub struct LoopCount {
 }
 
 /// One log line of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
     /// Monotonic sequence (cursor for `--follow`).
     pub seq: i64,
@@ -185,6 +185,42 @@ pub struct LogRecord {
     pub step_id: Option<String>,
     /// Text (already redacted).
     pub message: String,
+}
+
+/// What a workspace-wide log search looks for (every filter optional).
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Text the line contains (case-insensitive).
+    pub text: Option<String>,
+    /// Only lines of this run.
+    pub run: Option<RunId>,
+    /// Only lines of runs of this flow.
+    pub flow_id: Option<FlowId>,
+    /// Only lines of this step (and, for a loop, of its items).
+    pub step: Option<String>,
+    /// Only lines of this level.
+    pub level: Option<String>,
+    /// Only lines of runs in this status.
+    pub status: Option<RunStatus>,
+    /// Lines at or after this time.
+    pub since: Option<Millis>,
+    /// Lines before this time.
+    pub until: Option<Millis>,
+    /// Lines older than this seq (the cursor).
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// A log line found by a search, with its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogHit {
+    /// The line.
+    pub line: LogRecord,
+    /// Its run.
+    pub run_id: RunId,
+    /// The run's flow name.
+    pub flow: String,
 }
 
 /// A log line to write.

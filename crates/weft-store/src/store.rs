@@ -572,6 +572,11 @@ impl Store {
         Ok((self.resolve_run(r).await?, steps))
     }
 
+    /// Log lines of a workspace matching `q`, newest first (the workspace-wide log search).
+    pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
+        on_backend!(self, s => s.search_logs(scope, q))
+    }
+
     /// A run with its top-level steps and per-loop item counts (not the item checkpoints).
     pub async fn get_run_summary(
         &self,

@@ -772,6 +772,169 @@ conformance!(
     }
 );
 
+conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
+    let scope = scope_of(&s).await;
+    let (fa, fb) = (weft_types::FlowId::new(), weft_types::FlowId::new());
+    let mut new_a = run(scope, fa, None, 100);
+    new_a.flow_name = "orders".into();
+    let a = s.insert_run(new_a).await.unwrap().run_id;
+    let mut new_b = run(scope, fb, None, 100);
+    new_b.flow_name = "billing".into();
+    let b = s.insert_run(new_b).await.unwrap().run_id;
+    s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+    let log = |level: &'static str, step: &str, msg: &str| weft_store::NewLog {
+        level,
+        step_id: Some(step.into()),
+        message: msg.into(),
+    };
+    let mut at = 1_000;
+    for (r, step_id, logs) in [
+        (a, "fetch", vec![log("info", "fetch", "fetched 3 Orders")]),
+        (
+            a,
+            "loop[1].post",
+            vec![log("warn", "loop[1].post", "HTTP 503 from erp; retrying")],
+        ),
+        (
+            b,
+            "charge",
+            vec![log("error", "charge", "card declined (HTTP 402)")],
+        ),
+        (a, "loopy", vec![log("info", "loopy", "not the loop")]),
+    ] {
+        let mut cp = step(step_id, 0, json!(1), at);
+        cp.logs = logs;
+        assert!(s.checkpoint_step(scope, r, "w1", cp, at).await.unwrap());
+        at += 1_000;
+    }
+    let q = |f: &dyn Fn(&mut weft_store::LogQuery)| {
+        let mut q = weft_store::LogQuery {
+            limit: 50,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let msgs = |hits: Vec<weft_store::LogHit>| {
+        hits.into_iter().map(|h| h.line.message).collect::<Vec<_>>()
+    };
+    let all = s.search_logs(scope, q(&|_| {})).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(
+        all.windows(2).all(|w| w[0].line.seq > w[1].line.seq),
+        "newest first"
+    );
+    assert_eq!(all[1].flow, "billing");
+    assert_eq!(all[1].run_id, b);
+    // Text, case-insensitive.
+    assert_eq!(
+        msgs(
+            s.search_logs(scope, q(&|q| q.text = Some("http".into())))
+                .await
+                .unwrap()
+        ),
+        ["card declined (HTTP 402)", "HTTP 503 from erp; retrying"]
+    );
+    assert_eq!(
+        msgs(
+            s.search_logs(scope, q(&|q| q.text = Some("orders".into())))
+                .await
+                .unwrap()
+        ),
+        ["fetched 3 Orders"]
+    );
+    // Level, flow, run, status.
+    assert_eq!(
+        msgs(
+            s.search_logs(scope, q(&|q| q.level = Some("error".into())))
+                .await
+                .unwrap()
+        ),
+        ["card declined (HTTP 402)"]
+    );
+    assert_eq!(
+        s.search_logs(scope, q(&|q| q.flow_id = Some(fa)))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.search_logs(scope, q(&|q| q.run = Some(b)))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.search_logs(
+            scope,
+            q(&|q| q.status = Some(weft_types::RunStatus::Running))
+        )
+        .await
+        .unwrap()
+        .len(),
+        4
+    );
+    assert!(
+        s.search_logs(
+            scope,
+            q(&|q| q.status = Some(weft_types::RunStatus::Failed))
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // A step's lines include its loop items', not another step's that starts alike.
+    assert_eq!(
+        msgs(
+            s.search_logs(scope, q(&|q| q.step = Some("loop".into())))
+                .await
+                .unwrap()
+        ),
+        ["HTTP 503 from erp; retrying"]
+    );
+    // Time range [since, until).
+    assert_eq!(
+        msgs(
+            s.search_logs(
+                scope,
+                q(&|q| {
+                    q.since = Some(2_000);
+                    q.until = Some(4_000);
+                })
+            )
+            .await
+            .unwrap()
+        ),
+        ["card declined (HTTP 402)", "HTTP 503 from erp; retrying"]
+    );
+    // Pages by seq.
+    let first = s.search_logs(scope, q(&|q| q.limit = 3)).await.unwrap();
+    let before = first.last().unwrap().line.seq;
+    let rest = s
+        .search_logs(scope, q(&|q| q.before = Some(before)))
+        .await
+        .unwrap();
+    assert_eq!(first.len() + rest.len(), 4);
+    assert_eq!(rest[0].line.message, "fetched 3 Orders");
+    // Another tenant finds nothing, even searching for the text.
+    let other = s
+        .create_tenant("o", "o@example.com", Limits::default(), op(), 500)
+        .await
+        .unwrap();
+    let os = Scope {
+        tenant: other.tenant,
+        workspace: other.workspace,
+    };
+    assert!(
+        s.search_logs(os, q(&|q| q.text = Some("HTTP".into())))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+});
+
 conformance!(cancel_takes_the_run_from_its_worker, |s| {
     let scope = scope_of(&s).await;
     let r = s

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_polls.sql")),
     (8, include_str!("migrations/0008_waits.sql")),
     (9, include_str!("migrations/0009_events.sql")),
+    (10, include_str!("migrations/0010_log_search.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level

@@ -1326,6 +1326,60 @@ impl PgStore {
         rows.iter().map(|r| read_run(r).map(|x| x.0)).collect()
     }
 
+    /// Log lines of a workspace matching `q`, newest first.
+    pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let rows = sqlx::query(
+            "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+             FROM run_logs l
+             JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
+             WHERE l.tenant_id = $1 AND l.workspace_id = $2
+               AND ($3::text IS NULL OR l.run_id = $3)
+               AND ($4::text IS NULL OR r.flow_id = $4)
+               AND ($5::text IS NULL OR l.step_id = $5 OR left(l.step_id, length($5) + 1) = $5 || '[')
+               AND ($6::text IS NULL OR l.level = $6)
+               AND ($7::text IS NULL OR r.status = $7)
+               AND ($8::bigint IS NULL OR l.ts >= $8)
+               AND ($9::bigint IS NULL OR l.ts < $9)
+               AND ($10::text IS NULL OR strpos(lower(l.message), lower($10)) > 0)
+               AND ($11::bigint IS NULL OR l.seq < $11)
+             ORDER BY l.seq DESC LIMIT $12",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(q.run.map(|r| r.to_string()))
+        .bind(q.flow_id.map(|f| f.to_string()))
+        .bind(q.step)
+        .bind(q.level)
+        .bind(q.status.map(|s| s.as_str()))
+        .bind(q.since)
+        .bind(q.until)
+        .bind(q.text)
+        .bind(q.before)
+        .bind(q.limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let run: String = r.get(5);
+                Ok(LogHit {
+                    line: LogRecord {
+                        seq: r.get(0),
+                        ts: r.get(1),
+                        level: r.get(2),
+                        step_id: r.get(3),
+                        message: r.get(4),
+                    },
+                    run_id: parse(run, "run id")?,
+                    flow: r.get(6),
+                })
+            })
+            .collect()
+    }
+
     /// Log lines of a run after sequence `after`.
     pub async fn run_logs(
         &self,

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_polls.sql")),
     (8, include_str!("migrations/0008_waits.sql")),
     (9, include_str!("migrations/0009_events.sql")),
+    (10, include_str!("migrations/0010_log_search.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

@@ -1139,6 +1139,60 @@ impl SqliteStore {
         .await
     }
 
+    /// Log lines of a workspace matching `q`, newest first.
+    pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+                 FROM run_logs l
+                 JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
+                 WHERE l.tenant_id = ?1 AND l.workspace_id = ?2
+                   AND (?3 IS NULL OR l.run_id = ?3)
+                   AND (?4 IS NULL OR r.flow_id = ?4)
+                   AND (?5 IS NULL OR l.step_id = ?5 OR substr(l.step_id, 1, length(?5) + 1) = ?5 || '[')
+                   AND (?6 IS NULL OR l.level = ?6)
+                   AND (?7 IS NULL OR r.status = ?7)
+                   AND (?8 IS NULL OR l.ts >= ?8)
+                   AND (?9 IS NULL OR l.ts < ?9)
+                   AND (?10 IS NULL OR instr(lower(l.message), lower(?10)) > 0)
+                   AND (?11 IS NULL OR l.seq < ?11)
+                 ORDER BY l.seq DESC LIMIT ?12",
+            )?;
+            let mut rows = st.query(params![
+                t,
+                w,
+                q.run.map(|r| r.to_string()),
+                q.flow_id.map(|f| f.to_string()),
+                q.step,
+                q.level,
+                q.status.map(|s| s.as_str()),
+                q.since,
+                q.until,
+                q.text,
+                q.before,
+                q.limit as i64
+            ])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let run: String = r.get(5)?;
+                out.push(LogHit {
+                    line: LogRecord {
+                        seq: r.get(0)?,
+                        ts: r.get(1)?,
+                        level: r.get(2)?,
+                        step_id: r.get(3)?,
+                        message: r.get(4)?,
+                    },
+                    run_id: parse(run, "run id")?,
+                    flow: r.get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// System: how many runs are in each status (for metrics, benchmarks and tests).
     pub async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>, StoreError> {
         self.read(|c| {
