@@ -13,6 +13,7 @@ pub mod auth;
 mod body;
 mod credentials;
 pub mod dto;
+mod errors;
 mod events;
 mod flows;
 mod hooks;
@@ -85,6 +86,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::logs))
         .routes(routes!(live::run_events))
         .routes(routes!(logs::search))
+        .routes(routes!(errors::list))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))

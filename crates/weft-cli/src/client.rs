@@ -307,6 +307,101 @@ pub(crate) async fn logs(cmd: LogsCmd, args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weft errors …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ErrorsCmd {
+    /// Failed steps grouped by flow, step, connector and error class, latest first.
+    List {
+        /// Only this flow's.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only groups seen at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Days of trend to show.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Most groups to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// Runs `weft errors …`.
+pub(crate) async fn errors(cmd: ErrorsCmd, args: ClientArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let api = Api::new(args)?;
+    let ErrorsCmd::List {
+        flow,
+        since,
+        days,
+        limit,
+    } = cmd;
+    let mut left = limit;
+    let mut cursor: Option<String> = None;
+    let mut printed = 0usize;
+    while left > 0 {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(f) = &flow {
+            q.append_pair("flow", f);
+        }
+        if let Some(t) = &since {
+            q.append_pair("since", t);
+        }
+        q.append_pair("days", &days.to_string());
+        q.append_pair("limit", &left.min(200).to_string());
+        if let Some(c) = &cursor {
+            q.append_pair("cursor", c);
+        }
+        let v = api.get(api.ws(&format!("/errors?{}", q.finish()))).await?;
+        let items = v
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        left = left.saturating_sub(items.len());
+        for g in &items {
+            printed += 1;
+            if json_out {
+                println!("{g}");
+                continue;
+            }
+            let trend: Vec<String> = g
+                .get("trend")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|d| format!("{} {}", s(d, "day").get(5..).unwrap_or(""), d["count"]))
+                .collect();
+            println!(
+                "{} ×{} {}/{} [{} {}] last {} (first {}) e.g. run {}\n    {}\n    trend: {}",
+                s(g, "fingerprint"),
+                g["count"],
+                s(g, "flow"),
+                s(g, "step"),
+                s(g, "connector"),
+                s(g, "class"),
+                s(g, "last_seen"),
+                s(g, "first_seen"),
+                s(g, "sample_run"),
+                s(g, "message"),
+                trend.join(", ")
+            );
+        }
+        cursor = v
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if cursor.is_none() || items.is_empty() {
+            break;
+        }
+    }
+    if printed == 0 && !json_out {
+        println!("no failures recorded");
+    }
+    Ok(())
+}
+
 /// `weft events …`.
 #[derive(Subcommand, Debug)]
 pub(crate) enum EventsCmd {

@@ -108,6 +108,13 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Failed steps grouped by fingerprint (error analytics).
+    Errors {
+        #[command(subcommand)]
+        cmd: client::ErrorsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Search the log lines of the workspace's runs.
     Logs {
         #[command(subcommand)]
@@ -213,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
             Cmd::Events { cmd, client } => client::events(cmd, client).await,
             Cmd::Logs { cmd, client } => client::logs(cmd, client).await,
+            Cmd::Errors { cmd, client } => client::errors(cmd, client).await,
             Cmd::Connectors { cmd, client } => credentials::connectors(cmd, client).await,
             Cmd::Credentials { cmd, client } => credentials::credentials(cmd, client).await,
             Cmd::Keys { cmd, client } => identity::keys(cmd, client).await,

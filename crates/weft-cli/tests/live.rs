@@ -334,4 +334,42 @@ fn log_search_finds_lines_across_runs_with_filters() {
         String::from_utf8_lossy(&bad.stderr).trim().lines().count(),
         1
     );
+
+    // The failure is an error group: flow, step, class, count, sample run, today's trend.
+    let (st, groups) = srv.api_get("/api/v1/workspaces/default/errors");
+    assert_eq!(st, 200, "{groups}");
+    let items = groups["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{groups}");
+    let g = &items[0];
+    assert_eq!(
+        (g["flow"].as_str(), g["step"].as_str(), g["count"].as_i64()),
+        (Some("pay"), Some("check"), Some(1))
+    );
+    assert_eq!(g["sample_run"], runs[1].as_str());
+    assert_eq!(g["message"], "card declined for order B");
+    assert_eq!(g["trend"].as_array().unwrap().len(), 1);
+    assert_eq!(g["trend"][0]["count"], 1);
+    let (_, none) = srv.api_get("/api/v1/workspaces/default/errors?flow=other");
+    assert!(none["items"].as_array().unwrap().is_empty());
+    for (query, field) in [
+        ("days=0", "days"),
+        ("limit=500", "limit"),
+        ("since=soon", "since"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        let (st, v) = srv.api_get(&format!("/api/v1/workspaces/default/errors?{query}"));
+        assert!(st == 400 || st == 422, "{query}: {st} {v}");
+        assert_eq!(v["errors"][0]["path"], field, "{query}: {v}");
+    }
+    let out = srv.cli(&["errors", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pay/check") && text.contains(&runs[1]),
+        "{text}"
+    );
 }

@@ -7,6 +7,7 @@
 mod connectors;
 mod credentials;
 mod dispatch;
+pub mod errors;
 mod eval;
 mod events;
 mod executor;

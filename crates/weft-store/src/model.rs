@@ -223,6 +223,58 @@ pub struct LogHit {
     pub flow: String,
 }
 
+/// One failed step, to count in its error group.
+#[derive(Debug, Clone)]
+pub struct NewError {
+    /// Its group: a digest of flow, step, connector and class.
+    pub fingerprint: String,
+    /// The flow.
+    pub flow_id: FlowId,
+    /// The flow's name.
+    pub flow_name: String,
+    /// The step (a loop's nested step as `loop.step`).
+    pub step_id: String,
+    /// The action's connector, or `none`.
+    pub connector: String,
+    /// `auth`, `rate_limited`, `5xx`, `timeout`, `validation`, `expression`, …
+    pub class: String,
+    /// The error (already redacted); the group keeps the latest.
+    pub message: String,
+    /// The run it happened in.
+    pub run: RunId,
+    /// When.
+    pub at: Millis,
+}
+
+/// Failed steps with one fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorGroup {
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The flow.
+    pub flow_id: FlowId,
+    /// The flow's name.
+    pub flow_name: String,
+    /// The step.
+    pub step_id: String,
+    /// The connector, or `none`.
+    pub connector: String,
+    /// The error class.
+    pub class: String,
+    /// The latest error message.
+    pub message: String,
+    /// How many failures.
+    pub count: i64,
+    /// First failure.
+    pub first_seen: Millis,
+    /// Latest failure.
+    pub last_seen: Millis,
+    /// A run that failed this way (the latest).
+    pub sample_run: RunId,
+    /// Failures per day (epoch day, count), oldest first, for the days asked for.
+    pub trend: Vec<(i64, i64)>,
+}
+
 /// A log line to write.
 #[derive(Debug, Clone)]
 pub struct NewLog {

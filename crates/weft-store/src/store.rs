@@ -572,6 +572,25 @@ impl Store {
         Ok((self.resolve_run(r).await?, steps))
     }
 
+    /// Counts one failed step in its error group.
+    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<(), StoreError> {
+        on_backend!(self, s => s.record_error(scope, e))
+    }
+
+    /// Error groups seen at or after `since`, latest first (cursor: last_seen and fingerprint
+    /// of the previous page's last), with per-day counts from `trend_from`.
+    pub async fn list_errors(
+        &self,
+        scope: Scope,
+        flow: Option<FlowId>,
+        since: Millis,
+        trend_from: Millis,
+        before: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<ErrorGroup>, StoreError> {
+        on_backend!(self, s => s.list_errors(scope, flow, since, trend_from, before, limit))
+    }
+
     /// Log lines of a workspace matching `q`, newest first (the workspace-wide log search).
     pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
         on_backend!(self, s => s.search_logs(scope, q))

@@ -935,6 +935,98 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
     );
 });
 
+conformance!(error_groups_count_trend_and_page, |s| {
+    let scope = scope_of(&s).await;
+    let day = 86_400_000i64;
+    let (fa, fb) = (weft_types::FlowId::new(), weft_types::FlowId::new());
+    let (r1, r2) = (weft_types::RunId::new(), weft_types::RunId::new());
+    let e = |fp: &str, flow, run, at: i64, msg: &str| weft_store::NewError {
+        fingerprint: fp.into(),
+        flow_id: flow,
+        flow_name: "orders".into(),
+        step_id: "post".into(),
+        connector: "http".into(),
+        class: "5xx".into(),
+        message: msg.into(),
+        run,
+        at,
+    };
+    let t0 = 20_000 * day;
+    s.record_error(scope, e("aaa", fa, r1, t0 + 5, "HTTP 502"))
+        .await
+        .unwrap();
+    s.record_error(scope, e("aaa", fa, r1, t0 + 9, "HTTP 503"))
+        .await
+        .unwrap();
+    s.record_error(scope, e("bbb", fb, r2, t0 + day + 1, "timeout"))
+        .await
+        .unwrap();
+    s.record_error(scope, e("aaa", fa, r2, t0 + day + 7, "HTTP 504"))
+        .await
+        .unwrap();
+    let all = s.list_errors(scope, None, 0, t0, None, 10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|g| g.fingerprint.as_str())
+            .collect::<Vec<_>>(),
+        ["aaa", "bbb"],
+        "latest first"
+    );
+    let a = &all[0];
+    assert_eq!(
+        (a.count, a.first_seen, a.last_seen),
+        (3, t0 + 5, t0 + day + 7)
+    );
+    assert_eq!(a.message, "HTTP 504", "the latest message");
+    assert_eq!(a.sample_run, r2);
+    assert_eq!(a.trend, vec![(20_000, 2), (20_001, 1)]);
+    assert_eq!(
+        (a.flow_id, a.class.as_str(), a.connector.as_str()),
+        (fa, "5xx", "http")
+    );
+    // The trend window and `since`.
+    let recent = s
+        .list_errors(scope, None, 0, t0 + day, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(recent[0].trend, vec![(20_001, 1)]);
+    assert!(
+        s.list_errors(scope, None, t0 + day + 8, t0, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // One flow; pages.
+    let b_only = s
+        .list_errors(scope, Some(fb), 0, t0, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(b_only.len(), 1);
+    assert_eq!(b_only[0].fingerprint, "bbb");
+    let p1 = s.list_errors(scope, None, 0, t0, None, 1).await.unwrap();
+    let cur = (p1[0].last_seen, p1[0].fingerprint.clone());
+    let p2 = s
+        .list_errors(scope, None, 0, t0, Some(cur), 1)
+        .await
+        .unwrap();
+    assert_eq!(p2[0].fingerprint, "bbb");
+    // Another tenant sees none.
+    let other = s
+        .create_tenant("o", "o@example.com", Limits::default(), op(), 500)
+        .await
+        .unwrap();
+    let os = Scope {
+        tenant: other.tenant,
+        workspace: other.workspace,
+    };
+    assert!(
+        s.list_errors(os, None, 0, 0, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+});
+
 conformance!(cancel_takes_the_run_from_its_worker, |s| {
     let scope = scope_of(&s).await;
     let r = s

@@ -90,6 +90,43 @@ impl StepJob {
         );
     }
 
+    /// Counts a failed step in its error group (flow, step, connector, class). Best effort:
+    /// the failure itself is already recorded with the run; a lost count is only a statistic.
+    async fn count_error(&self, message: String) {
+        let step = self.step();
+        // A loop fails because an item's step did; that step's failure is the one counted.
+        if matches!(step.kind, StepKind::ForEach(_)) {
+            return;
+        }
+        let connector = match &step.kind {
+            StepKind::Action { connector, .. } => connector.clone(),
+            _ => "none".to_string(),
+        };
+        let class = self.class.lock().map(|c| *c).unwrap_or("permanent");
+        // `loop[3].post` groups with every other item's `post` as `loop.post`.
+        let step_id = match &self.frame.item {
+            Some(it) if it.index.is_some() => {
+                format!("{}.{}", self.frame.flow.steps[it.parent].id, step.id)
+            }
+            _ => self.record_id(),
+        };
+        let fingerprint = crate::errors::fingerprint(self.run.flow_id, &step_id, &connector, class);
+        let e = weft_store::NewError {
+            fingerprint,
+            flow_id: self.run.flow_id,
+            flow_name: self.run.flow_name.clone(),
+            step_id,
+            connector,
+            class: class.to_string(),
+            message: message.chars().take(1000).collect(),
+            run: self.run.id,
+            at: self.inner.now(),
+        };
+        if let Err(err) = self.inner.opts.store.record_error(self.run.scope, e).await {
+            tracing::warn!(run = %self.run.id, error = %err, "could not count a failure in its error group");
+        }
+    }
+
     pub(crate) async fn checkpoint(&self, rec: StepRecord, mut logs: Vec<NewLog>) -> bool {
         if let Ok(mut c) = self.console.lock()
             && !c.is_empty()
@@ -99,6 +136,7 @@ impl StepJob {
             logs = all;
         }
         let status = rec.status;
+        let failure = (status == StepStatus::Failed).then(|| rec.error.clone().unwrap_or_default());
         let secs = match (rec.started_at, rec.finished_at) {
             (Some(a), Some(b)) => (b - a).max(0) as f64 / 1000.0,
             _ => 0.0,
@@ -120,6 +158,9 @@ impl StepJob {
             Ok(held) => {
                 if held {
                     self.observe(status, secs);
+                    if let Some(message) = failure {
+                        self.count_error(message).await;
+                    }
                 }
                 if held && !matches!(status, StepStatus::Retrying | StepStatus::Waiting) {
                     let _ = self.inner.events.send(crate::EngineEvent::StepFinished {

@@ -4,6 +4,7 @@
 
 mod batch;
 mod credentials;
+mod errors;
 mod identity;
 mod members;
 mod polls;
@@ -31,6 +32,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_waits.sql")),
     (9, include_str!("migrations/0009_events.sql")),
     (10, include_str!("migrations/0010_log_search.sql")),
+    (11, include_str!("migrations/0011_errors.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -51,6 +53,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "run_logs",
     "run_signals",
     "event_watches",
+    "error_groups",
+    "error_group_days",
     "schedules",
     "polls",
     "poll_seen",

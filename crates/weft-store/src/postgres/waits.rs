@@ -393,6 +393,10 @@ impl PgStore {
         let status = RunStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("bad run status {status}")))?;
         if status.is_terminal() {
+            // Rolled back here, not on drop: a dropped transaction is rolled back later, when
+            // its connection goes back to the pool, and until then it holds the queue row's
+            // lock, so a claim meanwhile skips the run.
+            tx.rollback().await.map_err(db)?;
             return Err(crate::signal_to_finished(status));
         }
         let stored = sqlx::query(
@@ -410,6 +414,7 @@ impl PgStore {
         .map_err(db)?
         .rows_affected();
         if stored == 0 {
+            tx.rollback().await.map_err(db)?;
             return Err(crate::signal_taken(name));
         }
         let woke = status == RunStatus::Waiting

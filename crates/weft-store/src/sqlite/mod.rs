@@ -7,6 +7,7 @@
 
 mod audit;
 mod credentials;
+mod errors;
 mod identity;
 mod ops;
 mod polls;
@@ -36,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_waits.sql")),
     (9, include_str!("migrations/0009_events.sql")),
     (10, include_str!("migrations/0010_log_search.sql")),
+    (11, include_str!("migrations/0011_errors.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
