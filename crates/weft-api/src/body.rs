@@ -151,3 +151,27 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
     }
     parse_json(&bytes)
 }
+
+/// A `flow` filter of a list: none, one flow, or a flow that does not exist (an empty list,
+/// as for a flow with no runs, not a 404).
+pub(crate) enum FlowFilter {
+    Any,
+    Flow(weft_types::FlowId),
+    Unknown,
+}
+
+/// Resolves a `flow` query parameter (id or name) in the caller's workspace.
+pub(crate) async fn flow_filter(
+    s: &crate::AppState,
+    scope: weft_types::Scope,
+    flow: Option<&str>,
+) -> Result<FlowFilter, crate::Problem> {
+    match flow.filter(|f| !f.is_empty()) {
+        None => Ok(FlowFilter::Any),
+        Some(f) => match s.engine.get_flow(scope, f).await {
+            Ok(rec) => Ok(FlowFilter::Flow(rec.id)),
+            Err(weft_engine::EngineError::NotFound(_)) => Ok(FlowFilter::Unknown),
+            Err(e) => Err(e.into()),
+        },
+    }
+}

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use weft_store::ErrorGroup;
 
 use crate::auth::{Read, Ws};
-use crate::body::parse_query;
+use crate::body::{FlowFilter, flow_filter, parse_query};
 use crate::dto::{Page, ProblemDoc};
 use crate::flows::WsParam;
 use crate::{AppState, Problem};
@@ -143,18 +143,15 @@ pub(crate) async fn list(
                 .ok_or_else(|| Problem::invalid("cursor", "must be the next_cursor of a page"))?,
         ),
     };
-    let flow = match q.flow.as_deref().filter(|f| !f.is_empty()) {
-        Some(f) => match s.engine.get_flow(auth.scope, f).await {
-            Ok(rec) => Some(rec.id),
-            Err(weft_engine::EngineError::NotFound(_)) => {
-                return Ok(Json(Page {
-                    items: vec![],
-                    next_cursor: None,
-                }));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
+    let flow = match flow_filter(&s, auth.scope, q.flow.as_deref()).await? {
+        FlowFilter::Any => None,
+        FlowFilter::Flow(f) => Some(f),
+        FlowFilter::Unknown => {
+            return Ok(Json(Page {
+                items: vec![],
+                next_cursor: None,
+            }));
+        }
     };
     let now = s.engine.clock().now_ms();
     let trend_from = (now.div_euclid(DAY_MS) - (days - 1)) * DAY_MS;

@@ -8,7 +8,7 @@ use weft_store::{LogHit, LogQuery};
 use weft_types::{RunId, RunStatus};
 
 use crate::auth::{Read, Ws};
-use crate::body::{parse_id, parse_query};
+use crate::body::{FlowFilter, flow_filter, parse_id, parse_query};
 use crate::dto::{Page, ProblemDoc};
 use crate::flows::WsParam;
 use crate::{AppState, Problem};
@@ -144,19 +144,15 @@ pub(crate) async fn search(
         .transpose()?;
     let since = time("since", q.since.as_deref())?;
     let until = time("until", q.until.as_deref())?;
-    let flow_id = match nonempty(q.flow) {
-        Some(f) => match s.engine.get_flow(auth.scope, &f).await {
-            Ok(rec) => Some(rec.id),
-            // An unknown flow has no lines.
-            Err(weft_engine::EngineError::NotFound(_)) => {
-                return Ok(Json(Page {
-                    items: vec![],
-                    next_cursor: None,
-                }));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
+    let flow_id = match flow_filter(&s, auth.scope, q.flow.as_deref()).await? {
+        FlowFilter::Any => None,
+        FlowFilter::Flow(f) => Some(f),
+        FlowFilter::Unknown => {
+            return Ok(Json(Page {
+                items: vec![],
+                next_cursor: None,
+            }));
+        }
     };
     let mut hits = s
         .engine

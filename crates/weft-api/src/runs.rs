@@ -93,13 +93,10 @@ async fn run_filter(
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Option<RunFilter>, Problem> {
-    let flow_id = match flow.filter(|f| !f.is_empty()) {
-        Some(f) => match s.engine.get_flow(scope, f).await {
-            Ok(rec) => Some(rec.id),
-            Err(weft_engine::EngineError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
+    let flow_id = match crate::body::flow_filter(s, scope, flow).await? {
+        crate::body::FlowFilter::Any => None,
+        crate::body::FlowFilter::Flow(f) => Some(f),
+        crate::body::FlowFilter::Unknown => return Ok(None),
     };
     let status = status
         .filter(|x| !x.is_empty())

@@ -72,6 +72,22 @@ async fn steps_of(tx: &mut Tx, t: &str, w: &str, run: &str) -> Result<Vec<StepRe
     rows.iter().map(read_step_row).collect()
 }
 
+/// One run of a workspace, in `tx`; `NotFound` when there is none.
+async fn run_in(tx: &mut Tx, t: &str, w: &str, rid: &str) -> Result<RunRecord, StoreError> {
+    let sql = format!(
+        "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(t)
+        .bind(w)
+        .bind(rid)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+    Ok(read_run(&row)?.0)
+}
+
 /// A step record from `step_id, idx, status, attempts, output::text, error, started_at,
 /// finished_at`.
 fn read_step_row(r: &sqlx::postgres::PgRow) -> Result<StepRecord, StoreError> {
@@ -1217,18 +1233,7 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let rid = run.to_string();
         let mut tx = self.tenant_tx(&t).await?;
-        let sql = format!(
-            "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&t)
-            .bind(&w)
-            .bind(&rid)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound)?;
-        let run = read_run(&row)?.0;
+        let run = run_in(&mut tx, &t, &w, &rid).await?;
         let steps = steps_of(&mut tx, &t, &w, &rid).await?;
         tx.commit().await.map_err(db)?;
         Ok((run, steps))
@@ -1244,18 +1249,7 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let rid = run.to_string();
         let mut tx = self.tenant_tx(&t).await?;
-        let sql = format!(
-            "SELECT {RUN_COLS} FROM runs WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&t)
-            .bind(&w)
-            .bind(&rid)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound)?;
-        let run = read_run(&row)?.0;
+        let run = run_in(&mut tx, &t, &w, &rid).await?;
         let rows = sqlx::query(
             "SELECT step_id, idx, status, attempts, output::text, error, started_at, finished_at FROM run_steps
              WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND strpos(step_id, '[') = 0

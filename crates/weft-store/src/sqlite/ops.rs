@@ -128,6 +128,19 @@ fn steps_of(c: &Connection, t: &str, w: &str, run: &str) -> Result<Vec<StepRecor
     Ok(out)
 }
 
+/// One run of a workspace; `NotFound` when there is none.
+fn run_in(c: &Connection, t: &str, w: &str, rid: &str) -> Result<RunRecord, StoreError> {
+    let sql = format!(
+        "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    let mut rows = st.query(params![t, w, rid])?;
+    match rows.next()? {
+        Some(r) => Ok(read_run(r)?.0),
+        None => Err(StoreError::NotFound),
+    }
+}
+
 /// The checkpoints a resumed run needs: a loop item's record without its output (a loop that
 /// collects reads them in pages), and nested steps only of items not finished yet, so resuming
 /// a 100,000-item loop does not load 100,000 outputs.
@@ -1017,15 +1030,7 @@ impl SqliteStore {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
-            let sql = format!(
-                "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
-            );
-            let mut st = c.prepare_cached(&sql)?;
-            let mut rows = st.query(params![t, w, rid])?;
-            let run = match rows.next()? {
-                Some(r) => read_run(r)?.0,
-                None => return Err(StoreError::NotFound),
-            };
+            let run = run_in(c, &t, &w, &rid)?;
             let steps = steps_of(c, &t, &w, &rid)?;
             Ok((run, steps))
         })
@@ -1042,15 +1047,7 @@ impl SqliteStore {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
             let rid = run.to_string();
-            let sql = format!(
-                "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3"
-            );
-            let mut st = c.prepare_cached(&sql)?;
-            let mut rows = st.query(params![t, w, rid])?;
-            let run = match rows.next()? {
-                Some(r) => read_run(r)?.0,
-                None => return Err(StoreError::NotFound),
-            };
+            let run = run_in(c, &t, &w, &rid)?;
             let mut st = c.prepare_cached(
                 "SELECT step_id, idx, status, attempts, output, error, started_at, finished_at FROM run_steps
                  WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND instr(step_id, '[') = 0
