@@ -44,6 +44,8 @@ TOML
     --phases examples,coverage,fuzzing --max-time "$SECONDS_PER_PASS" -w 1 --seed 1 "$@")
 }
 echo "schemathesis: workspace API as the owner"
-st -H "Authorization: Bearer $key" --exclude-path-regex '^/api/v1/admin'
+# The workspace feed is a stream that does not end (by design): a fuzzer request to it would
+# wait for ever, so it is tested by weft-cli/tests/live.rs instead.
+st -H "Authorization: Bearer $key" --exclude-path-regex '^/api/v1/admin|/runs/feed$'
 echo "schemathesis: instance admin API"
 st -H "Authorization: Bearer $admin" --include-path-regex '^/api/v1/admin'

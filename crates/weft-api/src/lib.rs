@@ -85,6 +85,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::show, runs::delete))
         .routes(routes!(runs::logs))
         .routes(routes!(live::run_events))
+        .routes(routes!(live::workspace_feed))
         .routes(routes!(logs::search))
         .routes(routes!(errors::list))
         .routes(routes!(runs::cancel))

@@ -373,3 +373,118 @@ fn log_search_finds_lines_across_runs_with_filters() {
         "{text}"
     );
 }
+
+/// Reads a stream that does not end until `done` says the events so far are enough.
+fn read_until(
+    srv: &Server,
+    path: &str,
+    last_id: Option<&str>,
+    done: impl Fn(&[Ev]) -> bool,
+) -> Vec<Ev> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}{path}", srv.url))
+            .bearer_auth(&srv.key);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let mut r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut text = String::new();
+        loop {
+            let events = parse_sse(&text);
+            if done(&events) {
+                return events;
+            }
+            let chunk = tokio::time::timeout_at(deadline, r.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("the feed did not deliver in time: {text}"))
+                .unwrap();
+            let Some(c) = chunk else {
+                panic!("the feed ended: {text}")
+            };
+            text.push_str(&String::from_utf8_lossy(&c));
+        }
+    })
+}
+
+#[test]
+fn the_workspace_feed_streams_every_runs_lines_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    srv.apply(
+        "name: chatty\ntrigger:\n  manual: {}\nsteps:\n  - id: talk\n    code: 'console.log(\"hello \" + trigger.body.n); return 1'\n",
+    );
+    let path = "/api/v1/workspaces/default/runs/feed?after=0";
+    let runs: Vec<String> = (0..2)
+        .map(|n| {
+            srv.cli_json(&[
+                "run",
+                "start",
+                "chatty",
+                "--input",
+                &format!("{{\"n\": {n}}}"),
+            ])["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let finished = |evs: &[Ev], run: &str| {
+        evs.iter().any(|e| {
+            e.0 == "run" && {
+                let v: Value = serde_json::from_str(&e.2).unwrap();
+                v["id"] == run && v["status"] == "succeeded"
+            }
+        })
+    };
+    let events = read_until(&srv, path, None, |evs| {
+        runs.iter().all(|r| finished(evs, r))
+            && evs
+                .iter()
+                .filter(|e| e.0 == "log" && e.2.contains("hello"))
+                .count()
+                == 2
+    });
+    let logs: Vec<(i64, Value)> = events
+        .iter()
+        .filter(|e| e.0 == "log")
+        .map(|e| {
+            (
+                e.1.as_deref().unwrap().parse().unwrap(),
+                serde_json::from_str(&e.2).unwrap(),
+            )
+        })
+        .collect();
+    assert!(logs.windows(2).all(|w| w[0].0 < w[1].0), "{logs:?}");
+    assert!(logs.iter().all(|(_, v)| v["flow"] == "chatty"));
+    for r in &runs {
+        assert!(
+            logs.iter().any(|(_, v)| v["run_id"] == r.as_str()),
+            "{r}: {logs:?}"
+        );
+    }
+    // Resuming after the first line gives every later line, none before.
+    let first = logs[0].0.to_string();
+    let want: Vec<i64> = logs.iter().skip(1).map(|l| l.0).collect();
+    let again = read_until(
+        &srv,
+        "/api/v1/workspaces/default/runs/feed",
+        Some(&first),
+        |evs| evs.iter().filter(|e| e.0 == "log").count() >= want.len(),
+    );
+    let got: Vec<i64> = again
+        .iter()
+        .filter(|e| e.0 == "log")
+        .map(|e| e.1.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got[..want.len()], want[..]);
+    let (st, ct, _) = read_stream(&srv, "/api/v1/workspaces/default/runs/feed?after=x", None);
+    assert_eq!(st, 400);
+    assert!(ct.starts_with("application/problem+json"));
+}

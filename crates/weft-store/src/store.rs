@@ -591,6 +591,16 @@ impl Store {
         on_backend!(self, s => s.list_errors(scope, flow, since, trend_from, before, limit))
     }
 
+    /// Log lines of every run of a workspace after seq `after`, oldest first (the live feed).
+    pub async fn workspace_logs(
+        &self,
+        scope: Scope,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogHit>, StoreError> {
+        on_backend!(self, s => s.workspace_logs(scope, after, limit))
+    }
+
     /// Log lines of a workspace matching `q`, newest first (the workspace-wide log search).
     pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
         on_backend!(self, s => s.search_logs(scope, q))

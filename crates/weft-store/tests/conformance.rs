@@ -918,6 +918,13 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
         .unwrap();
     assert_eq!(first.len() + rest.len(), 4);
     assert_eq!(rest[0].line.message, "fetched 3 Orders");
+    // The live feed: oldest first after a seq.
+    let feed = s.workspace_logs(scope, 0, 10).await.unwrap();
+    assert_eq!(feed.len(), 4);
+    assert!(feed.windows(2).all(|w| w[0].line.seq < w[1].line.seq));
+    let after = s.workspace_logs(scope, feed[1].line.seq, 10).await.unwrap();
+    assert_eq!(after, feed[2..].to_vec());
+    assert_eq!(s.workspace_logs(scope, 0, 1).await.unwrap().len(), 1);
     // Another tenant finds nothing, even searching for the text.
     let other = s
         .create_tenant("o", "o@example.com", Limits::default(), op(), 500)
@@ -933,6 +940,7 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
             .unwrap()
             .is_empty()
     );
+    assert!(s.workspace_logs(os, 0, 10).await.unwrap().is_empty());
 });
 
 conformance!(error_groups_count_trend_and_page, |s| {

@@ -135,10 +135,20 @@ impl App {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
+        // A live stream (Server-Sent Events) does not end by itself: its status and headers
+        // are the answer; the body is not read.
+        let streaming = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let bytes = if streaming {
+            bytes::Bytes::new()
+        } else {
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes()
+        };
         let body = if bytes.is_empty() {
             Value::Null
         } else {

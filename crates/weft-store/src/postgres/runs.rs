@@ -1320,6 +1320,47 @@ impl PgStore {
         rows.iter().map(|r| read_run(r).map(|x| x.0)).collect()
     }
 
+    /// Log lines of every run of a workspace after seq `after`, oldest first (the live feed).
+    pub async fn workspace_logs(
+        &self,
+        scope: Scope,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogHit>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let rows = sqlx::query(
+            "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+             FROM run_logs l
+             JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
+             WHERE l.tenant_id = $1 AND l.workspace_id = $2 AND l.seq > $3
+             ORDER BY l.seq LIMIT $4",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogHit {
+                    line: LogRecord {
+                        seq: r.get(0),
+                        ts: r.get(1),
+                        level: r.get(2),
+                        step_id: r.get(3),
+                        message: r.get(4),
+                    },
+                    run_id: parse(r.get(5), "run id")?,
+                    flow: r.get(6),
+                })
+            })
+            .collect()
+    }
+
     /// Log lines of a workspace matching `q`, newest first.
     pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
         let (t, w) = scope_strs(&scope);
