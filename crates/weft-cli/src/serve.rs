@@ -124,6 +124,19 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: PayloadsCmd,
     },
+    /// Queue depth (runs by status, every tenant) and the runs queued or running for longer
+    /// than --stuck-after.
+    Queue {
+        /// A run queued or running for longer than this many seconds is listed as stuck.
+        #[arg(long, default_value_t = 600)]
+        stuck_after_secs: u64,
+        /// Most stuck runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `weft admin payloads …`.
@@ -421,6 +434,63 @@ pub(crate) async fn admin(cmd: AdminCmd, store: StoreArgs) -> anyhow::Result<()>
                 );
             } else {
                 println!("removed the payloads of {swept} runs that do not exist, from {at}");
+            }
+        }
+        AdminCmd::Queue {
+            stuck_after_secs,
+            limit,
+            json,
+        } => {
+            let now = SystemClock.now_ms();
+            let mut counts = s.count_runs().await?;
+            counts.sort_by_key(|(st, _)| st.as_str());
+            let before = now.saturating_sub(stuck_after_secs.saturating_mul(1000) as i64);
+            let stuck = s.stuck_runs(before, limit.clamp(1, 1000)).await?;
+            let since = |r: &weft_store::RunRecord| r.started_at.unwrap_or(r.created_at);
+            if json {
+                let by_status: serde_json::Map<String, serde_json::Value> = counts
+                    .iter()
+                    .map(|(st, n)| (st.as_str().to_string(), serde_json::json!(n)))
+                    .collect();
+                let stuck: Vec<serde_json::Value> = stuck
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "run_id": r.id.to_string(),
+                            "tenant": r.scope.tenant.to_string(),
+                            "workspace": r.scope.workspace.to_string(),
+                            "flow": r.flow_name,
+                            "status": r.status.as_str(),
+                            "since": weft_types::rfc3339(since(r)),
+                            "for_secs": (now - since(r)) / 1000,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"runs_by_status": by_status, "stuck": stuck})
+                );
+            } else {
+                let text: Vec<String> = counts
+                    .iter()
+                    .map(|(st, n)| format!("{} {n}", st.as_str()))
+                    .collect();
+                println!("runs by status: {}", text.join(", "));
+                if stuck.is_empty() {
+                    println!("no run has been queued or running for over {stuck_after_secs} s");
+                }
+                for r in &stuck {
+                    println!(
+                        "stuck: {} {} {} for {} s (since {}), tenant {} workspace {}",
+                        r.id,
+                        r.flow_name,
+                        r.status.as_str(),
+                        (now - since(r)) / 1000,
+                        weft_types::rfc3339(since(r)),
+                        r.scope.tenant,
+                        r.scope.workspace
+                    );
+                }
             }
         }
         AdminCmd::RotateKey { json } => rotate_key(&s, &store, json).await?,

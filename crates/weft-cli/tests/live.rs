@@ -361,6 +361,25 @@ fn log_search_finds_lines_across_runs_with_filters() {
         assert!(st == 400 || st == 422, "{query}: {st} {v}");
         assert_eq!(v["errors"][0]["path"], field, "{query}: {v}");
     }
+    // The operator's view of the queue, read from the store directly.
+    let out = std::process::Command::new(common::weft_bin())
+        .args(["admin", "queue", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q["runs_by_status"]["failed"], 1, "{q}");
+    assert_eq!(q["runs_by_status"]["succeeded"], 2, "{q}");
+    assert_eq!(
+        q["stuck"],
+        serde_json::json!([]),
+        "finished runs are not stuck"
+    );
     let out = srv.cli(&["errors", "list"]);
     assert!(
         out.status.success(),

@@ -210,6 +210,9 @@ dispatch! {
     fn run_logs(scope: Scope, run: RunId, after: i64, limit: usize) -> Result<Vec<LogRecord>, StoreError>;
     /// System: how many runs are in each status (for metrics, benchmarks and tests).
     fn count_runs() -> Result<Vec<(RunStatus, i64)>, StoreError>;
+    /// System: runs queued or running since before `before` (started, or queued if never
+    /// started), oldest first: what an operator looks at when work seems stuck.
+    fn stuck_runs(before: Millis, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// System: the first tenant's `default` workspace (where `--flows` and the example flow go).
     fn default_scope() -> Result<Option<Scope>, StoreError>;
     /// On an empty store, creates the default tenant, its `default` workspace and owner, and returns the owner key (once).

@@ -1035,6 +1035,48 @@ conformance!(error_groups_count_trend_and_page, |s| {
     );
 });
 
+conformance!(stuck_runs_are_the_old_queued_and_running_ones, |s| {
+    let scope = scope_of(&s).await;
+    let f = weft_types::FlowId::new();
+    let r1 = s.insert_run(run(scope, f, None, 100)).await.unwrap().run_id;
+    let r2 = s.insert_run(run(scope, f, None, 200)).await.unwrap().run_id;
+    let r3 = s.insert_run(run(scope, f, None, 300)).await.unwrap().run_id;
+    let claimed = s.claim_runs("w1", 400, 30_000, 1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let started = claimed[0].run.id;
+    let ids = |v: Vec<weft_store::RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    // Queued runs count from their creation, running ones from their start.
+    assert!([r1, r2, r3].contains(&started));
+    let early = ids(s.stuck_runs(350, 10).await.unwrap());
+    assert!(!early.contains(&started), "started at 400");
+    assert_eq!(early.len(), 2);
+    let all = ids(s.stuck_runs(500, 10).await.unwrap());
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all.last(),
+        Some(&started),
+        "oldest first; the running one since 400"
+    );
+    assert_eq!(ids(s.stuck_runs(500, 1).await.unwrap()).len(), 1);
+    // A finished run is not stuck.
+    assert!(
+        s.finish_run(
+            scope,
+            started,
+            "w1",
+            weft_types::RunStatus::Succeeded,
+            None,
+            None,
+            vec![],
+            450
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(ids(s.stuck_runs(500, 10).await.unwrap()).len(), 2);
+    assert!(s.stuck_runs(50, 10).await.unwrap().is_empty());
+});
+
 conformance!(cancel_takes_the_run_from_its_worker, |s| {
     let scope = scope_of(&s).await;
     let r = s

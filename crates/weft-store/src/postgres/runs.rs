@@ -1447,6 +1447,28 @@ impl PgStore {
             .collect())
     }
 
+    /// System: runs queued or running since before `before`, oldest first.
+    pub async fn stuck_runs(
+        &self,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status IN ('queued', 'running')
+               AND COALESCE(started_at, created_at) < $1
+             ORDER BY COALESCE(started_at, created_at), id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(before)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter().map(|r| Ok(read_run(r)?.0)).collect()
+    }
+
     /// System: how many runs are in each status.
     pub async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>, StoreError> {
         let mut tx = self.system_tx().await?;

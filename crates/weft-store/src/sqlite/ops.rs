@@ -1226,6 +1226,29 @@ impl SqliteStore {
         .await
     }
 
+    /// System: runs queued or running since before `before`, oldest first.
+    pub async fn stuck_runs(
+        &self,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {RUN_COLS} FROM runs WHERE status IN ('queued', 'running')
+                   AND COALESCE(started_at, created_at) < ?1
+                 ORDER BY COALESCE(started_at, created_at), id LIMIT ?2"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![before, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(read_run(r)?.0);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// System: how many runs are in each status (for metrics, benchmarks and tests).
     pub async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>, StoreError> {
         self.read(|c| {
