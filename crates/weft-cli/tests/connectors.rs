@@ -265,6 +265,20 @@ fn github_signed_issue_reaches_slack_once_and_secrets_stay_secret() {
             .1,
     );
     answers.push(srv.api_get("/api/v1/workspaces/default/credentials").1);
+    // Observability: log search, error groups and the run's live stream.
+    for q in ["canary", "xoxb", "secret"] {
+        answers.push(
+            srv.api_get(&format!("/api/v1/workspaces/default/logs?q={q}"))
+                .1,
+        );
+    }
+    answers.push(srv.api_get("/api/v1/workspaces/default/logs?limit=500").1);
+    answers.push(srv.api_get("/api/v1/workspaces/default/errors").1);
+    let (st, stream) =
+        srv.api_get_text(&format!("/api/v1/workspaces/default/runs/{run_id}/events"));
+    assert_eq!(st, 200);
+    assert!(stream.contains("event: end"), "{stream}");
+    answers.push(Value::String(stream));
     for a in &answers {
         let s = a.to_string();
         for canary in [HOOK_SECRET, BOT_TOKEN] {

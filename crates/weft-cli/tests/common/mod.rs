@@ -235,6 +235,27 @@ impl Server {
     }
 }
 
+impl Server {
+    /// GET with the key; the body as text (an event stream is read to its end).
+    pub fn api_get_text(&self, path: &str) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(&self.key)
+                .timeout(std::time::Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.text().await.unwrap_or_default())
+        })
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
