@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod password;
 pub mod problem;
 mod resume;
+mod retention;
 mod runs;
 mod server;
 
@@ -88,6 +89,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(live::workspace_feed))
         .routes(routes!(logs::search))
         .routes(routes!(errors::list))
+        .routes(routes!(retention::get, retention::put))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))

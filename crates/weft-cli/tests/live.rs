@@ -361,6 +361,54 @@ fn log_search_finds_lines_across_runs_with_filters() {
         assert!(st == 400 || st == 422, "{query}: {st} {v}");
         assert_eq!(v["errors"][0]["path"], field, "{query}: {v}");
     }
+    // Retention: set, read back, bad values refused.
+    let put = |body: &str| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .put(format!("{}/api/v1/workspaces/default/retention", srv.url))
+                .bearer_auth(&srv.key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    assert_eq!(
+        srv.api_get("/api/v1/workspaces/default/retention").1["days"],
+        Value::Null
+    );
+    assert_eq!(
+        put(r#"{"days": 30}"#),
+        (200, serde_json::json!({"days": 30}))
+    );
+    assert_eq!(
+        srv.api_get("/api/v1/workspaces/default/retention").1["days"],
+        30
+    );
+    for bad in [
+        r#"{"days": 0}"#,
+        r#"{"days": 4000}"#,
+        r#"{"days": "x"}"#,
+        r#"{"days": 1, "x": 1}"#,
+    ] {
+        let (st, v) = put(bad);
+        assert!(st == 400 || st == 422, "{bad}: {st} {v}");
+    }
+    assert_eq!(
+        srv.api_get("/api/v1/workspaces/default/retention").1["days"],
+        30
+    );
+    assert_eq!(put(r#"{"days": null}"#).0, 200);
+
     // The operator's view of the queue, read from the store directly.
     let out = std::process::Command::new(common::weft_bin())
         .args(["admin", "queue", "--json", "--data-dir"])

@@ -17,6 +17,7 @@ mod limits;
 pub mod metrics;
 mod oauth;
 mod poll;
+pub mod retention;
 pub mod retry;
 mod runs;
 mod schedule;
@@ -330,6 +331,7 @@ impl Engine {
             tasks.push(tokio::spawn(dispatch::timers(self.inner.clone())));
             tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));
             tasks.push(tokio::spawn(poll::poller(self.inner.clone())));
+            tasks.push(tokio::spawn(retention::cleaner(self.inner.clone())));
         }
         if let Ok(mut t) = self.inner.tasks.lock() {
             t.extend(tasks);

@@ -239,6 +239,12 @@ dispatch! {
     fn get_workspace(tenant: TenantId, id_or_slug: &str) -> Result<WorkspaceRecord, StoreError>;
     /// Renames a workspace.
     fn rename_workspace(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// Sets how many days a workspace keeps finished runs (`None`: for ever); audited.
+    fn set_retention(scope: Scope, days: Option<i64>, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// How many days a workspace keeps finished runs (`None`: for ever).
+    fn retention(scope: Scope) -> Result<Option<i64>, StoreError>;
+    /// System: finished runs older than their workspace's retention at `now`, oldest first.
+    fn expired_runs(now: Millis, limit: usize) -> Result<Vec<(Scope, RunId)>, StoreError>;
     /// Workspaces `user` is a member of (across tenants), with the role in each.
     fn user_workspaces(user: UserId) -> Result<Vec<(WorkspaceRecord, Role)>, StoreError>;
     /// Invitations waiting for `user` to accept them.

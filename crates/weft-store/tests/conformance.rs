@@ -1077,6 +1077,106 @@ conformance!(stuck_runs_are_the_old_queued_and_running_ones, |s| {
     assert!(s.stuck_runs(50, 10).await.unwrap().is_empty());
 });
 
+conformance!(
+    retention_expires_only_finished_runs_of_workspaces_that_set_it,
+    |s| {
+        let scope = scope_of(&s).await;
+        let day = 86_400_000i64;
+        assert_eq!(
+            s.retention(scope).await.unwrap(),
+            None,
+            "kept for ever by default"
+        );
+        let f = weft_types::FlowId::new();
+        let old_done = s.insert_run(run(scope, f, None, 100)).await.unwrap().run_id;
+        let old_running = s.insert_run(run(scope, f, None, 101)).await.unwrap().run_id;
+        s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
+        assert!(
+            s.finish_run(
+                scope,
+                old_done,
+                "w1",
+                weft_types::RunStatus::Succeeded,
+                None,
+                None,
+                vec![],
+                300
+            )
+            .await
+            .unwrap()
+        );
+        let fresh = s
+            .insert_run(run(scope, f, None, 2 * day))
+            .await
+            .unwrap()
+            .run_id;
+        s.claim_runs("w2", 2 * day, 30_000, 10).await.unwrap();
+        assert!(
+            s.finish_run(
+                scope,
+                fresh,
+                "w2",
+                weft_types::RunStatus::Failed,
+                None,
+                None,
+                vec![],
+                2 * day + 1
+            )
+            .await
+            .unwrap()
+        );
+        // Another tenant's old finished run, in a workspace without retention.
+        let other = s
+            .create_tenant("o", "o@example.com", Limits::default(), op(), 500)
+            .await
+            .unwrap();
+        let os = Scope {
+            tenant: other.tenant,
+            workspace: other.workspace,
+        };
+        let theirs = s.insert_run(run(os, f, None, 100)).await.unwrap().run_id;
+        s.claim_runs("w3", 200, 30_000, 10).await.unwrap();
+        assert!(
+            s.finish_run(
+                os,
+                theirs,
+                "w3",
+                weft_types::RunStatus::Succeeded,
+                None,
+                None,
+                vec![],
+                300
+            )
+            .await
+            .unwrap()
+        );
+        let now = 3 * day;
+        assert!(
+            s.expired_runs(now, 10).await.unwrap().is_empty(),
+            "no retention set"
+        );
+        s.set_retention(scope, Some(2), op(), 400).await.unwrap();
+        assert_eq!(s.retention(scope).await.unwrap(), Some(2));
+        // Finished more than 2 days before `now`: only the old finished run of this workspace.
+        assert_eq!(
+            s.expired_runs(now, 10).await.unwrap(),
+            vec![(scope, old_done)]
+        );
+        assert!(
+            s.expired_runs(2 * day, 10).await.unwrap().is_empty(),
+            "not yet"
+        );
+        let _ = old_running;
+        s.set_retention(scope, None, op(), 500).await.unwrap();
+        assert!(s.expired_runs(now, 10).await.unwrap().is_empty());
+        let audit = s
+            .list_audit(scope.tenant, Some(scope.workspace), None, 50)
+            .await
+            .unwrap();
+        assert!(audit.iter().any(|a| a.action == "workspace.retention"));
+    }
+);
+
 conformance!(cancel_takes_the_run_from_its_worker, |s| {
     let scope = scope_of(&s).await;
     let r = s

@@ -183,6 +183,95 @@ impl PgStore {
         })
     }
 
+    /// Sets how many days a workspace keeps finished runs (`None`: for ever).
+    pub async fn set_retention(
+        &self,
+        scope: Scope,
+        days: Option<i64>,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n = sqlx::query(
+            "UPDATE workspaces SET retention_days = $3 WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(days)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await.map_err(db)?;
+            return Err(StoreError::NotFound);
+        }
+        append(
+            &mut tx,
+            &t,
+            now,
+            &Audit {
+                actor,
+                action: "workspace.retention",
+                object_kind: "workspace",
+                object_id: w.clone(),
+                workspace: Some(scope.workspace),
+                detail: json!({"retention_days": days}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// How many days a workspace keeps finished runs.
+    pub async fn retention(&self, scope: Scope) -> Result<Option<i64>, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let days: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT retention_days FROM workspaces WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&t)
+        .bind(&w)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        days.ok_or(StoreError::NotFound)
+    }
+
+    /// System: finished runs older than their workspace's retention at `now`, oldest first.
+    pub async fn expired_runs(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Scope, weft_types::RunId)>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let rows = sqlx::query(
+            "SELECT r.tenant_id, r.workspace_id, r.id FROM runs r
+             JOIN workspaces w ON w.tenant_id = r.tenant_id AND w.id = r.workspace_id
+             WHERE w.retention_days IS NOT NULL
+               AND r.status IN ('succeeded', 'failed', 'cancelled')
+               AND r.finished_at < $1 - w.retention_days * 86400000
+             ORDER BY r.finished_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let scope = Scope {
+                    tenant: parse(r.get(0), "tenant id")?,
+                    workspace: parse(r.get(1), "workspace id")?,
+                };
+                Ok((scope, parse(r.get(2), "run id")?))
+            })
+            .collect()
+    }
+
     /// Renames a workspace.
     pub async fn rename_workspace(
         &self,

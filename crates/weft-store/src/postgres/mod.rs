@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/0009_events.sql")),
     (10, include_str!("migrations/0010_log_search.sql")),
     (11, include_str!("migrations/0011_errors.sql")),
+    (12, include_str!("migrations/0012_retention.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level

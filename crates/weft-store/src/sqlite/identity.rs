@@ -502,6 +502,85 @@ impl SqliteStore {
         .await
     }
 
+    /// Sets how many days a workspace keeps finished runs (`None`: for ever).
+    pub async fn set_retention(
+        &self,
+        scope: Scope,
+        days: Option<i64>,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c.execute(
+                "UPDATE workspaces SET retention_days = ?3 WHERE tenant_id = ?1 AND id = ?2",
+                params![t, w, days],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            append(
+                c,
+                &t,
+                now,
+                &Audit {
+                    actor,
+                    action: "workspace.retention",
+                    object_kind: "workspace",
+                    object_id: w.clone(),
+                    workspace: Some(scope.workspace),
+                    detail: json!({"retention_days": days}),
+                },
+            )
+        })
+        .await
+    }
+
+    /// How many days a workspace keeps finished runs.
+    pub async fn retention(&self, scope: Scope) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT retention_days FROM workspaces WHERE tenant_id = ?1 AND id = ?2",
+            )?;
+            let mut rows = st.query(params![t, w])?;
+            match rows.next()? {
+                Some(r) => Ok(r.get(0)?),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    /// System: finished runs older than their workspace's retention at `now`, oldest first.
+    pub async fn expired_runs(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Scope, weft_types::RunId)>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.tenant_id, r.workspace_id, r.id FROM runs r
+                 JOIN workspaces w ON w.tenant_id = r.tenant_id AND w.id = r.workspace_id
+                 WHERE w.retention_days IS NOT NULL
+                   AND r.status IN ('succeeded', 'failed', 'cancelled')
+                   AND r.finished_at < ?1 - w.retention_days * 86400000
+                 ORDER BY r.finished_at LIMIT ?2",
+            )?;
+            let mut rows = st.query(params![now, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let scope = Scope {
+                    tenant: parse(r.get(0)?, "tenant id")?,
+                    workspace: parse(r.get(1)?, "workspace id")?,
+                };
+                out.push((scope, parse(r.get(2)?, "run id")?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Renames a workspace.
     pub async fn rename_workspace(
         &self,
