@@ -222,19 +222,30 @@ async fn health() -> axum::Json<dto::StatusOut> {
     })
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers, its schema is this build's, and the sandbox evaluates.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = dto::StatusOut), (status = 503, body = dto::ProblemDoc, content_type = "application/problem+json")))]
 async fn ready(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> Result<axum::Json<dto::StatusOut>, Problem> {
-    s.engine.store().ping().await.map_err(|e| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!("the store does not answer: {e}"),
-        )
-    })?;
+    let not_ready =
+        |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail);
+    let store = s.engine.store();
+    let version = store
+        .ping()
+        .await
+        .map_err(|e| not_ready(format!("the store does not answer: {e}")))?;
+    let latest = store.latest_schema_version();
+    if version < latest {
+        return Err(not_ready(format!(
+            "the database schema is at version {version}, this Weft needs {latest}; run `weft admin migrate`"
+        )));
+    }
+    s.engine
+        .sandbox()
+        .probe()
+        .await
+        .map_err(|e| not_ready(format!("the expression sandbox is not up: {e}")))?;
     Ok(axum::Json(dto::StatusOut {
         status: "ready".into(),
     }))

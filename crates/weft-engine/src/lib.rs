@@ -270,6 +270,11 @@ impl Engine {
         &self.inner.opts.store
     }
 
+    /// The expression and code sandbox.
+    pub fn sandbox(&self) -> &SandboxPool {
+        &self.inner.opts.sandbox
+    }
+
     /// The engine's metrics (registered into a Prometheus registry by the API).
     pub fn metrics(&self) -> &Arc<metrics::EngineMetrics> {
         &self.inner.metrics

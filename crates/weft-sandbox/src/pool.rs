@@ -158,6 +158,25 @@ impl SandboxPool {
         }
     }
 
+    /// Readiness: a worker evaluates a trivial expression. A pool whose every worker is busy is
+    /// up (they are running), so this answers at once then instead of queueing behind them.
+    pub async fn probe(&self) -> Result<(), SandboxError> {
+        if self.permits.available_permits() == 0 {
+            return Ok(());
+        }
+        let req = Request {
+            src: "1".into(),
+            input: Value::Null,
+            js_ms: None,
+        };
+        match self.exchange(&req, self.opts.timeout).await? {
+            Response::Ok(v) if v == [Value::from(1)] => Ok(()),
+            _ => Err(SandboxError::Eval(
+                "a sandbox worker gave a wrong answer to a probe".into(),
+            )),
+        }
+    }
+
     /// Sends one request to an idle (or new) worker and reads its answer within `timeout`;
     /// a worker that overruns is killed, one that dies is counted, either way replaced later.
     async fn exchange(&self, req: &Request, timeout: Duration) -> Result<Response, SandboxError> {

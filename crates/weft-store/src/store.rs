@@ -69,6 +69,15 @@ impl Store {
         self.payloads.as_ref()
     }
 
+    /// The newest schema version this build's backend knows; a database at an older one has
+    /// migrations left to apply.
+    pub fn latest_schema_version(&self) -> i64 {
+        match &self.backend {
+            Backend::Sqlite(_) => crate::sqlite::latest_version(),
+            Backend::Postgres(_) => crate::postgres::latest_version(),
+        }
+    }
+
     /// The embedded backend, if that is what this is.
     pub fn as_sqlite(&self) -> Option<&SqliteStore> {
         match &self.backend {
@@ -289,8 +298,8 @@ dispatch! {
     fn list_audit(tenant: TenantId, workspace: Option<WorkspaceId>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Walks a tenant's whole audit chain and names the first entry that does not check.
     fn verify_audit(tenant: TenantId) -> Result<ChainCheck, StoreError>;
-    /// Whether the database answers.
-    fn ping() -> Result<(), StoreError>;
+    /// The schema version the database is at; an error when it does not answer.
+    fn ping() -> Result<i64, StoreError>;
     /// A credential by name, with its sealed values.
     fn credential(scope: Scope, name: &str) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError>;
     /// Creates a credential or replaces the values of the one with the same name (whose id the

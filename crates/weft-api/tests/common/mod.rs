@@ -27,7 +27,7 @@ pub struct App {
     pub clock: ManualClock,
     pub scope: Scope,
     pub owner_key: String,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub struct Resp {
@@ -93,7 +93,7 @@ impl App {
             clock,
             scope,
             owner_key: boot.owner_key,
-            _dir: dir,
+            dir,
         }
     }
 

@@ -369,13 +369,12 @@ impl PgStore {
         Ok(tx)
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+    /// The schema version the database is at; an error when it does not answer.
+    pub async fn ping(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&self.pool)
             .await
-            .map_err(db)?;
-        Ok(())
+            .map_err(db)
     }
 
     // ---- tenants --------------------------------------------------------------------------

@@ -221,11 +221,22 @@ impl SqliteStore {
         .map_err(|e| StoreError::Db(format!("reader task failed: {e}")))?
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+    /// The schema version the database is at; an error when it does not answer.
+    pub async fn ping(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
     }
+}
+
+/// The newest schema version this Weft knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
