@@ -222,6 +222,10 @@ pub struct LogOut {
     pub step: Option<String>,
     /// Text.
     pub message: String,
+    /// What the line records: `RunStarted`, `StepStarted`, `StepSucceeded`, `StepRetrying`,
+    /// `StepFailed`, `StepSkipped`, `StepWaiting`, `SignalReceived`, `RunSucceeded`,
+    /// `RunFailed`, `RunCancelled`, `RunRetried`, or `Log` for a plain line.
+    pub event: String,
 }
 
 impl From<LogRecord> for LogOut {
@@ -232,6 +236,7 @@ impl From<LogRecord> for LogOut {
             level: l.level,
             step: l.step_id,
             message: l.message,
+            event: l.event,
         }
     }
 }

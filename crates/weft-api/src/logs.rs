@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use weft_store::{LogHit, LogQuery};
+use weft_store::{LogHit, LogQuery, RunEvent};
 use weft_types::{RunId, RunStatus};
 
 use crate::auth::{Read, Ws};
@@ -26,6 +26,8 @@ struct SearchQuery {
     step: Option<String>,
     #[serde(default)]
     level: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
@@ -51,6 +53,8 @@ pub struct LogHitOut {
     pub step: Option<String>,
     /// Text (secrets were redacted before it was stored).
     pub message: String,
+    /// What the line records (see a run's logs).
+    pub event: String,
     /// The run it belongs to.
     pub run_id: String,
     /// The run's flow.
@@ -65,6 +69,7 @@ impl From<LogHit> for LogHitOut {
             level: h.line.level,
             step: h.line.step_id,
             message: h.line.message,
+            event: h.line.event,
             run_id: h.run_id.to_string(),
             flow: h.flow,
         }
@@ -82,8 +87,8 @@ fn time(field: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
 }
 
 /// Search the log lines of every run of the workspace, newest first: by text
-/// (case-insensitive), flow, run, step (a loop's step includes its items), level, the run's
-/// status and a time range.
+/// (case-insensitive), flow, run, step (a loop's step includes its items), level, event, the
+/// run's status and a time range.
 #[utoipa::path(get, path = "/api/v1/workspaces/{ws}/logs", tag = "runs",
     params(WsParam,
         ("q" = Option<String>, Query, description = "text the line contains (case-insensitive, at most 200 characters)"),
@@ -91,6 +96,7 @@ fn time(field: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
         ("run" = Option<String>, Query, description = "run id"),
         ("step" = Option<String>, Query, description = "step id (a loop's includes its items' lines)"),
         ("level" = Option<String>, Query, description = "info, warn or error"),
+        ("event" = Option<String>, Query, description = "what the line records: RunStarted, StepStarted, StepSucceeded, StepRetrying, StepFailed, StepSkipped, StepWaiting, SignalReceived, RunSucceeded, RunFailed, RunCancelled, RunRetried or Log"),
         ("status" = Option<String>, Query, description = "the run's status"),
         ("since" = Option<String>, Query, description = "RFC 3339: lines at or after"),
         ("until" = Option<String>, Query, description = "RFC 3339: lines before"),
@@ -121,6 +127,14 @@ pub(crate) async fn search(
     {
         return Err(Problem::invalid("level", "must be info, warn or error"));
     }
+    let event = nonempty(q.event)
+        .map(|e| {
+            RunEvent::parse(&e).ok_or_else(|| {
+                let names: Vec<&str> = RunEvent::ALL.iter().map(|e| e.as_str()).collect();
+                Problem::invalid("event", format!("must be one of {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
     let status = nonempty(q.status)
         .map(|x| {
             RunStatus::parse(&x).ok_or_else(|| {
@@ -165,6 +179,7 @@ pub(crate) async fn search(
                 flow_id,
                 step: nonempty(q.step),
                 level,
+                event,
                 status,
                 since,
                 until,

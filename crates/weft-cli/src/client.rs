@@ -214,6 +214,9 @@ pub(crate) enum LogsCmd {
         /// info, warn or error.
         #[arg(long)]
         level: Option<String>,
+        /// Only lines recording this event (RunStarted, StepRetrying, StepFailed, …).
+        #[arg(long)]
+        event: Option<String>,
         /// Only runs in this status.
         #[arg(long)]
         status: Option<String>,
@@ -239,63 +242,81 @@ pub(crate) async fn logs(cmd: LogsCmd, args: ClientArgs) -> anyhow::Result<()> {
         run,
         step,
         level,
+        event,
         status,
         since,
         until,
         limit,
     } = cmd;
-    let mut query: Vec<(&str, String)> = Vec::new();
-    for (k, v) in [
+    let query: Vec<(&str, String)> = [
         ("q", text),
         ("flow", flow),
         ("run", run),
         ("step", step),
         ("level", level),
+        ("event", event),
         ("status", status),
         ("since", since),
         ("until", until),
-    ] {
-        if let Some(v) = v {
-            query.push((k, v));
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
+    each_item(&api, "/logs", &query, limit, 500, |l| {
+        if json_out {
+            println!("{l}");
+        } else {
+            let step = l
+                .get("step")
+                .and_then(Value::as_str)
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default();
+            println!(
+                "{} {:<5} {} {} {step}{}",
+                s(l, "ts"),
+                s(l, "level"),
+                s(l, "flow"),
+                s(l, "run_id"),
+                s(l, "message")
+            );
         }
-    }
-    let mut left = limit;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Pages through a workspace list endpoint (`{items, next_cursor}`) with `query`, handing each
+/// item to `f`, until `limit` items or the last page; `page_max` is the endpoint's largest page.
+/// Returns how many items there were.
+async fn each_item(
+    api: &Api,
+    path: &str,
+    query: &[(&str, String)],
+    limit: usize,
+    page_max: usize,
+    mut f: impl FnMut(&Value),
+) -> anyhow::Result<usize> {
+    let mut seen = 0usize;
     let mut cursor: Option<String> = None;
-    while left > 0 {
+    while seen < limit {
         let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &query {
+        for (k, v) in query {
             q.append_pair(k, v);
         }
-        q.append_pair("limit", &left.min(500).to_string());
+        q.append_pair("limit", &(limit - seen).min(page_max).to_string());
         if let Some(c) = &cursor {
             q.append_pair("cursor", c);
         }
-        let v = api.get(api.ws(&format!("/logs?{}", q.finish()))).await?;
+        let v = api.get(api.ws(&format!("{path}?{}", q.finish()))).await?;
         let items = v
             .get("items")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        left = left.saturating_sub(items.len());
-        for l in &items {
-            if json_out {
-                println!("{l}");
-            } else {
-                let step = l
-                    .get("step")
-                    .and_then(Value::as_str)
-                    .map(|s| format!("[{s}] "))
-                    .unwrap_or_default();
-                println!(
-                    "{} {:<5} {} {} {step}{}",
-                    s(l, "ts"),
-                    s(l, "level"),
-                    s(l, "flow"),
-                    s(l, "run_id"),
-                    s(l, "message")
-                );
-            }
+        for item in items.iter().take(limit - seen) {
+            f(item);
         }
+        seen += items.len().min(limit - seen);
         cursor = v
             .get("next_cursor")
             .and_then(Value::as_str)
@@ -304,7 +325,7 @@ pub(crate) async fn logs(cmd: LogsCmd, args: ClientArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// `weft errors …`.
@@ -337,65 +358,39 @@ pub(crate) async fn errors(cmd: ErrorsCmd, args: ClientArgs) -> anyhow::Result<(
         days,
         limit,
     } = cmd;
-    let mut left = limit;
-    let mut cursor: Option<String> = None;
-    let mut printed = 0usize;
-    while left > 0 {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        if let Some(f) = &flow {
-            q.append_pair("flow", f);
+    let mut query: Vec<(&str, String)> = [("flow", flow), ("since", since)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+    query.push(("days", days.to_string()));
+    let printed = each_item(&api, "/errors", &query, limit, 200, |g| {
+        if json_out {
+            println!("{g}");
+            return;
         }
-        if let Some(t) = &since {
-            q.append_pair("since", t);
-        }
-        q.append_pair("days", &days.to_string());
-        q.append_pair("limit", &left.min(200).to_string());
-        if let Some(c) = &cursor {
-            q.append_pair("cursor", c);
-        }
-        let v = api.get(api.ws(&format!("/errors?{}", q.finish()))).await?;
-        let items = v
-            .get("items")
+        let trend: Vec<String> = g
+            .get("trend")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        left = left.saturating_sub(items.len());
-        for g in &items {
-            printed += 1;
-            if json_out {
-                println!("{g}");
-                continue;
-            }
-            let trend: Vec<String> = g
-                .get("trend")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|d| format!("{} {}", s(d, "day").get(5..).unwrap_or(""), d["count"]))
-                .collect();
-            println!(
-                "{} ×{} {}/{} [{} {}] last {} (first {}) e.g. run {}\n    {}\n    trend: {}",
-                s(g, "fingerprint"),
-                g["count"],
-                s(g, "flow"),
-                s(g, "step"),
-                s(g, "connector"),
-                s(g, "class"),
-                s(g, "last_seen"),
-                s(g, "first_seen"),
-                s(g, "sample_run"),
-                s(g, "message"),
-                trend.join(", ")
-            );
-        }
-        cursor = v
-            .get("next_cursor")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if cursor.is_none() || items.is_empty() {
-            break;
-        }
-    }
+            .into_iter()
+            .flatten()
+            .map(|d| format!("{} {}", s(d, "day").get(5..).unwrap_or(""), d["count"]))
+            .collect();
+        println!(
+            "{} ×{} {}/{} [{} {}] last {} (first {}) e.g. run {}\n    {}\n    trend: {}",
+            s(g, "fingerprint"),
+            g["count"],
+            s(g, "flow"),
+            s(g, "step"),
+            s(g, "connector"),
+            s(g, "class"),
+            s(g, "last_seen"),
+            s(g, "first_seen"),
+            s(g, "sample_run"),
+            s(g, "message"),
+            trend.join(", ")
+        );
+    })
+    .await?;
     if printed == 0 && !json_out {
         println!("no failures recorded");
     }

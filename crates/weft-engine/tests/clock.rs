@@ -523,3 +523,89 @@ async fn a_poll_with_since_backfills_and_bad_listings_fail_clearly() {
     let (_, error) = h.polled().await;
     assert!(error.unwrap().contains("not a list; set `items:`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_log_records_typed_events_in_the_order_they_happened() {
+    let mut h = harness().await;
+    let (url, _reqs) = sink(vec![(503, None), (200, None), (400, None)], false).await;
+    let call = format!(
+        "  - id: call\n    action: http.request\n    input: {{ url: '{url}/x', timeout: 60s }}\n    retry: {{ max_attempts: 3, initial: 10s, max: 10s }}\n"
+    );
+    h.apply(&format!(
+        "name: typed\ntrigger:\n  manual: {{}}\nsteps:\n  - id: prep\n    transform: '1'\n{call}  - id: skipme\n    if: 'false'\n    transform: '2'\n"
+    ))
+    .await;
+    h.apply(&format!(
+        "name: fails\ntrigger:\n  manual: {{}}\nsteps:\n{call}"
+    ))
+    .await;
+    let events = |lines: &[weft_store::LogRecord]| -> Vec<(String, Option<String>)> {
+        lines
+            .iter()
+            .map(|l| (l.event.clone(), l.step_id.clone()))
+            .collect()
+    };
+    let want = |w: &[(&str, Option<&str>)]| -> Vec<(String, Option<String>)> {
+        w.iter()
+            .map(|(e, s)| (e.to_string(), s.map(str::to_string)))
+            .collect()
+    };
+
+    let t_start = weft_types::Clock::now_ms(&h.clock);
+    let run = h.start("typed", serde_json::json!({})).await;
+    let delay = h.retrying().await;
+    h.clock.advance(delay + Duration::from_millis(1));
+    assert_eq!(h.finished(run).await, RunStatus::Succeeded);
+    let lines = h
+        .engine
+        .store()
+        .run_logs(h.scope, run, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        events(&lines),
+        want(&[
+            ("RunStarted", None),
+            ("StepStarted", Some("prep")),
+            ("StepSucceeded", Some("prep")),
+            ("StepStarted", Some("call")),
+            ("StepRetrying", Some("call")),
+            ("StepSucceeded", Some("call")),
+            ("StepSkipped", Some("skipme")),
+            ("RunSucceeded", None),
+        ]),
+        "{lines:#?}"
+    );
+    // A start is stamped with when it happened, not with the checkpoint that carried it: the
+    // retried step started before the clock moved past its backoff.
+    let started = &lines[3];
+    let succeeded = &lines[5];
+    assert!(
+        lines[0].ts >= t_start && started.ts < t_start + delay.as_millis() as i64,
+        "{lines:#?}"
+    );
+    assert!(
+        succeeded.ts > t_start + delay.as_millis() as i64,
+        "{lines:#?}"
+    );
+
+    let run = h.start("fails", serde_json::json!({})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    let lines = h
+        .engine
+        .store()
+        .run_logs(h.scope, run, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        events(&lines),
+        want(&[
+            ("RunStarted", None),
+            ("StepStarted", Some("call")),
+            ("StepFailed", Some("call")),
+            ("RunFailed", None),
+        ]),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[2].level, "error");
+}

@@ -99,6 +99,35 @@ async fn an_approval_resumes_on_its_signal_once() {
     let out = r.output.unwrap();
     assert_eq!(out["approved"], json!(true));
     assert_eq!(out["by"], json!("ann"));
+    // The log tells the story in typed events.
+    let events: Vec<String> = h
+        .engine
+        .store()
+        .run_logs(h.scope, run, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            format!(
+                "{}{}",
+                l.event,
+                l.step_id.map(|s| format!(":{s}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "RunStarted",
+            "StepStarted:approve",
+            "StepWaiting:approve",
+            "SignalReceived",
+            "StepSucceeded:approve",
+            "StepStarted:after",
+            "StepSucceeded:after",
+            "RunSucceeded"
+        ]
+    );
 
     // Signals are single-use and reach only unfinished runs.
     let again = h

@@ -22,6 +22,7 @@ async fn expired_runs_are_deleted_and_nothing_else() {
     let old = h.start("quick", json!({})).await;
     assert_eq!(h.finished(old).await, RunStatus::Succeeded);
     let waiting = h.start("patient", json!({})).await;
+    assert_eq!(h.parked(waiting).await, None);
     // Nothing is deleted while the workspace keeps runs for ever.
     h.clock.advance(Duration::from_secs(3 * 86_400));
     assert_eq!(h.engine.enforce_retention().await.unwrap(), 0);

@@ -185,6 +185,8 @@ pub struct LogRecord {
     pub step_id: Option<String>,
     /// Text (already redacted).
     pub message: String,
+    /// What the line records ([`RunEvent`] name).
+    pub event: String,
 }
 
 /// What a workspace-wide log search looks for (every filter optional).
@@ -200,6 +202,8 @@ pub struct LogQuery {
     pub step: Option<String>,
     /// Only lines of this level.
     pub level: Option<String>,
+    /// Only lines recording this event.
+    pub event: Option<RunEvent>,
     /// Only lines of runs in this status.
     pub status: Option<RunStatus>,
     /// Lines at or after this time.
@@ -284,6 +288,104 @@ pub struct NewLog {
     pub step_id: Option<String>,
     /// Text.
     pub message: String,
+    /// What the line records.
+    pub event: RunEvent,
+    /// When it happened, if not when it is written (a step's start is written with its first
+    /// checkpoint, not in a transaction of its own).
+    pub at: Option<Millis>,
+}
+
+impl NewLog {
+    /// A line recording `event` now.
+    pub fn new(
+        level: &'static str,
+        step_id: Option<String>,
+        event: RunEvent,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            level,
+            step_id,
+            message: message.into(),
+            event,
+            at: None,
+        }
+    }
+}
+
+/// What a run log line records: a typed event of the run's life, or a plain line (`Log`, e.g. a
+/// code step's `console.log`). Stored by name; the names are part of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunEvent {
+    /// The run's first claim by a worker.
+    RunStarted,
+    /// The run ended succeeded.
+    RunSucceeded,
+    /// The run ended failed (a step, its timeout, or unreadable data).
+    RunFailed,
+    /// The run was cancelled (on request or with its parent).
+    RunCancelled,
+    /// A retry of a failed run was asked for.
+    RunRetried,
+    /// A step began (stamped with its start, written with its first checkpoint).
+    StepStarted,
+    /// A step succeeded.
+    StepSucceeded,
+    /// A step was skipped (condition false, or its branch not taken).
+    StepSkipped,
+    /// A step's attempt failed and it will be tried again.
+    StepRetrying,
+    /// A step failed for good (or one loop item did).
+    StepFailed,
+    /// A step parked: a wait, an approval, a signal or event, a child run.
+    StepWaiting,
+    /// A signal (or a matching event) reached the run.
+    SignalReceived,
+    /// A plain line.
+    Log,
+}
+
+impl RunEvent {
+    /// Every event, in the order of a run's life.
+    pub const ALL: [RunEvent; 13] = [
+        RunEvent::RunStarted,
+        RunEvent::RunSucceeded,
+        RunEvent::RunFailed,
+        RunEvent::RunCancelled,
+        RunEvent::RunRetried,
+        RunEvent::StepStarted,
+        RunEvent::StepSucceeded,
+        RunEvent::StepSkipped,
+        RunEvent::StepRetrying,
+        RunEvent::StepFailed,
+        RunEvent::StepWaiting,
+        RunEvent::SignalReceived,
+        RunEvent::Log,
+    ];
+
+    /// The stored and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunEvent::RunStarted => "RunStarted",
+            RunEvent::RunSucceeded => "RunSucceeded",
+            RunEvent::RunFailed => "RunFailed",
+            RunEvent::RunCancelled => "RunCancelled",
+            RunEvent::RunRetried => "RunRetried",
+            RunEvent::StepStarted => "StepStarted",
+            RunEvent::StepSucceeded => "StepSucceeded",
+            RunEvent::StepSkipped => "StepSkipped",
+            RunEvent::StepRetrying => "StepRetrying",
+            RunEvent::StepFailed => "StepFailed",
+            RunEvent::StepWaiting => "StepWaiting",
+            RunEvent::SignalReceived => "SignalReceived",
+            RunEvent::Log => "Log",
+        }
+    }
+
+    /// The event of this name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
 }
 
 /// Filters for listing runs.

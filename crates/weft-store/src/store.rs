@@ -509,11 +509,12 @@ impl Store {
                 Err(StoreError::Corrupt(m)) => {
                     let error = format!("the run's stored data cannot be read: {m}");
                     tracing::error!(run = %id, %error, "failing a run whose payload cannot be read");
-                    let log = NewLog {
-                        level: "error",
-                        step_id: None,
-                        message: format!("run failed: {error}"),
-                    };
+                    let log = NewLog::new(
+                        "error",
+                        None,
+                        RunEvent::RunFailed,
+                        format!("run failed: {error}"),
+                    );
                     on_backend!(self, s => s.finish_run(scope, id, owner, RunStatus::Failed, None, Some(error), vec![log], now))?;
                 }
                 // The payload store is unreachable: the run waits in the queue and is tried

@@ -639,11 +639,23 @@ conformance!(claims_checkpoints_leases_finish_and_resume, |s| {
     };
     let cp = weft_store::StepCheckpoint {
         step: step.clone(),
-        logs: vec![weft_store::NewLog {
-            level: "info",
-            step_id: Some("a".into()),
-            message: "ok".into(),
-        }],
+        logs: vec![
+            weft_store::NewLog {
+                at: Some(200),
+                ..weft_store::NewLog::new(
+                    "info",
+                    Some("a".into()),
+                    weft_store::RunEvent::StepStarted,
+                    "started",
+                )
+            },
+            weft_store::NewLog::new(
+                "info",
+                Some("a".into()),
+                weft_store::RunEvent::StepSucceeded,
+                "ok",
+            ),
+        ],
     };
     assert!(
         s.checkpoint_step(scope, r, "w1", cp.clone(), 210)
@@ -683,7 +695,21 @@ conformance!(claims_checkpoints_leases_finish_and_resume, |s| {
         (got.status, got.output, steps.len()),
         (weft_types::RunStatus::Succeeded, Some(json!(1)), 1)
     );
-    assert_eq!(s.run_logs(scope, r, 0, 100).await.unwrap().len(), 1);
+    // A line stamped with when it happened keeps that time; the others get the write's.
+    let lines: Vec<_> = s
+        .run_logs(scope, r, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.ts, l.event, l.message))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (200, "StepStarted".to_string(), "started".to_string()),
+            (210, "StepSucceeded".to_string(), "ok".to_string())
+        ]
+    );
     assert_eq!(
         s.cancel_run(scope, r, op(), 100_003).await.unwrap(),
         weft_types::RunStatus::Succeeded,
@@ -782,10 +808,12 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
     new_b.flow_name = "billing".into();
     let b = s.insert_run(new_b).await.unwrap().run_id;
     s.claim_runs("w1", 200, 30_000, 10).await.unwrap();
-    let log = |level: &'static str, step: &str, msg: &str| weft_store::NewLog {
-        level,
-        step_id: Some(step.into()),
-        message: msg.into(),
+    use weft_store::RunEvent;
+    let log = |level: &'static str, step: &str, msg: &str| {
+        weft_store::NewLog::new(level, Some(step.into()), RunEvent::Log, msg)
+    };
+    let typed = |level: &'static str, step: &str, event: RunEvent, msg: &str| {
+        weft_store::NewLog::new(level, Some(step.into()), event, msg)
     };
     let mut at = 1_000;
     for (r, step_id, logs) in [
@@ -793,12 +821,22 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
         (
             a,
             "loop[1].post",
-            vec![log("warn", "loop[1].post", "HTTP 503 from erp; retrying")],
+            vec![typed(
+                "warn",
+                "loop[1].post",
+                RunEvent::StepRetrying,
+                "HTTP 503 from erp; retrying",
+            )],
         ),
         (
             b,
             "charge",
-            vec![log("error", "charge", "card declined (HTTP 402)")],
+            vec![typed(
+                "error",
+                "charge",
+                RunEvent::StepFailed,
+                "card declined (HTTP 402)",
+            )],
         ),
         (a, "loopy", vec![log("info", "loopy", "not the loop")]),
     ] {
@@ -842,6 +880,18 @@ conformance!(log_search_filters_pages_and_stays_in_the_workspace, |s| {
                 .unwrap()
         ),
         ["fetched 3 Orders"]
+    );
+    // Typed events: stored by name, filtered by event.
+    assert_eq!(all[0].line.event, "Log");
+    assert_eq!(all[1].line.event, "StepFailed");
+    assert_eq!(all[2].line.event, "StepRetrying");
+    assert_eq!(
+        msgs(
+            s.search_logs(scope, q(&|q| q.event = Some(RunEvent::StepRetrying)))
+                .await
+                .unwrap()
+        ),
+        ["HTTP 503 from erp; retrying"]
     );
     // Level, flow, run, status.
     assert_eq!(
@@ -1520,10 +1570,13 @@ conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
     let trigger_len = new.trigger.to_string().len() as i64;
     let r = s.insert_run(new).await.unwrap().run_id;
     s.claim_runs("w1", jan, 30_000, 10).await.unwrap();
-    let log = |m: &str, step: Option<&str>| weft_store::NewLog {
-        level: "info",
-        step_id: step.map(str::to_string),
-        message: m.into(),
+    let log = |m: &str, step: Option<&str>| {
+        weft_store::NewLog::new(
+            "info",
+            step.map(str::to_string),
+            weft_store::RunEvent::Log,
+            m,
+        )
     };
     let out = json!({"big": "x".repeat(100)});
     let cp = weft_store::StepCheckpoint {
@@ -1630,11 +1683,12 @@ conformance!(nul_characters_are_stored_and_fail_nothing_else, |s| {
             started_at: Some(200),
             finished_at: Some(210),
         },
-        logs: vec![weft_store::NewLog {
-            level: "error",
-            step_id: Some("a".into()),
-            message: "got \u{0}".into(),
-        }],
+        logs: vec![weft_store::NewLog::new(
+            "error",
+            Some("a".into()),
+            weft_store::RunEvent::Log,
+            "got \u{0}",
+        )],
     };
     assert!(s.checkpoint_step(scope, a, "w1", cp, 210).await.unwrap());
     assert!(
@@ -2494,10 +2548,13 @@ conformance!(concurrent_checkpoints_each_get_their_own_answer, |s| {
             hs.push(tokio::spawn(async move {
                 let mut cp = super::step(step, idx as i64, json!({"run": n, "step": step}), 150);
                 cp.logs = (0..3)
-                    .map(|k| weft_store::NewLog {
-                        level: "info",
-                        step_id: Some(step.into()),
-                        message: format!("{step}{k}"),
+                    .map(|k| {
+                        weft_store::NewLog::new(
+                            "info",
+                            Some(step.into()),
+                            weft_store::RunEvent::Log,
+                            format!("{step}{k}"),
+                        )
                     })
                     .collect();
                 (
@@ -2582,10 +2639,13 @@ conformance!(concurrent_finishes_each_get_their_own_answer, |s| {
         let owner = if n % 5 == 0 { "w2" } else { "w1" };
         hs.push(tokio::spawn(async move {
             let logs = (0..3)
-                .map(|k| weft_store::NewLog {
-                    level: "info",
-                    step_id: None,
-                    message: format!("end{k}"),
+                .map(|k| {
+                    weft_store::NewLog::new(
+                        "info",
+                        None,
+                        weft_store::RunEvent::Log,
+                        format!("end{k}"),
+                    )
                 })
                 .collect();
             let status = if n % 2 == 0 {

@@ -222,11 +222,12 @@ async fn claim_checkpoint_finish_and_resume() {
     };
     let cp = StepCheckpoint {
         step: step.clone(),
-        logs: vec![NewLog {
-            level: "info",
-            step_id: Some("a".into()),
-            message: "ok".into(),
-        }],
+        logs: vec![NewLog::new(
+            "info",
+            Some("a".into()),
+            weft_store::RunEvent::Log,
+            "ok",
+        )],
     };
     assert!(
         s.checkpoint_step(scope, r, "w1", cp.clone(), 210)

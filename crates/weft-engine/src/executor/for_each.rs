@@ -232,15 +232,17 @@ impl StepJob {
                 Some(msg.clone()),
                 started,
             );
-            let log = weft_store::NewLog {
-                level: if self.step().continue_on_error || self.step().has_handlers() {
-                    "warn"
-                } else {
-                    "error"
-                },
-                step_id: Some(self.record_id()),
-                message: format!("failed: {msg}"),
+            let level = if self.step().continue_on_error || self.step().has_handlers() {
+                "warn"
+            } else {
+                "error"
             };
+            let log = weft_store::NewLog::new(
+                level,
+                Some(self.record_id()),
+                weft_store::RunEvent::StepFailed,
+                format!("failed: {msg}"),
+            );
             return if self.checkpoint(rec, vec![log]).await {
                 Report::Done(self.idx, Outcome::failed(msg))
             } else {
@@ -389,11 +391,12 @@ impl ItemTask {
         };
         let logs = match &result {
             Ok(_) => Vec::new(),
-            Err(e) => vec![NewLog {
-                level: "warn",
-                step_id: Some(rec.step_id.clone()),
-                message: format!("item {index} failed: {e}"),
-            }],
+            Err(e) => vec![NewLog::new(
+                "warn",
+                Some(rec.step_id.clone()),
+                weft_store::RunEvent::StepFailed,
+                format!("item {index} failed: {e}"),
+            )],
         };
         match self
             .inner

@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weft_flow::{CompiledFlow, CompiledStep, Handler, StepKind};
-use weft_store::{ClaimedRun, NewLog, RunRecord, StepRecord};
+use weft_store::{ClaimedRun, NewLog, RunEvent, RunRecord, StepRecord};
 use weft_types::{Millis, RunStatus, StepStatus};
 
 use crate::Inner;
@@ -122,6 +122,9 @@ pub(crate) struct BaseCtx {
     run_v: Value,
     /// `.flow`: `{id, name, version}`.
     flow_v: Value,
+    /// Whether this execution starts the run (no step had a checkpoint): its `RunStarted`
+    /// line goes with the first checkpoint, whichever step writes it.
+    pub(crate) start_pending: std::sync::atomic::AtomicBool,
 }
 
 /// The expression context of one step, `{trigger, steps, run, flow, vars}` (plus `item` and
@@ -299,16 +302,13 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         return;
     }
     let msg = match status {
-        RunStatus::Succeeded => NewLog {
-            level: "info",
-            step_id: None,
-            message: "run succeeded".into(),
-        },
-        _ => NewLog {
-            level: "error",
-            step_id: None,
-            message: format!("run failed: {}", error.clone().unwrap_or_default()),
-        },
+        RunStatus::Succeeded => NewLog::new("info", None, RunEvent::RunSucceeded, "run succeeded"),
+        _ => NewLog::new(
+            "error",
+            None,
+            RunEvent::RunFailed,
+            format!("run failed: {}", error.clone().unwrap_or_default()),
+        ),
     };
     match inner
         .opts
@@ -481,6 +481,7 @@ async fn run_steps(
             );
         }
     };
+    let fresh = prior.is_empty();
     let prior: Prior = Arc::new(prior.into_iter().map(|r| (r.step_id.clone(), r)).collect());
     let deadline: Option<Millis> = flow
         .run_timeout
@@ -498,6 +499,7 @@ async fn run_steps(
         flow_v: json!({"id": run.flow_id.to_string(), "name": run.flow_name, "version": run.flow_version}),
         run: run.clone(),
         flow: flow.clone(),
+        start_pending: std::sync::atomic::AtomicBool::new(fresh),
     });
     let frame = Frame {
         flow: flow.clone(),
@@ -710,6 +712,7 @@ async fn run_dag_inner(
                     token: token.clone(),
                     class: std::sync::Mutex::new("none"),
                     console: std::sync::Mutex::default(),
+                    start_logged: std::sync::atomic::AtomicBool::new(false),
                 };
                 tasks.spawn(job.run(ctx, skip_reason(steps, i, &outcomes)));
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use weft_flow::{CompiledStep, StepKind};
-use weft_store::{NewLog, RunRecord, StepCheckpoint, StepRecord};
+use weft_store::{NewLog, RunEvent, RunRecord, StepCheckpoint, StepRecord};
 use weft_types::{Millis, StepStatus};
 
 use super::{Frame, Outcome, Prior, Report, fmt_duration, truthy};
@@ -35,6 +35,8 @@ pub(crate) struct StepJob {
     pub(crate) class: std::sync::Mutex<&'static str>,
     /// Lines a code step wrote (`console.log`), stored with its next checkpoint.
     pub(crate) console: std::sync::Mutex<Vec<NewLog>>,
+    /// Whether this step's `StepStarted` line was handed to a checkpoint.
+    pub(crate) start_logged: std::sync::atomic::AtomicBool,
 }
 
 impl StepJob {
@@ -135,6 +137,7 @@ impl StepJob {
             all.append(&mut logs);
             logs = all;
         }
+        self.prepend_starts(&rec, &mut logs);
         let status = rec.status;
         let failure = (status == StepStatus::Failed).then(|| rec.error.clone().unwrap_or_default());
         let secs = match (rec.started_at, rec.finished_at) {
@@ -175,6 +178,37 @@ impl StepJob {
                 tracing::warn!(run = %self.run.id, error = %e, "checkpoint failed; the run will be resumed");
                 false
             }
+        }
+    }
+
+    /// Puts the run's `RunStarted` (first checkpoint of a fresh run) and this step's
+    /// `StepStarted` (its first checkpoint; a skipped step never started) before `logs`, each
+    /// stamped with when it happened: a start shares its checkpoint's transaction instead of
+    /// costing one of its own.
+    fn prepend_starts(&self, rec: &StepRecord, logs: &mut Vec<NewLog>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut starts = Vec::new();
+        if self.frame.base.start_pending.swap(false, Relaxed) {
+            let mut l = NewLog::new("info", None, RunEvent::RunStarted, "run started");
+            l.at = self.run.started_at.or(rec.started_at);
+            starts.push(l);
+        }
+        if self.prior.is_none()
+            && rec.status != StepStatus::Skipped
+            && !self.start_logged.swap(true, Relaxed)
+        {
+            let mut l = NewLog::new(
+                "info",
+                Some(rec.step_id.clone()),
+                RunEvent::StepStarted,
+                "started",
+            );
+            l.at = rec.started_at;
+            starts.push(l);
+        }
+        if !starts.is_empty() {
+            starts.append(logs);
+            *logs = starts;
         }
     }
 
@@ -225,11 +259,12 @@ impl StepJob {
                 Err(e) => {
                     self.set_class("expression");
                     let rec = self.record(StepStatus::Failed, 1, None, Some(e.clone()), started);
-                    let log = NewLog {
-                        level: "error",
-                        step_id: Some(id),
-                        message: format!("condition failed: {e}"),
-                    };
+                    let log = NewLog::new(
+                        "error",
+                        Some(id),
+                        RunEvent::StepFailed,
+                        format!("condition failed: {e}"),
+                    );
                     return if self.checkpoint(rec, vec![log]).await {
                         Report::Done(self.idx, Outcome::failed(e))
                     } else {
@@ -242,11 +277,12 @@ impl StepJob {
         };
         if let Some(reason) = skip_reason {
             let rec = self.record(StepStatus::Skipped, 0, None, None, started);
-            let log = NewLog {
-                level: "info",
-                step_id: Some(id),
-                message: format!("skipped: {reason}"),
-            };
+            let log = NewLog::new(
+                "info",
+                Some(id),
+                RunEvent::StepSkipped,
+                format!("skipped: {reason}"),
+            );
             return if self.checkpoint(rec, vec![log]).await {
                 Report::Done(self.idx, Outcome::Skipped)
             } else {
@@ -277,11 +313,12 @@ impl StepJob {
             match result {
                 Ok(output) => {
                     let ms = self.inner.now() - started;
-                    let log = NewLog {
-                        level: "info",
-                        step_id: Some(id.clone()),
-                        message: format!("succeeded in {ms} ms (attempt {attempt})"),
-                    };
+                    let log = NewLog::new(
+                        "info",
+                        Some(id.clone()),
+                        RunEvent::StepSucceeded,
+                        format!("succeeded in {ms} ms (attempt {attempt})"),
+                    );
                     let rec = self.record(
                         StepStatus::Succeeded,
                         attempt,
@@ -314,11 +351,12 @@ impl StepJob {
                         } else {
                             "error"
                         };
-                        let log = NewLog {
+                        let log = NewLog::new(
                             level,
-                            step_id: Some(id.clone()),
-                            message: format!("failed: {msg}"),
-                        };
+                            Some(id.clone()),
+                            RunEvent::StepFailed,
+                            format!("failed: {msg}"),
+                        );
                         let rec = self.record(
                             StepStatus::Failed,
                             attempt,
@@ -341,15 +379,16 @@ impl StepJob {
                         e.retry_after,
                         rand::random::<f64>(),
                     );
-                    let log = NewLog {
-                        level: "warn",
-                        step_id: Some(id.clone()),
-                        message: format!(
+                    let log = NewLog::new(
+                        "warn",
+                        Some(id.clone()),
+                        RunEvent::StepRetrying,
+                        format!(
                             "attempt {attempt} failed: {}; retrying in {}",
                             e.message,
                             fmt_duration(delay)
                         ),
-                    };
+                    );
                     let rec = self.record(
                         StepStatus::Retrying,
                         attempt,
@@ -544,10 +583,13 @@ impl StepJob {
                     .map_err(|e| AttemptError::permanent(format!("code: {e}")))?;
                 if let Ok(mut c) = self.console.lock() {
                     let step = self.record_id();
-                    c.extend(out.logs.into_iter().map(|l| NewLog {
-                        level: "info",
-                        step_id: Some(step.clone()),
-                        message: format!("console: {l}"),
+                    c.extend(out.logs.into_iter().map(|l| {
+                        NewLog::new(
+                            "info",
+                            Some(step.clone()),
+                            RunEvent::Log,
+                            format!("console: {l}"),
+                        )
                     }));
                 }
                 out.result

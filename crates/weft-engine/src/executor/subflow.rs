@@ -55,11 +55,12 @@ impl StepJob {
         if recorded.is_none() {
             let out = json!({"run_id": child.to_string(), "flow": target});
             let rec = self.record(StepStatus::Waiting, 1, Some(out), None, started);
-            let log = weft_store::NewLog {
-                level: "info",
-                step_id: Some(self.record_id()),
-                message: format!("waiting for run {child} of flow '{target}'"),
-            };
+            let log = weft_store::NewLog::new(
+                "info",
+                Some(self.record_id()),
+                weft_store::RunEvent::StepWaiting,
+                format!("waiting for run {child} of flow '{target}'"),
+            );
             if !self.checkpoint(rec, vec![log]).await {
                 return Report::Lost;
             }

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use weft_flow::{SignalWait, WaitSpec};
-use weft_store::{NewLog, SignalRecord};
+use weft_store::{NewLog, RunEvent, SignalRecord};
 use weft_types::{Millis, StepStatus};
 
 use super::step::StepJob;
@@ -28,11 +28,12 @@ impl StepJob {
     /// Records the step `waiting` (output says until when / for what); false when lost.
     async fn checkpoint_waiting(&self, output: Value, message: String, started: Millis) -> bool {
         let rec = self.record(StepStatus::Waiting, 1, Some(output), None, started);
-        let log = NewLog {
-            level: "info",
-            step_id: Some(self.record_id()),
+        let log = NewLog::new(
+            "info",
+            Some(self.record_id()),
+            RunEvent::StepWaiting,
             message,
-        };
+        );
         self.checkpoint(rec, vec![log]).await
     }
 
@@ -43,9 +44,21 @@ impl StepJob {
         started: Millis,
         message: String,
     ) -> Report {
-        let (status, output, error, level) = match &outcome {
-            Outcome::Succeeded(v) => (StepStatus::Succeeded, Some(v.clone()), None, "info"),
-            Outcome::Skipped => (StepStatus::Skipped, None, None, "info"),
+        let (status, output, error, level, event) = match &outcome {
+            Outcome::Succeeded(v) => (
+                StepStatus::Succeeded,
+                Some(v.clone()),
+                None,
+                "info",
+                RunEvent::StepSucceeded,
+            ),
+            Outcome::Skipped => (
+                StepStatus::Skipped,
+                None,
+                None,
+                "info",
+                RunEvent::StepSkipped,
+            ),
             Outcome::Failed { error, timed_out } => (
                 StepStatus::Failed,
                 timed_out.then(|| json!({"timed_out": true})),
@@ -55,14 +68,11 @@ impl StepJob {
                 } else {
                     "error"
                 },
+                RunEvent::StepFailed,
             ),
         };
         let rec = self.record(status, 1, output, error, started);
-        let log = NewLog {
-            level,
-            step_id: Some(self.record_id()),
-            message,
-        };
+        let log = NewLog::new(level, Some(self.record_id()), event, message);
         if self.checkpoint(rec, vec![log]).await {
             Report::Done(self.idx, outcome)
         } else {

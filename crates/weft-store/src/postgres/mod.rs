@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/0010_log_search.sql")),
     (11, include_str!("migrations/0011_errors.sql")),
     (12, include_str!("migrations/0012_retention.sql")),
+    (13, include_str!("migrations/0013_run_events.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level

@@ -149,20 +149,23 @@ pub(super) async fn insert_logs(
         return Ok(());
     }
     // One statement for all lines, in order (their seq follows the ordinality).
-    let (levels, steps, messages) = log_arrays(logs);
+    let mut lines = JobLogs::default();
+    lines.push(0, logs);
     sqlx::query(
-        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-         SELECT $1, $2, $3, $4, l.level, l.step_id, l.message
-         FROM UNNEST($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS l(level, step_id, message, n)
+        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+         SELECT $1, $2, $3, COALESCE(l.at, $4), l.level, l.step_id, l.message, l.event
+         FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY AS l(level, step_id, message, event, at, n)
          ORDER BY l.n",
     )
     .bind(t)
     .bind(w)
     .bind(run)
     .bind(now)
-    .bind(levels)
-    .bind(steps)
-    .bind(messages)
+    .bind(lines.level)
+    .bind(lines.step)
+    .bind(lines.message)
+    .bind(lines.event)
+    .bind(lines.at)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -425,19 +428,19 @@ pub(super) async fn insert_run_tx(
     })
 }
 
-/// The log lines of `logs` as three parallel arrays (level, step, message), for `UNNEST`.
-type LogArrays<'a> = (Vec<&'a str>, Vec<Option<String>>, Vec<String>);
+/// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, for table alias `l`.
+const LOG_COLS: &str = "l.seq, l.ts, l.level, l.step_id, l.message, l.event";
 
-fn log_arrays(logs: &[NewLog]) -> LogArrays<'_> {
-    (
-        logs.iter().map(|l| l.level).collect(),
-        logs.iter()
-            .map(|l| l.step_id.as_deref().map(|x| pg_text(x).into_owned()))
-            .collect(),
-        logs.iter()
-            .map(|l| pg_text(&l.message).into_owned())
-            .collect(),
-    )
+/// A log line from a row that starts with [`LOG_COLS`].
+fn log_record(r: &sqlx::postgres::PgRow) -> LogRecord {
+    LogRecord {
+        seq: r.get(0),
+        ts: r.get(1),
+        level: r.get(2),
+        step_id: r.get(3),
+        message: r.get(4),
+        event: r.get(5),
+    }
 }
 
 /// The log lines of many jobs as parallel arrays for `UNNEST`, each tagged with its job's
@@ -448,6 +451,8 @@ struct JobLogs {
     level: Vec<&'static str>,
     step: Vec<Option<String>>,
     message: Vec<String>,
+    event: Vec<&'static str>,
+    at: Vec<Option<i64>>,
 }
 
 impl JobLogs {
@@ -458,6 +463,8 @@ impl JobLogs {
             self.step
                 .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
             self.message.push(pg_text(&l.message).into_owned());
+            self.event.push(l.event.as_str());
+            self.at.push(l.at);
         }
     }
 }
@@ -543,9 +550,9 @@ pub(super) async fn checkpoint_many_tx(
              output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
            RETURNING 1),
          lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-           SELECT $1, ok.workspace_id, ok.run_id, ok.now, l.level, l.step_id, l.message
-           FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS l(ord, level, step_id, message, n)
+           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+           SELECT $1, ok.workspace_id, ok.run_id, COALESCE(l.at, ok.now), l.level, l.step_id, l.message, l.event
+           FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bigint[]) WITH ORDINALITY AS l(ord, level, step_id, message, event, at, n)
            JOIN ok ON ok.ord = l.ord + 1
            ORDER BY l.ord, l.n
            RETURNING 1)
@@ -568,6 +575,8 @@ pub(super) async fn checkpoint_many_tx(
     .bind(lines.level)
     .bind(lines.step)
     .bind(lines.message)
+    .bind(lines.event)
+    .bind(lines.at)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
@@ -655,9 +664,9 @@ pub(super) async fn finish_many_tx(
              month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
            RETURNING 1),
          lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-           SELECT $1, d.workspace_id, d.run_id, d.now, l.level, l.step_id, l.message
-           FROM UNNEST($11::bigint[], $12::text[], $13::text[], $14::text[]) WITH ORDINALITY AS l(ord, level, step_id, message, n)
+           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+           SELECT $1, d.workspace_id, d.run_id, COALESCE(l.at, d.now), l.level, l.step_id, l.message, l.event
+           FROM UNNEST($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[]) WITH ORDINALITY AS l(ord, level, step_id, message, event, at, n)
            JOIN upd d ON d.ord = l.ord + 1
            ORDER BY l.ord, l.n
            RETURNING 1)
@@ -677,6 +686,8 @@ pub(super) async fn finish_many_tx(
     .bind(lines.level)
     .bind(lines.step)
     .bind(lines.message)
+    .bind(lines.event)
+    .bind(lines.at)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
@@ -1058,11 +1069,12 @@ impl PgStore {
             &w,
             &rid,
             now,
-            &[NewLog {
-                level: "warn",
-                step_id: None,
-                message: "run cancelled on request".into(),
-            }],
+            &[NewLog::new(
+                "warn",
+                None,
+                RunEvent::RunCancelled,
+                "run cancelled on request",
+            )],
         )
         .await?;
         let mut detail = json!({"previous_status": status.as_str()});
@@ -1329,13 +1341,13 @@ impl PgStore {
     ) -> Result<Vec<LogHit>, StoreError> {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
-        let rows = sqlx::query(
-            "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLS}, l.run_id, r.flow_name
              FROM run_logs l
              JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
              WHERE l.tenant_id = $1 AND l.workspace_id = $2 AND l.seq > $3
-             ORDER BY l.seq LIMIT $4",
-        )
+             ORDER BY l.seq LIMIT $4"
+        )))
         .bind(&t)
         .bind(&w)
         .bind(after)
@@ -1347,15 +1359,9 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 Ok(LogHit {
-                    line: LogRecord {
-                        seq: r.get(0),
-                        ts: r.get(1),
-                        level: r.get(2),
-                        step_id: r.get(3),
-                        message: r.get(4),
-                    },
-                    run_id: parse(r.get(5), "run id")?,
-                    flow: r.get(6),
+                    line: log_record(r),
+                    run_id: parse(r.get(6), "run id")?,
+                    flow: r.get(7),
                 })
             })
             .collect()
@@ -1365,8 +1371,8 @@ impl PgStore {
     pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
-        let rows = sqlx::query(
-            "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLS}, l.run_id, r.flow_name
              FROM run_logs l
              JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
              WHERE l.tenant_id = $1 AND l.workspace_id = $2
@@ -1379,8 +1385,9 @@ impl PgStore {
                AND ($9::bigint IS NULL OR l.ts < $9)
                AND ($10::text IS NULL OR strpos(lower(l.message), lower($10)) > 0)
                AND ($11::bigint IS NULL OR l.seq < $11)
-             ORDER BY l.seq DESC LIMIT $12",
-        )
+               AND ($13::text IS NULL OR l.event = $13)
+             ORDER BY l.seq DESC LIMIT $12"
+        )))
         .bind(&t)
         .bind(&w)
         .bind(q.run.map(|r| r.to_string()))
@@ -1393,23 +1400,18 @@ impl PgStore {
         .bind(q.text)
         .bind(q.before)
         .bind(q.limit as i64)
+        .bind(q.event.map(|e| e.as_str()))
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         rows.iter()
             .map(|r| {
-                let run: String = r.get(5);
+                let run: String = r.get(6);
                 Ok(LogHit {
-                    line: LogRecord {
-                        seq: r.get(0),
-                        ts: r.get(1),
-                        level: r.get(2),
-                        step_id: r.get(3),
-                        message: r.get(4),
-                    },
+                    line: log_record(r),
                     run_id: parse(run, "run id")?,
-                    flow: r.get(6),
+                    flow: r.get(7),
                 })
             })
             .collect()
@@ -1425,7 +1427,7 @@ impl PgStore {
     ) -> Result<Vec<LogRecord>, StoreError> {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
-        let rows = sqlx::query("SELECT seq, ts, level, step_id, message FROM run_logs WHERE tenant_id = $1 AND workspace_id = $2 AND run_id = $3 AND seq > $4 ORDER BY seq LIMIT $5")
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {LOG_COLS} FROM run_logs l WHERE l.tenant_id = $1 AND l.workspace_id = $2 AND l.run_id = $3 AND l.seq > $4 ORDER BY l.seq LIMIT $5")))
             .bind(&t)
             .bind(&w)
             .bind(run.to_string())
@@ -1435,16 +1437,7 @@ impl PgStore {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|r| LogRecord {
-                seq: r.get(0),
-                ts: r.get(1),
-                level: r.get(2),
-                step_id: r.get(3),
-                message: r.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(log_record).collect())
     }
 
     /// System: runs queued or running since before `before`, oldest first.

@@ -109,8 +109,8 @@ pub(super) async fn cancel_below(
            UPDATE runs SET status = 'cancelled', finished_at = $4, error = 'cancelled with its parent run ' || parent_run
            WHERE tenant_id = $1 AND workspace_id = $2 AND id = ANY($3) AND status NOT IN ('succeeded', 'failed', 'cancelled')
            RETURNING id, parent_run)
-         INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message)
-         SELECT $1, $2, c.id, $4, 'warn', NULL, 'cancelled with its parent run ' || c.parent_run FROM c",
+         INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+         SELECT $1, $2, c.id, $4, 'warn', NULL, 'cancelled with its parent run ' || c.parent_run, 'RunCancelled' FROM c",
     )
     .bind(t)
     .bind(w)
@@ -417,6 +417,13 @@ impl PgStore {
             tx.rollback().await.map_err(db)?;
             return Err(crate::signal_taken(name));
         }
+        let log = NewLog::new(
+            "info",
+            None,
+            RunEvent::SignalReceived,
+            format!("signal '{}' received", pg_text(name)),
+        );
+        insert_logs(&mut tx, &t, &w, &rid, now, &[log]).await?;
         let woke = status == RunStatus::Waiting
             && wake_waiting(&mut tx, &t, &[(w.clone(), rid.clone(), now)]).await? > 0;
         append(
@@ -561,11 +568,12 @@ impl PgStore {
             &w,
             &rid,
             now,
-            &[NewLog {
-                level: "info",
-                step_id: None,
-                message: "retry requested: resuming from the failed step".into(),
-            }],
+            &[NewLog::new(
+                "info",
+                None,
+                RunEvent::RunRetried,
+                "retry requested: resuming from the failed step",
+            )],
         )
         .await?;
         append(

@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/0010_log_search.sql")),
     (11, include_str!("migrations/0011_errors.sql")),
     (12, include_str!("migrations/0012_retention.sql")),
+    (13, include_str!("migrations/0013_run_events.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

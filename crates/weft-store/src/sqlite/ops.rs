@@ -184,12 +184,36 @@ pub(super) fn insert_logs(
         return Ok(());
     }
     let mut st = c.prepare_cached(
-        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for l in logs {
-        st.execute(params![t, w, run, now, l.level, l.step_id, l.message])?;
+        st.execute(params![
+            t,
+            w,
+            run,
+            l.at.unwrap_or(now),
+            l.level,
+            l.step_id,
+            l.message,
+            l.event.as_str()
+        ])?;
     }
     Ok(())
+}
+
+/// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, for table alias `l`.
+const LOG_COLS: &str = "l.seq, l.ts, l.level, l.step_id, l.message, l.event";
+
+/// A log line from a row that starts with [`LOG_COLS`].
+fn log_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
+    Ok(LogRecord {
+        seq: r.get(0)?,
+        ts: r.get(1)?,
+        level: r.get(2)?,
+        step_id: r.get(3)?,
+        message: r.get(4)?,
+        event: r.get(5)?,
+    })
 }
 
 pub(super) fn insert_run_tx(
@@ -916,7 +940,7 @@ impl SqliteStore {
                 params![t, w, rid, now],
                 |r| r.get(0),
             )?;
-            insert_logs(c, &t, &w, &rid, now, &[NewLog { level: "warn", step_id: None, message: "run cancelled on request".into() }])?;
+            insert_logs(c, &t, &w, &rid, now, &[NewLog::new("warn", None, RunEvent::RunCancelled, "run cancelled on request")])?;
             super::waits::cancel_open_steps(c, &t, &w, &rid, now)?;
             let descendants = super::waits::cancel_descendants(c, &t, &w, &rid, now)?;
             if let Some(parent) = parent {
@@ -1123,13 +1147,13 @@ impl SqliteStore {
     ) -> Result<Vec<LogRecord>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
-            let mut st = c.prepare_cached(
-                "SELECT seq, ts, level, step_id, message FROM run_logs WHERE tenant_id = ?1 AND workspace_id = ?2 AND run_id = ?3 AND seq > ?4 ORDER BY seq LIMIT ?5",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {LOG_COLS} FROM run_logs l WHERE l.tenant_id = ?1 AND l.workspace_id = ?2 AND l.run_id = ?3 AND l.seq > ?4 ORDER BY l.seq LIMIT ?5"
+            ))?;
             let mut rows = st.query(params![t, w, run.to_string(), after, limit as i64])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                out.push(LogRecord { seq: r.get(0)?, ts: r.get(1)?, level: r.get(2)?, step_id: r.get(3)?, message: r.get(4)? });
+                out.push(log_record(r)?);
             }
             Ok(out)
         })
@@ -1145,26 +1169,20 @@ impl SqliteStore {
     ) -> Result<Vec<LogHit>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
-            let mut st = c.prepare_cached(
-                "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {LOG_COLS}, l.run_id, r.flow_name
                  FROM run_logs l
                  JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
                  WHERE l.tenant_id = ?1 AND l.workspace_id = ?2 AND l.seq > ?3
-                 ORDER BY l.seq LIMIT ?4",
-            )?;
+                 ORDER BY l.seq LIMIT ?4"
+            ))?;
             let mut rows = st.query(params![t, w, after, limit as i64])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 out.push(LogHit {
-                    line: LogRecord {
-                        seq: r.get(0)?,
-                        ts: r.get(1)?,
-                        level: r.get(2)?,
-                        step_id: r.get(3)?,
-                        message: r.get(4)?,
-                    },
-                    run_id: parse(r.get(5)?, "run id")?,
-                    flow: r.get(6)?,
+                    line: log_record(r)?,
+                    run_id: parse(r.get(6)?, "run id")?,
+                    flow: r.get(7)?,
                 });
             }
             Ok(out)
@@ -1176,8 +1194,8 @@ impl SqliteStore {
     pub async fn search_logs(&self, scope: Scope, q: LogQuery) -> Result<Vec<LogHit>, StoreError> {
         self.read(move |c| {
             let (t, w) = scope_strs(&scope);
-            let mut st = c.prepare_cached(
-                "SELECT l.seq, l.ts, l.level, l.step_id, l.message, l.run_id, r.flow_name
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {LOG_COLS}, l.run_id, r.flow_name
                  FROM run_logs l
                  JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
                  WHERE l.tenant_id = ?1 AND l.workspace_id = ?2
@@ -1190,8 +1208,9 @@ impl SqliteStore {
                    AND (?9 IS NULL OR l.ts < ?9)
                    AND (?10 IS NULL OR instr(lower(l.message), lower(?10)) > 0)
                    AND (?11 IS NULL OR l.seq < ?11)
-                 ORDER BY l.seq DESC LIMIT ?12",
-            )?;
+                   AND (?13 IS NULL OR l.event = ?13)
+                 ORDER BY l.seq DESC LIMIT ?12"
+            ))?;
             let mut rows = st.query(params![
                 t,
                 w,
@@ -1204,21 +1223,16 @@ impl SqliteStore {
                 q.until,
                 q.text,
                 q.before,
-                q.limit as i64
+                q.limit as i64,
+                q.event.map(|e| e.as_str())
             ])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                let run: String = r.get(5)?;
+                let run: String = r.get(6)?;
                 out.push(LogHit {
-                    line: LogRecord {
-                        seq: r.get(0)?,
-                        ts: r.get(1)?,
-                        level: r.get(2)?,
-                        step_id: r.get(3)?,
-                        message: r.get(4)?,
-                    },
+                    line: log_record(r)?,
                     run_id: parse(run, "run id")?,
-                    flow: r.get(6)?,
+                    flow: r.get(7)?,
                 });
             }
             Ok(out)

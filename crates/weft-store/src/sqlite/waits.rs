@@ -77,14 +77,15 @@ pub(super) fn cancel_descendants(
     drop(st);
     for (id, parent) in &cancelled {
         cancel_open_steps(c, t, w, id, now)?;
-        let log = NewLog {
-            level: "warn",
-            step_id: None,
-            message: format!(
+        let log = NewLog::new(
+            "warn",
+            None,
+            RunEvent::RunCancelled,
+            format!(
                 "cancelled with its parent run {}",
                 parent.as_deref().unwrap_or_default()
             ),
-        };
+        );
         insert_logs(c, t, w, id, now, &[log])?;
     }
     Ok(cancelled.len())
@@ -281,6 +282,13 @@ impl SqliteStore {
             if n == 0 {
                 return Err(crate::signal_taken(&name));
             }
+            let log = NewLog::new(
+                "info",
+                None,
+                RunEvent::SignalReceived,
+                format!("signal '{name}' received"),
+            );
+            insert_logs(c, &t, &w, &rid, now, &[log])?;
             let after = if wake_if_waiting(c, &t, &w, &rid, now)? {
                 RunStatus::Queued
             } else {
@@ -378,11 +386,12 @@ impl SqliteStore {
                 "UPDATE tenant_usage SET stored_bytes = MAX(0, stored_bytes - ?2) WHERE tenant_id = ?1",
             )?
             .execute(params![t, step_bytes + output_bytes])?;
-            let log = NewLog {
-                level: "info",
-                step_id: None,
-                message: "retry requested: resuming from the failed step".into(),
-            };
+            let log = NewLog::new(
+                "info",
+                None,
+                RunEvent::RunRetried,
+                "retry requested: resuming from the failed step",
+            );
             insert_logs(c, &t, &w, &rid, now, &[log])?;
             append(
                 c,
