@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod alerts;
 mod audit;
 pub mod auth;
 mod body;
@@ -90,6 +91,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logs::search))
         .routes(routes!(errors::list))
         .routes(routes!(retention::get, retention::put))
+        .routes(routes!(alerts::list, alerts::create))
+        .routes(routes!(alerts::delete))
+        .routes(routes!(alerts::deliveries))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::signal))
         .routes(routes!(runs::retry))

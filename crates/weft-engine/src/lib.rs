@@ -4,6 +4,7 @@
 //! [`Engine::start`] and stopped by [`Engine::shutdown`]. All time goes through the injected
 //! [`Clock`], all storage through the [`Store`], all outbound HTTP through the guarded client.
 
+pub mod alerts;
 mod connectors;
 mod credentials;
 mod dispatch;
@@ -220,6 +221,7 @@ pub(crate) struct Inner {
     pub(crate) schedule_wake: Notify,
     pub(crate) poll_wake: Notify,
     pub(crate) timer_wake: Notify,
+    pub(crate) alert_wake: Notify,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
@@ -247,6 +249,7 @@ impl Engine {
                 schedule_wake: Notify::new(),
                 poll_wake: Notify::new(),
                 timer_wake: Notify::new(),
+                alert_wake: Notify::new(),
                 in_flight: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
                 cancels: Mutex::default(),
@@ -337,6 +340,7 @@ impl Engine {
             tasks.push(tokio::spawn(schedule::scheduler(self.inner.clone())));
             tasks.push(tokio::spawn(poll::poller(self.inner.clone())));
             tasks.push(tokio::spawn(retention::cleaner(self.inner.clone())));
+            tasks.push(tokio::spawn(alerts::deliverer(self.inner.clone())));
         }
         if let Ok(mut t) = self.inner.tasks.lock() {
             t.extend(tasks);

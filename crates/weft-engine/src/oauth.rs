@@ -335,8 +335,16 @@ impl Engine {
                 // must authorize again; until then every use fails with this reason.
                 let reason = format!("the provider answered {code} to a token refresh");
                 self.store()
-                    .set_credential_status(scope, c.record.id, Some(reason), self.clock().now_ms())
+                    .set_credential_status(
+                        scope,
+                        c.record.id,
+                        Some(reason.clone()),
+                        self.clock().now_ms(),
+                    )
                     .await?;
+                self.inner
+                    .alert_credential_reauth(scope, &c.record.name, &reason)
+                    .await;
                 Err(OAuthError::Token {
                     code,
                     message: format!(

@@ -850,3 +850,51 @@ pub struct PollRecorded {
 
 /// How long an item id is remembered after it was last listed.
 pub const POLL_SEEN_TTL_MS: Millis = 30 * 24 * 3600 * 1000;
+
+/// A workspace's alert rule: a name and a spec the engine reads (what it watches, where it
+/// notifies, how long it stays quiet after notifying).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRuleRecord {
+    /// Unique in the workspace.
+    pub name: String,
+    /// The rule as JSON.
+    pub spec: Value,
+    /// Created.
+    pub created_at: Millis,
+}
+
+/// What raising an alert decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Raised {
+    /// A notification was queued; `suppressed` occurrences of the incident were held back
+    /// since the one before.
+    Notify {
+        /// Occurrences not notified since the previous notification.
+        suppressed: i64,
+    },
+    /// The incident was notified within its quiet time: counted, not notified.
+    Suppressed,
+}
+
+/// A queued alert notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertDelivery {
+    /// Outbox sequence (the delivery's id).
+    pub seq: i64,
+    /// Workspace.
+    pub scope: Scope,
+    /// Rule name.
+    pub rule: String,
+    /// Incident key.
+    pub incident: String,
+    /// What to send.
+    pub payload: Value,
+    /// Queued.
+    pub created_at: Millis,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Delivered, if it was.
+    pub delivered_at: Option<Millis>,
+    /// The last attempt's failure.
+    pub error: Option<String>,
+}

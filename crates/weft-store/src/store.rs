@@ -300,6 +300,21 @@ dispatch! {
     fn verify_audit(tenant: TenantId) -> Result<ChainCheck, StoreError>;
     /// The schema version the database is at; an error when it does not answer.
     fn ping() -> Result<i64, StoreError>;
+    /// Creates an alert rule; a conflict when the workspace has one of that name.
+    fn create_alert_rule(scope: Scope, name: &str, spec: Value, actor: Actor, now: Millis) -> Result<AlertRuleRecord, StoreError>;
+    /// The workspace's alert rules, by name.
+    fn list_alert_rules(scope: Scope) -> Result<Vec<AlertRuleRecord>, StoreError>;
+    /// Deletes an alert rule with its incidents and undelivered notifications.
+    fn delete_alert_rule(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// One occurrence of an incident of a rule: queues `payload` unless the incident was
+    /// notified within `quiet_ms` (then only counted); decided atomically.
+    fn raise_alert(scope: Scope, rule: &str, incident: &str, quiet_ms: i64, payload: Value, now: Millis) -> Result<Raised, StoreError>;
+    /// System: notifications due at `now`, each held for `lease_ms`.
+    fn claim_alert_deliveries(now: Millis, lease_ms: i64, limit: usize) -> Result<Vec<AlertDelivery>, StoreError>;
+    /// Records a delivery attempt: delivered, or failed and due again at a time (or never).
+    fn finish_alert_delivery(seq: i64, outcome: Result<(), (String, Option<Millis>)>, now: Millis) -> Result<(), StoreError>;
+    /// A rule's notifications, newest first.
+    fn alert_deliveries(scope: Scope, rule: &str, limit: usize) -> Result<Vec<AlertDelivery>, StoreError>;
     /// A credential by name, with its sealed values.
     fn credential(scope: Scope, name: &str) -> Result<Option<(CredentialRecord, SealedValues)>, StoreError>;
     /// Creates a credential or replaces the values of the one with the same name (whose id the
@@ -591,8 +606,8 @@ impl Store {
         Ok((self.resolve_run(r).await?, steps))
     }
 
-    /// Counts one failed step in its error group.
-    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<(), StoreError> {
+    /// Counts one failed step in its error group; true when this failure opened the group.
+    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<bool, StoreError> {
         on_backend!(self, s => s.record_error(scope, e))
     }
 

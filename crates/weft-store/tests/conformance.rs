@@ -3950,3 +3950,119 @@ conformance!(deleting_a_run_deletes_its_event_watches, |s| {
             .is_empty()
     );
 });
+
+conformance!(
+    alerts_notify_once_per_quiet_time_and_deliver_from_the_outbox,
+    |s| {
+        use weft_store::Raised;
+        let a = s.bootstrap_if_empty(1).await.unwrap().unwrap();
+        let b = s
+            .create_tenant("b", "b@example.com", Limits::default(), op(), 2)
+            .await
+            .unwrap();
+        let (sa, sb) = (
+            Scope {
+                tenant: a.tenant,
+                workspace: a.workspace,
+            },
+            Scope {
+                tenant: b.tenant,
+                workspace: b.workspace,
+            },
+        );
+        let spec = json!({"on": "run_failed", "notify": {"webhook": {"url": "http://x"}}});
+        let rule = s
+            .create_alert_rule(sa, "pager", spec.clone(), op(), 10)
+            .await
+            .unwrap();
+        assert_eq!((rule.name.as_str(), &rule.spec), ("pager", &spec));
+        assert!(matches!(
+            s.create_alert_rule(sa, "pager", spec.clone(), op(), 11)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(s.list_alert_rules(sb).await.unwrap().is_empty());
+        assert!(matches!(
+            s.raise_alert(sb, "pager", "f1", 1_000, json!({}), 12).await,
+            Err(StoreError::NotFound)
+        ));
+        // The first occurrence notifies; the next ones within the quiet time are only counted.
+        let raise = |at: i64| s.raise_alert(sa, "pager", "f1", 1_000, json!({"n": at}), at);
+        assert_eq!(raise(100).await.unwrap(), Raised::Notify { suppressed: 0 });
+        for at in 101..=110 {
+            assert_eq!(raise(at).await.unwrap(), Raised::Suppressed);
+        }
+        // Another incident of the same rule is its own.
+        assert_eq!(
+            s.raise_alert(sa, "pager", "f2", 1_000, json!({}), 111)
+                .await
+                .unwrap(),
+            Raised::Notify { suppressed: 0 }
+        );
+        // After the quiet time, one notification says how many were held back.
+        assert_eq!(
+            raise(1_100).await.unwrap(),
+            Raised::Notify { suppressed: 10 }
+        );
+        assert_eq!(raise(1_101).await.unwrap(), Raised::Suppressed);
+
+        // The outbox: three due, held while claimed; a failure comes back at its retry time.
+        let due = s.claim_alert_deliveries(2_000, 60_000, 10).await.unwrap();
+        assert_eq!(due.len(), 3);
+        assert_eq!(due[0].scope, sa);
+        assert_eq!(due[2].payload, json!({"n": 1_100, "suppressed": 10}));
+        assert!(
+            s.claim_alert_deliveries(2_001, 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.finish_alert_delivery(due[0].seq, Ok(()), 2_002)
+            .await
+            .unwrap();
+        s.finish_alert_delivery(due[1].seq, Err(("HTTP 503".into(), Some(3_000))), 2_002)
+            .await
+            .unwrap();
+        s.finish_alert_delivery(due[2].seq, Err(("HTTP 404".into(), None)), 2_002)
+            .await
+            .unwrap();
+        let again = s.claim_alert_deliveries(3_000, 60_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].seq, again[0].attempts), (due[1].seq, 1));
+        let listed = s.alert_deliveries(sa, "pager", 10).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].error.as_deref(), Some("HTTP 404"));
+        assert_eq!(listed[2].delivered_at, Some(2_002));
+        assert!(
+            s.alert_deliveries(sb, "pager", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Deleting the rule takes its incidents and notifications with it.
+        assert!(matches!(
+            s.delete_alert_rule(sb, "pager", op(), 4_000).await,
+            Err(StoreError::NotFound)
+        ));
+        s.delete_alert_rule(sa, "pager", op(), 4_000).await.unwrap();
+        assert!(
+            s.alert_deliveries(sa, "pager", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.claim_alert_deliveries(i64::MAX - 1, 1, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.create_alert_rule(sa, "pager", spec, op(), 5_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            raise(5_001).await.unwrap(),
+            Raised::Notify { suppressed: 0 }
+        );
+    }
+);

@@ -310,6 +310,7 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             format!("run failed: {}", error.clone().unwrap_or_default()),
         ),
     };
+    let failure = (status == RunStatus::Failed).then(|| error.clone().unwrap_or_default());
     match inner
         .opts
         .store
@@ -339,6 +340,13 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             if run.parent.is_some() {
                 // The parent waits for this run; on this process it may be claimable now.
                 inner.wake.notify_one();
+            }
+            // Raised after the end is recorded: a crash in between loses this alert, never
+            // the run's outcome.
+            if let Some(error) = failure {
+                inner
+                    .alert_run_failed(run.scope, run.id, &run.flow_name, &error)
+                    .await;
             }
             let _ = inner.events.send(crate::EngineEvent::RunFinished {
                 run: run.id,

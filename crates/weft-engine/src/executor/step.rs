@@ -114,18 +114,35 @@ impl StepJob {
         };
         let fingerprint = crate::errors::fingerprint(self.run.flow_id, &step_id, &connector, class);
         let e = weft_store::NewError {
-            fingerprint,
+            fingerprint: fingerprint.clone(),
             flow_id: self.run.flow_id,
             flow_name: self.run.flow_name.clone(),
-            step_id,
-            connector,
+            step_id: step_id.clone(),
+            connector: connector.clone(),
             class: class.to_string(),
             message: message.chars().take(1000).collect(),
             run: self.run.id,
             at: self.inner.now(),
         };
-        if let Err(err) = self.inner.opts.store.record_error(self.run.scope, e).await {
-            tracing::warn!(run = %self.run.id, error = %err, "could not count a failure in its error group");
+        match self.inner.opts.store.record_error(self.run.scope, e).await {
+            Ok(true) => {
+                let flow = &self.run.flow_name;
+                let o = crate::alerts::Occurrence {
+                    on: crate::alerts::AlertOn::ErrorNew,
+                    flow: Some(flow),
+                    incident: format!("error:{fingerprint}"),
+                    summary: format!(
+                        "new kind of failure in flow '{flow}', step '{step_id}' ({connector}, {class}): {message}"
+                    ),
+                    detail: serde_json::json!({"flow": flow, "step": step_id, "connector": connector,
+                        "class": class, "fingerprint": fingerprint, "run_id": self.run.id.to_string(), "error": message}),
+                };
+                self.inner.alert(self.run.scope, o).await;
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(run = %self.run.id, error = %err, "could not count a failure in its error group");
+            }
         }
     }
 

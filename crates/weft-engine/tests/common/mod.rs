@@ -56,7 +56,10 @@ pub async fn harness() -> Harness {
         dedupe_window: Duration::from_secs(3600),
         execute: true,
         public_url: "http://weft.test".into(),
-        vault: None,
+        vault: Some(Arc::new(weft_vault::Vault::new(
+            weft_vault::KeySource::Env(String::new()),
+            weft_vault::Keyring::generate().unwrap(),
+        ))),
     };
     let engine = Engine::new(opts.clone());
     let events = engine.subscribe();

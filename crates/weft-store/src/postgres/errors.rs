@@ -13,11 +13,12 @@ use crate::{StoreError, scope_strs};
 const DAY_MS: i64 = 86_400_000;
 
 impl PgStore {
-    /// Counts one failed step in its group (created on the first) and in today's count.
-    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<(), StoreError> {
+    /// Counts one failed step in its group (created on the first) and in today's count; true
+    /// when this failure opened the group.
+    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<bool, StoreError> {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
-        sqlx::query(
+        let count = sqlx::query(
             "INSERT INTO error_groups (tenant_id, workspace_id, fingerprint, flow_id, flow_name, step_id,
                 connector, class, message, count, first_seen, last_seen, sample_run)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, $11)
@@ -27,7 +28,8 @@ impl PgStore {
                 message = excluded.message,
                 last_seen = greatest(error_groups.last_seen, excluded.last_seen),
                 first_seen = least(error_groups.first_seen, excluded.first_seen),
-                sample_run = excluded.sample_run",
+                sample_run = excluded.sample_run
+             RETURNING count",
         )
         .bind(&t)
         .bind(&w)
@@ -40,9 +42,10 @@ impl PgStore {
         .bind(pg_text(&e.message).as_ref())
         .bind(e.at)
         .bind(e.run.to_string())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(db)?;
+        .map_err(db)?
+        .get::<i64, _>(0);
         sqlx::query(
             "INSERT INTO error_group_days (tenant_id, workspace_id, fingerprint, day, count)
              VALUES ($1, $2, $3, $4, 1)
@@ -56,7 +59,7 @@ impl PgStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(())
+        Ok(count == 1)
     }
 
     /// Error groups seen at or after `since`, latest first, optionally of one flow; each with

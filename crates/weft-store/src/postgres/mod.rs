@@ -2,6 +2,7 @@
 //! non-owner application role use them, and [`PgStore`], which implements every store
 //! operation (behind `Store::Postgres`; `tests/conformance.rs` runs each case on both backends).
 
+mod alerts;
 mod batch;
 mod credentials;
 mod errors;
@@ -35,6 +36,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/0011_errors.sql")),
     (12, include_str!("migrations/0012_retention.sql")),
     (13, include_str!("migrations/0013_run_events.sql")),
+    (14, include_str!("migrations/0014_alerts.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level
@@ -57,6 +59,9 @@ pub const TENANT_TABLES: &[&str] = &[
     "event_watches",
     "error_groups",
     "error_group_days",
+    "alert_rules",
+    "alert_incidents",
+    "alert_outbox",
     "schedules",
     "polls",
     "poll_seen",

@@ -11,11 +11,12 @@ use crate::{StoreError, scope_strs};
 const DAY_MS: i64 = 86_400_000;
 
 impl SqliteStore {
-    /// Counts one failed step in its group (created on the first) and in today's count.
-    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<(), StoreError> {
+    /// Counts one failed step in its group (created on the first) and in today's count; true
+    /// when this failure opened the group.
+    pub async fn record_error(&self, scope: Scope, e: NewError) -> Result<bool, StoreError> {
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
-            c.prepare_cached(
+            let count: i64 = c.prepare_cached(
                 "INSERT INTO error_groups (tenant_id, workspace_id, fingerprint, flow_id, flow_name, step_id,
                     connector, class, message, count, first_seen, last_seen, sample_run)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?10, ?11)
@@ -25,9 +26,10 @@ impl SqliteStore {
                     message = excluded.message,
                     last_seen = max(error_groups.last_seen, excluded.last_seen),
                     first_seen = min(error_groups.first_seen, excluded.first_seen),
-                    sample_run = excluded.sample_run",
+                    sample_run = excluded.sample_run
+                 RETURNING count",
             )?
-            .execute(params![
+            .query_row(params![
                 t,
                 w,
                 e.fingerprint,
@@ -39,14 +41,14 @@ impl SqliteStore {
                 e.message,
                 e.at,
                 e.run.to_string()
-            ])?;
+            ], |r| r.get(0))?;
             c.prepare_cached(
                 "INSERT INTO error_group_days (tenant_id, workspace_id, fingerprint, day, count)
                  VALUES (?1, ?2, ?3, ?4, 1)
                  ON CONFLICT (tenant_id, workspace_id, fingerprint, day) DO UPDATE SET count = error_group_days.count + 1",
             )?
             .execute(params![t, w, e.fingerprint, e.at.div_euclid(DAY_MS)])?;
-            Ok(())
+            Ok(count == 1)
         })
         .await
     }

@@ -5,6 +5,7 @@
 //! failing write cannot undo or half-apply another, then commits once (one fsync) and only then
 //! answers every caller. A caller that got `Ok` knows its write is on disk.
 
+mod alerts;
 mod audit;
 mod credentials;
 mod errors;
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/0011_errors.sql")),
     (12, include_str!("migrations/0012_retention.sql")),
     (13, include_str!("migrations/0013_run_events.sql")),
+    (14, include_str!("migrations/0014_alerts.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

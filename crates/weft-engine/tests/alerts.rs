@@ -1,0 +1,233 @@
+//! Alerting on the manual clock: 1,000 identical failures page once, signed with Standard
+//! Webhooks; after the quiet time the next page says how many were held back; a new kind of
+//! failure is its own incident; a receiver that fails is tried again later.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use weft_store::Actor;
+use weft_types::RunStatus;
+
+mod common;
+use common::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A receiver on loopback that records each delivery (headers, body) and answers `status`.
+async fn receiver(status: Arc<Mutex<u16>>) -> (String, Arc<Mutex<Vec<(HeaderMap, String)>>>) {
+    let got: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: String| {
+        let g = g.clone();
+        let status = status.clone();
+        async move {
+            g.lock().unwrap().push((headers, body));
+            StatusCode::from_u16(*status.lock().unwrap()).unwrap()
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, got)
+}
+
+/// The newest notification of `rule` once it has been tried `attempts` times. The engine's own
+/// delivery task may take it first, so this delivers too and reads until it is so.
+async fn tried(h: &Harness, rule: &str, attempts: i64) -> weft_store::AlertDelivery {
+    for _ in 0..100_000 {
+        h.engine.deliver_alerts().await.unwrap();
+        let d = h
+            .engine
+            .store()
+            .alert_deliveries(h.scope, rule, 1)
+            .await
+            .unwrap();
+        if let Some(d) = d.into_iter().next()
+            && d.attempts >= attempts
+        {
+            return d;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the notification of {rule} was never tried {attempts} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_identical_failures_page_once_and_the_next_page_counts_them() {
+    let mut h = harness().await;
+    let status = Arc::new(Mutex::new(200u16));
+    let (url, got) = receiver(status.clone()).await;
+    h.apply("name: orders\ntrigger:\n  manual: {}\nsteps:\n  - id: check\n    fail: 'order {{ .trigger.body.n }} is bad'\n")
+        .await;
+    let mut values = serde_json::Map::new();
+    values.insert("secret".into(), json!(SECRET));
+    h.engine
+        .set_credential(
+            h.scope,
+            "pager-signing",
+            "webhook",
+            values,
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    let rule = |on: &str| {
+        json!({"on": on, "flow": "orders", "quiet": "1h",
+               "notify": {"webhook": {"url": url, "credential": "pager-signing"}}})
+    };
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "failures",
+            rule("run_failed"),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "new-errors",
+            rule("error_new"),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+
+    let mut runs = Vec::new();
+    for n in 0..1_000 {
+        runs.push(h.start("orders", json!({"n": n})).await);
+    }
+    let mut left: std::collections::HashSet<_> = runs.into_iter().collect();
+    while !left.is_empty() {
+        let (run, status) = h.run_finished().await;
+        if left.remove(&run) {
+            assert_eq!(status, RunStatus::Failed);
+        }
+    }
+    tried(&h, "failures", 1).await;
+    tried(&h, "new-errors", 1).await;
+    let pages = got.lock().unwrap().clone();
+    let bodies: Vec<Value> = pages
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    let mut types: Vec<&str> = bodies.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        ["alert.error_new", "alert.run_failed"],
+        "{bodies:#?}"
+    );
+    for (headers, body) in &pages {
+        let scheme = weft_connectors::webhook::signature::Scheme::StandardWebhooks {
+            tolerance_secs: 300,
+        };
+        let now = weft_types::Clock::now_ms(&h.clock) / 1000;
+        weft_connectors::webhook::signature::verify(&scheme, SECRET, headers, body.as_bytes(), now)
+            .unwrap();
+    }
+    let failed = bodies
+        .iter()
+        .find(|b| b["type"] == "alert.run_failed")
+        .unwrap();
+    assert_eq!(failed["rule"], "failures");
+    assert_eq!(failed["flow"], "orders");
+    assert_eq!(failed["suppressed"], 0);
+    assert!(
+        failed["summary"]
+            .as_str()
+            .unwrap()
+            .contains("failed: order"),
+        "{failed}"
+    );
+    // Nothing more is due: 999 were counted, not queued.
+    h.engine.deliver_alerts().await.unwrap();
+    assert_eq!(got.lock().unwrap().len(), 2);
+    let deliveries = h
+        .engine
+        .store()
+        .alert_deliveries(h.scope, "failures", 10)
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1);
+
+    // After the quiet time, the next failure pages again and says how many were held back; a
+    // receiver that fails gets it again later.
+    h.clock.advance(Duration::from_secs(3_601));
+    *status.lock().unwrap() = 503;
+    let run = h.start("orders", json!({"n": 1_000})).await;
+    assert_eq!(h.finished(run).await, RunStatus::Failed);
+    assert_eq!(h.engine.deliver_alerts().await.unwrap(), 0);
+    let d = &h
+        .engine
+        .store()
+        .alert_deliveries(h.scope, "failures", 10)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (d.attempts, d.error.as_deref()),
+        (1, Some("webhook answered HTTP 503"))
+    );
+    *status.lock().unwrap() = 200;
+    h.clock.advance(Duration::from_secs(61));
+    assert_eq!(h.engine.deliver_alerts().await.unwrap(), 1);
+    let last: Value = serde_json::from_str(&got.lock().unwrap().last().unwrap().1).unwrap();
+    assert_eq!(last["suppressed"], 999, "{last}");
+    assert_eq!(last["run_id"], run.to_string());
+    // The same kind of failure is no new error group: no second error_new page.
+    assert_eq!(
+        h.engine
+            .store()
+            .alert_deliveries(h.scope, "new-errors", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_is_refused_naming_its_fields() {
+    let h = harness().await;
+    let bad = |spec: Value| {
+        let e = h.engine.clone();
+        let scope = h.scope;
+        async move {
+            match e
+                .create_alert_rule(scope, "r", spec, Actor::system("test"))
+                .await
+            {
+                Err(weft_engine::EngineError::BadInput(errs)) => {
+                    errs.into_iter().map(|e| e.path).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let hook = json!({"webhook": {"url": "http://127.0.0.1:9/x"}});
+    assert_eq!(
+        bad(json!({"on": "run_stuck", "notify": hook})).await,
+        ["stuck_after"]
+    );
+    assert_eq!(
+        bad(json!({"on": "run_failed", "quiet": "soon", "notify": hook})).await,
+        ["quiet"]
+    );
+    assert_eq!(
+        bad(json!({"on": "run_failed", "flow": "nope", "notify": hook})).await,
+        ["flow"]
+    );
+    assert_eq!(
+        bad(json!({"on": "run_failed", "notify": {"webhook": {"url": "ftp://x"}}})).await,
+        ["notify.webhook.url"]
+    );
+    assert_eq!(
+        bad(json!({"on": "sometimes", "notify": hook})).await,
+        ["spec"]
+    );
+    assert_eq!(bad(json!([1])).await, ["spec"]);
+}

@@ -1,0 +1,280 @@
+//! SQLite: alert rules, incidents (de-duplication) and the notification outbox (mirrors
+//! `postgres/alerts.rs`; the conformance suite checks they agree).
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+use weft_types::{Millis, Scope};
+
+use super::SqliteStore;
+use super::audit::append;
+use super::ops::parse;
+use crate::model::*;
+use crate::{StoreError, scope_strs};
+
+fn rule_audit(actor: Actor, action: &'static str, scope: &Scope, name: &str) -> Audit {
+    Audit {
+        actor,
+        action,
+        object_kind: "alert_rule",
+        object_id: name.to_string(),
+        workspace: Some(scope.workspace),
+        detail: json!({}),
+    }
+}
+
+fn spec_of(s: String) -> Result<Value, StoreError> {
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("alert rule spec: {e}")))
+}
+
+impl SqliteStore {
+    /// Creates an alert rule; a conflict when the workspace has one of that name.
+    pub async fn create_alert_rule(
+        &self,
+        scope: Scope,
+        name: &str,
+        spec: Value,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<AlertRuleRecord, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO alert_rules (tenant_id, workspace_id, name, spec, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![t, w, name, spec.to_string(), now])?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "an alert rule named '{name}' exists; delete it first or pick another name"
+                )));
+            }
+            append(
+                c,
+                &t,
+                now,
+                &rule_audit(actor, "alert.create", &scope, &name),
+            )?;
+            Ok(AlertRuleRecord {
+                name,
+                spec,
+                created_at: now,
+            })
+        })
+        .await
+    }
+
+    /// The workspace's alert rules, by name.
+    pub async fn list_alert_rules(&self, scope: Scope) -> Result<Vec<AlertRuleRecord>, StoreError> {
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT name, spec, created_at FROM alert_rules
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 ORDER BY name",
+            )?;
+            let mut rows = st.query(params![t, w])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(AlertRuleRecord {
+                    name: r.get(0)?,
+                    spec: spec_of(r.get(1)?)?,
+                    created_at: r.get(2)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes an alert rule with its incidents and undelivered notifications.
+    pub async fn delete_alert_rule(
+        &self,
+        scope: Scope,
+        name: &str,
+        actor: Actor,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM alert_rules WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3",
+                )?
+                .execute(params![t, w, name])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            for table in ["alert_incidents", "alert_outbox"] {
+                c.prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3"
+                ))?
+                .execute(params![t, w, name])?;
+            }
+            append(c, &t, now, &rule_audit(actor, "alert.delete", &scope, &name))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One occurrence of `incident` for `rule`: queues `payload` (with `suppressed` set) unless
+    /// the incident was notified less than `quiet_ms` ago, in which case it is only counted.
+    /// Decided and queued in one transaction, so concurrent occurrences notify once.
+    pub async fn raise_alert(
+        &self,
+        scope: Scope,
+        rule: &str,
+        incident: &str,
+        quiet_ms: i64,
+        payload: Value,
+        now: Millis,
+    ) -> Result<Raised, StoreError> {
+        let (rule, incident) = (rule.to_string(), incident.to_string());
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let exists: bool = c
+                .prepare_cached(
+                    "SELECT 1 FROM alert_rules WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3",
+                )?
+                .query_row(params![t, w, rule], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            let prev: Option<(Millis, i64)> = c
+                .prepare_cached(
+                    "SELECT notified_at, suppressed FROM alert_incidents
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3 AND incident = ?4",
+                )?
+                .query_row(params![t, w, rule, incident], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let suppressed = match prev {
+                Some((at, _)) if now - at < quiet_ms => {
+                    c.prepare_cached(
+                        "UPDATE alert_incidents SET suppressed = suppressed + 1, last_at = ?5
+                         WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3 AND incident = ?4",
+                    )?
+                    .execute(params![t, w, rule, incident, now])?;
+                    return Ok(Raised::Suppressed);
+                }
+                Some((_, n)) => n,
+                None => 0,
+            };
+            c.prepare_cached(
+                "INSERT INTO alert_incidents (tenant_id, workspace_id, rule, incident, first_at, last_at, notified_at, suppressed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, 0)
+                 ON CONFLICT (tenant_id, workspace_id, rule, incident) DO UPDATE SET
+                    last_at = excluded.last_at, notified_at = excluded.notified_at, suppressed = 0",
+            )?
+            .execute(params![t, w, rule, incident, now])?;
+            let mut payload = payload;
+            if let Some(o) = payload.as_object_mut() {
+                o.insert("suppressed".into(), json!(suppressed));
+            }
+            c.prepare_cached(
+                "INSERT INTO alert_outbox (tenant_id, workspace_id, rule, incident, payload, created_at, next_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![t, w, rule, incident, payload.to_string(), now])?;
+            Ok(Raised::Notify { suppressed })
+        })
+        .await
+    }
+
+    /// System: up to `limit` notifications due at `now`, each held for `lease_ms` (another
+    /// process does not take it meanwhile; one that dies holding it lets it go due again).
+    pub async fn claim_alert_deliveries(
+        &self,
+        now: Millis,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AlertDelivery>, StoreError> {
+        self.write(move |c| {
+            let mut st = c.prepare_cached(
+                "UPDATE alert_outbox SET next_at = ?1 + ?2
+                 WHERE seq IN (SELECT seq FROM alert_outbox WHERE delivered_at IS NULL AND next_at <= ?1
+                               ORDER BY next_at, seq LIMIT ?3)
+                 RETURNING seq, tenant_id, workspace_id, rule, incident, payload, created_at, attempts, delivered_at, error",
+            )?;
+            let mut rows = st.query(params![now, lease_ms, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(delivery(r)?);
+            }
+            out.sort_by_key(|d| d.seq);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Records a delivery's attempt: delivered, or failed with `error` and tried again at
+    /// `retry_at` (`None`: given up).
+    pub async fn finish_alert_delivery(
+        &self,
+        seq: i64,
+        outcome: Result<(), (String, Option<Millis>)>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            match outcome {
+                Ok(()) => c
+                    .prepare_cached(
+                        "UPDATE alert_outbox SET delivered_at = ?2, attempts = attempts + 1, error = NULL WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, now])?,
+                // Given up: it stays undelivered with its error, never due again.
+                Err((error, retry_at)) => c
+                    .prepare_cached(
+                        "UPDATE alert_outbox SET attempts = attempts + 1, error = ?2, next_at = ?3 WHERE seq = ?1",
+                    )?
+                    .execute(params![seq, error, retry_at.unwrap_or(i64::MAX)])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// A rule's notifications, newest first.
+    pub async fn alert_deliveries(
+        &self,
+        scope: Scope,
+        rule: &str,
+        limit: usize,
+    ) -> Result<Vec<AlertDelivery>, StoreError> {
+        let rule = rule.to_string();
+        self.read(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let mut st = c.prepare_cached(
+                "SELECT seq, tenant_id, workspace_id, rule, incident, payload, created_at, attempts, delivered_at, error
+                 FROM alert_outbox WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3
+                 ORDER BY seq DESC LIMIT ?4",
+            )?;
+            let mut rows = st.query(params![t, w, rule, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(delivery(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn delivery(r: &rusqlite::Row<'_>) -> Result<AlertDelivery, StoreError> {
+    Ok(AlertDelivery {
+        seq: r.get(0)?,
+        scope: Scope {
+            tenant: parse(r.get(1)?, "tenant id")?,
+            workspace: parse(r.get(2)?, "workspace id")?,
+        },
+        rule: r.get(3)?,
+        incident: r.get(4)?,
+        payload: spec_of(r.get(5)?)?,
+        created_at: r.get(6)?,
+        attempts: r.get(7)?,
+        delivered_at: r.get(8)?,
+        error: r.get(9)?,
+    })
+}
