@@ -1,6 +1,7 @@
 //! `weft`: the one binary. Server (`serve`), client commands against a server's API, operator
 //! commands on the store, and the hidden `sandbox-worker` the server spawns for expressions.
 
+mod alerts;
 mod client;
 mod credentials;
 mod identity;
@@ -122,6 +123,14 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Alert rules: notify a webhook, Slack or email when runs fail, errors are new, runs are
+    /// stuck or credentials need re-authorization.
+    Alerts {
+        #[command(subcommand)]
+        cmd: alerts::AlertsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Publish workspace events (they resume waiting runs and start event-triggered flows).
     Events {
         #[command(subcommand)]
@@ -219,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Run { cmd, client } => client::run(cmd, client).await,
             Cmd::Runs { cmd, client } => client::runs(cmd, client).await,
             Cmd::Events { cmd, client } => client::events(cmd, client).await,
+            Cmd::Alerts { cmd, client } => alerts::alerts(cmd, client).await,
             Cmd::Logs { cmd, client } => client::logs(cmd, client).await,
             Cmd::Errors { cmd, client } => client::errors(cmd, client).await,
             Cmd::Connectors { cmd, client } => credentials::connectors(cmd, client).await,

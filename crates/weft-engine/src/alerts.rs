@@ -456,15 +456,21 @@ impl Inner {
         Ok(())
     }
 
-    /// A credential needs re-authorization.
-    pub(crate) async fn alert_credential_reauth(&self, scope: Scope, name: &str, reason: &str) {
+    /// A credential needs re-authorization or was paused; `fix` says what to do.
+    pub(crate) async fn alert_credential_reauth(
+        &self,
+        scope: Scope,
+        name: &str,
+        reason: &str,
+        fix: &str,
+    ) {
         self.alert(
             scope,
             Occurrence {
                 on: AlertOn::CredentialReauth,
                 flow: None,
                 incident: format!("credential:{name}"),
-                summary: format!("credential '{name}' needs re-authorization: {reason}; run `weft credentials authorize {name}`"),
+                summary: format!("credential '{name}' cannot be used: {reason}; {fix}"),
                 detail: json!({"credential": name, "reason": reason}),
             },
         )

@@ -202,6 +202,9 @@ pub(crate) async fn invoke(
             Err(_) => CallOutcome::Permanent,
         },
     );
+    if let Some(c) = &open {
+        note_auth(inner, call.scope, c, &out).await;
+    }
     // A provider may echo what it was sent; nothing of the credential is kept.
     out.map(|mut v| {
         redactor.value(&mut v);
@@ -211,6 +214,57 @@ pub(crate) async fn invoke(
         e.message = redactor.text(&e.message);
         e
     })
+}
+
+/// Authentication failures (401) in a row after which a credential is paused. OAuth2
+/// credentials are exempt: their refresh decides (a refused refresh pauses them at once).
+pub const AUTH_FAILURES_TO_PAUSE: i64 = 5;
+
+/// Keeps a credential's run of authentication failures: the one that reaches
+/// [`AUTH_FAILURES_TO_PAUSE`] pauses it (steps using it then fail at once with the reason,
+/// its poll triggers pause, and `credential_reauth` alerts fire); a success ends the run.
+/// Bookkeeping failures are logged: they must not fail the call.
+async fn note_auth(
+    inner: &Arc<Inner>,
+    scope: Scope,
+    c: &crate::OpenCredential,
+    out: &Result<Value, AttemptError>,
+) {
+    let store = &inner.opts.store;
+    let name = &c.record.name;
+    let noted = match out {
+        Err(e) if e.unauthorized && !crate::oauth::is_oauth(c) => {
+            let reason = format!(
+                "the provider refused it {AUTH_FAILURES_TO_PAUSE} times in a row (HTTP 401)"
+            );
+            match store
+                .note_auth_failure(
+                    scope,
+                    c.record.id,
+                    AUTH_FAILURES_TO_PAUSE,
+                    reason.clone(),
+                    inner.now(),
+                )
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(credential = %name, "credential paused after repeated authentication failures");
+                    let fix = format!("set its values again with `weft credentials set {name}`");
+                    inner
+                        .alert_credential_reauth(scope, name, &reason, &fix)
+                        .await;
+                    Ok(())
+                }
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(_) if c.record.auth_failures > 0 => store.clear_auth_failures(scope, c.record.id).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = noted {
+        tracing::warn!(credential = %name, error = %e, "could not record a credential's authentication result");
+    }
 }
 
 /// One call of an action: a built-in connector's, or an installed one's.

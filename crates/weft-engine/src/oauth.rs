@@ -251,6 +251,20 @@ impl Engine {
         for _ in 0..150 {
             let c = self.open_credential(scope, name).await?;
             if !is_oauth(&c) {
+                if c.record.status != "ok" {
+                    return Err(OAuthError::Token {
+                        code: "paused".into(),
+                        message: format!(
+                            "credential '{name}' is paused: {}; set its values again with `weft credentials set {name} --connector {} --value FIELD=VALUE`",
+                            c.record
+                                .status_reason
+                                .as_deref()
+                                .unwrap_or("it kept failing"),
+                            c.record.connector
+                        ),
+                        transient: false,
+                    });
+                }
                 return Ok(c);
             }
             if c.record.status != "ok" {
@@ -342,8 +356,9 @@ impl Engine {
                         self.clock().now_ms(),
                     )
                     .await?;
+                let fix = format!("run `weft credentials authorize {}`", c.record.name);
                 self.inner
-                    .alert_credential_reauth(scope, &c.record.name, &reason)
+                    .alert_credential_reauth(scope, &c.record.name, &reason, &fix)
                     .await;
                 Err(OAuthError::Token {
                     code,

@@ -231,3 +231,120 @@ async fn a_bad_rule_is_refused_naming_its_fields() {
     );
     assert_eq!(bad(json!([1])).await, ["spec"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_that_keeps_failing_auth_is_paused_with_its_reason_and_alerts() {
+    let mut h = harness().await;
+    let api_status = Arc::new(Mutex::new(401u16));
+    let (api_url, api_calls) = receiver(api_status.clone()).await;
+    let (pager_url, pages) = receiver(Arc::new(Mutex::new(200))).await;
+    let token = |t: &str| {
+        let mut v = serde_json::Map::new();
+        v.insert("token".into(), json!(t));
+        v
+    };
+    h.engine
+        .set_credential(
+            h.scope,
+            "api",
+            "http",
+            token("tok-1"),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "creds",
+            json!({"on": "credential_reauth", "notify": {"webhook": {"url": pager_url}}}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    h.apply(&format!(
+        "name: call\ntrigger:\n  manual: {{}}\nsteps:\n  - id: get\n    action: http.request\n    credential: api\n    input: {{ url: '{api_url}' }}\n"
+    ))
+    .await;
+    let run = |h: &mut Harness| {
+        let engine = h.engine.clone();
+        let scope = h.scope;
+        async move {
+            engine
+                .start_run(scope, "call", json!({}), None, Actor::system("test"))
+                .await
+                .unwrap()
+                .run_id
+        }
+    };
+    let failures = |h: &Harness| {
+        let store = h.engine.store().clone();
+        let scope = h.scope;
+        async move {
+            let (rec, _) = store.credential(scope, "api").await.unwrap().unwrap();
+            (rec.status, rec.auth_failures)
+        }
+    };
+    // Four 401s in a row are counted; a success ends the run of failures.
+    for _ in 0..4 {
+        let r = run(&mut h).await;
+        assert_eq!(h.finished(r).await, RunStatus::Failed);
+    }
+    assert_eq!(failures(&h).await, ("ok".to_string(), 4));
+    *api_status.lock().unwrap() = 200;
+    let r = run(&mut h).await;
+    assert_eq!(h.finished(r).await, RunStatus::Succeeded);
+    assert_eq!(failures(&h).await, ("ok".to_string(), 0));
+    // Five in a row pause it, with the reason; the next use fails at once without a call.
+    *api_status.lock().unwrap() = 401;
+    for _ in 0..5 {
+        let r = run(&mut h).await;
+        assert_eq!(h.finished(r).await, RunStatus::Failed);
+    }
+    let (rec, _) = h
+        .engine
+        .store()
+        .credential(h.scope, "api")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, "needs_reauth");
+    assert!(rec.status_reason.unwrap().contains("5 times in a row"));
+    let calls = api_calls.lock().unwrap().len();
+    assert_eq!(calls, 10);
+    let r = run(&mut h).await;
+    assert_eq!(h.finished(r).await, RunStatus::Failed);
+    let (_, steps) = h.engine.store().get_run(h.scope, r).await.unwrap();
+    let error = steps[0].error.clone().unwrap();
+    assert!(
+        error.contains("credential 'api' is paused") && error.contains("weft credentials set api"),
+        "{error}"
+    );
+    assert_eq!(
+        api_calls.lock().unwrap().len(),
+        calls,
+        "a paused credential is not sent"
+    );
+    // One page for the pause.
+    let d = tried(&h, "creds", 1).await;
+    assert!(d.delivered_at.is_some(), "{d:?}");
+    let page: Value = serde_json::from_str(&pages.lock().unwrap()[0].1).unwrap();
+    assert_eq!(page["type"], "alert.credential_reauth");
+    assert_eq!(page["credential"], "api");
+    assert!(!page.to_string().contains("tok-1"), "{page}");
+    // New values put it back in service.
+    *api_status.lock().unwrap() = 200;
+    h.engine
+        .set_credential(
+            h.scope,
+            "api",
+            "http",
+            token("tok-2"),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures(&h).await, ("ok".to_string(), 0));
+    let r = run(&mut h).await;
+    assert_eq!(h.finished(r).await, RunStatus::Succeeded);
+}

@@ -468,6 +468,8 @@ pub struct CredentialRecord {
     pub status: String,
     /// Why the status is not `ok`.
     pub status_reason: Option<String>,
+    /// Authentication failures in a row (reset by a success or new values).
+    pub auth_failures: i64,
     /// Created at.
     pub created_at: Millis,
     /// Last set at.

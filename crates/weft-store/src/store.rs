@@ -324,6 +324,11 @@ dispatch! {
     fn list_credentials(scope: Scope) -> Result<Vec<CredentialRecord>, StoreError>;
     /// Deletes a credential by name.
     fn delete_credential(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
+    /// Counts an authentication failure of a credential in use; pauses it at `threshold` in a
+    /// row (true when this failure did).
+    fn note_auth_failure(scope: Scope, id: CredentialId, threshold: i64, reason: String, now: Millis) -> Result<bool, StoreError>;
+    /// A credential worked: its run of authentication failures is over.
+    fn clear_auth_failures(scope: Scope, id: CredentialId) -> Result<(), StoreError>;
     /// Marks a credential `needs_reauth` with a reason, or back to `ok` with `None`.
     fn set_credential_status(scope: Scope, id: CredentialId, reason: Option<String>, now: Millis) -> Result<(), StoreError>;
     /// System (key rotation): credentials whose data key is not wrapped by `key_id`.

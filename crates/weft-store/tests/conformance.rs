@@ -2823,6 +2823,41 @@ conformance!(
         ));
         let (_, got) = s.credential(sa, "gh").await.unwrap().unwrap();
         assert_eq!(got, sealed("mk_old", 2));
+        // Authentication failures in a row: counted, cleared by a success, and the one that
+        // reaches the threshold pauses it (once); another tenant's count changes nothing.
+        let fail = |at: i64| s.note_auth_failure(sa, id, 3, "refused 3 times".into(), at);
+        assert!(!fail(10).await.unwrap());
+        assert!(!fail(11).await.unwrap());
+        assert!(
+            !s.note_auth_failure(sb, id, 3, "x".into(), 11)
+                .await
+                .unwrap()
+        );
+        s.clear_auth_failures(sa, id).await.unwrap();
+        let st = &s;
+        let status = |sc| async move {
+            let (r, _) = st.credential(sc, "gh").await.unwrap().unwrap();
+            (r.status, r.status_reason, r.auth_failures)
+        };
+        assert_eq!(status(sa).await, ("ok".to_string(), None, 0));
+        assert!(!fail(12).await.unwrap());
+        assert!(!fail(13).await.unwrap());
+        assert!(fail(14).await.unwrap());
+        assert!(
+            !fail(15).await.unwrap(),
+            "a paused credential is not counted again"
+        );
+        assert_eq!(
+            status(sa).await,
+            (
+                "needs_reauth".to_string(),
+                Some("refused 3 times".to_string()),
+                3
+            )
+        );
+        // New values put it back in service.
+        s.put_credential(sa, new(id, 2), op(), 16).await.unwrap();
+        assert_eq!(status(sa).await, ("ok".to_string(), None, 0));
         // Another tenant sees nothing and cannot delete it; it may use the same name.
         assert!(s.credential(sb, "gh").await.unwrap().is_none());
         assert!(s.list_credentials(sb).await.unwrap().is_empty());

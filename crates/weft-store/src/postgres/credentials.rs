@@ -4,13 +4,15 @@
 use serde_json::json;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+
+use super::pg_text;
 use weft_types::{CredentialId, Millis, Scope};
 
 use super::PgStore;
 use super::store::{Tx, append, db, parse};
 use crate::*;
 
-const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext";
+const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext, auth_failures";
 
 fn read(r: &PgRow) -> Result<(CredentialRecord, SealedValues), StoreError> {
     let fields: String = r.try_get(3).map_err(db)?;
@@ -22,6 +24,7 @@ fn read(r: &PgRow) -> Result<(CredentialRecord, SealedValues), StoreError> {
             fields: crate::credential_fields(&fields)?,
             status: r.try_get(4).map_err(db)?,
             status_reason: r.try_get(5).map_err(db)?,
+            auth_failures: r.try_get(11).map_err(db)?,
             created_at: r.try_get(6).map_err(db)?,
             updated_at: r.try_get(7).map_err(db)?,
         },
@@ -92,7 +95,7 @@ impl PgStore {
             Some(found) if found == id => {
                 sqlx::query(
                     "UPDATE credentials SET connector = $4, fields = $5, key_id = $6, wrapped_key = $7, ciphertext = $8,
-                     status = 'ok', status_reason = NULL, updated_at = $9
+                     status = 'ok', status_reason = NULL, auth_failures = 0, updated_at = $9
                      WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
                 )
                 .bind(&t)
@@ -219,6 +222,61 @@ impl PgStore {
         Ok(())
     }
 
+    /// Counts an authentication failure of a credential in use; at `threshold` in a row it
+    /// is paused (`needs_reauth`, `reason`). True when this failure paused it.
+    pub async fn note_auth_failure(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        threshold: i64,
+        reason: String,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE credentials SET auth_failures = auth_failures + 1,
+                status = CASE WHEN auth_failures + 1 >= $4 THEN 'needs_reauth' ELSE status END,
+                status_reason = CASE WHEN auth_failures + 1 >= $4 THEN $5 ELSE status_reason END,
+                updated_at = CASE WHEN auth_failures + 1 >= $4 THEN $6 ELSE updated_at END
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND status = 'ok'
+             RETURNING auth_failures",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .bind(threshold)
+        .bind(pg_text(&reason).as_ref())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(n == Some(threshold))
+    }
+
+    /// A credential worked: its run of authentication failures is over.
+    pub async fn clear_auth_failures(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+    ) -> Result<(), StoreError> {
+        let (t, w) = scope_strs(&scope);
+        let mut tx = self.tenant_tx(&t).await?;
+        sqlx::query(
+            "UPDATE credentials SET auth_failures = 0
+             WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3 AND auth_failures > 0",
+        )
+        .bind(&t)
+        .bind(&w)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
     /// Marks a credential `needs_reauth` (or back to `ok` with `None`).
     pub async fn set_credential_status(
         &self,
@@ -235,7 +293,7 @@ impl PgStore {
             "ok"
         };
         let n = sqlx::query(
-            "UPDATE credentials SET status = $4, status_reason = $5, updated_at = $6, refreshing_until = NULL
+            "UPDATE credentials SET status = $4, status_reason = $5, updated_at = $6, refreshing_until = NULL, auth_failures = 0
              WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         )
         .bind(&t)
@@ -539,7 +597,7 @@ impl PgStore {
         let mut tx = self.tenant_tx(&t).await?;
         let n = sqlx::query(
             "UPDATE credentials SET key_id = $4, wrapped_key = $5, ciphertext = $6, fields = $7,
-             status = 'ok', status_reason = NULL, refreshing_until = NULL, updated_at = $8
+             status = 'ok', status_reason = NULL, auth_failures = 0, refreshing_until = NULL, updated_at = $8
              WHERE tenant_id = $1 AND workspace_id = $2 AND id = $3",
         )
         .bind(&t)

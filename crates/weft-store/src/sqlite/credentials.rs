@@ -9,7 +9,7 @@ use super::audit::append;
 use super::ops::parse;
 use crate::*;
 
-const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext";
+const COLS: &str = "id, name, connector, fields, status, status_reason, created_at, updated_at, key_id, wrapped_key, ciphertext, auth_failures";
 
 fn read(r: &Row<'_>) -> Result<(CredentialRecord, SealedValues), StoreError> {
     let fields: String = r.get(3)?;
@@ -21,6 +21,7 @@ fn read(r: &Row<'_>) -> Result<(CredentialRecord, SealedValues), StoreError> {
             fields: crate::credential_fields(&fields)?,
             status: r.get(4)?,
             status_reason: r.get(5)?,
+            auth_failures: r.get(11)?,
             created_at: r.get(6)?,
             updated_at: r.get(7)?,
         },
@@ -82,7 +83,7 @@ impl SqliteStore {
                 Some(id) if id == cred.id.to_string() => {
                     c.prepare_cached(
                         "UPDATE credentials SET connector = ?4, fields = ?5, key_id = ?6, wrapped_key = ?7, ciphertext = ?8,
-                         status = 'ok', status_reason = NULL, updated_at = ?9
+                         status = 'ok', status_reason = NULL, auth_failures = 0, updated_at = ?9
                          WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                     )?
                     .execute(params![t, w, id, cred.connector, fields, cred.sealed.key_id, cred.sealed.wrapped_key, cred.sealed.ciphertext, now])?;
@@ -167,6 +168,52 @@ impl SqliteStore {
         .await
     }
 
+    /// Counts an authentication failure of a credential in use; at `threshold` in a row it
+    /// is paused (`needs_reauth`, `reason`). True when this failure paused it.
+    pub async fn note_auth_failure(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+        threshold: i64,
+        reason: String,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let n: Option<i64> = c
+                .prepare_cached(
+                    "UPDATE credentials SET auth_failures = auth_failures + 1,
+                        status = CASE WHEN auth_failures + 1 >= ?4 THEN 'needs_reauth' ELSE status END,
+                        status_reason = CASE WHEN auth_failures + 1 >= ?4 THEN ?5 ELSE status_reason END,
+                        updated_at = CASE WHEN auth_failures + 1 >= ?4 THEN ?6 ELSE updated_at END
+                     WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'ok'
+                     RETURNING auth_failures",
+                )?
+                .query_row(params![t, w, id.to_string(), threshold, reason, now], |r| r.get(0))
+                .optional()?;
+            Ok(n == Some(threshold))
+        })
+        .await
+    }
+
+    /// A credential worked: its run of authentication failures is over.
+    pub async fn clear_auth_failures(
+        &self,
+        scope: Scope,
+        id: CredentialId,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            c.prepare_cached(
+                "UPDATE credentials SET auth_failures = 0
+                 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND auth_failures > 0",
+            )?
+            .execute(params![t, w, id.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Marks a credential `needs_reauth` (or back to `ok` with `None`).
     pub async fn set_credential_status(
         &self,
@@ -184,7 +231,7 @@ impl SqliteStore {
             };
             let n = c
                 .prepare_cached(
-                    "UPDATE credentials SET status = ?4, status_reason = ?5, updated_at = ?6, refreshing_until = NULL
+                    "UPDATE credentials SET status = ?4, status_reason = ?5, updated_at = ?6, refreshing_until = NULL, auth_failures = 0
                      WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                 )?
                 .execute(params![t, w, id.to_string(), status, reason, now])?;
@@ -439,7 +486,7 @@ impl SqliteStore {
             let n = c
                 .prepare_cached(
                     "UPDATE credentials SET key_id = ?4, wrapped_key = ?5, ciphertext = ?6, fields = ?7,
-                     status = 'ok', status_reason = NULL, refreshing_until = NULL, updated_at = ?8
+                     status = 'ok', status_reason = NULL, auth_failures = 0, refreshing_until = NULL, updated_at = ?8
                      WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                 )?
                 .execute(params![t, w, id.to_string(), sealed.key_id, sealed.wrapped_key, sealed.ciphertext, json!(fields).to_string(), now])?;
