@@ -28,6 +28,7 @@ mod resume;
 mod retention;
 mod runs;
 mod server;
+mod trace;
 
 use std::sync::Arc;
 
@@ -178,6 +179,7 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
     let (router, _) = routes().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     router
+        .route_layer(axum::middleware::from_fn(trace::traced))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -6,6 +6,7 @@ mod client;
 mod credentials;
 mod identity;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 

@@ -76,10 +76,25 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// OTLP/HTTP endpoint to export spans to (e.g. http://127.0.0.1:4318; spans are posted to
+    /// `/v1/traces`). Unset: spans are not exported (`traceparent` is still propagated).
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces recorded and exported, 0.0-1.0 (a caller's `traceparent` decides
+    /// for its own traces).
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = sample_ratio)]
+    trace_sample_ratio: f64,
     /// Instance admin token (`wfa_…`) for `/api/v1/admin/*`; when unset, the one made at first
     /// start (or by `weft admin token`) is used.
     #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+}
+
+fn sample_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("must be a number from 0.0 to 1.0".into()),
+    }
 }
 
 /// How logs are written.
@@ -573,6 +588,7 @@ async fn apply_dir(engine: &Engine, scope: Scope, dir: &Path) -> anyhow::Result<
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
+    let telemetry = crate::telemetry::init(args.otlp_endpoint.as_deref(), args.trace_sample_ratio)?;
     let store = open_store(&args.store).await?;
     // The embedded store has one serving process; a shared store has many, coordinated by leases.
     let _lock = if store.is_shared() {
@@ -717,5 +733,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     weft_api::serve(listener, app, shutdown, Duration::from_secs(10)).await?;
     engine.shutdown(Duration::from_secs(10)).await;
+    // The exporter's flush blocks on its own thread's HTTP client.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

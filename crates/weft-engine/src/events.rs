@@ -256,6 +256,7 @@ impl Inner {
                         now,
                         audit: None,
                         parent: None,
+                        traceparent: crate::trace::current(),
                     })
                     .await;
                 match res {

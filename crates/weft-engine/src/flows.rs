@@ -331,6 +331,7 @@ impl Engine {
                 now,
                 audit: Some(actor),
                 parent: None,
+                traceparent: crate::trace::current(),
             })
             .await?;
         self.wake();
@@ -441,6 +442,7 @@ impl Engine {
                 now: self.inner.now(),
                 audit: None,
                 parent: None,
+                traceparent: crate::trace::current(),
             })
             .await;
         let inserted = match res {

@@ -22,6 +22,7 @@ pub mod retention;
 pub mod retry;
 mod runs;
 mod schedule;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -373,6 +373,7 @@ async fn list(
                 now,
                 audit: None,
                 parent: None,
+                traceparent: None,
             },
         ));
     }

@@ -174,6 +174,7 @@ impl Engine {
                 now: self.inner.now(),
                 audit: Some(actor),
                 parent: None,
+                traceparent: crate::trace::current(),
             })
             .await?;
         self.wake();

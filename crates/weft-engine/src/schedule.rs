@@ -76,6 +76,7 @@ pub(crate) async fn fire_due(inner: &Inner, now: i64) -> Result<usize, crate::En
             now,
             audit: None,
             parent: None,
+            traceparent: None,
         };
         match inner.opts.store.fire_schedule(run, d.tick_at, next).await {
             Ok(Some(_)) => fired += 1,

@@ -161,20 +161,20 @@ async fn a_thousand_identical_failures_page_once_and_the_next_page_counts_them()
     *status.lock().unwrap() = 503;
     let run = h.start("orders", json!({"n": 1_000})).await;
     assert_eq!(h.finished(run).await, RunStatus::Failed);
-    assert_eq!(h.engine.deliver_alerts().await.unwrap(), 0);
-    let d = &h
-        .engine
-        .store()
-        .alert_deliveries(h.scope, "failures", 10)
-        .await
-        .unwrap()[0];
+    let d = tried(&h, "failures", 1).await;
     assert_eq!(
-        (d.attempts, d.error.as_deref()),
-        (1, Some("webhook answered HTTP 503"))
+        (d.delivered_at, d.error.as_deref()),
+        (None, Some("webhook answered HTTP 503"))
     );
     *status.lock().unwrap() = 200;
     h.clock.advance(Duration::from_secs(61));
-    assert_eq!(h.engine.deliver_alerts().await.unwrap(), 1);
+    let d = tried(&h, "failures", 2).await;
+    assert!(d.delivered_at.is_some() && d.error.is_none(), "{d:?}");
+    assert_eq!(
+        got.lock().unwrap().len(),
+        4,
+        "two pages to the failing receiver, one each"
+    );
     let last: Value = serde_json::from_str(&got.lock().unwrap().last().unwrap().1).unwrap();
     assert_eq!(last["suppressed"], 999, "{last}");
     assert_eq!(last["run_id"], run.to_string());

@@ -76,6 +76,9 @@ pub struct NewRun {
     pub audit: Option<Actor>,
     /// The run that started this one as a sub-flow (in the same workspace), if any.
     pub parent: Option<RunId>,
+    /// W3C trace context of the span that started it (intake, a manual start, a parent's
+    /// step), so its execution joins that trace.
+    pub traceparent: Option<String>,
 }
 
 /// Result of inserting a run: the new id, or the id of the run that absorbed the duplicate.
@@ -116,6 +119,8 @@ pub struct RunRecord {
     pub finished_at: Option<Millis>,
     /// The run that started this one as a sub-flow, if any.
     pub parent: Option<RunId>,
+    /// W3C trace context of the span that started it, if it was traced.
+    pub traceparent: Option<String>,
 }
 
 /// A signal delivered to a run (at most one per name and run).

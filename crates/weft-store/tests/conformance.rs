@@ -528,6 +528,7 @@ fn run(scope: Scope, flow: weft_types::FlowId, key: Option<&str>, now: i64) -> w
         now,
         audit: None,
         parent: None,
+        traceparent: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn new_run(scope: Scope, flow: FlowId, key: Option<&str>, now: i64) -> NewRun {
         now,
         audit: None,
         parent: None,
+        traceparent: None,
     }
 }
 

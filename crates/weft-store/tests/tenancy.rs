@@ -51,6 +51,7 @@ fn run(scope: Scope, flow: FlowId, now: i64) -> NewRun {
         now,
         audit: None,
         parent: None,
+        traceparent: None,
     }
 }
 

@@ -283,6 +283,8 @@ pub fn sample(text: &str, series: &str) -> f64 {
 pub struct Received {
     pub path: String,
     pub idempotency_key: Option<String>,
+    /// The W3C trace context the request carried.
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -333,11 +335,13 @@ impl Sink {
                         let now = in_flight.fetch_add(1, SeqCst) + 1;
                         peak.fetch_max(now, SeqCst);
                         let path = req.uri().path().to_string();
-                        let key = req
-                            .headers()
-                            .get("idempotency-key")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
+                        let (key, traceparent) = {
+                            let h = req.headers();
+                            let get = |n: &str| {
+                                h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string)
+                            };
+                            (get("idempotency-key"), get("traceparent"))
+                        };
                         let bytes = axum::body::to_bytes(req.into_body(), 1 << 24)
                             .await
                             .unwrap_or_default();
@@ -345,6 +349,7 @@ impl Sink {
                         rec.lock().unwrap().push(Received {
                             path,
                             idempotency_key: key,
+                            traceparent,
                             body,
                         });
                         if !delay.is_zero() {

@@ -274,13 +274,71 @@ impl GuardedClient {
     }
 
     /// Sends a request after checking it against the policy; follows up to [`MAX_REDIRECTS`] redirects.
-    pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response, NetError> {
+    /// Within a trace (a run's step), the request is a client span of it and carries its W3C
+    /// `traceparent`, so the receiver can join the trace.
+    pub async fn execute(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<reqwest::Response, NetError> {
+        use opentelemetry::trace::{
+            Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+        };
+        use opentelemetry::{Context, KeyValue};
         self.policy.check_url(request.url())?;
         let original = request.url().clone();
-        self.client
+        let parent = Context::current();
+        let traced = parent.span().span_context().is_valid();
+        let mut span = traced.then(|| {
+            let tracer = opentelemetry::global::tracer("weft");
+            let name = format!("HTTP {}", request.method());
+            // Host and path only: a query string may carry a secret.
+            let target = format!(
+                "{}://{}{}",
+                original.scheme(),
+                original.host_str().unwrap_or(""),
+                original.path()
+            );
+            tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new("http.request.method", request.method().to_string()),
+                    KeyValue::new("url.full", target),
+                ])
+                .start_with_context(&tracer, &parent)
+        });
+        if let Some(span) = &span {
+            let sc = span.span_context();
+            let header = format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            );
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&header) {
+                request.headers_mut().insert("traceparent", v);
+            }
+        }
+        let out = self
+            .client
             .execute(request)
             .await
-            .map_err(|err| classify_error(err, &original))
+            .map_err(|err| classify_error(err, &original));
+        if let Some(span) = &mut span {
+            match &out {
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    span.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+                    if code >= 500 {
+                        span.set_status(Status::error(format!("HTTP {code}")));
+                    }
+                }
+                // Not the error text: it may quote the URL, query and all.
+                Err(_) => span.set_status(Status::error("the request failed")),
+            }
+            span.end();
+        }
+        out
     }
 }
 

@@ -253,7 +253,37 @@ enum RunEnd {
     Lost,
 }
 
+/// Executes a claimed run as a `run` span of the trace that started it (a new trace when it
+/// has none); JSON logs meanwhile carry its run and trace ids.
 pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
+    use opentelemetry::trace::{FutureExt as _, SpanKind, TraceContextExt as _};
+    use tracing::Instrument as _;
+    let r = &claimed.run;
+    let parent = r
+        .traceparent
+        .as_deref()
+        .and_then(crate::trace::parent)
+        .unwrap_or_default();
+    let cx = crate::trace::start(
+        &parent,
+        "run",
+        SpanKind::Consumer,
+        vec![
+            opentelemetry::KeyValue::new("weft.run_id", r.id.to_string()),
+            opentelemetry::KeyValue::new("weft.flow", r.flow_name.clone()),
+            opentelemetry::KeyValue::new("weft.flow_version", r.flow_version),
+        ],
+    );
+    let trace_id = cx.span().span_context().trace_id();
+    let logs = tracing::info_span!("run", run_id = %r.id, trace_id = %trace_id);
+    execute_traced(inner, claimed)
+        .with_context(cx.clone())
+        .instrument(logs)
+        .await;
+    crate::trace::end(&cx, None);
+}
+
+async fn execute_traced(inner: Arc<Inner>, claimed: ClaimedRun) {
     let run = Arc::new(claimed.run);
     let claimed_at = inner.now();
     let token = CancellationToken::new();
@@ -344,6 +374,9 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
             // Raised after the end is recorded: a crash in between loses this alert, never
             // the run's outcome.
             if let Some(error) = failure {
+                opentelemetry::trace::get_active_span(|s| {
+                    s.set_status(opentelemetry::trace::Status::error(error.clone()))
+                });
                 inner
                     .alert_run_failed(run.scope, run.id, &run.flow_name, &error)
                     .await;
@@ -401,6 +434,7 @@ async fn start_error_flow(inner: &Arc<Inner>, run: &RunRecord, target: &str, err
             now,
             audit: None,
             parent: None,
+            traceparent: crate::trace::current(),
         })
         .await;
     match res {
@@ -722,7 +756,27 @@ async fn run_dag_inner(
                     console: std::sync::Mutex::default(),
                     start_logged: std::sync::atomic::AtomicBool::new(false),
                 };
-                tasks.spawn(job.run(ctx, skip_reason(steps, i, &outcomes)));
+                // Each step is a span of the run's trace; its outbound calls are its children.
+                let span = crate::trace::start(
+                    &opentelemetry::Context::current(),
+                    "step",
+                    opentelemetry::trace::SpanKind::Internal,
+                    vec![opentelemetry::KeyValue::new("weft.step", job.record_id())],
+                );
+                let step = job.run(ctx, skip_reason(steps, i, &outcomes));
+                let held = span.clone();
+                tasks.spawn(opentelemetry::trace::FutureExt::with_context(
+                    async move {
+                        let report = step.await;
+                        let error = match &report {
+                            Report::Done(_, Outcome::Failed { error, .. }) => Some(error.as_str()),
+                            _ => None,
+                        };
+                        crate::trace::end(&held, error);
+                        report
+                    },
+                    span,
+                ));
             }
         }
         if tasks.is_empty() {

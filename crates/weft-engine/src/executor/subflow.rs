@@ -183,6 +183,7 @@ impl StepJob {
                 now,
                 audit: None,
                 parent: (!detach).then_some(self.run.id),
+                traceparent: crate::trace::current(),
             })
             .await;
         match inserted {

@@ -15,9 +15,9 @@ use super::store::{Tx, append, db, parse};
 use super::{pg_json, pg_text};
 use crate::*;
 
-pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims, parent_run";
+pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims, parent_run, traceparent";
 /// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
-const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims, r.parent_run";
+const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims, r.parent_run, r.traceparent";
 
 /// Puts the runs leaving `run_queue` in the CTE `back` (tenant_id, workspace_id, run_id) back
 /// to `queued` in `runs`.
@@ -53,6 +53,7 @@ pub(super) fn read_run(r: &PgRow) -> Result<(RunRecord, i64), StoreError> {
             started_at: r.try_get(11).map_err(db)?,
             finished_at: r.try_get(12).map_err(db)?,
             parent: parent.map(|p| parse(p, "parent run id")).transpose()?,
+            traceparent: r.try_get(15).map_err(db)?,
         },
         r.try_get(13).map_err(db)?,
     ))
@@ -212,6 +213,7 @@ pub(super) async fn insert_many_tx(
     let mut triggers = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
     let mut bytes = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
     for (r, trigger) in rows {
         ws.push(r.scope.workspace.to_string());
         ids.push(r.id.to_string());
@@ -221,15 +223,16 @@ pub(super) async fn insert_many_tx(
         bytes.push(crate::payloads::charged_len(&r.trigger, trigger.len()));
         triggers.push(trigger.as_str());
         nows.push(r.now);
+        traces.push(r.traceparent.as_deref());
     }
     let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
     let inserted: Vec<String> = sqlx::query_scalar(
         "WITH inp AS (
-           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[])
-             WITH ORDINALITY AS i(workspace_id, id, flow_id, flow_name, flow_version, trigger, now, bytes, ord)),
+           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $11::text[])
+             WITH ORDINALITY AS i(workspace_id, id, flow_id, flow_name, flow_version, trigger, now, bytes, traceparent, ord)),
          ins AS (
-           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, not_before, created_at)
-           SELECT $1, workspace_id, id, flow_id, flow_name, flow_version, 'queued', trigger::jsonb, now, now FROM inp ORDER BY ord
+           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, not_before, created_at, traceparent)
+           SELECT $1, workspace_id, id, flow_id, flow_name, flow_version, 'queued', trigger::jsonb, now, now, traceparent FROM inp ORDER BY ord
            ON CONFLICT DO NOTHING
            RETURNING workspace_id, id, not_before),
          q AS (
@@ -257,6 +260,7 @@ pub(super) async fn insert_many_tx(
     .bind(nows)
     .bind(bytes)
     .bind(month)
+    .bind(traces)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
@@ -369,8 +373,8 @@ pub(super) async fn insert_run_tx(
     // winner. One statement: the run, its queue row and the tenant's charge.
     let n: i64 = sqlx::query_scalar(
         "WITH ins AS (
-           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run)
-           VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9, $12) ON CONFLICT DO NOTHING
+           INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run, traceparent)
+           VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7::jsonb, $8, $9, $9, $12, $13) ON CONFLICT DO NOTHING
            RETURNING tenant_id, workspace_id, id, not_before),
          q AS (
            INSERT INTO run_queue (tenant_id, workspace_id, run_id, not_before)
@@ -397,6 +401,7 @@ pub(super) async fn insert_run_tx(
     .bind(crate::quota::month_of(r.now))
     .bind(bytes)
     .bind(r.parent.map(|p| p.to_string()))
+    .bind(r.traceparent.as_deref())
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;

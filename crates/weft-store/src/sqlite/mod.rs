@@ -42,10 +42,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/0012_retention.sql")),
     (13, include_str!("migrations/0013_run_events.sql")),
     (14, include_str!("migrations/0014_alerts.sql")),
-    (
-        15,
-        include_str!("migrations/0015_credential_auth_failures.sql"),
-    ),
+    (15, include_str!("migrations/0015_auth_failures.sql")),
+    (16, include_str!("migrations/0016_run_trace.sql")),
 ];
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

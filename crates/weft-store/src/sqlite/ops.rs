@@ -48,7 +48,7 @@ fn read_flow(r: &Row<'_>) -> Result<FlowRecord, StoreError> {
     })
 }
 
-pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims, parent_run";
+pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, output, error, created_at, started_at, finished_at, claims, parent_run, traceparent";
 
 /// A run row whose JSON columns are still text, so the writer thread never parses JSON.
 struct RawRun {
@@ -89,6 +89,7 @@ fn read_run_raw(r: &Row<'_>) -> Result<RawRun, StoreError> {
             started_at: r.get(11)?,
             finished_at: r.get(12)?,
             parent: parent.map(|p| parse(p, "parent run id")).transpose()?,
+            traceparent: r.get(15)?,
         },
         trigger: r.get(7)?,
         output: r.get(8)?,
@@ -264,10 +265,10 @@ pub(super) fn insert_run_tx(
         )?;
     }
     c.prepare_cached(
-        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9, ?10)",
+        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, dedupe_key, not_before, created_at, parent_run, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9, ?10, ?11)",
     )?
-    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, trigger, r.dedupe_key, r.now, r.parent.map(|p| p.to_string())])?;
+    .execute(params![t, w, r.id.to_string(), flow, r.flow_name, r.flow_version, trigger, r.dedupe_key, r.now, r.parent.map(|p| p.to_string()), r.traceparent])?;
     Ok(Inserted {
         run_id: r.id,
         duplicate: false,
