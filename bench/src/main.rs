@@ -105,6 +105,10 @@ struct Args {
     /// Fraction of the items delivered when weft is killed (0: not killed).
     #[arg(long, default_value_t = 0.5)]
     loop_kill_at: f64,
+    /// Export weft's spans over OTLP to a local receiver (pass `--weft-arg=--trace-sample-ratio=R`
+    /// for sampling): what tracing costs.
+    #[arg(long)]
+    otlp: bool,
 }
 
 struct Config {
@@ -1000,10 +1004,21 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         })?;
         return Ok(true);
     }
-    let cfg = Config::from_args(args)?;
+    let otlp_on = args.otlp;
+    let mut cfg = Config::from_args(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // A second sink stands in for an OTLP collector: it answers 200 and counts the exports.
+    let otlp = if otlp_on {
+        let s = rt.block_on(Sink::start())?;
+        cfg.weft_args
+            .push(format!("--otlp-endpoint=http://{}", s.addr));
+        println!("OTLP receiver on http://{}", s.addr);
+        Some(s)
+    } else {
+        None
+    };
     let mut w = weft::Weft::start(&cfg.weft, &cfg.weft_args)?;
     let mon = rss::Monitor::start(w.pid);
     let keep = cfg.keep;
@@ -1024,6 +1039,9 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         }
     });
     mon.stop();
+    if let Some(s) = &otlp {
+        println!("OTLP receiver: {} span exports received", s.requests());
+    }
     if res.is_err() || !w.alive() {
         eprintln!("{}", w.log_tail(20));
     }

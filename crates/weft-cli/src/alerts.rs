@@ -9,12 +9,13 @@ use crate::client::{Api, enc, print_json, s};
 
 /// `weft alerts …`.
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum AlertsCmd {
     /// Create a rule that notifies a webhook, Slack or email.
     Create {
         /// Rule name.
         name: String,
-        /// run_failed, error_new, run_stuck or credential_reauth.
+        /// run_failed, error_new, error_spike, run_stuck or credential_reauth.
         #[arg(long)]
         on: String,
         /// Only runs of this flow.
@@ -26,6 +27,12 @@ pub enum AlertsCmd {
         /// For run_stuck: queued or running for longer than this (e.g. 30m).
         #[arg(long)]
         stuck_after: Option<String>,
+        /// For error_spike: failures of one error group within --window that make a spike.
+        #[arg(long)]
+        threshold: Option<i64>,
+        /// For error_spike: the window --threshold counts in (default 1h).
+        #[arg(long)]
+        window: Option<String>,
         /// POST alerts to this URL (signed when --credential names a webhook credential).
         #[arg(long, conflicts_with_all = ["slack", "email"])]
         webhook: Option<String>,
@@ -64,6 +71,8 @@ pub(crate) async fn alerts(cmd: AlertsCmd, args: ClientArgs) -> anyhow::Result<(
             flow,
             quiet,
             stuck_after,
+            threshold,
+            window,
             webhook,
             slack,
             email,
@@ -89,10 +98,14 @@ pub(crate) async fn alerts(cmd: AlertsCmd, args: ClientArgs) -> anyhow::Result<(
                 ("flow", flow),
                 ("quiet", quiet),
                 ("stuck_after", stuck_after),
+                ("window", window),
             ] {
                 if let Some(v) = v {
                     body[k] = Value::String(v);
                 }
+            }
+            if let Some(n) = threshold {
+                body["threshold"] = json!(n);
             }
             let v = api.post(api.ws("/alerts"), &body).await?;
             if json_out {

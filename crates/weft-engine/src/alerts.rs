@@ -27,6 +27,8 @@ pub enum AlertOn {
     RunFailed,
     /// A failure of a kind never seen before opened an error group (incident: the group).
     ErrorNew,
+    /// An error group failed `threshold` times within `window` (incident: the group).
+    ErrorSpike,
     /// A run has been queued or running longer than `stuck_after` (incident: the run).
     RunStuck,
     /// A credential needs re-authorization (incident: the credential).
@@ -38,6 +40,7 @@ impl AlertOn {
         match self {
             AlertOn::RunFailed => "run_failed",
             AlertOn::ErrorNew => "error_new",
+            AlertOn::ErrorSpike => "error_spike",
             AlertOn::RunStuck => "run_stuck",
             AlertOn::CredentialReauth => "credential_reauth",
         }
@@ -85,6 +88,12 @@ pub struct AlertSpec {
     /// For `run_stuck`: how long queued or running counts as stuck (e.g. `30m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_after: Option<String>,
+    /// For `error_spike`: failures of one group within `window` that make a spike (2 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<i64>,
+    /// For `error_spike`: the window the threshold counts in (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
     /// After notifying an incident, how long further occurrences are only counted (default
     /// `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,12 +133,16 @@ impl AlertSpec {
             vec![FieldError {
                 path: "spec".into(),
                 message: format!(
-                    "{e}; a rule is {{on: run_failed|error_new|run_stuck|credential_reauth, flow?, stuck_after?, quiet?, notify: {{webhook: {{url, credential?}}}} | {{slack: {{credential, channel}}}} | {{email: {{credential, to}}}}}}"
+                    "{e}; a rule is {{on: run_failed|error_new|error_spike|run_stuck|credential_reauth, flow?, stuck_after?, threshold?, window?, quiet?, notify: {{webhook: {{url, credential?}}}} | {{slack: {{credential, channel}}}} | {{email: {{credential, to}}}}}}"
                 ),
             }]
         })?;
         let mut errs = Vec::new();
-        for (path, v) in [("quiet", &spec.quiet), ("stuck_after", &spec.stuck_after)] {
+        for (path, v) in [
+            ("quiet", &spec.quiet),
+            ("stuck_after", &spec.stuck_after),
+            ("window", &spec.window),
+        ] {
             if let Err(e) = dur(path, v) {
                 errs.push(e);
             }
@@ -144,6 +157,28 @@ impl AlertSpec {
             errs.push(FieldError {
                 path: "stuck_after".into(),
                 message: "only run_stuck rules take stuck_after".into(),
+            });
+        }
+        let spike = spec.on == AlertOn::ErrorSpike;
+        match spec.threshold {
+            None if spike => errs.push(FieldError {
+                path: "threshold".into(),
+                message: "an error_spike rule needs threshold, the failures within window that make a spike".into(),
+            }),
+            Some(n) if spike && !(2..=1_000_000).contains(&n) => errs.push(FieldError {
+                path: "threshold".into(),
+                message: "must be between 2 and 1000000".into(),
+            }),
+            Some(_) if !spike => errs.push(FieldError {
+                path: "threshold".into(),
+                message: "only error_spike rules take threshold".into(),
+            }),
+            _ => {}
+        }
+        if spec.window.is_some() && !spike {
+            errs.push(FieldError {
+                path: "window".into(),
+                message: "only error_spike rules take window".into(),
             });
         }
         match &spec.notify {
@@ -176,6 +211,16 @@ impl AlertSpec {
             .flatten()
             .unwrap_or(DEFAULT_QUIET)
             .as_millis() as i64
+    }
+
+    /// For a spike rule: (failures, within ms).
+    fn at_least(&self) -> Option<(i64, i64)> {
+        let n = self.threshold.filter(|_| self.on == AlertOn::ErrorSpike)?;
+        let window = dur("window", &self.window)
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_QUIET);
+        Some((n, window.as_millis() as i64))
     }
 
     fn stuck_after_ms(&self) -> Option<i64> {
@@ -245,6 +290,7 @@ impl Inner {
                     &rule.name,
                     &o.incident,
                     spec.quiet_ms(),
+                    spec.at_least(),
                     payload,
                     now,
                 )

@@ -348,3 +348,135 @@ async fn a_credential_that_keeps_failing_auth_is_paused_with_its_reason_and_aler
     let r = run(&mut h).await;
     assert_eq!(h.finished(r).await, RunStatus::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_spike_pages_at_its_threshold_within_the_window() {
+    let mut h = harness().await;
+    let (url, got) = receiver(Arc::new(Mutex::new(200))).await;
+    h.apply("name: orders\ntrigger:\n  manual: {}\nsteps:\n  - id: check\n    fail: 'order {{ .trigger.body.n }} is bad'\n")
+        .await;
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "spike",
+            json!({"on": "error_spike", "threshold": 3, "window": "10m",
+                   "notify": {"webhook": {"url": url}}}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    let fail = |h: &mut Harness, n: i64| {
+        let engine = h.engine.clone();
+        let scope = h.scope;
+        async move {
+            engine
+                .start_run(
+                    scope,
+                    "orders",
+                    json!({"n": n}),
+                    None,
+                    Actor::system("test"),
+                )
+                .await
+                .unwrap()
+                .run_id
+        }
+    };
+    // Two failures, then the window passes: no spike.
+    for n in 0..2 {
+        let r = fail(&mut h, n).await;
+        assert_eq!(h.finished(r).await, RunStatus::Failed);
+    }
+    h.clock.advance(Duration::from_secs(601));
+    for n in 2..4 {
+        let r = fail(&mut h, n).await;
+        assert_eq!(h.finished(r).await, RunStatus::Failed);
+    }
+    h.engine.deliver_alerts().await.unwrap();
+    assert!(
+        h.engine
+            .store()
+            .alert_deliveries(h.scope, "spike", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The third within ten minutes pages.
+    let r = fail(&mut h, 4).await;
+    assert_eq!(h.finished(r).await, RunStatus::Failed);
+    let d = tried(&h, "spike", 1).await;
+    assert!(d.delivered_at.is_some(), "{d:?}");
+    assert_eq!(d.payload["type"], "alert.error_spike");
+    assert_eq!(d.payload["step"], "check");
+    assert_eq!(got.lock().unwrap().len(), 1);
+    let bad = h
+        .engine
+        .create_alert_rule(
+            h.scope,
+            "bad",
+            json!({"on": "error_spike", "notify": {"webhook": {"url": url}}}),
+            Actor::system("test"),
+        )
+        .await;
+    assert!(
+        matches!(&bad, Err(weft_engine::EngineError::BadInput(e)) if e[0].path == "threshold"),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_rule_posts_the_alert_with_the_bot_token() {
+    let mut h = harness().await;
+    // A stand-in for Slack's Web API: records chat.postMessage calls and answers ok.
+    let calls: Arc<Mutex<Vec<(String, HeaderMap, Value)>>> = Arc::default();
+    let c = calls.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+            let c = c.clone();
+            async move {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                c.lock().unwrap().push((uri.path().to_string(), headers, v));
+                axum::Json(json!({"ok": true, "channel": "C1", "ts": "1.2"}))
+            }
+        },
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let mut values = serde_json::Map::new();
+    values.insert("bot_token".into(), json!("xoxb-canary-1"));
+    values.insert("api_url".into(), json!(api));
+    h.engine
+        .set_credential(h.scope, "ops-slack", "slack", values, Actor::system("test"))
+        .await
+        .unwrap();
+    h.apply(
+        "name: orders\ntrigger:\n  manual: {}\nsteps:\n  - id: check\n    fail: 'order is bad'\n",
+    )
+    .await;
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "to-slack",
+            json!({"on": "run_failed", "notify": {"slack": {"credential": "ops-slack", "channel": "#ops"}}}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    let r = h.start("orders", json!({})).await;
+    assert_eq!(h.finished(r).await, RunStatus::Failed);
+    let d = tried(&h, "to-slack", 1).await;
+    assert!(d.delivered_at.is_some(), "{d:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (path, headers, body) = &calls[0];
+    assert_eq!(path, "/api/chat.postMessage");
+    assert_eq!(headers["authorization"], "Bearer xoxb-canary-1");
+    assert_eq!(body["channel"], "#ops");
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("[weft] run ") && text.contains("failed: order is bad"),
+        "{text}"
+    );
+    assert!(!d.payload.to_string().contains("xoxb-canary-1"));
+}

@@ -4,6 +4,7 @@
 //! across tenants (claiming work, resolving a hook id, due schedules) say so in their docs.
 //! Only this crate contains SQL.
 
+mod alerting;
 pub mod audit;
 pub mod fair;
 mod model;

@@ -307,8 +307,9 @@ dispatch! {
     /// Deletes an alert rule with its incidents and undelivered notifications.
     fn delete_alert_rule(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
     /// One occurrence of an incident of a rule: queues `payload` unless the incident was
-    /// notified within `quiet_ms` (then only counted); decided atomically.
-    fn raise_alert(scope: Scope, rule: &str, incident: &str, quiet_ms: i64, payload: Value, now: Millis) -> Result<Raised, StoreError>;
+    /// notified within `quiet_ms` or (with `at_least = (n, window_ms)`) has fewer than `n`
+    /// occurrences within the window; then only counted. Decided atomically.
+    fn raise_alert(scope: Scope, rule: &str, incident: &str, quiet_ms: i64, at_least: Option<(i64, i64)>, payload: Value, now: Millis) -> Result<Raised, StoreError>;
     /// System: notifications due at `now`, each held for `lease_ms`.
     fn claim_alert_deliveries(now: Millis, lease_ms: i64, limit: usize) -> Result<Vec<AlertDelivery>, StoreError>;
     /// Records a delivery attempt: delivered, or failed and due again at a time (or never).

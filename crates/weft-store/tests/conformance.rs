@@ -4019,18 +4019,19 @@ conformance!(
         ));
         assert!(s.list_alert_rules(sb).await.unwrap().is_empty());
         assert!(matches!(
-            s.raise_alert(sb, "pager", "f1", 1_000, json!({}), 12).await,
+            s.raise_alert(sb, "pager", "f1", 1_000, None, json!({}), 12)
+                .await,
             Err(StoreError::NotFound)
         ));
         // The first occurrence notifies; the next ones within the quiet time are only counted.
-        let raise = |at: i64| s.raise_alert(sa, "pager", "f1", 1_000, json!({"n": at}), at);
+        let raise = |at: i64| s.raise_alert(sa, "pager", "f1", 1_000, None, json!({"n": at}), at);
         assert_eq!(raise(100).await.unwrap(), Raised::Notify { suppressed: 0 });
         for at in 101..=110 {
             assert_eq!(raise(at).await.unwrap(), Raised::Suppressed);
         }
         // Another incident of the same rule is its own.
         assert_eq!(
-            s.raise_alert(sa, "pager", "f2", 1_000, json!({}), 111)
+            s.raise_alert(sa, "pager", "f2", 1_000, None, json!({}), 111)
                 .await
                 .unwrap(),
             Raised::Notify { suppressed: 0 }
@@ -4100,5 +4101,21 @@ conformance!(
             raise(5_001).await.unwrap(),
             Raised::Notify { suppressed: 0 }
         );
+        // A spike rule notifies only at the third occurrence within 100 ms.
+        let spike =
+            |at: i64| s.raise_alert(sa, "pager", "spike", 1_000, Some((3, 100)), json!({}), at);
+        assert_eq!(spike(6_000).await.unwrap(), Raised::Suppressed);
+        assert_eq!(spike(6_050).await.unwrap(), Raised::Suppressed);
+        assert_eq!(
+            spike(6_200).await.unwrap(),
+            Raised::Suppressed,
+            "the window ran out"
+        );
+        assert_eq!(spike(6_210).await.unwrap(), Raised::Suppressed);
+        assert_eq!(
+            spike(6_220).await.unwrap(),
+            Raised::Notify { suppressed: 0 }
+        );
+        assert_eq!(spike(6_230).await.unwrap(), Raised::Suppressed);
     }
 );

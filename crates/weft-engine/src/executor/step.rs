@@ -124,25 +124,40 @@ impl StepJob {
             run: self.run.id,
             at: self.inner.now(),
         };
-        match self.inner.opts.store.record_error(self.run.scope, e).await {
-            Ok(true) => {
-                let flow = &self.run.flow_name;
-                let o = crate::alerts::Occurrence {
-                    on: crate::alerts::AlertOn::ErrorNew,
-                    flow: Some(flow),
-                    incident: format!("error:{fingerprint}"),
-                    summary: format!(
-                        "new kind of failure in flow '{flow}', step '{step_id}' ({connector}, {class}): {message}"
-                    ),
-                    detail: serde_json::json!({"flow": flow, "step": step_id, "connector": connector,
-                        "class": class, "fingerprint": fingerprint, "run_id": self.run.id.to_string(), "error": message}),
-                };
-                self.inner.alert(self.run.scope, o).await;
-            }
-            Ok(false) => {}
+        let new = match self.inner.opts.store.record_error(self.run.scope, e).await {
+            Ok(new) => new,
             Err(err) => {
                 tracing::warn!(run = %self.run.id, error = %err, "could not count a failure in its error group");
+                return;
             }
+        };
+        // Every failure counts towards a spike; the first of its kind also opens a new group.
+        let flow = &self.run.flow_name;
+        let ons: &[crate::alerts::AlertOn] = if new {
+            &[
+                crate::alerts::AlertOn::ErrorNew,
+                crate::alerts::AlertOn::ErrorSpike,
+            ]
+        } else {
+            &[crate::alerts::AlertOn::ErrorSpike]
+        };
+        for &on in ons {
+            let what = if on == crate::alerts::AlertOn::ErrorNew {
+                "new kind of failure"
+            } else {
+                "failures spiking"
+            };
+            let o = crate::alerts::Occurrence {
+                on,
+                flow: Some(flow),
+                incident: format!("error:{fingerprint}"),
+                summary: format!(
+                    "{what} in flow '{flow}', step '{step_id}' ({connector}, {class}): {message}"
+                ),
+                detail: serde_json::json!({"flow": flow, "step": step_id, "connector": connector,
+                    "class": class, "fingerprint": fingerprint, "run_id": self.run.id.to_string(), "error": message}),
+            };
+            self.inner.alert(self.run.scope, o).await;
         }
     }
 

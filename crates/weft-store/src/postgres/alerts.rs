@@ -163,16 +163,17 @@ impl PgStore {
         Ok(())
     }
 
-    /// One occurrence of `incident` for `rule`: queues `payload` (with `suppressed` set) unless
-    /// the incident was notified less than `quiet_ms` ago, in which case it is only counted.
-    /// The rule's row is locked first, so concurrent occurrences decide one after another and
-    /// notify once.
+    /// One occurrence of `incident` for `rule`: queues `payload` (with `suppressed` set) when
+    /// [`crate::alerting::occur`] says it notifies, else only counts it. The rule's row is
+    /// locked first, so concurrent occurrences decide one after another and notify once.
+    #[allow(clippy::too_many_arguments)]
     pub async fn raise_alert(
         &self,
         scope: Scope,
         rule: &str,
         incident: &str,
         quiet_ms: i64,
+        at_least: Option<(i64, i64)>,
         payload: Value,
         now: Millis,
     ) -> Result<Raised, StoreError> {
@@ -193,8 +194,8 @@ impl PgStore {
             tx.rollback().await.map_err(db)?;
             return Err(StoreError::NotFound);
         }
-        let prev: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT notified_at, suppressed FROM alert_incidents
+        let prev: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT notified_at, suppressed, window_start, window_count FROM alert_incidents
              WHERE tenant_id = $1 AND workspace_id = $2 AND rule = $3 AND incident = $4",
         )
         .bind(&t)
@@ -204,40 +205,38 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let suppressed = match prev {
-            Some((at, _)) if now - at < quiet_ms => {
-                sqlx::query(
-                    "UPDATE alert_incidents SET suppressed = suppressed + 1, last_at = $5
-                     WHERE tenant_id = $1 AND workspace_id = $2 AND rule = $3 AND incident = $4",
-                )
-                .bind(&t)
-                .bind(&w)
-                .bind(&rule)
-                .bind(&incident)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                tx.commit().await.map_err(db)?;
-                return Ok(Raised::Suppressed);
+        let prev = prev.map(|(notified_at, suppressed, window_start, window_count)| {
+            crate::alerting::Incident {
+                notified_at,
+                suppressed,
+                window_start,
+                window_count,
             }
-            Some((_, n)) => n,
-            None => 0,
-        };
+        });
+        let (st, notify) = crate::alerting::occur(prev, quiet_ms, at_least, now);
         sqlx::query(
-            "INSERT INTO alert_incidents (tenant_id, workspace_id, rule, incident, first_at, last_at, notified_at, suppressed)
-             VALUES ($1, $2, $3, $4, $5, $5, $5, 0)
+            "INSERT INTO alert_incidents (tenant_id, workspace_id, rule, incident, first_at, last_at, notified_at, suppressed, window_start, window_count)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
              ON CONFLICT (tenant_id, workspace_id, rule, incident) DO UPDATE SET
-                last_at = excluded.last_at, notified_at = excluded.notified_at, suppressed = 0",
+                last_at = excluded.last_at, notified_at = excluded.notified_at, suppressed = excluded.suppressed,
+                window_start = excluded.window_start, window_count = excluded.window_count",
         )
         .bind(&t)
         .bind(&w)
         .bind(&rule)
         .bind(&incident)
         .bind(now)
+        .bind(st.notified_at)
+        .bind(st.suppressed)
+        .bind(st.window_start)
+        .bind(st.window_count)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        let Some(suppressed) = notify else {
+            tx.commit().await.map_err(db)?;
+            return Ok(Raised::Suppressed);
+        };
         let mut payload = payload;
         if let Some(o) = payload.as_object_mut() {
             o.insert("suppressed".into(), json!(suppressed));

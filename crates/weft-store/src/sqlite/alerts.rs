@@ -118,22 +118,24 @@ impl SqliteStore {
         .await
     }
 
-    /// One occurrence of `incident` for `rule`: queues `payload` (with `suppressed` set) unless
-    /// the incident was notified less than `quiet_ms` ago, in which case it is only counted.
-    /// Decided and queued in one transaction, so concurrent occurrences notify once.
+    /// One occurrence of `incident` for `rule`: queues `payload` (with `suppressed` set) when
+    /// [`crate::alerting::occur`] says it notifies, else only counts it. Decided and queued in
+    /// one transaction, so concurrent occurrences notify once.
+    #[allow(clippy::too_many_arguments)]
     pub async fn raise_alert(
         &self,
         scope: Scope,
         rule: &str,
         incident: &str,
         quiet_ms: i64,
+        at_least: Option<(i64, i64)>,
         payload: Value,
         now: Millis,
     ) -> Result<Raised, StoreError> {
         let (rule, incident) = (rule.to_string(), incident.to_string());
         self.write(move |c| {
             let (t, w) = scope_strs(&scope);
-            let exists: bool = c
+            let exists = c
                 .prepare_cached(
                     "SELECT 1 FROM alert_rules WHERE tenant_id = ?1 AND workspace_id = ?2 AND name = ?3",
                 )?
@@ -143,32 +145,32 @@ impl SqliteStore {
             if !exists {
                 return Err(StoreError::NotFound);
             }
-            let prev: Option<(Millis, i64)> = c
+            let prev = c
                 .prepare_cached(
-                    "SELECT notified_at, suppressed FROM alert_incidents
+                    "SELECT notified_at, suppressed, window_start, window_count FROM alert_incidents
                      WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3 AND incident = ?4",
                 )?
-                .query_row(params![t, w, rule, incident], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![t, w, rule, incident], |r| {
+                    Ok(crate::alerting::Incident {
+                        notified_at: r.get(0)?,
+                        suppressed: r.get(1)?,
+                        window_start: r.get(2)?,
+                        window_count: r.get(3)?,
+                    })
+                })
                 .optional()?;
-            let suppressed = match prev {
-                Some((at, _)) if now - at < quiet_ms => {
-                    c.prepare_cached(
-                        "UPDATE alert_incidents SET suppressed = suppressed + 1, last_at = ?5
-                         WHERE tenant_id = ?1 AND workspace_id = ?2 AND rule = ?3 AND incident = ?4",
-                    )?
-                    .execute(params![t, w, rule, incident, now])?;
-                    return Ok(Raised::Suppressed);
-                }
-                Some((_, n)) => n,
-                None => 0,
-            };
+            let (st, notify) = crate::alerting::occur(prev, quiet_ms, at_least, now);
             c.prepare_cached(
-                "INSERT INTO alert_incidents (tenant_id, workspace_id, rule, incident, first_at, last_at, notified_at, suppressed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, 0)
+                "INSERT INTO alert_incidents (tenant_id, workspace_id, rule, incident, first_at, last_at, notified_at, suppressed, window_start, window_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (tenant_id, workspace_id, rule, incident) DO UPDATE SET
-                    last_at = excluded.last_at, notified_at = excluded.notified_at, suppressed = 0",
+                    last_at = excluded.last_at, notified_at = excluded.notified_at, suppressed = excluded.suppressed,
+                    window_start = excluded.window_start, window_count = excluded.window_count",
             )?
-            .execute(params![t, w, rule, incident, now])?;
+            .execute(params![t, w, rule, incident, now, st.notified_at, st.suppressed, st.window_start, st.window_count])?;
+            let Some(suppressed) = notify else {
+                return Ok(Raised::Suppressed);
+            };
             let mut payload = payload;
             if let Some(o) = payload.as_object_mut() {
                 o.insert("suppressed".into(), json!(suppressed));

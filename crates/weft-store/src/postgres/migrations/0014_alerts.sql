@@ -1,5 +1,5 @@
 -- Alerting: a workspace's notification rules (spec: what they watch and where they notify, as
--- JSON the engine reads), one row per open incident of a rule (its de-duplication state), and
+-- JSON the engine reads), one row per incident of a rule (its de-duplication state), and
 -- an outbox of notifications to deliver (written in the transaction that decides to notify).
 CREATE TABLE alert_rules (
     tenant_id    TEXT NOT NULL,
@@ -18,6 +18,10 @@ CREATE TABLE alert_incidents (
     last_at      BIGINT NOT NULL,
     notified_at  BIGINT NOT NULL,
     suppressed   BIGINT NOT NULL DEFAULT 0,
+    -- For rules that need N occurrences within a window (error_spike): the window's start
+    -- and its count so far.
+    window_start BIGINT NOT NULL DEFAULT 0,
+    window_count BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, workspace_id, rule, incident)
 );
 CREATE TABLE alert_outbox (
