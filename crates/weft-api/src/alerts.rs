@@ -20,7 +20,8 @@ use crate::{AppState, Problem};
 pub struct AlertRuleOut {
     /// Name, unique in the workspace.
     pub name: String,
-    /// `run_failed`, `error_new`, `error_spike`, `run_stuck` or `credential_reauth`.
+    /// `run_failed`, `error_new`, `error_spike`, `run_stuck`, `credential_reauth` or
+    /// `quota_near`.
     pub on: String,
     /// The rule as written: `{on, flow, stuck_after, quiet, notify}`.
     #[schema(value_type = Object)]
@@ -90,7 +91,8 @@ pub(crate) async fn list(
     }))
 }
 
-/// Create an alert rule: `{name, on, flow?, stuck_after?, threshold?, window?, quiet?, notify}`
+/// Create an alert rule: `{name, on, flow?, stuck_after?, threshold?, window?, percent?, quiet?,
+/// notify}`
 /// where `notify` is
 /// `{webhook: {url, credential?}}` (signed with Standard Webhooks by a `webhook` credential's
 /// secret), `{slack: {credential, channel}}` or `{email: {credential, to}}`.

@@ -34,16 +34,13 @@ pub(crate) async fn traced(req: Request, next: Next) -> Response {
         } else {
             "api"
         };
-        let cx = weft_engine::trace::start(
-            &parent,
-            name,
-            SpanKind::Server,
+        let cx = weft_engine::trace::start(&parent, name, SpanKind::Server, || {
             vec![
                 KeyValue::new("http.request.method", req.method().as_str().to_string()),
                 KeyValue::new("http.route", route),
                 KeyValue::new("weft.request_id", request_id.clone()),
-            ],
-        );
+            ]
+        });
         let trace_id = cx.span().span_context().trace_id();
         (cx, request_id, trace_id)
     };
@@ -54,8 +51,12 @@ pub(crate) async fn traced(req: Request, next: Next) -> Response {
         .instrument(logs)
         .await;
     let code = resp.status().as_u16();
-    cx.span()
-        .set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+    {
+        let span = cx.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+        }
+    }
     weft_engine::trace::end(&cx, (code >= 500).then_some("server error"));
     resp
 }

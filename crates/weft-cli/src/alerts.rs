@@ -15,7 +15,7 @@ pub enum AlertsCmd {
     Create {
         /// Rule name.
         name: String,
-        /// run_failed, error_new, error_spike, run_stuck or credential_reauth.
+        /// run_failed, error_new, error_spike, run_stuck, credential_reauth or quota_near.
         #[arg(long)]
         on: String,
         /// Only runs of this flow.
@@ -33,6 +33,9 @@ pub enum AlertsCmd {
         /// For error_spike: the window --threshold counts in (default 1h).
         #[arg(long)]
         window: Option<String>,
+        /// For quota_near: the share of a plan limit, in percent, that alerts (default 80).
+        #[arg(long)]
+        percent: Option<i64>,
         /// POST alerts to this URL (signed when --credential names a webhook credential).
         #[arg(long, conflicts_with_all = ["slack", "email"])]
         webhook: Option<String>,
@@ -73,6 +76,7 @@ pub(crate) async fn alerts(cmd: AlertsCmd, args: ClientArgs) -> anyhow::Result<(
             stuck_after,
             threshold,
             window,
+            percent,
             webhook,
             slack,
             email,
@@ -106,6 +110,9 @@ pub(crate) async fn alerts(cmd: AlertsCmd, args: ClientArgs) -> anyhow::Result<(
             }
             if let Some(n) = threshold {
                 body["threshold"] = json!(n);
+            }
+            if let Some(p) = percent {
+                body["percent"] = json!(p);
             }
             let v = api.post(api.ws("/alerts"), &body).await?;
             if json_out {

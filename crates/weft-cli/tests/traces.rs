@@ -174,3 +174,45 @@ fn a_delivery_is_one_trace_from_intake_to_the_outbound_request() {
         "a credential reached a span"
     );
 }
+
+#[test]
+fn without_an_exporter_the_trace_context_still_reaches_the_outbound_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior::default());
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let flow = srv.apply(&format!(
+        "name: plain\ntrigger:\n  webhook: {{}}\nsteps:\n  - id: call\n    action: http.request\n    input: {{ url: '{}/x', method: POST, body: {{}} }}\n",
+        sink.url
+    ));
+    let hook = flow["hook_url"].as_str().unwrap();
+    // A caller's trace is carried through (nothing is recorded: the flags say so).
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let (_, ack) = post_hook(hook, "{}", &[("traceparent", &caller)]).unwrap();
+    srv.wait_run(ack["run_id"].as_str().unwrap(), Duration::from_secs(30));
+    // Without one, the run gets a trace of its own.
+    let (_, ack) = post_hook(hook, "{}", &[]).unwrap();
+    srv.wait_run(ack["run_id"].as_str().unwrap(), Duration::from_secs(30));
+    let got = sink.all();
+    assert_eq!(got.len(), 2);
+    let parts: Vec<Vec<String>> = got
+        .iter()
+        .map(|r| {
+            r.traceparent
+                .as_deref()
+                .unwrap()
+                .split('-')
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    assert_eq!(parts[0][1], CALLER_TRACE);
+    assert_ne!(parts[1][1], CALLER_TRACE);
+    for p in &parts {
+        assert_eq!(
+            (p.len(), p[0].as_str(), p[1].len(), p[2].len()),
+            (4, "00", 32, 16),
+            "{p:?}"
+        );
+        assert_ne!(p[1], "0".repeat(32));
+    }
+}

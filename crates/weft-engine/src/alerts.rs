@@ -33,6 +33,9 @@ pub enum AlertOn {
     RunStuck,
     /// A credential needs re-authorization (incident: the credential).
     CredentialReauth,
+    /// The tenant has used `percent` of a plan limit (incident: the limit, and the month for
+    /// the monthly run quota).
+    QuotaNear,
 }
 
 impl AlertOn {
@@ -43,6 +46,7 @@ impl AlertOn {
             AlertOn::ErrorSpike => "error_spike",
             AlertOn::RunStuck => "run_stuck",
             AlertOn::CredentialReauth => "credential_reauth",
+            AlertOn::QuotaNear => "quota_near",
         }
     }
 }
@@ -94,6 +98,9 @@ pub struct AlertSpec {
     /// For `error_spike`: the window the threshold counts in (default `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// For `quota_near`: the share of a plan limit, in percent, that alerts (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
     /// After notifying an incident, how long further occurrences are only counted (default
     /// `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,7 +140,7 @@ impl AlertSpec {
             vec![FieldError {
                 path: "spec".into(),
                 message: format!(
-                    "{e}; a rule is {{on: run_failed|error_new|error_spike|run_stuck|credential_reauth, flow?, stuck_after?, threshold?, window?, quiet?, notify: {{webhook: {{url, credential?}}}} | {{slack: {{credential, channel}}}} | {{email: {{credential, to}}}}}}"
+                    "{e}; a rule is {{on: run_failed|error_new|error_spike|run_stuck|credential_reauth|quota_near, flow?, stuck_after?, threshold?, window?, percent?, quiet?, notify: {{webhook: {{url, credential?}}}} | {{slack: {{credential, channel}}}} | {{email: {{credential, to}}}}}}"
                 ),
             }]
         })?;
@@ -172,6 +179,17 @@ impl AlertSpec {
             Some(_) if !spike => errs.push(FieldError {
                 path: "threshold".into(),
                 message: "only error_spike rules take threshold".into(),
+            }),
+            _ => {}
+        }
+        match spec.percent {
+            Some(_) if spec.on != AlertOn::QuotaNear => errs.push(FieldError {
+                path: "percent".into(),
+                message: "only quota_near rules take percent".into(),
+            }),
+            Some(p) if !(1..=100).contains(&p) => errs.push(FieldError {
+                path: "percent".into(),
+                message: "must be between 1 and 100".into(),
             }),
             _ => {}
         }
@@ -268,38 +286,49 @@ impl Inner {
             {
                 continue;
             }
-            let now = self.now();
-            let mut payload = json!({
-                "type": format!("alert.{}", o.on.as_str()),
-                "rule": rule.name,
-                "workspace_id": scope.workspace.to_string(),
-                "incident": o.incident,
-                "summary": o.summary,
-                "at": weft_types::rfc3339(now),
-            });
-            if let (Some(p), Some(d)) = (payload.as_object_mut(), o.detail.as_object()) {
-                for (k, v) in d {
-                    p.entry(k.clone()).or_insert_with(|| v.clone());
-                }
+            self.alert_rule(scope, &rule, &spec, &o).await;
+        }
+    }
+
+    /// Raises `o` on one rule (its quiet time and spike window apply).
+    async fn alert_rule(
+        &self,
+        scope: Scope,
+        rule: &AlertRuleRecord,
+        spec: &AlertSpec,
+        o: &Occurrence<'_>,
+    ) {
+        let now = self.now();
+        let mut payload = json!({
+            "type": format!("alert.{}", o.on.as_str()),
+            "rule": rule.name,
+            "workspace_id": scope.workspace.to_string(),
+            "incident": o.incident,
+            "summary": o.summary,
+            "at": weft_types::rfc3339(now),
+        });
+        if let (Some(p), Some(d)) = (payload.as_object_mut(), o.detail.as_object()) {
+            for (k, v) in d {
+                p.entry(k.clone()).or_insert_with(|| v.clone());
             }
-            match self
-                .opts
-                .store
-                .raise_alert(
-                    scope,
-                    &rule.name,
-                    &o.incident,
-                    spec.quiet_ms(),
-                    spec.at_least(),
-                    payload,
-                    now,
-                )
-                .await
-            {
-                Ok(Raised::Notify { .. }) => self.alert_wake.notify_one(),
-                Ok(Raised::Suppressed) | Err(StoreError::NotFound) => {}
-                Err(e) => tracing::warn!(rule = %rule.name, error = %e, "could not raise an alert"),
-            }
+        }
+        match self
+            .opts
+            .store
+            .raise_alert(
+                scope,
+                &rule.name,
+                &o.incident,
+                spec.quiet_ms(),
+                spec.at_least(),
+                payload,
+                now,
+            )
+            .await
+        {
+            Ok(Raised::Notify { .. }) => self.alert_wake.notify_one(),
+            Ok(Raised::Suppressed) | Err(StoreError::NotFound) => {}
+            Err(e) => tracing::warn!(rule = %rule.name, error = %e, "could not raise an alert"),
         }
     }
 
@@ -502,6 +531,77 @@ impl Inner {
         Ok(())
     }
 
+    /// Raises `quota_near` for every tenant with such a rule whose use of a plan limit (runs
+    /// this month, stored bytes, active flows) reached the rule's percent.
+    pub(crate) async fn scan_quotas(&self) -> Result<(), EngineError> {
+        let store = &self.opts.store;
+        let rules = store.alert_rules_on(AlertOn::QuotaNear.as_str()).await?;
+        let now = self.now();
+        let mut seen: std::collections::HashMap<
+            weft_types::TenantId,
+            Vec<(&'static str, i64, i64, String)>,
+        > = std::collections::HashMap::new();
+        for (scope, rule) in rules {
+            let Ok(spec) = serde_json::from_value::<AlertSpec>(rule.spec.clone()) else {
+                continue;
+            };
+            let percent = spec.percent.unwrap_or(80);
+            if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(scope.tenant) {
+                let t = store.get_tenant(scope.tenant).await?;
+                let u = store.usage(scope.tenant, now).await?;
+                let mut uses = Vec::new();
+                for (name, used, limit, period) in [
+                    (
+                        "runs_per_month",
+                        u.runs_in_month,
+                        t.limits.runs_per_month,
+                        u.month.clone(),
+                    ),
+                    (
+                        "stored_bytes",
+                        u.stored_bytes,
+                        t.limits.stored_bytes,
+                        String::new(),
+                    ),
+                    (
+                        "active_flows",
+                        u.active_flows,
+                        t.limits.active_flows,
+                        String::new(),
+                    ),
+                ] {
+                    if let Some(limit) = limit.filter(|l| *l > 0) {
+                        uses.push((name, used, limit, period));
+                    }
+                }
+                e.insert(uses);
+            }
+            for (name, used, limit, period) in seen.get(&scope.tenant).into_iter().flatten() {
+                if used * 100 < limit * percent {
+                    continue;
+                }
+                let incident = if period.is_empty() {
+                    format!("quota:{name}")
+                } else {
+                    format!("quota:{name}:{period}")
+                };
+                let o = Occurrence {
+                    on: AlertOn::QuotaNear,
+                    flow: None,
+                    incident,
+                    summary: format!(
+                        "the plan's {name} is {}% used ({used} of {limit}); raise the limit or expect refusals at 100%",
+                        used * 100 / limit
+                    ),
+                    detail: json!({"limit": name, "used": used, "of": limit}),
+                };
+                // Only this rule: another workspace's rule raises for itself.
+                self.alert_rule(scope, &rule, &spec, &o).await;
+            }
+        }
+        Ok(())
+    }
+
     /// A credential needs re-authorization or was paused; `fix` says what to do.
     pub(crate) async fn alert_credential_reauth(
         &self,
@@ -552,6 +652,9 @@ pub(crate) async fn deliverer(inner: Arc<Inner>) {
             last_scan = Some(now);
             if let Err(e) = inner.scan_stuck_runs().await {
                 tracing::warn!(error = %e, "stuck-run scan failed");
+            }
+            if let Err(e) = inner.scan_quotas().await {
+                tracing::warn!(error = %e, "quota scan failed");
             }
         }
         tokio::select! {
@@ -605,6 +708,13 @@ impl Engine {
             .store()
             .create_alert_rule(scope, name, stored, actor, self.inner.now())
             .await?)
+    }
+
+    /// Runs the periodic checks now (stuck runs, plan quotas; the delivery task runs them
+    /// every minute).
+    pub async fn scan_alerts(&self) -> Result<(), EngineError> {
+        self.inner.scan_stuck_runs().await?;
+        self.inner.scan_quotas().await
     }
 
     /// Delivers the notifications that are due now (the delivery task does it every few

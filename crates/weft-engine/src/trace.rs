@@ -59,19 +59,50 @@ pub fn parent(traceparent: &str) -> Option<Context> {
         .then(|| Context::new().with_remote_span_context(sc))
 }
 
+/// Whether spans may be recorded: the binary turns it on when it exports them.
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets spans be recorded (when an exporter is installed). Off, and for traces a caller sent
+/// unsampled, a span costs only its ids: nothing is built for a sampler to throw away.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Starts a span named `name` as a child of `parent`'s span (a new trace when it has none)
-/// and returns the context that holds it.
+/// and returns the context that holds it; `attributes` are built only for a recorded span.
 pub fn start(
     parent: &Context,
     name: &'static str,
     kind: SpanKind,
-    attributes: Vec<KeyValue>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
 ) -> Context {
+    let recording = RECORDING.load(std::sync::atomic::Ordering::Relaxed);
+    let (valid, sampled) = {
+        let span = parent.span();
+        let sc = span.span_context();
+        (sc.is_valid(), sc.is_sampled())
+    };
+    if !recording || (valid && !sampled) {
+        if valid {
+            // An unsampled trace: its children share the parent's ids (nothing is recorded).
+            return parent.clone();
+        }
+        let trace = rand::random::<u128>().max(1);
+        let span = rand::random::<u64>().max(1);
+        let sc = SpanContext::new(
+            TraceId::from_bytes(trace.to_be_bytes()),
+            SpanId::from_bytes(span.to_be_bytes()),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        return parent.with_remote_span_context(sc);
+    }
     let tracer = opentelemetry::global::tracer("weft");
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
-        .with_attributes(attributes)
+        .with_attributes(attributes())
         .start_with_context(&tracer, parent);
     parent.with_span(span)
 }

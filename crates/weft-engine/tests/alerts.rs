@@ -480,3 +480,60 @@ async fn a_slack_rule_posts_the_alert_with_the_bot_token() {
     );
     assert!(!d.payload.to_string().contains("xoxb-canary-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_limit_near_its_end_pages_once_a_month() {
+    let mut h = harness().await;
+    let (url, got) = receiver(Arc::new(Mutex::new(200))).await;
+    h.apply("name: quick\ntrigger:\n  manual: {}\nsteps:\n  - id: a\n    transform: '1'\n")
+        .await;
+    let limits = weft_store::Limits {
+        runs_per_month: Some(5),
+        ..Default::default()
+    };
+    h.engine
+        .store()
+        .patch_tenant_plan(
+            h.scope.tenant,
+            Some(limits),
+            None,
+            Actor::system("test"),
+            T0,
+        )
+        .await
+        .unwrap();
+    h.engine
+        .create_alert_rule(
+            h.scope,
+            "quota",
+            json!({"on": "quota_near", "percent": 60, "notify": {"webhook": {"url": url}}}),
+            Actor::system("test"),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = h.start("quick", json!({})).await;
+        assert_eq!(h.finished(r).await, RunStatus::Succeeded);
+    }
+    h.engine.scan_alerts().await.unwrap();
+    h.engine.deliver_alerts().await.unwrap();
+    assert!(got.lock().unwrap().is_empty(), "2 of 5 is 40 %");
+    let r = h.start("quick", json!({})).await;
+    assert_eq!(h.finished(r).await, RunStatus::Succeeded);
+    h.engine.scan_alerts().await.unwrap();
+    let d = tried(&h, "quota", 1).await;
+    assert_eq!(d.payload["type"], "alert.quota_near");
+    assert_eq!(
+        (d.payload["used"].as_i64(), d.payload["of"].as_i64()),
+        (Some(3), Some(5))
+    );
+    assert!(
+        d.incident.starts_with("quota:runs_per_month:"),
+        "{}",
+        d.incident
+    );
+    // Still near the limit a minute later: counted, not paged again.
+    h.engine.scan_alerts().await.unwrap();
+    h.engine.deliver_alerts().await.unwrap();
+    assert_eq!(got.lock().unwrap().len(), 1);
+}

@@ -304,6 +304,8 @@ dispatch! {
     fn create_alert_rule(scope: Scope, name: &str, spec: Value, actor: Actor, now: Millis) -> Result<AlertRuleRecord, StoreError>;
     /// The workspace's alert rules, by name.
     fn list_alert_rules(scope: Scope) -> Result<Vec<AlertRuleRecord>, StoreError>;
+    /// System: every workspace's alert rules watching `on`.
+    fn alert_rules_on(on: &str) -> Result<Vec<(Scope, AlertRuleRecord)>, StoreError>;
     /// Deletes an alert rule with its incidents and undelivered notifications.
     fn delete_alert_rule(scope: Scope, name: &str, actor: Actor, now: Millis) -> Result<(), StoreError>;
     /// One occurrence of an incident of a rule: queues `payload` unless the incident was

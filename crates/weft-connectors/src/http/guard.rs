@@ -287,8 +287,21 @@ impl GuardedClient {
         self.policy.check_url(request.url())?;
         let original = request.url().clone();
         let parent = Context::current();
-        let traced = parent.span().span_context().is_valid();
-        let mut span = traced.then(|| {
+        let (traced, sampled) = {
+            let span = parent.span();
+            let sc = span.span_context();
+            (sc.is_valid(), sc.is_sampled())
+        };
+        // An unsampled trace records nothing: the request carries the step's own context.
+        if traced && !sampled {
+            let span = parent.span();
+            let sc = span.span_context();
+            let header = format!("00-{}-{}-00", sc.trace_id(), sc.span_id());
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&header) {
+                request.headers_mut().insert("traceparent", v);
+            }
+        }
+        let mut span = (traced && sampled).then(|| {
             let tracer = opentelemetry::global::tracer("weft");
             let name = format!("HTTP {}", request.method());
             // Host and path only: a query string may carry a secret.

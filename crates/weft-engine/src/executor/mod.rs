@@ -264,16 +264,13 @@ pub(crate) async fn execute(inner: Arc<Inner>, claimed: ClaimedRun) {
         .as_deref()
         .and_then(crate::trace::parent)
         .unwrap_or_default();
-    let cx = crate::trace::start(
-        &parent,
-        "run",
-        SpanKind::Consumer,
+    let cx = crate::trace::start(&parent, "run", SpanKind::Consumer, || {
         vec![
             opentelemetry::KeyValue::new("weft.run_id", r.id.to_string()),
             opentelemetry::KeyValue::new("weft.flow", r.flow_name.clone()),
             opentelemetry::KeyValue::new("weft.flow_version", r.flow_version),
-        ],
-    );
+        ]
+    });
     let trace_id = cx.span().span_context().trace_id();
     let logs = tracing::info_span!("run", run_id = %r.id, trace_id = %trace_id);
     execute_traced(inner, claimed)
@@ -761,7 +758,7 @@ async fn run_dag_inner(
                     &opentelemetry::Context::current(),
                     "step",
                     opentelemetry::trace::SpanKind::Internal,
-                    vec![opentelemetry::KeyValue::new("weft.step", job.record_id())],
+                    || vec![opentelemetry::KeyValue::new("weft.step", job.record_id())],
                 );
                 let step = job.run(ctx, skip_reason(steps, i, &outcomes));
                 let held = span.clone();

@@ -116,6 +116,38 @@ impl PgStore {
             .collect()
     }
 
+    /// System: every workspace's alert rules watching `on` (for the periodic checks).
+    pub async fn alert_rules_on(
+        &self,
+        on: &str,
+    ) -> Result<Vec<(Scope, AlertRuleRecord)>, StoreError> {
+        let mut tx = self.system_tx().await?;
+        let rows = sqlx::query(
+            "SELECT tenant_id, workspace_id, name, spec, created_at FROM alert_rules
+             WHERE spec::jsonb ->> 'on' = $1 ORDER BY tenant_id, workspace_id, name",
+        )
+        .bind(on)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    Scope {
+                        tenant: parse(r.get(0), "tenant id")?,
+                        workspace: parse(r.get(1), "workspace id")?,
+                    },
+                    AlertRuleRecord {
+                        name: r.get(2),
+                        spec: spec_of(r.get(3))?,
+                        created_at: r.get(4),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Deletes an alert rule with its incidents and undelivered notifications.
     pub async fn delete_alert_rule(
         &self,

@@ -87,6 +87,37 @@ impl SqliteStore {
         .await
     }
 
+    /// System: every workspace's alert rules watching `on` (for the periodic checks).
+    pub async fn alert_rules_on(
+        &self,
+        on: &str,
+    ) -> Result<Vec<(Scope, AlertRuleRecord)>, StoreError> {
+        let on = on.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT tenant_id, workspace_id, name, spec, created_at FROM alert_rules
+                 WHERE json_extract(spec, '$.on') = ?1 ORDER BY tenant_id, workspace_id, name",
+            )?;
+            let mut rows = st.query(params![on])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((
+                    Scope {
+                        tenant: parse(r.get(0)?, "tenant id")?,
+                        workspace: parse(r.get(1)?, "workspace id")?,
+                    },
+                    AlertRuleRecord {
+                        name: r.get(2)?,
+                        spec: spec_of(r.get(3)?)?,
+                        created_at: r.get(4)?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Deletes an alert rule with its incidents and undelivered notifications.
     pub async fn delete_alert_rule(
         &self,
