@@ -1,7 +1,27 @@
-//! The de-duplication rule of alerts, shared by both backends: what one occurrence of an
-//! incident does to its state, and whether it notifies.
+//! What both backends share about alerts: the audit entry of a rule change, the stored JSON,
+//! and the de-duplication rule (what one occurrence does to its incident, and whether it notifies).
 
-use weft_types::Millis;
+use serde_json::{Value, json};
+use weft_types::{Millis, Scope};
+
+use crate::{Actor, Audit, StoreError};
+
+/// The audit entry of a change to alert rule `name`.
+pub(crate) fn rule_audit(actor: Actor, action: &'static str, scope: &Scope, name: &str) -> Audit {
+    Audit {
+        actor,
+        action,
+        object_kind: "alert_rule",
+        object_id: name.to_string(),
+        workspace: Some(scope.workspace),
+        detail: json!({}),
+    }
+}
+
+/// A stored rule spec or notification payload.
+pub(crate) fn spec_of(s: String) -> Result<Value, StoreError> {
+    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("alert rule spec: {e}")))
+}
 
 /// An incident's state, as stored in `alert_incidents`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,23 +8,9 @@ use weft_types::{Millis, Scope};
 use super::PgStore;
 use super::store::{append, db, parse};
 use super::{pg_json, pg_text};
+use crate::alerting::{rule_audit, spec_of};
 use crate::model::*;
 use crate::{StoreError, scope_strs};
-
-fn rule_audit(actor: Actor, action: &'static str, scope: &Scope, name: &str) -> Audit {
-    Audit {
-        actor,
-        action,
-        object_kind: "alert_rule",
-        object_id: name.to_string(),
-        workspace: Some(scope.workspace),
-        detail: json!({}),
-    }
-}
-
-fn spec_of(s: String) -> Result<Value, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("alert rule spec: {e}")))
-}
 
 const DELIVERY_COLS: &str = "seq, tenant_id, workspace_id, rule, incident, payload, created_at, attempts, delivered_at, error";
 

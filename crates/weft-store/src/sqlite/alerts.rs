@@ -8,23 +8,9 @@ use weft_types::{Millis, Scope};
 use super::SqliteStore;
 use super::audit::append;
 use super::ops::parse;
+use crate::alerting::{rule_audit, spec_of};
 use crate::model::*;
 use crate::{StoreError, scope_strs};
-
-fn rule_audit(actor: Actor, action: &'static str, scope: &Scope, name: &str) -> Audit {
-    Audit {
-        actor,
-        action,
-        object_kind: "alert_rule",
-        object_id: name.to_string(),
-        workspace: Some(scope.workspace),
-        detail: json!({}),
-    }
-}
-
-fn spec_of(s: String) -> Result<Value, StoreError> {
-    serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("alert rule spec: {e}")))
-}
 
 impl SqliteStore {
     /// Creates an alert rule; a conflict when the workspace has one of that name.
