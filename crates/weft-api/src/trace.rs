@@ -12,24 +12,19 @@ use tracing::Instrument as _;
 
 /// The middleware.
 pub(crate) async fn traced(req: Request, next: Next) -> Response {
-    let (cx, request_id, trace_id) = {
+    let (cx, logs) = {
+        // Borrowed until the spans are made: a request whose span is not recorded allocates
+        // nothing here.
         let route = req
             .extensions()
             .get::<MatchedPath>()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "unmatched".into());
-        let header = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+            .map(MatchedPath::as_str);
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let request_id = header("x-request-id").unwrap_or_default();
         let parent = header("traceparent")
-            .as_deref()
             .and_then(weft_engine::trace::parent)
             .unwrap_or_default();
-        let name: &'static str = if route.starts_with("/hooks/") {
+        let name: &'static str = if route.is_some_and(|r| r.starts_with("/hooks/")) {
             "intake"
         } else {
             "api"
@@ -37,14 +32,14 @@ pub(crate) async fn traced(req: Request, next: Next) -> Response {
         let cx = weft_engine::trace::start(&parent, name, SpanKind::Server, || {
             vec![
                 KeyValue::new("http.request.method", req.method().as_str().to_string()),
-                KeyValue::new("http.route", route),
-                KeyValue::new("weft.request_id", request_id.clone()),
+                KeyValue::new("http.route", route.unwrap_or("unmatched").to_string()),
+                KeyValue::new("weft.request_id", request_id.to_string()),
             ]
         });
         let trace_id = cx.span().span_context().trace_id();
-        (cx, request_id, trace_id)
+        let logs = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
+        (cx, logs)
     };
-    let logs = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
     let resp = next
         .run(req)
         .with_context(cx.clone())

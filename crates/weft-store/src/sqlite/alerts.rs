@@ -40,11 +40,11 @@ impl SqliteStore {
                 c,
                 &t,
                 now,
-                &rule_audit(actor, "alert.create", &scope, &name),
+                &rule_audit(actor.clone(), "alert.create", &scope, &name),
             )?;
             Ok(AlertRuleRecord {
-                name,
-                spec,
+                name: name.clone(),
+                spec: spec.clone(),
                 created_at: now,
             })
         })
@@ -129,7 +129,7 @@ impl SqliteStore {
                 ))?
                 .execute(params![t, w, name])?;
             }
-            append(c, &t, now, &rule_audit(actor, "alert.delete", &scope, &name))?;
+            append(c, &t, now, &rule_audit(actor.clone(), "alert.delete", &scope, &name))?;
             Ok(())
         })
         .await
@@ -188,7 +188,7 @@ impl SqliteStore {
             let Some(suppressed) = notify else {
                 return Ok(Raised::Suppressed);
             };
-            let mut payload = payload;
+            let mut payload = payload.clone();
             if let Some(o) = payload.as_object_mut() {
                 o.insert("suppressed".into(), json!(suppressed));
             }
@@ -237,7 +237,7 @@ impl SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
-            match outcome {
+            match &outcome {
                 Ok(()) => c
                     .prepare_cached(
                         "UPDATE alert_outbox SET delivered_at = ?2, attempts = attempts + 1, error = NULL WHERE seq = ?1",

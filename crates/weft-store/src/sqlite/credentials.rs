@@ -100,7 +100,7 @@ impl SqliteStore {
                 }
             };
             append(c, &t, now, &Audit {
-                actor,
+                actor: actor.clone(),
                 action: if created { "credential.create" } else { "credential.update" },
                 object_kind: "credential",
                 object_id: cred.id.to_string(),
@@ -155,7 +155,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "credential.delete",
                     object_kind: "credential",
                     object_id: rec.id.to_string(),
@@ -328,7 +328,7 @@ impl SqliteStore {
                 .query_row(params![t, w, name, version], |r| r.get(0))
                 .optional()?;
             if let Some(old) = existing {
-                let same = serde_json::from_str::<serde_json::Value>(&old).ok() == Some(manifest);
+                let same = serde_json::from_str::<serde_json::Value>(&old).ok() == Some(manifest.clone());
                 return if same {
                     Ok(false)
                 } else {
@@ -340,7 +340,7 @@ impl SqliteStore {
             )?
             .execute(params![t, w, name, version, text, now])?;
             append(c, &t, now, &Audit {
-                actor,
+                actor: actor.clone(),
                 action: "connector.install",
                 object_kind: "connector",
                 object_id: format!("{name}@{version}"),
@@ -495,7 +495,7 @@ impl SqliteStore {
             }
             if let Some(action) = audit_action {
                 append(c, &t, now, &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action,
                     object_kind: "credential",
                     object_id: id.to_string(),

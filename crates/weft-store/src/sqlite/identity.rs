@@ -401,7 +401,7 @@ impl SqliteStore {
                     None => return Err(StoreError::NotFound),
                 }
             };
-            let limits = limits.unwrap_or(cur.limits);
+            let limits = limits.clone().unwrap_or(cur.limits);
             let weight = weight.unwrap_or(cur.weight);
             let n = c.execute(
                 "UPDATE tenants SET max_runs_per_month = ?2, max_active_flows = ?3, max_concurrent_runs = ?4, max_webhook_rps = ?5, max_stored_bytes = ?6, weight = ?7 WHERE id = ?1",
@@ -411,7 +411,7 @@ impl SqliteStore {
                 return Err(StoreError::NotFound);
             }
             append(c, &t, now, &Audit {
-                actor, action: "tenant.update", object_kind: "tenant", object_id: t.clone(), workspace: None,
+                actor: actor.clone(), action: "tenant.update", object_kind: "tenant", object_id: t.clone(), workspace: None,
                 detail: json!({"limits": limits, "weight": weight}),
             })?;
             let mut st = c.prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))?;
@@ -470,7 +470,7 @@ impl SqliteStore {
                 &tenant.to_string(),
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "workspace.create",
                     object_kind: "workspace",
                     object_id: ws.scope.workspace.to_string(),
@@ -524,7 +524,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "workspace.retention",
                     object_kind: "workspace",
                     object_id: w.clone(),
@@ -604,7 +604,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "workspace.update",
                     object_kind: "workspace",
                     object_id: w.clone(),
@@ -773,7 +773,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "member.add",
                     object_kind: "user",
                     object_id: user.to_string(),
@@ -804,7 +804,7 @@ impl SqliteStore {
             }
             c.execute("UPDATE members SET role = ?4 WHERE tenant_id = ?1 AND workspace_id = ?2 AND user_id = ?3", params![t, w, u, role.as_str()])?;
             append(c, &t, now, &Audit {
-                actor, action: "member.update", object_kind: "user", object_id: u.clone(),
+                actor: actor.clone(), action: "member.update", object_kind: "user", object_id: u.clone(),
                 workspace: Some(scope.workspace), detail: json!({"role": role.as_str(), "previous_role": old.role.as_str()}),
             })?;
             member_tx(c, &t, &w, &u)
@@ -838,7 +838,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "member.remove",
                     object_kind: "user",
                     object_id: u,
@@ -869,7 +869,7 @@ impl SqliteStore {
                 params![t, workspace.to_string(), user.to_string(), now],
             )?;
             append(c, &t, now, &Audit {
-                actor, action: "member.accept", object_kind: "user", object_id: user.to_string(),
+                actor: actor.clone(), action: "member.accept", object_kind: "user", object_id: user.to_string(),
                 workspace: Some(workspace), detail: json!({"role": ro}),
             })?;
             let (slug, name, created_at): (String, String, Millis) = c
@@ -949,7 +949,7 @@ impl SqliteStore {
         self.write(move |c| {
             let (rec, secret) = insert_key(c, &scope, &key, now)?;
             append(c, &scope.tenant.to_string(), now, &Audit {
-                actor, action: "api_key.create", object_kind: "api_key", object_id: rec.id.to_string(),
+                actor: actor.clone(), action: "api_key.create", object_kind: "api_key", object_id: rec.id.to_string(),
                 workspace: Some(scope.workspace), detail: json!({"name": rec.name, "role": rec.role.as_str(), "expires_at": rec.expires_at}),
             })?;
             Ok((rec, secret))
@@ -992,7 +992,7 @@ impl SqliteStore {
             )?;
             if n == 1 {
                 append(c, &t, now, &Audit {
-                    actor, action: "api_key.revoke", object_kind: "api_key", object_id: k.clone(),
+                    actor: actor.clone(), action: "api_key.revoke", object_kind: "api_key", object_id: k.clone(),
                     workspace: Some(scope.workspace), detail: json!({}),
                 })?;
             }
@@ -1053,7 +1053,10 @@ impl SqliteStore {
     /// Ends a session.
     pub async fn delete_session(&self, secret_hash: String) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM sessions WHERE secret_hash = ?1", [secret_hash])?;
+            c.execute(
+                "DELETE FROM sessions WHERE secret_hash = ?1",
+                [secret_hash.clone()],
+            )?;
             Ok(())
         })
         .await

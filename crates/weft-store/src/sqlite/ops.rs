@@ -483,7 +483,7 @@ impl SqliteStore {
                 params![t, w, id, version, to_json(&definition), now],
             )?;
             let action = if created { "flow.create" } else { "flow.update" };
-            append(c, &t, now, &flow_audit(actor, action, &scope, &id, json!({"name": name, "version": version, "published": publish})))?;
+            append(c, &t, now, &flow_audit(actor.clone(), action, &scope, &id, json!({"name": name, "version": version, "published": publish})))?;
             get_flow_tx(c, &scope, &id)
         })
         .await
@@ -588,7 +588,7 @@ impl SqliteStore {
                 "UPDATE flows SET published_version = ?4, updated_at = ?5 WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3",
                 params![t, w, id, version, now],
             )?;
-            append(c, &t, now, &flow_audit(actor, "flow.publish", &scope, &id, json!({"version": version})))?;
+            append(c, &t, now, &flow_audit(actor.clone(), "flow.publish", &scope, &id, json!({"version": version})))?;
             get_flow_tx(c, &scope, &id)
         })
         .await
@@ -613,7 +613,7 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            append(c, &t, now, &flow_audit(actor, "flow.delete", &scope, &id, json!({})))
+            append(c, &t, now, &flow_audit(actor.clone(), "flow.delete", &scope, &id, json!({})))
         })
         .await
     }
@@ -797,7 +797,7 @@ impl SqliteStore {
         self.write(move |c| {
             Ok(c.execute(
                 "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner IS NOT ?1",
-                [owner],
+                [owner.clone()],
             )?)
         })
         .await
@@ -807,7 +807,7 @@ impl SqliteStore {
     pub async fn release_leases(&self, owner: &str) -> Result<usize, StoreError> {
         let owner = owner.to_string();
         self.write(move |c| {
-            Ok(c.execute("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = ?1", [owner])?)
+            Ok(c.execute("UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires = NULL WHERE status = 'running' AND lease_owner = ?1", [owner.clone()])?)
         })
         .await
     }
@@ -952,7 +952,7 @@ impl SqliteStore {
                 detail["cancelled_descendants"] = json!(descendants);
             }
             append(c, &t, now, &Audit {
-                actor, action: "run.cancel", object_kind: "run", object_id: rid.clone(),
+                actor: actor.clone(), action: "run.cancel", object_kind: "run", object_id: rid.clone(),
                 workspace: Some(scope.workspace), detail,
             })?;
             Ok(RunStatus::Cancelled)
@@ -998,7 +998,7 @@ impl SqliteStore {
             c.prepare_cached("UPDATE tenant_usage SET stored_bytes = MAX(0, stored_bytes - ?2) WHERE tenant_id = ?1")?
                 .execute(params![t, bytes])?;
             append(c, &t, now, &Audit {
-                actor, action: "run.delete", object_kind: "run", object_id: rid,
+                actor: actor.clone(), action: "run.delete", object_kind: "run", object_id: rid,
                 workspace: Some(scope.workspace), detail: json!({"status": status.as_str(), "stored_bytes": bytes}),
             })?;
             Ok(())

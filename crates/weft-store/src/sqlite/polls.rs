@@ -79,7 +79,7 @@ impl SqliteStore {
             c.execute(
                 "INSERT INTO polls (tenant_id, workspace_id, flow_id, next_at, cursor, primed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant_id, workspace_id, flow_id) DO UPDATE SET next_at = excluded.next_at",
-                params![t, w, flow.to_string(), next_at, since.map(|v| v.to_string()), primed],
+                params![t, w, flow.to_string(), next_at, since.clone().map(|v| v.to_string()), primed],
             )?;
             Ok(())
         })
@@ -241,13 +241,13 @@ impl SqliteStore {
             let n = c.execute(
                 "UPDATE polls SET cursor = ?4, primed = 1, next_at = ?5, paused = NULL, lease_owner = NULL, lease_until = NULL
                  WHERE tenant_id = ?1 AND workspace_id = ?2 AND flow_id = ?3 AND next_at IS NOT NULL",
-                params![t, w, flow.to_string(), since.map(|v| v.to_string()), now],
+                params![t, w, flow.to_string(), since.clone().map(|v| v.to_string()), now],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
             let entry = Audit {
-                actor,
+                actor: actor.clone(),
                 action: "flow.backfill",
                 object_kind: "flow",
                 object_id: flow.to_string(),
@@ -282,7 +282,7 @@ impl SqliteStore {
             } else {
                 "UPDATE polls SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1"
             };
-            Ok(c.execute(sql, [owner])?)
+            Ok(c.execute(sql, [owner.clone()])?)
         })
         .await
     }

@@ -137,8 +137,8 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            if let Some(awaiting) = awaiting
-                && awaited_arrived(c, &t, &w, &rid, &awaiting)?
+            if let Some(awaiting) = &awaiting
+                && awaited_arrived(c, &t, &w, &rid, awaiting)?
             {
                 wake_if_waiting(c, &t, &w, &rid, now)?;
             }
@@ -299,7 +299,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "run.signal",
                     object_kind: "run",
                     object_id: rid,
@@ -398,7 +398,7 @@ impl SqliteStore {
                 &t,
                 now,
                 &Audit {
-                    actor,
+                    actor: actor.clone(),
                     action: "run.retry",
                     object_kind: "run",
                     object_id: rid,
