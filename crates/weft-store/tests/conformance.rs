@@ -1649,6 +1649,23 @@ conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
         .map(|l| l.message)
         .collect();
     assert_eq!(lines, ["one", "two", "three", "four", "five"]);
+    // More lines at once than one insert statement carries keep their order and fields.
+    let many: Vec<_> = (0..21)
+        .map(|i| log(&format!("m{i}"), (i % 2 == 0).then_some("a")))
+        .collect();
+    s.append_logs(scope, r, many, jan + 4).await.unwrap();
+    let got: Vec<(String, Option<String>, i64)> = s
+        .run_logs(scope, r, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .skip(5)
+        .map(|l| (l.message, l.step_id, l.ts))
+        .collect();
+    let want: Vec<(String, Option<String>, i64)> = (0..21)
+        .map(|i| (format!("m{i}"), (i % 2 == 0).then(|| "a".to_string()), jan + 4))
+        .collect();
+    assert_eq!(got, want);
     let (got, _) = s.get_run(scope, r).await.unwrap();
     assert_eq!(got.status, weft_types::RunStatus::Succeeded);
     assert_eq!(got.output, Some(done));

@@ -184,22 +184,66 @@ pub(super) fn insert_logs(
     if logs.is_empty() {
         return Ok(());
     }
-    let mut st = c.prepare_cached(
-        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for l in logs {
-        st.execute(params![
-            t,
-            w,
-            run,
-            l.at.unwrap_or(now),
-            l.level,
-            l.step_id,
-            l.message,
-            l.event.as_str()
-        ])?;
+    // Up to LOG_ROWS lines per statement: each statement costs a run of the VDBE, a reset and
+    // a statement journal, more than the row it adds.
+    for chunk in logs.chunks(LOG_ROWS) {
+        let mut st = c.prepare_cached(insert_logs_sql(chunk.len()))?;
+        let mut i = 1;
+        for l in chunk {
+            let ts = l.at.unwrap_or(now);
+            let values: [&dyn rusqlite::ToSql; 8] = [
+                &t,
+                &w,
+                &run,
+                &ts,
+                &l.level,
+                &l.step_id,
+                &l.message,
+                &l.event.as_str(),
+            ];
+            for v in values {
+                st.raw_bind_parameter(i, v)?;
+                i += 1;
+            }
+        }
+        st.raw_execute()?;
     }
     Ok(())
+}
+
+/// Most log lines inserted by one statement.
+const LOG_ROWS: usize = 8;
+
+/// `INSERT INTO run_logs` of `n` rows (1 ≤ n ≤ [`LOG_ROWS`]), built once per size.
+fn insert_logs_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=LOG_ROWS)
+            .map(|n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|r| {
+                        let b = r * 8;
+                        format!(
+                            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7,
+                            b + 8
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event) VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[n.clamp(1, LOG_ROWS) - 1]
 }
 
 /// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, for table alias `l`.
