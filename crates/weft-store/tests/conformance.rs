@@ -1384,6 +1384,51 @@ conformance!(claims_are_fair_across_tenants_and_honour_caps, |s| {
     assert_eq!(all.len(), n, "a run was claimed twice");
 });
 
+conformance!(a_tenant_alone_with_ready_work_keeps_its_cap, |s| {
+    // PostgreSQL claims for a tenant found alone with ready work without listing tenants
+    // again; a cap set since, and another tenant's work, must still be seen.
+    let t = s
+        .create_tenant("solo", "solo@example.com", Limits::default(), op(), 1)
+        .await
+        .unwrap();
+    let a = Scope {
+        tenant: t.tenant,
+        workspace: t.workspace,
+    };
+    let f = weft_types::FlowId::new();
+    for _ in 0..60 {
+        s.insert_run(run(a, f, None, 10)).await.unwrap();
+    }
+    assert_eq!(s.claim_runs("w", 20, 30_000, 10).await.unwrap().len(), 10);
+    assert_eq!(s.claim_runs("w", 21, 30_000, 10).await.unwrap().len(), 10);
+    s.set_tenant_plan(
+        a.tenant,
+        Limits {
+            concurrent_runs: Some(25),
+            ..Limits::default()
+        },
+        1,
+        op(),
+        30,
+    )
+    .await
+    .unwrap();
+    let got = s.claim_runs("w", 40, 30_000, 100).await.unwrap();
+    assert_eq!(got.len(), 5, "20 running + 5 = the cap of 25");
+    let bt = s
+        .create_tenant("other", "other@example.com", Limits::default(), op(), 50)
+        .await
+        .unwrap();
+    let b = Scope {
+        tenant: bt.tenant,
+        workspace: bt.workspace,
+    };
+    let rb = s.insert_run(run(b, f, None, 60)).await.unwrap();
+    let got = s.claim_runs("w", 70, 30_000, 100).await.unwrap();
+    assert_eq!(got.len(), 1, "A is at its cap; B's run is claimed");
+    assert_eq!(got[0].run.id, rb.run_id);
+});
+
 conformance!(monthly_run_quota_counts_and_refuses, |s| {
     let plan = Limits {
         runs_per_month: Some(2),
@@ -1663,7 +1708,13 @@ conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
         .map(|l| (l.message, l.step_id, l.ts))
         .collect();
     let want: Vec<(String, Option<String>, i64)> = (0..21)
-        .map(|i| (format!("m{i}"), (i % 2 == 0).then(|| "a".to_string()), jan + 4))
+        .map(|i| {
+            (
+                format!("m{i}"),
+                (i % 2 == 0).then(|| "a".to_string()),
+                jan + 4,
+            )
+        })
         .collect();
     assert_eq!(got, want);
     let (got, _) = s.get_run(scope, r).await.unwrap();

@@ -70,6 +70,8 @@ pub struct PgStore {
     rate_calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The group-commit writers' queue (see `batch.rs`).
     writes: tokio::sync::mpsc::Sender<super::batch::Job>,
+    /// The tenant the last claim found alone with ready work (see `claim_runs`).
+    pub(super) sole_tenant: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 const FLOW_COLS: &str = "tenant_id, workspace_id, id, name, hook_id, latest_version, published_version, created_at, updated_at";
@@ -266,6 +268,7 @@ impl PgStore {
             pool,
             announce,
             rate_calls: Default::default(),
+            sole_tenant: Default::default(),
             writes,
         })
     }
