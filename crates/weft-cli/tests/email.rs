@@ -220,6 +220,104 @@ fn a_flow_sends_email_through_smtp_and_the_password_stays_secret() {
     assert_eq!(mails.lock().unwrap().len(), 1);
 }
 
+#[test]
+fn a_burst_of_failures_sends_one_alert_email_through_smtp() {
+    let (port, mails) = smtp_sink();
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
+    srv.cli_json(&[
+        "credentials",
+        "set",
+        "mail",
+        "--connector",
+        "email",
+        "--value",
+        "host=127.0.0.1",
+        "--value",
+        &format!("port={port}"),
+        "--value",
+        "tls=none",
+        "--value",
+        "username=weft",
+        "--value",
+        &format!("password={PASSWORD}"),
+        "--value",
+        "from=Weft alerts <alerts@example.com>",
+    ]);
+    srv.apply("name: orders\ntrigger:\n  manual: {}\nsteps:\n  - id: check\n    fail: 'order {{ .trigger.body.n }} is bad'\n");
+    let out = srv.cli(&[
+        "alerts",
+        "create",
+        "mailer",
+        "--on",
+        "run_failed",
+        "--email",
+        "ops@example.com",
+    ]);
+    assert!(!out.status.success(), "an email alert needs a credential");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("credential"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.cli_json(&[
+        "alerts",
+        "create",
+        "mailer",
+        "--on",
+        "run_failed",
+        "--flow",
+        "orders",
+        "--email",
+        "ops@example.com",
+        "--credential",
+        "mail",
+    ]);
+    let runs: Vec<String> = (0..10)
+        .map(|n| {
+            srv.cli_json(&[
+                "run",
+                "start",
+                "orders",
+                "--input",
+                &json!({"n": n}).to_string(),
+            ])["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for r in &runs {
+        assert_eq!(srv.wait_run(r, Duration::from_secs(30))["status"], "failed");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let d = srv.cli_json(&["alerts", "deliveries", "mailer"]);
+        if d["items"][0]["delivered_at"].is_string() {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "not delivered: {d}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        delivered["items"].as_array().unwrap().len(),
+        1,
+        "{delivered}"
+    );
+    // Ten failures, one incident: one message, to the rule's address, naming the flow and a run.
+    let got = mails.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].rcpt, ["<ops@example.com>"]);
+    let d = &got[0].data;
+    assert!(
+        d.contains("<alerts@example.com>") && d.contains("To: ops@example.com"),
+        "{d}"
+    );
+    assert!(d.contains("orders"), "{d}");
+    assert!(runs.iter().any(|r| d.contains(r.as_str())), "{d}");
+    assert!(!d.contains(PASSWORD), "{d}");
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
