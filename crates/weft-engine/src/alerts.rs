@@ -266,6 +266,11 @@ impl Inner {
     /// Raises `o` on every rule of `scope` that watches it; failures are logged, never passed
     /// on (alerting must not fail what it watches).
     pub(crate) async fn alert(&self, scope: Scope, o: Occurrence<'_>) {
+        self.alert_all(scope, std::slice::from_ref(&o)).await;
+    }
+
+    /// Raises each of `os` on the workspace's rules that watch it, reading the rules once.
+    pub(crate) async fn alert_all(&self, scope: Scope, os: &[Occurrence<'_>]) {
         let rules = match self.opts.store.list_alert_rules(scope).await {
             Ok(r) => r,
             Err(e) => {
@@ -277,16 +282,18 @@ impl Inner {
             let Ok(spec) = serde_json::from_value::<AlertSpec>(rule.spec.clone()) else {
                 continue;
             };
-            if spec.on != o.on
-                || spec.flow.as_deref().is_some_and(|f| Some(f) != o.flow)
-                || (o.on == AlertOn::RunStuck
-                    && spec
-                        .stuck_after_ms()
-                        .is_none_or(|ms| o.detail["stuck_ms"].as_i64().unwrap_or(0) < ms))
-            {
-                continue;
+            for o in os {
+                if spec.on != o.on
+                    || spec.flow.as_deref().is_some_and(|f| Some(f) != o.flow)
+                    || (o.on == AlertOn::RunStuck
+                        && spec
+                            .stuck_after_ms()
+                            .is_none_or(|ms| o.detail["stuck_ms"].as_i64().unwrap_or(0) < ms))
+                {
+                    continue;
+                }
+                self.alert_rule(scope, &rule, &spec, o).await;
             }
-            self.alert_rule(scope, &rule, &spec, &o).await;
         }
     }
 

@@ -57,7 +57,12 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>) {
             inner.metrics.in_flight.inc();
             let inner2 = inner.clone();
             tokio::spawn(async move {
-                crate::executor::execute(inner2.clone(), c).await;
+                // Past shutdown's deadline the run stops where it is, as in a crash; its lease
+                // is then handed back.
+                tokio::select! {
+                    () = crate::executor::execute(inner2.clone(), c) => {}
+                    () = inner2.stop_runs.cancelled() => {}
+                }
                 inner2.metrics.in_flight.dec();
                 if inner2.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
                     inner2.idle.notify_waiters();

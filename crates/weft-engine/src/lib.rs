@@ -225,6 +225,8 @@ pub(crate) struct Inner {
     pub(crate) alert_wake: Notify,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when shutdown's deadline passes: runs still executing stop where they are.
+    pub(crate) stop_runs: CancellationToken,
     pub(crate) cancels: Mutex<HashMap<RunId, CancellationToken>>,
     pub(crate) responders: Mutex<HashMap<RunId, oneshot::Sender<WebhookResponse>>>,
     pub(crate) flows: flows::FlowCache,
@@ -253,6 +255,7 @@ impl Engine {
                 alert_wake: Notify::new(),
                 in_flight: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
+                stop_runs: CancellationToken::new(),
                 cancels: Mutex::default(),
                 responders: Mutex::default(),
                 flows: flows::FlowCache::default(),
@@ -349,10 +352,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops claiming work, waits up to `deadline` for runs in flight, then hands the rest back.
+    /// Stops claiming work, waits up to `deadline` for runs in flight, then stops the rest
+    /// where they are and hands them back (a step cut off is re-sent, with its key, by the
+    /// process that claims the run next).
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.shutdown.cancel();
-        let wait_idle = async {
+        let wait_idle = || async {
             while self.inner.in_flight.load(Ordering::SeqCst) > 0 {
                 let notified = self.inner.idle.notified();
                 if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
@@ -361,7 +366,11 @@ impl Engine {
                 notified.await;
             }
         };
-        let _ = tokio::time::timeout(deadline, wait_idle).await;
+        if tokio::time::timeout(deadline, wait_idle()).await.is_err() {
+            // Stopped runs must not write after their leases are handed back.
+            self.inner.stop_runs.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), wait_idle()).await;
+        }
         let tasks = self
             .inner
             .tasks

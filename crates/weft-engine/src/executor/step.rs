@@ -141,24 +141,28 @@ impl StepJob {
         } else {
             &[crate::alerts::AlertOn::ErrorSpike]
         };
-        for &on in ons {
-            let what = if on == crate::alerts::AlertOn::ErrorNew {
-                "new kind of failure"
-            } else {
-                "failures spiking"
-            };
-            let o = crate::alerts::Occurrence {
-                on,
-                flow: Some(flow),
-                incident: format!("error:{fingerprint}"),
-                summary: format!(
-                    "{what} in flow '{flow}', step '{step_id}' ({connector}, {class}): {message}"
-                ),
-                detail: serde_json::json!({"flow": flow, "step": step_id, "connector": connector,
-                    "class": class, "fingerprint": fingerprint, "run_id": self.run.id.to_string(), "error": message}),
-            };
-            self.inner.alert(self.run.scope, o).await;
-        }
+        let os: Vec<_> = ons
+            .iter()
+            .map(|&on| {
+                let what = if on == crate::alerts::AlertOn::ErrorNew {
+                    "new kind of failure"
+                } else {
+                    "failures spiking"
+                };
+                crate::alerts::Occurrence {
+                    on,
+                    flow: Some(flow),
+                    incident: format!("error:{fingerprint}"),
+                    summary: format!(
+                        "{what} in flow '{flow}', step '{step_id}' ({connector}, {class}): {message}"
+                    ),
+                    detail: serde_json::json!({"flow": flow, "step": step_id, "connector": connector,
+                        "class": class, "fingerprint": fingerprint, "run_id": self.run.id.to_string(), "error": message}),
+                }
+            })
+            .collect();
+        // One read of the rules for both kinds.
+        self.inner.alert_all(self.run.scope, &os).await;
     }
 
     pub(crate) async fn checkpoint(&self, rec: StepRecord, mut logs: Vec<NewLog>) -> bool {

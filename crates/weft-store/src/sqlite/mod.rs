@@ -361,6 +361,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, commits: &AtomicU
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
