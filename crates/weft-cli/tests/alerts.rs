@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, Sink, SinkBehavior};
 use serde_json::json;
@@ -73,15 +73,7 @@ fn a_burst_of_failures_pages_a_webhook_once_through_the_cli() {
     for r in &runs {
         assert_eq!(srv.wait_run(r, Duration::from_secs(30))["status"], "failed");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let delivered = loop {
-        let d = srv.cli_json(&["alerts", "deliveries", "pager"]);
-        if d["items"][0]["delivered_at"].is_string() {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "not delivered: {d}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let delivered = srv.wait_alert_delivered("pager", Duration::from_secs(30));
     assert_eq!(
         delivered["items"].as_array().unwrap().len(),
         1,

@@ -104,25 +104,7 @@ fn a_flow_sends_email_through_smtp_and_the_password_stays_secret() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let srv = Server::start(&data, None, &[], &[]);
-    srv.cli_json(&[
-        "credentials",
-        "set",
-        "mail",
-        "--connector",
-        "email",
-        "--value",
-        "host=127.0.0.1",
-        "--value",
-        &format!("port={port}"),
-        "--value",
-        "tls=none",
-        "--value",
-        "username=weft",
-        "--value",
-        &format!("password={PASSWORD}"),
-        "--value",
-        "from=Weft <weft@example.com>",
-    ]);
+    set_mail(&srv, port, PASSWORD, "Weft <weft@example.com>");
     srv.apply(
         "name: notify\ntrigger:\n  manual: {}\nsteps:\n  - id: send\n    action: email.send\n    credential: mail\n    input:\n      to: '{{ .trigger.body.to }}'\n      bcc: audit@example.com\n      subject: 'Order {{ .trigger.body.order }} shipped'\n      text: 'Your order {{ .trigger.body.order }} is on its way.'\n      attachments: [{filename: receipt.txt, content: 'paid'}]\n",
     );
@@ -180,25 +162,7 @@ fn a_flow_sends_email_through_smtp_and_the_password_stays_secret() {
     }
 
     // A wrong password fails the step permanently, says so, and sends nothing.
-    srv.cli_json(&[
-        "credentials",
-        "set",
-        "mail",
-        "--connector",
-        "email",
-        "--value",
-        "host=127.0.0.1",
-        "--value",
-        &format!("port={port}"),
-        "--value",
-        "tls=none",
-        "--value",
-        "username=weft",
-        "--value",
-        "password=wrong-password-xyz",
-        "--value",
-        "from=weft@example.com",
-    ]);
+    set_mail(&srv, port, "wrong-password-xyz", "weft@example.com");
     let r = srv.cli_json(&[
         "run",
         "start",
@@ -225,25 +189,7 @@ fn a_burst_of_failures_sends_one_alert_email_through_smtp() {
     let (port, mails) = smtp_sink();
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(&tmp.path().join("data"), None, &[], &[]);
-    srv.cli_json(&[
-        "credentials",
-        "set",
-        "mail",
-        "--connector",
-        "email",
-        "--value",
-        "host=127.0.0.1",
-        "--value",
-        &format!("port={port}"),
-        "--value",
-        "tls=none",
-        "--value",
-        "username=weft",
-        "--value",
-        &format!("password={PASSWORD}"),
-        "--value",
-        "from=Weft alerts <alerts@example.com>",
-    ]);
+    set_mail(&srv, port, PASSWORD, "Weft alerts <alerts@example.com>");
     srv.apply("name: orders\ntrigger:\n  manual: {}\nsteps:\n  - id: check\n    fail: 'order {{ .trigger.body.n }} is bad'\n");
     let out = srv.cli(&[
         "alerts",
@@ -290,15 +236,7 @@ fn a_burst_of_failures_sends_one_alert_email_through_smtp() {
     for r in &runs {
         assert_eq!(srv.wait_run(r, Duration::from_secs(30))["status"], "failed");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let delivered = loop {
-        let d = srv.cli_json(&["alerts", "deliveries", "mailer"]);
-        if d["items"][0]["delivered_at"].is_string() {
-            break d;
-        }
-        assert!(std::time::Instant::now() < deadline, "not delivered: {d}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let delivered = srv.wait_alert_delivered("mailer", Duration::from_secs(30));
     assert_eq!(
         delivered["items"].as_array().unwrap().len(),
         1,
@@ -316,6 +254,29 @@ fn a_burst_of_failures_sends_one_alert_email_through_smtp() {
     assert!(d.contains("orders"), "{d}");
     assert!(runs.iter().any(|r| d.contains(r.as_str())), "{d}");
     assert!(!d.contains(PASSWORD), "{d}");
+}
+
+/// Sets credential `mail`: the sink at `port`, user `weft`, this password and sender.
+fn set_mail(srv: &Server, port: u16, password: &str, from: &str) {
+    srv.cli_json(&[
+        "credentials",
+        "set",
+        "mail",
+        "--connector",
+        "email",
+        "--value",
+        "host=127.0.0.1",
+        "--value",
+        &format!("port={port}"),
+        "--value",
+        "tls=none",
+        "--value",
+        "username=weft",
+        "--value",
+        &format!("password={password}"),
+        "--value",
+        &format!("from={from}"),
+    ]);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

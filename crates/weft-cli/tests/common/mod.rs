@@ -196,6 +196,19 @@ impl Server {
         }
     }
 
+    /// Waits until alert rule `rule` has a delivered notification; returns its deliveries.
+    pub fn wait_alert_delivered(&self, rule: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let d = self.cli_json(&["alerts", "deliveries", rule]);
+            if d["items"][0]["delivered_at"].is_string() {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "not delivered: {d}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `GET /metrics` (no key needed), checked to be OpenMetrics text.
     pub fn metrics_text(&self) -> String {
         let rt = tokio::runtime::Builder::new_current_thread()
