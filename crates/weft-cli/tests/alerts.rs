@@ -56,23 +56,7 @@ fn a_burst_of_failures_pages_a_webhook_once_through_the_cli() {
         json!(url)
     );
 
-    let runs: Vec<String> = (0..20)
-        .map(|n| {
-            srv.cli_json(&[
-                "run",
-                "start",
-                "orders",
-                "--input",
-                &json!({"n": n}).to_string(),
-            ])["run_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for r in &runs {
-        assert_eq!(srv.wait_run(r, Duration::from_secs(30))["status"], "failed");
-    }
+    let runs = srv.failed_runs("orders", 20);
     let delivered = srv.wait_alert_delivered("pager", Duration::from_secs(30));
     assert_eq!(
         delivered["items"].as_array().unwrap().len(),

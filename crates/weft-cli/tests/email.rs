@@ -219,23 +219,7 @@ fn a_burst_of_failures_sends_one_alert_email_through_smtp() {
         "--credential",
         "mail",
     ]);
-    let runs: Vec<String> = (0..10)
-        .map(|n| {
-            srv.cli_json(&[
-                "run",
-                "start",
-                "orders",
-                "--input",
-                &json!({"n": n}).to_string(),
-            ])["run_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    for r in &runs {
-        assert_eq!(srv.wait_run(r, Duration::from_secs(30))["status"], "failed");
-    }
+    let runs = srv.failed_runs("orders", 10);
     let delivered = srv.wait_alert_delivered("mailer", Duration::from_secs(30));
     assert_eq!(
         delivered["items"].as_array().unwrap().len(),

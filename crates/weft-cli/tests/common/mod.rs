@@ -196,6 +196,24 @@ impl Server {
         }
     }
 
+    /// Starts `n` runs of `flow` with input `{"n": i}` and waits for each to fail; their ids.
+    pub fn failed_runs(&self, flow: &str, n: usize) -> Vec<String> {
+        let runs: Vec<String> = (0..n)
+            .map(|i| {
+                let input = serde_json::json!({ "n": i }).to_string();
+                self.cli_json(&["run", "start", flow, "--input", &input])["run_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        for r in &runs {
+            let done = self.wait_run(r, Duration::from_secs(30));
+            assert_eq!(done["status"], "failed", "{done}");
+        }
+        runs
+    }
+
     /// Waits until alert rule `rule` has a delivered notification; returns its deliveries.
     pub fn wait_alert_delivered(&self, rule: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
