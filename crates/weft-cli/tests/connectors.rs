@@ -23,49 +23,37 @@ type Posts = Arc<Mutex<Vec<(String, String, Value)>>>;
 fn slack_standin() -> (String, Posts) {
     let posts: Posts = Arc::default();
     let rec = posts.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route(
-                "/api/chat.postMessage",
-                axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                    let rec = rec.clone();
-                    async move {
-                        let h = |n: &str| {
-                            headers
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string()
-                        };
-                        let auth = h("authorization");
-                        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                        rec.lock()
-                            .unwrap()
-                            .push((auth.clone(), h("content-type"), v.clone()));
-                        // Slack answers 200 with ok:false for auth and channel errors.
-                        if auth != format!("Bearer {BOT_TOKEN}") {
-                            return axum::Json(json!({"ok": false, "error": "invalid_auth"}));
-                        }
-                        axum::Json(json!({
-                            "ok": true,
-                            "channel": "C0123",
-                            "ts": "1700000000.000100",
-                            "message": {"type": "message", "text": v["text"], "bot_id": "B1"}
-                        }))
-                    }
-                }),
-            );
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let app = axum::Router::new().route(
+        "/api/chat.postMessage",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let rec = rec.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let auth = h("authorization");
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                rec.lock()
+                    .unwrap()
+                    .push((auth.clone(), h("content-type"), v.clone()));
+                // Slack answers 200 with ok:false for auth and channel errors.
+                if auth != format!("Bearer {BOT_TOKEN}") {
+                    return axum::Json(json!({"ok": false, "error": "invalid_auth"}));
+                }
+                axum::Json(json!({
+                    "ok": true,
+                    "channel": "C0123",
+                    "ts": "1700000000.000100",
+                    "message": {"type": "message", "text": v["text"], "bot_id": "B1"}
+                }))
+            }
+        }),
+    );
+    let addr = common::serve_app(app);
     (format!("http://{addr}/api"), posts)
 }
 

@@ -31,35 +31,23 @@ fn receiver() -> Receiver {
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let raw: Arc<Mutex<Vec<u8>>> = Arc::default();
     let (s, r) = (spans.clone(), raw.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    let (s, r) = (s.clone(), r.clone());
-                    async move {
-                        r.lock().unwrap().extend_from_slice(&body);
-                        let req = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
-                        for rs in req.resource_spans {
-                            for ss in rs.scope_spans {
-                                s.lock().unwrap().extend(ss.spans);
-                            }
-                        }
-                        axum::http::StatusCode::OK
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                r.lock().unwrap().extend_from_slice(&body);
+                let req = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        s.lock().unwrap().extend(ss.spans);
                     }
-                }),
-            );
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let addr = common::serve_app(app);
     Receiver {
         url: format!("http://{addr}"),
         spans,

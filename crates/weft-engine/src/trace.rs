@@ -14,14 +14,8 @@ use opentelemetry::{Context, KeyValue};
 pub fn traceparent_of(cx: &Context) -> Option<String> {
     let span = cx.span();
     let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    sc.is_valid()
+        .then(|| weft_connectors::http::traceparent(sc))
 }
 
 /// The `traceparent` of the current span, when there is one: what a new run records.

@@ -9,6 +9,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Serves `app` on a loopback port from its own thread (the tests are synchronous); its address.
+pub fn serve_app(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
 /// The `weft` binary under test.
 pub fn weft_bin() -> &'static str {
     env!("CARGO_BIN_EXE_weft")

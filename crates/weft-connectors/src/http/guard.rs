@@ -219,6 +219,23 @@ impl std::fmt::Debug for GuardedClient {
     }
 }
 
+/// The W3C `traceparent` of a span: `00-{trace id}-{span id}-{flags}`.
+pub fn traceparent(sc: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
+}
+
+/// Sends `sc` as the request's `traceparent`.
+fn set_traceparent(request: &mut reqwest::Request, sc: &opentelemetry::trace::SpanContext) {
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&traceparent(sc)) {
+        request.headers_mut().insert("traceparent", v);
+    }
+}
+
 impl GuardedClient {
     /// Builds the client (and its connection pool) once for the given policy.
     pub fn new(policy: NetPolicy) -> Result<Self, NetError> {
@@ -294,12 +311,7 @@ impl GuardedClient {
         };
         // An unsampled trace records nothing: the request carries the step's own context.
         if traced && !sampled {
-            let span = parent.span();
-            let sc = span.span_context();
-            let header = format!("00-{}-{}-00", sc.trace_id(), sc.span_id());
-            if let Ok(v) = reqwest::header::HeaderValue::from_str(&header) {
-                request.headers_mut().insert("traceparent", v);
-            }
+            set_traceparent(&mut request, parent.span().span_context());
         }
         let mut span = (traced && sampled).then(|| {
             let tracer = opentelemetry::global::tracer("weft");
@@ -321,16 +333,7 @@ impl GuardedClient {
                 .start_with_context(&tracer, &parent)
         });
         if let Some(span) = &span {
-            let sc = span.span_context();
-            let header = format!(
-                "00-{}-{}-{:02x}",
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags().to_u8()
-            );
-            if let Ok(v) = reqwest::header::HeaderValue::from_str(&header) {
-                request.headers_mut().insert("traceparent", v);
-            }
+            set_traceparent(&mut request, span.span_context());
         }
         let out = self
             .client
