@@ -56,11 +56,13 @@ pub(crate) async fn dispatcher(inner: Arc<Inner>) {
             inner.in_flight.fetch_add(1, Ordering::SeqCst);
             inner.metrics.in_flight.inc();
             let inner2 = inner.clone();
+            // Boxed: the run's future is large, and spawning it by value copied it.
+            let run = Box::pin(crate::executor::execute(inner.clone(), c));
             tokio::spawn(async move {
                 // Past shutdown's deadline the run stops where it is, as in a crash; its lease
                 // is then handed back.
                 tokio::select! {
-                    () = crate::executor::execute(inner2.clone(), c) => {}
+                    () = run => {}
                     () = inner2.stop_runs.cancelled() => {}
                 }
                 inner2.metrics.in_flight.dec();

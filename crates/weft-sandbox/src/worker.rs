@@ -56,9 +56,17 @@ pub fn worker_main(memory_bytes: u64) -> std::io::Result<()> {
     }
 }
 
-/// Caps the address space (so runaway allocation aborts this child, not the server) and disables core dumps.
+/// Caps the address space at what this child has mapped now plus `memory_bytes` (so runaway
+/// allocation aborts this child, not the server) and disables core dumps. Counting from the
+/// current size matters: the global allocator reserves address space up front, which an
+/// absolute cap would leave the expression none of.
 #[allow(unsafe_code)]
 fn limit_resources(memory_bytes: u64) {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let memory_bytes = mapped_pages()
+        .saturating_mul(page)
+        .saturating_add(memory_bytes);
     let set = |res, soft: u64| {
         let lim = libc::rlimit {
             rlim_cur: soft as libc::rlim_t,
@@ -69,4 +77,12 @@ fn limit_resources(memory_bytes: u64) {
     };
     set(libc::RLIMIT_AS, memory_bytes);
     set(libc::RLIMIT_CORE, 0);
+}
+
+/// Pages of address space this process has mapped (Linux `/proc/self/statm`; 0 if unreadable).
+fn mapped_pages() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
 }

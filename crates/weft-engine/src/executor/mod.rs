@@ -760,7 +760,9 @@ async fn run_dag_inner(
                     opentelemetry::trace::SpanKind::Internal,
                     || vec![opentelemetry::KeyValue::new("weft.step", job.record_id())],
                 );
-                let step = job.run(ctx, skip_reason(steps, i, &outcomes));
+                // Boxed here: a step's future holds every step kind's state, and moving it by
+                // value into the task copied kilobytes per step.
+                let step = Box::pin(job.run(ctx, skip_reason(steps, i, &outcomes)));
                 let held = span.clone();
                 tasks.spawn(opentelemetry::trace::FutureExt::with_context(
                     async move {
