@@ -121,8 +121,11 @@ impl crate::Engine {
                 )),
                 other => other.into(),
             })?;
+        // The state as the backfill left it, read before waking the poller: woken first, a
+        // poll could move the cursor on before this read.
+        let state = self.poll_state(scope, flow).await;
         self.inner.poll_wake.notify_one();
-        self.poll_state(scope, flow).await
+        state
     }
 }
 

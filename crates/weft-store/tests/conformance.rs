@@ -1722,6 +1722,68 @@ conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
     assert_eq!(got.output, Some(done));
 });
 
+conformance!(
+    a_write_of_many_lines_pages_in_order_by_run_and_workspace,
+    |s| {
+        // PostgreSQL keeps a write's lines together, up to 1,024 to a row: 2,500 lines span three
+        // rows, and pages by run and by workspace must cross their boundaries without a gap.
+        let scope = scope_of(&s).await;
+        let r = s
+            .insert_run(run(scope, weft_types::FlowId::new(), None, 1_000))
+            .await
+            .unwrap()
+            .run_id;
+        let line = |i: usize| {
+            weft_store::NewLog::new("info", None, weft_store::RunEvent::Log, format!("line {i}"))
+        };
+        s.append_logs(scope, r, (0..2_500).map(line).collect(), 1_001)
+            .await
+            .unwrap();
+        s.append_logs(scope, r, vec![line(2_500)], 1_002)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = s.run_logs(scope, r, after, 700).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            seen.extend(page);
+        }
+        let messages: Vec<String> = seen.iter().map(|l| l.message.clone()).collect();
+        let want: Vec<String> = (0..=2_500).map(|i| format!("line {i}")).collect();
+        assert_eq!(messages, want);
+        assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+        // The live feed reads forward by seq, search backward; both see every line once.
+        let mut feed = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = s.workspace_logs(scope, after, 900).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.line.seq;
+            feed.extend(page.into_iter().map(|h| h.line.message));
+        }
+        assert_eq!(feed, want);
+        let mut back = Vec::new();
+        let mut before = None;
+        loop {
+            let q = weft_store::LogQuery {
+                text: Some("line".into()),
+                run: Some(r),
+                before,
+                limit: 800,
+                ..Default::default()
+            };
+            let page = s.search_logs(scope, q).await.unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.line.seq);
+            back.extend(page.into_iter().map(|h| h.line.message));
+        }
+        back.reverse();
+        assert_eq!(back, want);
+    }
+);
+
 conformance!(nul_characters_are_stored_and_fail_nothing_else, |s| {
     // PostgreSQL text and jsonb cannot hold U+0000; a webhook body, an HTTP answer or an error
     // text may. It must not fail the write, nor the other writes committed with it.

@@ -282,3 +282,119 @@ async fn upgrading_from_version_1_moves_queued_and_running_runs_into_the_queue()
     .unwrap();
     assert_eq!(runs_in_month, 3, "usage survives the sharding");
 }
+
+#[tokio::test]
+async fn upgrading_to_log_rows_keeps_every_old_line_in_order_before_new_ones() {
+    let owner = env("WEFT_TEST_DATABASE_URL");
+    let app = env("WEFT_TEST_APP_DATABASE_URL");
+    let name = format!("weft_l_{}", &weft_types::random_secret()[..16]);
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    let (owner, app) = (swap(&owner), swap(&app));
+    // A database at schema version 16: one row per log line.
+    let mut c = PgConnection::connect(&owner).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    for (v, sql) in weft_store::postgres::MIGRATIONS
+        .iter()
+        .filter(|m| m.0 <= 16)
+    {
+        let mut tx = c.begin().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT set_config('weft.system', 'on', true); {sql} INSERT INTO schema_migrations (version) VALUES ({v});"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let scope = weft_types::Scope {
+        tenant: weft_types::TenantId::new(),
+        workspace: weft_types::WorkspaceId::new(),
+    };
+    let run = weft_types::RunId::new();
+    let (t, w, r) = (
+        scope.tenant.to_string(),
+        scope.workspace.to_string(),
+        run.to_string(),
+    );
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query("SELECT set_config('weft.system', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger, not_before, created_at)
+         VALUES ($1, $2, $3, 'flw_a', 'f', 1, 'succeeded', '{}', 5, 5)",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(&r)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+         VALUES ($1, $2, $3, 10, 'info', NULL, 'run started', 'RunStarted'),
+                ($1, $2, $3, 11, 'info', 'a', 'started', 'StepStarted'),
+                ($1, $2, $3, 12, 'warn', 'a', 'old warning', 'Log')",
+    )
+    .bind(&t)
+    .bind(&w)
+    .bind(&r)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    drop(c);
+
+    migrate(&owner, "weft_app").await.unwrap();
+    let s = weft_store::postgres::PgStore::connect(&app, 2)
+        .await
+        .unwrap();
+    s.append_logs(
+        scope,
+        run,
+        vec![weft_store::NewLog::new(
+            "info",
+            None,
+            weft_store::RunEvent::Log,
+            "after the upgrade",
+        )],
+        20,
+    )
+    .await
+    .unwrap();
+    let lines = s.run_logs(scope, run, 0, 10).await.unwrap();
+    let got: Vec<(i64, &str, Option<&str>, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.ts,
+                l.level.as_str(),
+                l.step_id.as_deref(),
+                l.message.as_str(),
+                l.event.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (10, "info", None, "run started", "RunStarted"),
+            (11, "info", Some("a"), "started", "StepStarted"),
+            (12, "warn", Some("a"), "old warning", "Log"),
+            (20, "info", None, "after the upgrade", "Log"),
+        ]
+    );
+    assert!(lines.windows(2).all(|p| p[0].seq < p[1].seq));
+    // Paging from an old line's id goes on from there.
+    let rest = s.run_logs(scope, run, lines[1].seq, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+}

@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("migrations/0014_alerts.sql")),
     (15, include_str!("migrations/0015_auth_failures.sql")),
     (16, include_str!("migrations/0016_run_trace.sql")),
+    (17, include_str!("migrations/0017_log_rows.sql")),
 ];
 
 /// Tables of tenant data: each has `tenant_id` (or, for `tenants`, `id`) and forced row-level

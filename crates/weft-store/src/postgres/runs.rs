@@ -17,6 +17,22 @@ use crate::*;
 
 pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims, parent_run, traceparent";
 /// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
+/// Binds a [`JobLogs`]'s eight arrays to a query, in the order [`JobLogs::insert_sql`] reads
+/// them (after the statement's other parameters).
+macro_rules! bind_logs {
+    ($q:expr, $l:expr) => {{
+        let l = $l;
+        $q.bind(l.ord)
+            .bind(l.lo)
+            .bind(l.hi)
+            .bind(l.ts)
+            .bind(l.level)
+            .bind(l.step)
+            .bind(l.message)
+            .bind(l.event)
+    }};
+}
+
 const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims, r.parent_run, r.traceparent";
 
 /// Puts the runs leaving `run_queue` in the CTE `back` (tenant_id, workspace_id, run_id) back
@@ -149,24 +165,20 @@ pub(super) async fn insert_logs(
     if logs.is_empty() {
         return Ok(());
     }
-    // One statement for all lines, in order (their seq follows the ordinality).
+    // One statement for all lines, in order.
     let mut lines = JobLogs::default();
-    lines.push(0, logs);
-    sqlx::query(
-        "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
-         SELECT $1, $2, $3, COALESCE(l.at, $4), l.level, l.step_id, l.message, l.event
-         FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY AS l(level, step_id, message, event, at, n)
-         ORDER BY l.n",
+    lines.push(0, now, logs);
+    let sql = format!(
+        "WITH j AS (SELECT 1::bigint AS ord, $2::text AS workspace_id, $3::text AS run_id) {}",
+        JobLogs::insert_sql("j", 4)
+    );
+    bind_logs!(
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(t)
+            .bind(w)
+            .bind(run),
+        lines
     )
-    .bind(t)
-    .bind(w)
-    .bind(run)
-    .bind(now)
-    .bind(lines.level)
-    .bind(lines.step)
-    .bind(lines.message)
-    .bind(lines.event)
-    .bind(lines.at)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -434,7 +446,9 @@ pub(super) async fn insert_run_tx(
 }
 
 /// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, for table alias `l`.
-const LOG_COLS: &str = "l.seq, l.ts, l.level, l.step_id, l.message, l.event";
+const LOG_COLS: &str = "c.seq * 1024 + l.n - 1, l.ts, l.level, l.step_id, l.message, l.event";
+/// `run_logs` rows `c` with their lines `l`, in order (see [`LINES_PER_ROW`]).
+const LOG_FROM: &str = "run_logs c CROSS JOIN LATERAL unnest(c.ts, c.level, c.step_id, c.message, c.event) WITH ORDINALITY AS l(ts, level, step_id, message, event, n)";
 
 /// A log line from a row that starts with [`LOG_COLS`].
 fn log_record(r: &sqlx::postgres::PgRow) -> LogRecord {
@@ -448,29 +462,64 @@ fn log_record(r: &sqlx::postgres::PgRow) -> LogRecord {
     }
 }
 
-/// The log lines of many jobs as parallel arrays for `UNNEST`, each tagged with its job's
-/// position in the batch (0-based).
+/// Most log lines in one `run_logs` row; a line's id is `seq * LINES_PER_ROW + position`.
+pub(super) const LINES_PER_ROW: i64 = 1024;
+
+/// The log lines of many jobs for `run_logs`: one row per job (or per [`LINES_PER_ROW`] of
+/// its lines), each row a slice `lo..=hi` (1-based) of the parallel per-line arrays.
 #[derive(Default)]
-struct JobLogs {
+pub(super) struct JobLogs {
     ord: Vec<i64>,
+    lo: Vec<i32>,
+    hi: Vec<i32>,
+    ts: Vec<i64>,
     level: Vec<&'static str>,
     step: Vec<Option<String>>,
     message: Vec<String>,
     event: Vec<&'static str>,
-    at: Vec<Option<i64>>,
 }
 
 impl JobLogs {
-    fn push(&mut self, job: usize, logs: &[NewLog]) {
-        for l in logs {
+    /// Adds the lines of job `job` (0-based position in its statement), stamped `now` unless
+    /// a line carries its own time.
+    pub(super) fn push(&mut self, job: usize, now: Millis, logs: &[NewLog]) {
+        for part in logs.chunks(LINES_PER_ROW as usize) {
+            let lo = self.ts.len() + 1;
+            for l in part {
+                self.ts.push(l.at.unwrap_or(now));
+                self.level.push(l.level);
+                self.step
+                    .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
+                self.message.push(pg_text(&l.message).into_owned());
+                self.event.push(l.event.as_str());
+            }
             self.ord.push(job as i64);
-            self.level.push(l.level);
-            self.step
-                .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
-            self.message.push(pg_text(&l.message).into_owned());
-            self.event.push(l.event.as_str());
-            self.at.push(l.at);
+            self.lo.push(lo as i32);
+            self.hi.push(self.ts.len() as i32);
         }
+    }
+
+    /// SQL inserting the rows of the jobs in `jobs` (a relation with `ord` (1-based),
+    /// `workspace_id` and `run_id`), in job order, with this value's arrays bound from
+    /// parameter `$first` on by [`JobLogs::bind`]; the tenant is `$1`.
+    pub(super) fn insert_sql(jobs: &str, first: usize) -> String {
+        let p = |i: usize| first + i;
+        format!(
+            "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
+             SELECT $1, j.workspace_id, j.run_id, (${ts}::bigint[])[c.lo:c.hi], (${level}::text[])[c.lo:c.hi],
+                    (${step}::text[])[c.lo:c.hi], (${message}::text[])[c.lo:c.hi], (${event}::text[])[c.lo:c.hi]
+             FROM UNNEST(${o}::bigint[], ${lo}::int[], ${hi}::int[]) WITH ORDINALITY AS c(ord, lo, hi, n)
+             JOIN {jobs} j ON j.ord = c.ord + 1
+             ORDER BY c.n",
+            o = p(0),
+            lo = p(1),
+            hi = p(2),
+            ts = p(3),
+            level = p(4),
+            step = p(5),
+            message = p(6),
+            event = p(7),
+        )
     }
 }
 
@@ -535,13 +584,13 @@ pub(super) async fn checkpoint_many_tx(
         finished.push(s.finished_at);
         owners.push(r.owner);
         nows.push(r.now);
-        lines.push(i, &r.cp.logs);
+        lines.push(i, r.now, &r.cp.logs);
     }
     // The lease check is a scalar subquery, one primary-key lookup per row. As a join, the
     // planner trusted run_queue's statistics, which are always stale (the table swings between
     // empty and the whole backlog), and compared every row of the tenant's queue with every
     // checkpoint: 25 ms per statement at a backlog of 1,000 runs.
-    let held: Vec<i64> = sqlx::query_scalar(
+    let sql = format!(
         "WITH inp AS (
            SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[])
              WITH ORDINALITY AS i(workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at, owner, now, ord)),
@@ -554,37 +603,28 @@ pub(super) async fn checkpoint_many_tx(
            ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
              output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
            RETURNING 1),
-         lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
-           SELECT $1, ok.workspace_id, ok.run_id, COALESCE(l.at, ok.now), l.level, l.step_id, l.message, l.event
-           FROM UNNEST($14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bigint[]) WITH ORDINALITY AS l(ord, level, step_id, message, event, at, n)
-           JOIN ok ON ok.ord = l.ord + 1
-           ORDER BY l.ord, l.n
-           RETURNING 1)
+         lg AS ({} RETURNING 1)
          SELECT ord - 1 FROM ok ORDER BY ord",
-    )
-    .bind(tenant)
-    .bind(ws)
-    .bind(runs)
-    .bind(steps)
-    .bind(idxs)
-    .bind(statuses)
-    .bind(attempts)
-    .bind(outputs)
-    .bind(errors)
-    .bind(started)
-    .bind(finished)
-    .bind(owners)
-    .bind(nows)
-    .bind(lines.ord)
-    .bind(lines.level)
-    .bind(lines.step)
-    .bind(lines.message)
-    .bind(lines.event)
-    .bind(lines.at)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
+        JobLogs::insert_sql("ok", 14)
+    );
+    let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(ws)
+        .bind(runs)
+        .bind(steps)
+        .bind(idxs)
+        .bind(statuses)
+        .bind(attempts)
+        .bind(outputs)
+        .bind(errors)
+        .bind(started)
+        .bind(finished)
+        .bind(owners)
+        .bind(nows);
+    let held: Vec<i64> = bind_logs!(q, lines)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
     Ok(flags(n, held))
 }
 
@@ -632,13 +672,13 @@ pub(super) async fn finish_many_tx(
         outputs.push(text);
         errors.push(r.error.map(|e| pg_text(e).into_owned()));
         nows.push(r.now);
-        lines.push(i, r.logs);
+        lines.push(i, r.now, r.logs);
     }
     let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
     // Which rows are held is found by primary-key lookups (see `checkpoint_many_tx`); the
     // delete then finds them through the same index and checks the owner again, since a
     // lease can change hands between the two.
-    let done: Vec<(i64, Option<String>)> = sqlx::query_as(
+    let sql = format!(
         "WITH inp AS (
            SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[])
              WITH ORDINALITY AS i(workspace_id, run_id, owner, status, output, error, now, output_bytes, ord)),
@@ -668,34 +708,25 @@ pub(super) async fn finish_many_tx(
              runs_in_month = CASE WHEN u.month >= $10 THEN u.runs_in_month ELSE 0 END,
              month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
            RETURNING 1),
-         lg AS (
-           INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
-           SELECT $1, d.workspace_id, d.run_id, COALESCE(l.at, d.now), l.level, l.step_id, l.message, l.event
-           FROM UNNEST($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[]) WITH ORDINALITY AS l(ord, level, step_id, message, event, at, n)
-           JOIN upd d ON d.ord = l.ord + 1
-           ORDER BY l.ord, l.n
-           RETURNING 1)
+         lg AS ({} RETURNING 1)
          SELECT ord - 1, parent_run FROM upd ORDER BY ord",
-    )
-    .bind(tenant)
-    .bind(ws)
-    .bind(runs)
-    .bind(owners)
-    .bind(statuses)
-    .bind(outputs)
-    .bind(errors)
-    .bind(nows)
-    .bind(output_bytes)
-    .bind(month)
-    .bind(lines.ord)
-    .bind(lines.level)
-    .bind(lines.step)
-    .bind(lines.message)
-    .bind(lines.event)
-    .bind(lines.at)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
+        JobLogs::insert_sql("upd", 11)
+    );
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(ws)
+        .bind(runs)
+        .bind(owners)
+        .bind(statuses)
+        .bind(outputs)
+        .bind(errors)
+        .bind(nows)
+        .bind(output_bytes)
+        .bind(month);
+    let done: Vec<(i64, Option<String>)> = bind_logs!(q, lines)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
     // Sub-flow runs wake their waiting parents in the same transaction.
     let parents: Vec<(String, String, Millis)> = done
         .iter()
@@ -1398,11 +1429,11 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LOG_COLS}, l.run_id, r.flow_name
-             FROM run_logs l
-             JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
-             WHERE l.tenant_id = $1 AND l.workspace_id = $2 AND l.seq > $3
-             ORDER BY l.seq LIMIT $4"
+            "SELECT {LOG_COLS}, c.run_id, r.flow_name
+             FROM {LOG_FROM}
+             JOIN runs r ON r.tenant_id = c.tenant_id AND r.workspace_id = c.workspace_id AND r.id = c.run_id
+             WHERE c.tenant_id = $1 AND c.workspace_id = $2 AND c.seq >= $3 / 1024 AND c.seq * 1024 + l.n - 1 > $3
+             ORDER BY c.seq, l.n LIMIT $4"
         )))
         .bind(&t)
         .bind(&w)
@@ -1428,11 +1459,11 @@ impl PgStore {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LOG_COLS}, l.run_id, r.flow_name
-             FROM run_logs l
-             JOIN runs r ON r.tenant_id = l.tenant_id AND r.workspace_id = l.workspace_id AND r.id = l.run_id
-             WHERE l.tenant_id = $1 AND l.workspace_id = $2
-               AND ($3::text IS NULL OR l.run_id = $3)
+            "SELECT {LOG_COLS}, c.run_id, r.flow_name
+             FROM {LOG_FROM}
+             JOIN runs r ON r.tenant_id = c.tenant_id AND r.workspace_id = c.workspace_id AND r.id = c.run_id
+             WHERE c.tenant_id = $1 AND c.workspace_id = $2
+               AND ($3::text IS NULL OR c.run_id = $3)
                AND ($4::text IS NULL OR r.flow_id = $4)
                AND ($5::text IS NULL OR l.step_id = $5 OR left(l.step_id, length($5) + 1) = $5 || '[')
                AND ($6::text IS NULL OR l.level = $6)
@@ -1440,9 +1471,9 @@ impl PgStore {
                AND ($8::bigint IS NULL OR l.ts >= $8)
                AND ($9::bigint IS NULL OR l.ts < $9)
                AND ($10::text IS NULL OR strpos(lower(l.message), lower($10)) > 0)
-               AND ($11::bigint IS NULL OR l.seq < $11)
+               AND ($11::bigint IS NULL OR (c.seq <= $11 / 1024 AND c.seq * 1024 + l.n - 1 < $11))
                AND ($13::text IS NULL OR l.event = $13)
-             ORDER BY l.seq DESC LIMIT $12"
+             ORDER BY c.seq DESC, l.n DESC LIMIT $12"
         )))
         .bind(&t)
         .bind(&w)
@@ -1483,7 +1514,7 @@ impl PgStore {
     ) -> Result<Vec<LogRecord>, StoreError> {
         let (t, w) = scope_strs(&scope);
         let mut tx = self.tenant_tx(&t).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {LOG_COLS} FROM run_logs l WHERE l.tenant_id = $1 AND l.workspace_id = $2 AND l.run_id = $3 AND l.seq > $4 ORDER BY l.seq LIMIT $5")))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {LOG_COLS} FROM {LOG_FROM} WHERE c.tenant_id = $1 AND c.workspace_id = $2 AND c.run_id = $3 AND c.seq >= $4 / 1024 AND c.seq * 1024 + l.n - 1 > $4 ORDER BY c.seq, l.n LIMIT $5")))
             .bind(&t)
             .bind(&w)
             .bind(run.to_string())

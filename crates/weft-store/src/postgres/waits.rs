@@ -110,7 +110,8 @@ pub(super) async fn cancel_below(
            WHERE tenant_id = $1 AND workspace_id = $2 AND id = ANY($3) AND status NOT IN ('succeeded', 'failed', 'cancelled')
            RETURNING id, parent_run)
          INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
-         SELECT $1, $2, c.id, $4, 'warn', NULL, 'cancelled with its parent run ' || c.parent_run, 'RunCancelled' FROM c",
+         SELECT $1, $2, c.id, ARRAY[$4::bigint], ARRAY['warn'], ARRAY[NULL::text],
+                ARRAY['cancelled with its parent run ' || c.parent_run], ARRAY['RunCancelled'] FROM c",
     )
     .bind(t)
     .bind(w)
