@@ -462,7 +462,8 @@ fn log_record(r: &sqlx::postgres::PgRow) -> LogRecord {
     }
 }
 
-/// Most log lines in one `run_logs` row; a line's id is `seq * LINES_PER_ROW + position`.
+/// Most log lines in one `run_logs` row; a line's id is `seq * LINES_PER_ROW + position`. The
+/// readers' SQL in this file writes the number out (a unit test checks [`LOG_COLS`]).
 pub(super) const LINES_PER_ROW: i64 = 1024;
 
 /// The log lines of many jobs for `run_logs`: one row per job (or per [`LINES_PER_ROW`] of
@@ -1561,5 +1562,25 @@ impl PgStore {
             .iter()
             .filter_map(|r| RunStatus::parse(&r.get::<String, _>(0)).map(|s| (s, r.get(1))))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_sql_and_the_writer_agree_on_lines_per_row() {
+        // The readers' SQL spells the factor out; it must be the one the writer splits by.
+        let factor = format!("* {LINES_PER_ROW} +");
+        assert!(LOG_COLS.contains(&factor), "{LOG_COLS}");
+        let mut l = JobLogs::default();
+        let lines: Vec<NewLog> = (0..LINES_PER_ROW + 1)
+            .map(|i| NewLog::new("info", None, crate::RunEvent::Log, format!("{i}")))
+            .collect();
+        l.push(0, 7, &lines);
+        assert_eq!(l.lo, [1, LINES_PER_ROW as i32 + 1]);
+        assert_eq!(l.hi, [LINES_PER_ROW as i32, LINES_PER_ROW as i32 + 1]);
+        assert!(l.ts.iter().all(|&t| t == 7));
     }
 }
