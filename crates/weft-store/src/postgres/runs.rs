@@ -16,7 +16,7 @@ use super::{pg_json, pg_text};
 use crate::*;
 
 pub(super) const RUN_COLS: &str = "tenant_id, workspace_id, id, flow_id, flow_name, flow_version, status, trigger::text, output::text, error, created_at, started_at, finished_at, claims, parent_run, traceparent";
-/// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
+
 /// Binds a [`JobLogs`]'s eight arrays to a query, in the order [`JobLogs::insert_sql`] reads
 /// them (after the statement's other parameters).
 macro_rules! bind_logs {
@@ -33,6 +33,7 @@ macro_rules! bind_logs {
     }};
 }
 
+/// [`RUN_COLS`] of `runs r` in a statement that joins other tables.
 const R_RUN_COLS: &str = "r.tenant_id, r.workspace_id, r.id, r.flow_id, r.flow_name, r.flow_version, r.status, r.trigger::text, r.output::text, r.error, r.created_at, r.started_at, r.finished_at, r.claims, r.parent_run, r.traceparent";
 
 /// Puts the runs leaving `run_queue` in the CTE `back` (tenant_id, workspace_id, run_id) back
@@ -445,7 +446,7 @@ pub(super) async fn insert_run_tx(
     })
 }
 
-/// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, for table alias `l`.
+/// The columns a [`LogRecord`] is read from, in [`log_record`]'s order, over [`LOG_FROM`].
 const LOG_COLS: &str = "c.seq * 1024 + l.n - 1, l.ts, l.level, l.step_id, l.message, l.event";
 /// `run_logs` rows `c` with their lines `l`, in order (see [`LINES_PER_ROW`]).
 const LOG_FROM: &str = "run_logs c CROSS JOIN LATERAL unnest(c.ts, c.level, c.step_id, c.message, c.event) WITH ORDINALITY AS l(ts, level, step_id, message, event, n)";
@@ -464,12 +465,12 @@ fn log_record(r: &sqlx::postgres::PgRow) -> LogRecord {
 
 /// Most log lines in one `run_logs` row; a line's id is `seq * LINES_PER_ROW + position`. The
 /// readers' SQL in this file writes the number out (a unit test checks [`LOG_COLS`]).
-pub(super) const LINES_PER_ROW: i64 = 1024;
+const LINES_PER_ROW: i64 = 1024;
 
 /// The log lines of many jobs for `run_logs`: one row per job (or per [`LINES_PER_ROW`] of
 /// its lines), each row a slice `lo..=hi` (1-based) of the parallel per-line arrays.
 #[derive(Default)]
-pub(super) struct JobLogs {
+struct JobLogs {
     ord: Vec<i64>,
     lo: Vec<i32>,
     hi: Vec<i32>,
@@ -483,7 +484,7 @@ pub(super) struct JobLogs {
 impl JobLogs {
     /// Adds the lines of job `job` (0-based position in its statement), stamped `now` unless
     /// a line carries its own time.
-    pub(super) fn push(&mut self, job: usize, now: Millis, logs: &[NewLog]) {
+    fn push(&mut self, job: usize, now: Millis, logs: &[NewLog]) {
         for part in logs.chunks(LINES_PER_ROW as usize) {
             let lo = self.ts.len() + 1;
             for l in part {
@@ -502,8 +503,8 @@ impl JobLogs {
 
     /// SQL inserting the rows of the jobs in `jobs` (a relation with `ord` (1-based),
     /// `workspace_id` and `run_id`), in job order, with this value's arrays bound from
-    /// parameter `$first` on by [`JobLogs::bind`]; the tenant is `$1`.
-    pub(super) fn insert_sql(jobs: &str, first: usize) -> String {
+    /// parameter `$first` on by `bind_logs!`; the tenant is `$1`.
+    fn insert_sql(jobs: &str, first: usize) -> String {
         let p = |i: usize| first + i;
         format!(
             "INSERT INTO run_logs (tenant_id, workspace_id, run_id, ts, level, step_id, message, event)
