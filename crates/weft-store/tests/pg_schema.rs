@@ -16,18 +16,23 @@ fn env(name: &str) -> String {
     })
 }
 
-/// A fresh database for one test: (owner URL, app URL).
-async fn fresh_db() -> (String, String) {
+/// An empty database for one test, named `{prefix}_…`: (owner URL, app URL).
+async fn empty_db(prefix: &str) -> (String, String) {
     let owner = env("WEFT_TEST_DATABASE_URL");
     let app = env("WEFT_TEST_APP_DATABASE_URL");
-    let name = format!("weft_t_{}", &weft_types::random_secret()[..16]);
+    let name = format!("{prefix}_{}", &weft_types::random_secret()[..16]);
     let mut c = PgConnection::connect(&owner).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut c)
         .await
         .unwrap();
     let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
-    let (owner, app) = (swap(&owner), swap(&app));
+    (swap(&owner), swap(&app))
+}
+
+/// A fresh, migrated database for one test: (owner URL, app URL).
+async fn fresh_db() -> (String, String) {
+    let (owner, app) = empty_db("weft_t").await;
     migrate(&owner, "weft_app").await.unwrap();
     (owner, app)
 }
@@ -218,14 +223,7 @@ async fn the_postgres_schema_has_the_same_tables_and_columns_as_sqlite() {
 
 #[tokio::test]
 async fn upgrading_from_version_1_moves_queued_and_running_runs_into_the_queue() {
-    let owner = env("WEFT_TEST_DATABASE_URL");
-    let name = format!("weft_u_{}", &weft_types::random_secret()[..16]);
-    let mut c = PgConnection::connect(&owner).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let owner = format!("{}/{name}", owner.rsplit_once('/').unwrap().0);
+    let (owner, _) = empty_db("weft_u").await;
     // A database at schema version 1 with runs in every state.
     let mut c = PgConnection::connect(&owner).await.unwrap();
     let (v1, sql) = weft_store::postgres::MIGRATIONS[0];
@@ -285,16 +283,7 @@ async fn upgrading_from_version_1_moves_queued_and_running_runs_into_the_queue()
 
 #[tokio::test]
 async fn upgrading_to_log_rows_keeps_every_old_line_in_order_before_new_ones() {
-    let owner = env("WEFT_TEST_DATABASE_URL");
-    let app = env("WEFT_TEST_APP_DATABASE_URL");
-    let name = format!("weft_l_{}", &weft_types::random_secret()[..16]);
-    let mut c = PgConnection::connect(&owner).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let swap = |url: &str| format!("{}/{name}", url.rsplit_once('/').unwrap().0);
-    let (owner, app) = (swap(&owner), swap(&app));
+    let (owner, app) = empty_db("weft_l").await;
     // A database at schema version 16: one row per log line.
     let mut c = PgConnection::connect(&owner).await.unwrap();
     sqlx::raw_sql("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
