@@ -661,65 +661,49 @@ fn rotating_the_master_key_keeps_credentials_usable_while_serving() {
 
 /// A small third-party API for declarative connectors: bearer auth, items, cursor pages.
 fn acme_standin() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use axum::extract::{Path, Query};
-            use axum::http::{HeaderMap, StatusCode};
-            use std::collections::HashMap;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let authed = |h: &HeaderMap| {
-                h.get("authorization").and_then(|v| v.to_str().ok())
-                    == Some("Bearer acme-canary-token")
-            };
-            let app = axum::Router::new()
-                .route(
-                    "/v1/items/{id}",
-                    axum::routing::get(move |Path(id): Path<String>, h: HeaderMap| async move {
-                        if !authed(&h) {
-                            return (
-                                StatusCode::UNAUTHORIZED,
-                                axum::Json(json!({"error": "bad token"})),
-                            );
-                        }
-                        (
-                            StatusCode::OK,
-                            axum::Json(json!({"item": {"id": id, "name": format!("item {id}")}})),
-                        )
-                    }),
+    use axum::extract::{Path, Query};
+    use axum::http::{HeaderMap, StatusCode};
+    use std::collections::HashMap;
+    let authed = |h: &HeaderMap| {
+        h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer acme-canary-token")
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/items/{id}",
+            axum::routing::get(move |Path(id): Path<String>, h: HeaderMap| async move {
+                if !authed(&h) {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"error": "bad token"})),
+                    );
+                }
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({"item": {"id": id, "name": format!("item {id}")}})),
                 )
-                .route(
-                    "/v1/list",
-                    axum::routing::get(
-                        move |Query(q): Query<HashMap<String, String>>, h: HeaderMap| async move {
-                            if !authed(&h) {
-                                return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
-                            }
-                            let page: u32 =
-                                q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
-                            let next = if page < 2 {
-                                json!((page + 1).to_string())
-                            } else {
-                                Value::Null
-                            };
-                            (
-                                StatusCode::OK,
-                                axum::Json(
-                                    json!({"data": [page * 10, page * 10 + 1], "next": next}),
-                                ),
-                            )
-                        },
-                    ),
-                );
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+            }),
+        )
+        .route(
+            "/v1/list",
+            axum::routing::get(
+                move |Query(q): Query<HashMap<String, String>>, h: HeaderMap| async move {
+                    if !authed(&h) {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
+                    }
+                    let page: u32 = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let next = if page < 2 {
+                        json!((page + 1).to_string())
+                    } else {
+                        Value::Null
+                    };
+                    (
+                        StatusCode::OK,
+                        axum::Json(json!({"data": [page * 10, page * 10 + 1], "next": next})),
+                    )
+                },
+            ),
+        );
+    format!("http://{}", common::serve_app(app))
 }
 
 fn acme_manifest(base: &str, version: &str, output: &str) -> String {
@@ -910,42 +894,30 @@ type Hits = Arc<Mutex<Vec<(String, std::time::Instant)>>>;
 fn timed_standin() -> (String, Hits) {
     let hits: Hits = Arc::default();
     let rec = hits.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-                let rec = rec.clone();
-                async move {
-                    rec.lock()
-                        .unwrap()
-                        .push((uri.path().to_string(), std::time::Instant::now()));
-                    let st = if uri.path().ends_with("/down") {
-                        503
-                    } else if uri.path().ends_with("/limited") {
-                        429
-                    } else {
-                        200
-                    };
-                    use axum::response::IntoResponse;
-                    let status = axum::http::StatusCode::from_u16(st).unwrap();
-                    let body = axum::Json(json!({"ok": st == 200}));
-                    if st == 429 {
-                        (status, [("retry-after", "30")], body).into_response()
-                    } else {
-                        (status, body).into_response()
-                    }
-                }
-            });
-            axum::serve(listener, app).await.unwrap();
-        });
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let rec = rec.clone();
+        async move {
+            rec.lock()
+                .unwrap()
+                .push((uri.path().to_string(), std::time::Instant::now()));
+            let st = if uri.path().ends_with("/down") {
+                503
+            } else if uri.path().ends_with("/limited") {
+                429
+            } else {
+                200
+            };
+            use axum::response::IntoResponse;
+            let status = axum::http::StatusCode::from_u16(st).unwrap();
+            let body = axum::Json(json!({"ok": st == 200}));
+            if st == 429 {
+                (status, [("retry-after", "30")], body).into_response()
+            } else {
+                (status, body).into_response()
+            }
+        }
     });
-    (format!("http://{}", rx.recv().unwrap()), hits)
+    (format!("http://{}", common::serve_app(app)), hits)
 }
 
 fn limited_manifest(base: &str) -> String {

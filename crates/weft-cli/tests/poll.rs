@@ -17,7 +17,6 @@ struct Source {
     url: String,
     items: Arc<Mutex<Vec<Value>>>,
     asked: Arc<Mutex<Vec<(Instant, String)>>>,
-    _t: std::thread::JoinHandle<()>,
 }
 
 impl Source {
@@ -25,37 +24,24 @@ impl Source {
         let items: Arc<Mutex<Vec<Value>>> = Arc::default();
         let asked: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
         let (i2, a2) = (items.clone(), asked.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(l.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().route(
-                    "/items",
-                    axum::routing::get(move |uri: axum::http::Uri| {
-                        let (items, asked) = (i2.clone(), a2.clone());
-                        async move {
-                            asked.lock().unwrap().push((
-                                Instant::now(),
-                                uri.query().unwrap_or_default().to_string(),
-                            ));
-                            axum::Json(json!({"items": *items.lock().unwrap()}))
-                        }
-                    }),
-                );
-                axum::serve(l, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let app = axum::Router::new().route(
+            "/items",
+            axum::routing::get(move |uri: axum::http::Uri| {
+                let (items, asked) = (i2.clone(), a2.clone());
+                async move {
+                    asked
+                        .lock()
+                        .unwrap()
+                        .push((Instant::now(), uri.query().unwrap_or_default().to_string()));
+                    axum::Json(json!({"items": *items.lock().unwrap()}))
+                }
+            }),
+        );
+        let addr = common::serve_app(app);
         Source {
             url: format!("http://{addr}"),
             items,
             asked,
-            _t: t,
         }
     }
 
