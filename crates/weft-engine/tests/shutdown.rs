@@ -4,42 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use tokio::sync::{Semaphore, mpsc};
 use weft_engine::Engine;
 use weft_types::RunStatus;
 
 use common::*;
-
-/// A sink on loopback that reports each request's idempotency key, then answers 200 only once
-/// the test adds a permit to the returned semaphore.
-async fn gated_sink() -> (String, mpsc::UnboundedReceiver<String>, Arc<Semaphore>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
-        let (tx, g) = (tx.clone(), g.clone());
-        async move {
-            let key = headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let _ = tx.send(key);
-            if let Ok(p) = g.acquire().await {
-                p.forget();
-            }
-            "{}"
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, rx, gate)
-}
 
 fn flow(url: &str) -> String {
     format!(
@@ -53,7 +23,7 @@ async fn a_step_still_in_flight_at_the_deadline_is_handed_back_and_resent_with_i
     let (url, mut reqs, gate) = gated_sink().await;
     h.apply(&flow(&url)).await;
     let run = h.start("slow", serde_json::json!({})).await;
-    let first = reqs.recv().await.unwrap();
+    let (first, _) = reqs.recv().await.unwrap();
     assert!(!first.is_empty(), "the request carries an idempotency key");
     // The answer never comes while this process lives: shutdown waits its deadline, then hands
     // the run back instead of waiting for the step.
@@ -71,7 +41,7 @@ async fn a_step_still_in_flight_at_the_deadline_is_handed_back_and_resent_with_i
     h.events = h.engine.subscribe();
     h.engine.start(true).await.unwrap();
     assert_eq!(h.finished(run).await, RunStatus::Succeeded);
-    assert_eq!(reqs.recv().await.unwrap(), first);
+    assert_eq!(reqs.recv().await.unwrap().0, first);
     assert!(
         reqs.try_recv().is_err(),
         "sent twice in all: before and after the hand-back"

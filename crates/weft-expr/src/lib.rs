@@ -246,6 +246,12 @@ impl Expr {
         self.inner.fast.is_some()
     }
 
+    /// Whether evaluating it again on the same input gives the same outputs and does nothing
+    /// else: true on the fast path, whose builtins are all pure (no `now`, `input`, `debug`).
+    pub fn is_pure(&self) -> bool {
+        self.is_fast()
+    }
+
     /// Evaluates on the fast path and returns all outputs; None when this
     /// expression needs the sandbox. That is always the case when
     /// [`Expr::is_fast`] is false, and rarely also for a fast expression on
@@ -468,5 +474,19 @@ mod tests {
             let e = Expr::compile(&src).unwrap();
             assert!(e.is_fast(), "{src} should be fast");
         }
+    }
+
+    #[test]
+    fn only_expressions_without_effects_or_clock_are_pure() {
+        for src in ["now", "now | floor", "debug", "{t: now}"] {
+            let e = Expr::compile(src).unwrap();
+            assert!(!e.is_pure(), "{src} must not count as pure");
+        }
+        // Refused outright (no input stream), so never in a flow.
+        for src in ["input", "[inputs]"] {
+            assert!(Expr::compile(src).is_err(), "{src}");
+        }
+        let shape = "{id: .trigger.body.id, total: (.trigger.body.price * .trigger.body.qty), customer: (.trigger.body.name | ascii_upcase)}";
+        assert!(Expr::compile(shape).unwrap().is_pure());
     }
 }

@@ -558,21 +558,60 @@ impl Store {
         scope: Scope,
         run: RunId,
         owner: &str,
-        mut cp: StepCheckpoint,
+        cp: StepCheckpoint,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let mut written = None;
-        if let Some(o) = cp.step.output.take() {
-            let slot = format!("step-{}", cp.step.idx);
-            let (stored, w) = self.put_value(&scope, run, &slot, o).await?;
-            cp.step.output = Some(stored);
-            written = w;
-        }
-        let r = on_backend!(self, s => s.checkpoint_step(scope, run, owner, cp, now));
+        self.checkpoint_steps(scope, run, owner, vec![cp], now)
+            .await
+    }
+
+    /// Checkpoints several steps of a run `owner` holds in one transaction, in order (their
+    /// lines too); false (and nothing written) when the run is no longer held by `owner`.
+    pub async fn checkpoint_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        cps: Vec<StepCheckpoint>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (cps, written) = self.put_steps(&scope, run, cps).await?;
+        let r = on_backend!(self, s => s.checkpoint_steps(scope, run, owner, cps, now));
         if !matches!(r, Ok(true)) {
-            self.forget(written).await;
+            for w in written {
+                self.forget(Some(w)).await;
+            }
         }
         r
+    }
+
+    /// Moves large step outputs to the payload store; the objects written, to forget if the
+    /// database write does not happen.
+    async fn put_steps(
+        &self,
+        scope: &Scope,
+        run: RunId,
+        mut cps: Vec<StepCheckpoint>,
+    ) -> Result<(Vec<StepCheckpoint>, Vec<object_store::path::Path>), StoreError> {
+        let mut written = Vec::new();
+        for cp in &mut cps {
+            if let Some(o) = cp.step.output.take() {
+                let slot = format!("step-{}", cp.step.idx);
+                match self.put_value(scope, run, &slot, o).await {
+                    Ok((stored, w)) => {
+                        cp.step.output = Some(stored);
+                        written.extend(w);
+                    }
+                    Err(e) => {
+                        for w in written {
+                            self.forget(Some(w)).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok((cps, written))
     }
 
     /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
@@ -589,16 +628,56 @@ impl Store {
         logs: Vec<NewLog>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (output, written) = match output {
-            Some(o) => {
-                let (stored, w) = self.put_value(&scope, run, "output", o).await?;
-                (Some(stored), w)
-            }
-            None => (None, None),
+        self.finish_run_with(
+            scope,
+            run,
+            owner,
+            Vec::new(),
+            status,
+            output,
+            error,
+            logs,
+            now,
+        )
+        .await
+    }
+
+    /// [`Store::finish_run`] that first checkpoints `steps` in the same transaction (a run's
+    /// last step ends with its run: one write instead of two); their lines come before `logs`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run_with(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        steps: Vec<StepCheckpoint>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (steps, mut written) = self.put_steps(&scope, run, steps).await?;
+        let output = match output {
+            Some(o) => match self.put_value(&scope, run, "output", o).await {
+                Ok((stored, w)) => {
+                    written.extend(w);
+                    Some(stored)
+                }
+                Err(e) => {
+                    for w in written {
+                        self.forget(Some(w)).await;
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
         };
-        let r = on_backend!(self, s => s.finish_run(scope, run, owner, status, output, error, logs, now));
+        let r = on_backend!(self, s => s.finish_run_with(scope, run, owner, steps, status, output, error, logs, now));
         if !matches!(r, Ok(true)) {
-            self.forget(written).await;
+            for w in written {
+                self.forget(Some(w)).await;
+            }
         }
         r
     }

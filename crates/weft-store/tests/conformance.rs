@@ -1608,6 +1608,186 @@ conformance!(
     }
 );
 
+conformance!(
+    steps_written_together_or_with_the_end_land_in_order_and_are_charged_once,
+    |s| {
+        let scope = scope_of(&s).await;
+        let jan = 1_768_435_200_000;
+        let before = s.usage(scope.tenant, jan).await.unwrap().stored_bytes;
+        let mut ids = Vec::new();
+        let mut trigger_len = 0;
+        for _ in 0..3 {
+            let new = run(scope, weft_types::FlowId::new(), None, jan);
+            trigger_len += new.trigger.to_string().len() as i64;
+            ids.push(s.insert_run(new).await.unwrap().run_id);
+        }
+        assert_eq!(s.claim_runs("w1", jan, 30_000, 10).await.unwrap().len(), 3);
+        let (r, r2, r3) = (ids[0], ids[1], ids[2]);
+        let log = |m: &str, step: &str| {
+            weft_store::NewLog::new("info", Some(step.to_string()), weft_store::RunEvent::Log, m)
+        };
+        let cp = |id: &str,
+                  idx: i64,
+                  status: weft_types::StepStatus,
+                  output: Option<serde_json::Value>,
+                  lines: &[&str]| {
+            weft_store::StepCheckpoint {
+                step: weft_store::StepRecord {
+                    step_id: id.into(),
+                    idx,
+                    status,
+                    attempts: 1,
+                    output,
+                    error: None,
+                    started_at: Some(jan),
+                    finished_at: Some(jan + 1),
+                },
+                logs: lines.iter().map(|m| log(m, id)).collect(),
+            }
+        };
+        use weft_types::StepStatus::{Retrying, Succeeded};
+        let (out_a, out_b, done) = (
+            json!({"a": "x".repeat(50)}),
+            json!([1, 2, 3]),
+            json!({"ok": 1}),
+        );
+        // A retry is on record before the step's success arrives with the end.
+        assert!(
+            s.checkpoint_step(
+                scope,
+                r,
+                "w1",
+                cp("a", 0, Retrying, None, &["retrying"]),
+                jan + 1
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            s.finish_run_with(
+                scope,
+                r,
+                "w1",
+                vec![
+                    cp("a", 0, Succeeded, Some(out_a.clone()), &["a ok"]),
+                    cp(
+                        "b",
+                        1,
+                        Succeeded,
+                        Some(out_b.clone()),
+                        &["b started", "b ok"]
+                    ),
+                ],
+                weft_types::RunStatus::Succeeded,
+                Some(done.clone()),
+                None,
+                vec![weft_store::NewLog::new(
+                    "info",
+                    None,
+                    weft_store::RunEvent::RunSucceeded,
+                    "end"
+                )],
+                jan + 2,
+            )
+            .await
+            .unwrap()
+        );
+        let (rec, steps) = s.get_run(scope, r).await.unwrap();
+        assert_eq!(rec.status, weft_types::RunStatus::Succeeded);
+        let got: Vec<_> = steps
+            .iter()
+            .map(|x| (x.step_id.as_str(), x.status, x.output.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Succeeded, Some(out_a.clone())),
+                ("b", Succeeded, Some(out_b.clone()))
+            ]
+        );
+        let lines: Vec<String> = s
+            .run_logs(scope, r, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(lines, ["retrying", "a ok", "b started", "b ok", "end"]);
+
+        // Several steps in one checkpoint: all, in order.
+        assert!(
+            s.checkpoint_steps(
+                scope,
+                r3,
+                "w1",
+                vec![
+                    cp("x", 0, Succeeded, Some(json!("x")), &["x1"]),
+                    cp("y", 1, Succeeded, None, &["y1", "y2"])
+                ],
+                jan + 1
+            )
+            .await
+            .unwrap()
+        );
+        let (_, steps) = s.get_run(scope, r3).await.unwrap();
+        assert_eq!(
+            steps.iter().map(|x| x.step_id.as_str()).collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        let lines: Vec<String> = s
+            .run_logs(scope, r3, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(lines, ["x1", "y1", "y2"]);
+
+        // Not the holder: neither writes anything.
+        assert!(
+            !s.checkpoint_steps(
+                scope,
+                r2,
+                "w2",
+                vec![cp("p", 0, Succeeded, Some(json!(1)), &["p1"])],
+                jan + 1
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            !s.finish_run_with(
+                scope,
+                r2,
+                "w2",
+                vec![cp("q", 0, Succeeded, Some(json!(2)), &["q1"])],
+                weft_types::RunStatus::Succeeded,
+                None,
+                None,
+                vec![],
+                jan + 2,
+            )
+            .await
+            .unwrap()
+        );
+        let (rec2, steps2) = s.get_run(scope, r2).await.unwrap();
+        assert_eq!(rec2.status, weft_types::RunStatus::Running);
+        assert!(steps2.is_empty(), "{steps2:?}");
+        assert!(s.run_logs(scope, r2, 0, 100).await.unwrap().is_empty());
+
+        // Charged once each: the triggers, both carried outputs (the retry record they replaced
+        // had none) and the run's output; r3 is not finished, so not charged yet. PostgreSQL's
+        // jsonb text adds a space after each ':' and ','.
+        let charged = s.usage(scope.tenant, jan).await.unwrap().stored_bytes - before;
+        let compact = trigger_len
+            + (out_a.to_string().len() + out_b.to_string().len() + done.to_string().len()) as i64;
+        assert!(
+            (compact..=compact + 8).contains(&charged),
+            "charged {charged} bytes for {compact} bytes of compact JSON"
+        );
+    }
+);
+
 conformance!(finishing_charges_stored_bytes_and_keeps_log_order, |s| {
     let scope = scope_of(&s).await;
     let jan = 1_768_435_200_000;

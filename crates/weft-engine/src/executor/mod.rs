@@ -125,6 +125,69 @@ pub(crate) struct BaseCtx {
     /// Whether this execution starts the run (no step had a checkpoint): its `RunStarted`
     /// line goes with the first checkpoint, whichever step writes it.
     pub(crate) start_pending: std::sync::atomic::AtomicBool,
+    /// Step results that ended but are not written yet; the run's next write carries them.
+    pub(crate) held: Arc<Held>,
+    /// Top-level steps without an outcome yet (the one that ends when this is 1 is the last).
+    pub(crate) open: std::sync::atomic::AtomicUsize,
+}
+
+/// Step checkpoints held back to go with the run's next write: a pure transform's (evaluating
+/// it again after a crash gives the same output and does nothing else), and the last step's,
+/// which goes with the run's end (nothing runs between them). Every path that runs anything
+/// else, parks or starts an error flow writes them first ([`flush_held`]).
+#[derive(Default)]
+pub(crate) struct Held(std::sync::Mutex<Vec<HeldStep>>);
+
+/// One held checkpoint and what follows its write (metrics, the `StepFinished` event).
+pub(crate) struct HeldStep {
+    pub(crate) cp: weft_store::StepCheckpoint,
+    pub(crate) written: Written,
+}
+
+/// What to do once a held checkpoint is written.
+pub(crate) type Written = Box<dyn FnOnce() + Send>;
+
+impl Held {
+    pub(crate) fn push(&self, h: HeldStep) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(h);
+        }
+    }
+
+    /// Takes the held checkpoints, and what to do once they are written.
+    pub(crate) fn take(&self) -> (Vec<weft_store::StepCheckpoint>, Vec<Written>) {
+        let held = self
+            .0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        held.into_iter().map(|h| (h.cp, h.written)).unzip()
+    }
+}
+
+/// Writes the run's held checkpoints; false when they could not be (the run is no longer ours,
+/// or the store failed: the run will be resumed and those steps run again).
+async fn flush_held(inner: &Arc<Inner>, run: &RunRecord, held: &Held) -> bool {
+    let (cps, written) = held.take();
+    if cps.is_empty() {
+        return true;
+    }
+    match inner
+        .opts
+        .store
+        .checkpoint_steps(run.scope, run.id, &inner.opts.owner, cps, inner.now())
+        .await
+    {
+        Ok(true) => {
+            written.into_iter().for_each(|f| f());
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(run = %run.id, error = %e, "checkpoint failed; the run will be resumed");
+            false
+        }
+    }
 }
 
 /// The expression context of one step, `{trigger, steps, run, flow, vars}` (plus `item` and
@@ -287,7 +350,8 @@ async fn execute_traced(inner: Arc<Inner>, claimed: ClaimedRun) {
     if let Ok(mut m) = inner.cancels.lock() {
         m.insert(run.id, token.clone());
     }
-    let result = run_steps(&inner, &run, claimed.steps, &token).await;
+    let held = Arc::new(Held::default());
+    let result = run_steps(&inner, &run, claimed.steps, &token, &held).await;
     if let Ok(mut m) = inner.cancels.lock() {
         m.remove(&run.id);
     }
@@ -300,17 +364,25 @@ async fn execute_traced(inner: Arc<Inner>, claimed: ClaimedRun) {
         RunEnd::FailedWithErrorFlow(target, e) => {
             // Started before the run is finished (once: its dedupe key is this run), so a
             // crash in between cannot lose it.
-            if !start_error_flow(&inner, &run, &target, &e).await {
+            if !flush_held(&inner, &run, &held).await
+                || !start_error_flow(&inner, &run, &target, &e).await
+            {
                 hand_back(&inner, &run).await;
                 return;
             }
             (RunStatus::Failed, None, Some(e))
         }
         RunEnd::Parked(wake, awaiting) => {
-            park(&inner, &run, wake, awaiting).await;
+            if flush_held(&inner, &run, &held).await {
+                park(&inner, &run, wake, awaiting).await;
+            } else {
+                hand_back(&inner, &run).await;
+            }
             return;
         }
         RunEnd::Lost => {
+            // What ended before is kept if the run is still ours (a cancelled run's is not).
+            flush_held(&inner, &run, &held).await;
             // Stopped without an outcome. If this process still holds the run (a checkpoint could
             // not be written), it goes back to the queue now rather than when the process goes
             // idle; a cancelled run or one another worker took over is not held, and nothing
@@ -338,13 +410,15 @@ async fn execute_traced(inner: Arc<Inner>, claimed: ClaimedRun) {
         ),
     };
     let failure = (status == RunStatus::Failed).then(|| error.clone().unwrap_or_default());
+    let (steps, written) = held.take();
     match inner
         .opts
         .store
-        .finish_run(
+        .finish_run_with(
             run.scope,
             run.id,
             &inner.opts.owner,
+            steps,
             status,
             output,
             error,
@@ -354,6 +428,7 @@ async fn execute_traced(inner: Arc<Inner>, claimed: ClaimedRun) {
         .await
     {
         Ok(true) => {
+            written.into_iter().for_each(|f| f());
             let labels = crate::metrics::RunLabels {
                 status: status.as_str(),
             };
@@ -506,6 +581,7 @@ async fn run_steps(
     run: &Arc<RunRecord>,
     prior: Vec<StepRecord>,
     token: &CancellationToken,
+    held: &Arc<Held>,
 ) -> RunEnd {
     let flow = match inner
         .compiled(run.scope, run.flow_id, run.flow_version)
@@ -539,6 +615,8 @@ async fn run_steps(
         run: run.clone(),
         flow: flow.clone(),
         start_pending: std::sync::atomic::AtomicBool::new(fresh),
+        held: held.clone(),
+        open: std::sync::atomic::AtomicUsize::new(0),
     });
     let frame = Frame {
         flow: flow.clone(),
@@ -630,6 +708,10 @@ async fn compensate(
     token: &CancellationToken,
     outcomes: &[Option<Outcome>],
 ) -> Option<Vec<String>> {
+    // Compensation steps act: what ended before them is written first.
+    if !flush_held(inner, run, &base.held).await {
+        return None;
+    }
     let steps = &flow.steps;
     let mut outer = Map::new();
     for (i, o) in outcomes.iter().enumerate() {
@@ -717,6 +799,17 @@ async fn run_dag_inner(
     } else {
         usize::MAX
     };
+    let top = frame.item.is_none();
+    let open = |outcomes: &[Option<Outcome>]| {
+        if top {
+            let n = outcomes.iter().filter(|o| o.is_none()).count();
+            frame
+                .base
+                .open
+                .store(n, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    open(&outcomes);
     let mut started = vec![false; n];
     let mut parked: Vec<(Option<Millis>, Vec<String>)> = Vec::new();
     let mut tasks: JoinSet<Report> = JoinSet::new();
@@ -805,6 +898,7 @@ async fn run_dag_inner(
                             fatal = Some(format!("step '{}' failed: {error}", steps[i].id));
                         }
                         outcomes[i] = Some(outcome);
+                        open(&outcomes);
                     }
                     Some(Ok(Report::Parked(wake, names))) => parked.push((wake, names)),
                     Some(Ok(Report::Lost)) | None => {

@@ -165,6 +165,9 @@ impl StepJob {
         self.inner.alert_all(self.run.scope, &os).await;
     }
 
+    /// Writes this step's state (with any checkpoints the run held back before it), or holds
+    /// it back for the run's next write (see [`super::Held`]); false when the run is no longer
+    /// ours or the write failed.
     pub(crate) async fn checkpoint(&self, rec: StepRecord, mut logs: Vec<NewLog>) -> bool {
         if let Ok(mut c) = self.console.lock()
             && !c.is_empty()
@@ -180,22 +183,51 @@ impl StepJob {
             (Some(a), Some(b)) => (b - a).max(0) as f64 / 1000.0,
             _ => 0.0,
         };
-        let cp = StepCheckpoint { step: rec, logs };
+        let hold = self.may_hold(&rec);
+        let now = self.inner.now();
+        if hold {
+            // Held lines keep the time they were written at, not the carrying write's.
+            for l in &mut logs {
+                l.at.get_or_insert(now);
+            }
+            let (inner, run, step) = (self.inner.clone(), self.run.id, self.record_id());
+            let kind = self.step().kind.name();
+            let connector = match &self.step().kind {
+                StepKind::Action { connector, .. } => connector.clone(),
+                _ => "none".to_string(),
+            };
+            self.frame.base.held.push(super::HeldStep {
+                cp: StepCheckpoint { step: rec, logs },
+                written: Box::new(move || {
+                    inner
+                        .metrics
+                        .step(kind, &connector, status.as_str(), "none", secs);
+                    let _ =
+                        inner
+                            .events
+                            .send(crate::EngineEvent::StepFinished { run, step, status });
+                }),
+            });
+            return true;
+        }
+        let (mut cps, written) = self.frame.base.held.take();
+        cps.push(StepCheckpoint { step: rec, logs });
         match self
             .inner
             .opts
             .store
-            .checkpoint_step(
+            .checkpoint_steps(
                 self.run.scope,
                 self.run.id,
                 &self.inner.opts.owner,
-                cp,
-                self.inner.now(),
+                cps,
+                now,
             )
             .await
         {
             Ok(held) => {
                 if held {
+                    written.into_iter().for_each(|f| f());
                     self.observe(status, secs);
                     if let Some(message) = failure {
                         self.count_error(message).await;
@@ -215,6 +247,26 @@ impl StepJob {
                 false
             }
         }
+    }
+
+    /// Whether this record may wait for the run's next write: a top-level step's success or
+    /// skip that is either a pure transform's (redone identically after a crash) or the last
+    /// step to end (its write goes with the run's end; nothing else runs before it).
+    fn may_hold(&self, rec: &StepRecord) -> bool {
+        if self.frame.item.is_some()
+            || !matches!(rec.status, StepStatus::Succeeded | StepStatus::Skipped)
+        {
+            return false;
+        }
+        let pure = rec.status == StepStatus::Succeeded
+            && matches!(&self.step().kind, StepKind::Transform(e) if e.is_pure());
+        let last = self
+            .frame
+            .base
+            .open
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1;
+        pure || last
     }
 
     /// Puts the run's `RunStarted` (first checkpoint of a fresh run) and this step's

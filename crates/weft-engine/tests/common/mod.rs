@@ -149,3 +149,37 @@ impl Harness {
         }
     }
 }
+
+/// A sink on loopback that reports each request's idempotency key and JSON body, then answers
+/// 200 only once the test adds a permit to the returned semaphore.
+pub async fn gated_sink() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (tx, g) = (tx.clone(), g.clone());
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let _ = tx.send((key, body));
+                if let Ok(p) = g.acquire().await {
+                    p.forget();
+                }
+                "{}"
+            }
+        },
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, rx, gate)
+}

@@ -484,21 +484,30 @@ struct JobLogs {
 impl JobLogs {
     /// Adds the lines of job `job` (0-based position in its statement), stamped `now` unless
     /// a line carries its own time.
-    fn push(&mut self, job: usize, now: Millis, logs: &[NewLog]) {
-        for part in logs.chunks(LINES_PER_ROW as usize) {
-            let lo = self.ts.len() + 1;
-            for l in part {
-                self.ts.push(l.at.unwrap_or(now));
-                self.level.push(l.level);
-                self.step
-                    .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
-                self.message.push(pg_text(&l.message).into_owned());
-                self.event.push(l.event.as_str());
+    fn push<'l>(&mut self, job: usize, now: Millis, logs: impl IntoIterator<Item = &'l NewLog>) {
+        let mut lo = self.ts.len() + 1;
+        for l in logs {
+            if self.ts.len() + 1 - lo == LINES_PER_ROW as usize {
+                self.row(job, lo);
+                lo = self.ts.len() + 1;
             }
-            self.ord.push(job as i64);
-            self.lo.push(lo as i32);
-            self.hi.push(self.ts.len() as i32);
+            self.ts.push(l.at.unwrap_or(now));
+            self.level.push(l.level);
+            self.step
+                .push(l.step_id.as_deref().map(|x| pg_text(x).into_owned()));
+            self.message.push(pg_text(&l.message).into_owned());
+            self.event.push(l.event.as_str());
         }
+        if self.ts.len() + 1 > lo {
+            self.row(job, lo);
+        }
+    }
+
+    /// Closes a row of job `job`: lines `lo..` to the last one pushed.
+    fn row(&mut self, job: usize, lo: usize) {
+        self.ord.push(job as i64);
+        self.lo.push(lo as i32);
+        self.hi.push(self.ts.len() as i32);
     }
 
     /// SQL inserting the rows of the jobs in `jobs` (a relation with `ord` (1-based),
@@ -536,12 +545,94 @@ fn flags(n: usize, written: Vec<i64>) -> Vec<bool> {
     out
 }
 
+/// The step records of many jobs for `run_steps`, as parallel arrays (one entry per record).
+#[derive(Default)]
+struct StepRows {
+    job: Vec<i64>,
+    step: Vec<String>,
+    idx: Vec<i64>,
+    status: Vec<&'static str>,
+    attempts: Vec<i64>,
+    output: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    started: Vec<Option<Millis>>,
+    finished: Vec<Option<Millis>>,
+}
+
+impl StepRows {
+    /// Adds the records of job `job` (0-based position in its statement).
+    fn push(&mut self, job: usize, cps: &[StepCheckpoint]) {
+        for cp in cps {
+            let s = &cp.step;
+            self.job.push(job as i64);
+            self.step.push(pg_text(&s.step_id).into_owned());
+            self.idx.push(s.idx);
+            self.status.push(s.status.as_str());
+            self.attempts.push(s.attempts);
+            self.output.push(s.output.as_ref().map(pg_json));
+            self.error
+                .push(s.error.as_deref().map(|e| pg_text(e).into_owned()));
+            self.started.push(s.started_at);
+            self.finished.push(s.finished_at);
+        }
+    }
+
+    /// SQL upserting the records of the jobs in `jobs` (a relation with `ord` (1-based),
+    /// `workspace_id` and `run_id`; a job not in it writes nothing), with this value's arrays
+    /// bound from parameter `$first` on by `bind_steps!`; the tenant is `$1`. Returns each
+    /// written record's run and stored size, as the usage charge counts it.
+    fn upsert_sql(jobs: &str, first: usize) -> String {
+        let p = |i: usize| first + i;
+        format!(
+            "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+             SELECT $1, j.workspace_id, j.run_id, s.step_id, s.idx, s.status, s.attempts, s.output::jsonb, s.error, s.started_at, s.finished_at
+             FROM UNNEST(${a}::bigint[], ${b}::text[], ${c}::bigint[], ${d}::text[], ${e}::bigint[], ${f}::text[], ${g}::text[], ${h}::bigint[], ${i}::bigint[])
+               WITH ORDINALITY AS s(job, step_id, idx, status, attempts, output, error, started_at, finished_at, n)
+             JOIN {jobs} j ON j.ord = s.job + 1
+             ORDER BY s.n
+             ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+               output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
+             RETURNING workspace_id, run_id, step_id, {STEP_SIZE} AS bytes",
+            a = p(0),
+            b = p(1),
+            c = p(2),
+            d = p(3),
+            e = p(4),
+            f = p(5),
+            g = p(6),
+            h = p(7),
+            i = p(8),
+        )
+    }
+}
+
+/// A stored step's size as the usage charge counts it (its blob's size when offloaded), over
+/// a row with an `output` column.
+const STEP_SIZE: &str =
+    "COALESCE((output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(output::text))";
+
+/// Binds a [`StepRows`]' arrays in [`StepRows::upsert_sql`]'s order.
+macro_rules! bind_steps {
+    ($q:expr, $s:expr) => {{
+        let s = $s;
+        $q.bind(s.job)
+            .bind(s.step)
+            .bind(s.idx)
+            .bind(s.status)
+            .bind(s.attempts)
+            .bind(s.output)
+            .bind(s.error)
+            .bind(s.started)
+            .bind(s.finished)
+    }};
+}
+
 /// One step checkpoint of a batch (see [`checkpoint_many_tx`]).
 pub(super) struct CheckpointRow<'a> {
     pub scope: &'a Scope,
     pub run: RunId,
     pub owner: &'a str,
-    pub cp: &'a StepCheckpoint,
+    pub cps: &'a [StepCheckpoint],
     pub now: Millis,
 }
 
@@ -555,74 +646,42 @@ pub(super) async fn checkpoint_many_tx(
     rows: &[CheckpointRow<'_>],
 ) -> Result<Vec<bool>, StoreError> {
     let n = rows.len();
-    let (mut ws, mut runs, mut steps, mut idxs, mut statuses, mut attempts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut outputs, mut errors, mut started, mut finished, mut owners, mut nows) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
+    let (mut ws, mut runs, mut owners) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut steps = StepRows::default();
     let mut lines = JobLogs::default();
     for (i, r) in rows.iter().enumerate() {
-        let s = &r.cp.step;
         ws.push(r.scope.workspace.to_string());
         runs.push(r.run.to_string());
-        steps.push(pg_text(&s.step_id).into_owned());
-        idxs.push(s.idx);
-        statuses.push(s.status.as_str());
-        attempts.push(s.attempts);
-        outputs.push(s.output.as_ref().map(pg_json));
-        errors.push(s.error.as_deref().map(|e| pg_text(e).into_owned()));
-        started.push(s.started_at);
-        finished.push(s.finished_at);
         owners.push(r.owner);
-        nows.push(r.now);
-        lines.push(i, r.now, &r.cp.logs);
+        steps.push(i, r.cps);
+        lines.push(i, r.now, r.cps.iter().flat_map(|cp| &cp.logs));
     }
-    // The lease check is a scalar subquery, one primary-key lookup per row. As a join, the
+    // The lease check is a scalar subquery, one primary-key lookup per job. As a join, the
     // planner trusted run_queue's statistics, which are always stale (the table swings between
     // empty and the whole backlog), and compared every row of the tenant's queue with every
     // checkpoint: 25 ms per statement at a backlog of 1,000 runs.
     let sql = format!(
         "WITH inp AS (
-           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[])
-             WITH ORDINALITY AS i(workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at, owner, now, ord)),
+           SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS i(workspace_id, run_id, owner, ord)),
          ok AS (
            SELECT i.* FROM inp i
            WHERE (SELECT q.lease_owner FROM run_queue q WHERE q.tenant_id = $1 AND q.workspace_id = i.workspace_id AND q.run_id = i.run_id) = i.owner),
-         st AS (
-           INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-           SELECT $1, workspace_id, run_id, step_id, idx, status, attempts, output::jsonb, error, started_at, finished_at FROM ok
-           ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-             output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at
-           RETURNING 1),
+         st AS ({}),
          lg AS ({} RETURNING 1)
          SELECT ord - 1 FROM ok ORDER BY ord",
+        StepRows::upsert_sql("ok", 5),
         JobLogs::insert_sql("ok", 14)
     );
     let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(ws)
         .bind(runs)
-        .bind(steps)
-        .bind(idxs)
-        .bind(statuses)
-        .bind(attempts)
-        .bind(outputs)
-        .bind(errors)
-        .bind(started)
-        .bind(finished)
-        .bind(owners)
-        .bind(nows);
+        .bind(owners);
+    let q = bind_steps!(q, steps);
     let held: Vec<i64> = bind_logs!(q, lines)
         .fetch_all(&mut **tx)
         .await
@@ -635,6 +694,8 @@ pub(super) struct FinishRow<'a> {
     pub scope: &'a Scope,
     pub run: RunId,
     pub owner: &'a str,
+    /// Steps checkpointed with the finish, before it.
+    pub steps: &'a [StepCheckpoint],
     pub status: RunStatus,
     pub output: Option<&'a Value>,
     pub error: Option<&'a str>,
@@ -660,8 +721,10 @@ pub(super) async fn finish_many_tx(
     let mut output_bytes = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
+    let mut steps = StepRows::default();
     let mut lines = JobLogs::default();
     for (i, r) in rows.iter().enumerate() {
+        steps.push(i, r.steps);
         ws.push(r.scope.workspace.to_string());
         runs.push(r.run.to_string());
         owners.push(r.owner);
@@ -674,7 +737,11 @@ pub(super) async fn finish_many_tx(
         outputs.push(text);
         errors.push(r.error.map(|e| pg_text(e).into_owned()));
         nows.push(r.now);
-        lines.push(i, r.now, r.logs);
+        lines.push(
+            i,
+            r.now,
+            r.steps.iter().flat_map(|cp| &cp.logs).chain(r.logs),
+        );
     }
     let month = crate::quota::month_of(nows.iter().copied().max().unwrap_or(0));
     // Which rows are held is found by primary-key lookups (see `checkpoint_many_tx`); the
@@ -699,20 +766,25 @@ pub(super) async fn finish_many_tx(
            FROM inp i JOIN held h ON h.workspace_id = i.workspace_id AND h.run_id = i.run_id
            WHERE r.tenant_id = $1 AND r.workspace_id = i.workspace_id AND r.id = i.run_id
            RETURNING i.ord, i.workspace_id, i.run_id, i.now, i.output_bytes, r.parent_run),
+         st AS ({steps}),
          charge AS (
            INSERT INTO tenant_usage AS u (tenant_id, shard, month, runs_in_month, stored_bytes)
            SELECT $1, pg_backend_pid() % 256, $10, 0,
-                  SUM(d.output_bytes + COALESCE((SELECT SUM(COALESCE((s.output->'$weft_payload'->'blob'->>'size')::bigint, LENGTH(s.output::text)))
-                      FROM run_steps s WHERE s.tenant_id = $1 AND s.workspace_id = d.workspace_id AND s.run_id = d.run_id), 0))::bigint
+                  SUM(d.output_bytes
+                      + COALESCE((SELECT SUM({STEP_SIZE}) FROM run_steps s
+                          WHERE s.tenant_id = $1 AND s.workspace_id = d.workspace_id AND s.run_id = d.run_id
+                            AND NOT EXISTS (SELECT 1 FROM st c WHERE c.workspace_id = s.workspace_id AND c.run_id = s.run_id AND c.step_id = s.step_id)), 0)
+                      + COALESCE((SELECT SUM(c.bytes) FROM st c WHERE c.workspace_id = d.workspace_id AND c.run_id = d.run_id), 0))::bigint
            FROM upd d
            HAVING COUNT(*) > 0
            ON CONFLICT (tenant_id, shard) DO UPDATE SET
              runs_in_month = CASE WHEN u.month >= $10 THEN u.runs_in_month ELSE 0 END,
              month = GREATEST(u.month, $10), stored_bytes = u.stored_bytes + excluded.stored_bytes
            RETURNING 1),
-         lg AS ({} RETURNING 1)
+         lg AS ({logs} RETURNING 1)
          SELECT ord - 1, parent_run FROM upd ORDER BY ord",
-        JobLogs::insert_sql("upd", 11)
+        steps = StepRows::upsert_sql("upd", 19),
+        logs = JobLogs::insert_sql("upd", 11)
     );
     let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
@@ -725,7 +797,8 @@ pub(super) async fn finish_many_tx(
         .bind(nows)
         .bind(output_bytes)
         .bind(month);
-    let done: Vec<(i64, Option<String>)> = bind_logs!(q, lines)
+    let q = bind_logs!(q, lines);
+    let done: Vec<(i64, Option<String>)> = bind_steps!(q, steps)
         .fetch_all(&mut **tx)
         .await
         .map_err(db)?;
@@ -1037,15 +1110,8 @@ impl PgStore {
         cp: StepCheckpoint,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        self.batch(|reply| super::batch::Job::Checkpoint {
-            scope,
-            run,
-            owner: owner.to_string(),
-            cp,
-            now,
-            reply,
-        })
-        .await
+        self.checkpoint_steps(scope, run, owner, vec![cp], now)
+            .await
     }
 
     /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
@@ -1062,10 +1128,61 @@ impl PgStore {
         logs: Vec<NewLog>,
         now: Millis,
     ) -> Result<bool, StoreError> {
+        self.finish_run_with(
+            scope,
+            run,
+            owner,
+            Vec::new(),
+            status,
+            output,
+            error,
+            logs,
+            now,
+        )
+        .await
+    }
+
+    /// Checkpoints steps of a run `owner` holds, in order; false (nothing written) when it no
+    /// longer holds it.
+    pub async fn checkpoint_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        cps: Vec<StepCheckpoint>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.batch(|reply| super::batch::Job::Checkpoint {
+            scope,
+            run,
+            owner: owner.to_string(),
+            cps,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// [`PgStore::finish_run`] after checkpointing `steps` (in the same statement), waking
+    /// its parent if that waits; false when it is no longer held (e.g. cancelled meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run_with(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        steps: Vec<StepCheckpoint>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         self.batch(|reply| super::batch::Job::Finish {
             scope,
             run,
             owner: owner.to_string(),
+            steps,
             status,
             output,
             error,

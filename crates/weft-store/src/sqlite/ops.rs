@@ -878,8 +878,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Checkpoints a step of a run `owner` holds. Returns false (and writes nothing) when the run
-    /// is no longer running under this owner (cancelled, or reclaimed after a lost lease).
+    /// Checkpoints a step of a run `owner` holds; false (nothing written) when it no longer holds it.
     pub async fn checkpoint_step(
         &self,
         scope: Scope,
@@ -888,28 +887,8 @@ impl SqliteStore {
         cp: StepCheckpoint,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let owner = owner.to_string();
-        let output = cp.step.output.as_ref().map(to_json);
-        self.write(move |c| {
-            let (t, w) = scope_strs(&scope);
-            let rid = run.to_string();
-            let s = &cp.step;
-            // One statement: write the step only while the run is still running under this owner.
-            let n = c.prepare_cached(
-                "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-                 WHERE EXISTS (SELECT 1 FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?12)
-                 ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
-                   output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
-            )?
-            .execute(params![t, w, rid, s.step_id, s.idx, s.status.as_str(), s.attempts, output, s.error, s.started_at, s.finished_at, owner])?;
-            if n == 0 {
-                return Ok(false);
-            }
-            insert_logs(c, &t, &w, &rid, now, &cp.logs)?;
-            Ok(true)
-        })
-        .await
+        self.checkpoint_steps(scope, run, owner, vec![cp], now)
+            .await
     }
 
     /// Finishes a run `owner` holds, waking its parent if that waits; false when it is no longer
@@ -920,6 +899,62 @@ impl SqliteStore {
         scope: Scope,
         run: RunId,
         owner: &str,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        logs: Vec<NewLog>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.finish_run_with(
+            scope,
+            run,
+            owner,
+            Vec::new(),
+            status,
+            output,
+            error,
+            logs,
+            now,
+        )
+        .await
+    }
+
+    /// Checkpoints steps of a run `owner` holds, in order. Returns false (and writes nothing) when
+    /// the run is no longer running under this owner (cancelled, or reclaimed after a lost lease).
+    pub async fn checkpoint_steps(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        cps: Vec<StepCheckpoint>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |c| {
+            let (t, w) = scope_strs(&scope);
+            let rid = run.to_string();
+            let held = c
+                .prepare_cached(
+                    "SELECT 1 FROM runs WHERE tenant_id = ?1 AND workspace_id = ?2 AND id = ?3 AND status = 'running' AND lease_owner = ?4",
+                )?
+                .exists(params![t, w, rid, owner])?;
+            if !held {
+                return Ok(false);
+            }
+            write_steps(c, &t, &w, &rid, now, &cps)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// [`SqliteStore::finish_run`] after checkpointing `steps` in the same transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_run_with(
+        &self,
+        scope: Scope,
+        run: RunId,
+        owner: &str,
+        steps: Vec<StepCheckpoint>,
         status: RunStatus,
         output: Option<Value>,
         error: Option<String>,
@@ -945,6 +980,8 @@ impl SqliteStore {
             let Some(parent) = finished else {
                 return Ok(false);
             };
+            // The steps that ended with the run, before their bytes are counted.
+            write_steps(c, &t, &w, &rid, now, &steps)?;
             // A sub-flow's end wakes the run waiting for it, in the same transaction.
             if let Some(parent) = parent {
                 super::waits::wake_if_waiting(c, &t, &w, &parent, now)?;
@@ -1368,4 +1405,43 @@ impl SqliteStore {
         self.read(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
             .await
     }
+}
+
+/// Writes step checkpoints of a held run (the caller checked the lease), then their lines in
+/// order.
+fn write_steps(
+    c: &Connection,
+    t: &str,
+    w: &str,
+    rid: &str,
+    now: Millis,
+    cps: &[StepCheckpoint],
+) -> Result<(), StoreError> {
+    let mut st = c.prepare_cached(
+        "INSERT INTO run_steps (tenant_id, workspace_id, run_id, step_id, idx, status, attempts, output, error, started_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tenant_id, workspace_id, run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+           output = excluded.output, error = excluded.error, started_at = COALESCE(run_steps.started_at, excluded.started_at), finished_at = excluded.finished_at",
+    )?;
+    for cp in cps {
+        let s = &cp.step;
+        let output = s.output.as_ref().map(to_json);
+        st.execute(params![
+            t,
+            w,
+            rid,
+            s.step_id,
+            s.idx,
+            s.status.as_str(),
+            s.attempts,
+            output,
+            s.error,
+            s.started_at,
+            s.finished_at
+        ])?;
+    }
+    for cp in cps {
+        insert_logs(c, t, w, rid, now, &cp.logs)?;
+    }
+    Ok(())
 }
