@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A/B throughput of Weft binaries on this machine: each configuration runs the closed-loop
-# benchmark at concurrency 64 in turn, the order rotating every round (so a slow minute of the
-# machine does not land on one side), and prints completed runs/s and weft's CPU per run.
+# benchmark in turn (concurrency 64 unless LEVEL says), the order rotating every round (so a
+# slow minute of the machine does not land on one side), and prints completed runs/s and
+# weft's CPU per run.
 #   bench/ab.sh old=/tmp/weft-old new=target/release/weft
 #   bench/ab.sh base=/tmp/weft-base "otlp=target/release/weft::--otlp --weft-arg=--trace-sample-ratio=0.1"
-# A configuration is NAME=BINARY[::extra weft-bench flags]. ROUNDS (default 4) and DURATION
-# (seconds per run, default 15) set the length; weft-bench is built first. BACKEND=postgres
-# runs each on a fresh PostgreSQL cluster (scripts/pg.sh, durable settings, as bench/run.sh).
+# A configuration is NAME=BINARY[::extra weft-bench flags]. ROUNDS (default 4), DURATION
+# (seconds per run, default 15) and LEVEL (concurrency, default 64) set the length; weft-bench
+# is built first. BACKEND=postgres runs each on a fresh PostgreSQL cluster (scripts/pg.sh,
+# durable settings, as bench/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n 2,10p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,11p "$0"; exit 2; }
 cargo build --release -p weft-bench >&2
 bench=target/release/weft-bench
 names=() bins=() extra=()
@@ -33,7 +35,7 @@ for ((r = 1; r <= ${ROUNDS:-4}; r++)); do
       pg=(--pg-url "$WEFT_TEST_DATABASE_URL" "--weft-arg=--database-url=$WEFT_TEST_APP_DATABASE_URL")
     fi
     # shellcheck disable=SC2086 # extra flags are split on purpose
-    "$bench" --weft "${bins[$i]}" "${pg[@]}" ${extra[$i]} --levels 64 --duration "${DURATION:-15}" --rate 0 >"$log" 2>&1 || true
+    "$bench" --weft "${bins[$i]}" "${pg[@]}" ${extra[$i]} --levels "${LEVEL:-64}" --duration "${DURATION:-15}" --rate 0 >"$log" 2>&1 || true
     if [ "${BACKEND:-sqlite}" = postgres ]; then scripts/pg.sh stop "$WEFT_TEST_PG_DIR"; fi
     rate=$(awk '/^  completed  /{print $2; exit}' "$log")
     cores=$(sed -n 's/.*CPU (load) *weft \([0-9.]*\) cores.*/\1/p' "$log" | head -1)
