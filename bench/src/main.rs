@@ -30,6 +30,8 @@ use crate::load::{Outcome, Progress};
 use crate::sink::Sink;
 
 const TARGET_COMPLETED: f64 = 5000.0;
+/// The scale-out issue's target on PostgreSQL (same flow, database on the same machine).
+const TARGET_COMPLETED_PG: f64 = 3000.0;
 const TARGET_ACK_P99_MS: f64 = 10.0;
 const TARGET_RATE: u64 = 2000;
 const TARGET_IDLE_MB: f64 = 50.0;
@@ -799,12 +801,17 @@ async fn run(ctx: &Ctx) -> anyhow::Result<bool> {
         );
     }
     println!("\n{:<34} {:>16}   target", "figure", "measured");
+    let target = if cfg.pg.is_some() {
+        TARGET_COMPLETED_PG
+    } else {
+        TARGET_COMPLETED
+    };
     println!(
         "{:<34} {:>16}   {:<16} {}",
         "completed runs/s (best level)",
         format!("{best_completed:.0}"),
-        format!("≥ {TARGET_COMPLETED:.0}"),
-        met(best_completed >= TARGET_COMPLETED)
+        format!("≥ {target:.0}"),
+        met(best_completed >= target)
     );
     match &rate_phase {
         Some(p) => {
