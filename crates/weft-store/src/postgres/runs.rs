@@ -890,9 +890,13 @@ impl PgStore {
         // Custom plans, and the tenant set as well as the system flag: the planner estimates the
         // row-security predicate from the current settings, and with only the system flag it
         // guessed 0.5 % of the ready runs and sorted them all instead of walking `runs_ready`
-        // (a claim grew from 5 ms to seconds with a 50k backlog).
+        // (a claim grew from 5 ms to seconds with a 50k backlog). No sequential scans either:
+        // `run_queue`'s statistics are always stale (it swings between empty and the whole
+        // backlog, and is mostly dead rows between vacuums), and with them the planner often
+        // scanned all of it, twice per claim, instead of walking its indexes.
         sqlx::query(
-            "SELECT set_config('weft.system', 'on', true), set_config('plan_cache_mode', 'force_custom_plan', true)",
+            "SELECT set_config('weft.system', 'on', true), set_config('plan_cache_mode', 'force_custom_plan', true),
+                    set_config('enable_seqscan', 'off', true)",
         )
         .execute(&mut *tx)
         .await
