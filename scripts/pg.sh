@@ -8,7 +8,7 @@
 #   scripts/pg.sh down DIR / up DIR   stop (fast) and start again the server of DIR, same port
 #                                     (fault tests restart PostgreSQL under load)
 # WEFT_PG_DURABLE=1 makes a cluster with fsync on, production-like memory settings and the
-# autovacuum settings docs/postgres.md recommends (for the benchmark); the default (for tests)
+# autovacuum and writeback settings docs/postgres.md recommends (for the benchmark); the default (for tests)
 # turns fsync off.
 set -euo pipefail
 
@@ -41,7 +41,7 @@ case "${1:-}" in
     [ "$(id -u)" = 0 ] && chown postgres "$dir"
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     if [ "${WEFT_PG_DURABLE:-0}" = 1 ]; then
-      settings="-c shared_preload_libraries=pg_stat_statements -c autovacuum_naptime=10s -c autovacuum_vacuum_cost_limit=2000 -c fsync=on -c synchronous_commit=on -c shared_buffers=1GB -c wal_buffers=16MB -c max_wal_size=4GB -c checkpoint_timeout=15min"
+      settings="-c shared_preload_libraries=pg_stat_statements -c autovacuum_naptime=10s -c autovacuum_vacuum_cost_limit=2000 -c fsync=on -c synchronous_commit=on -c shared_buffers=1GB -c wal_buffers=16MB -c max_wal_size=4GB -c checkpoint_timeout=15min -c backend_flush_after=256kB -c wal_compression=lz4"
     else
       settings="-c fsync=off"
     fi
