@@ -265,3 +265,47 @@ fn crash_during_compensation_runs_each_compensation_once() {
     let order: Vec<String> = sink.all().into_iter().map(|x| x.path).collect();
     assert_eq!(order, ["/charge", "/reserve", "/release", "/refund"]);
 }
+
+#[test]
+fn the_last_step_to_end_is_on_record_before_its_compensation_starts() {
+    // `fail` fails the run at once; `book` (in parallel) ends last, so its success is held for
+    // the run's next write. That write must happen before its undoing starts: otherwise the
+    // resumed run does not know it booked, and nothing undoes it.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkBehavior {
+        delay: Duration::from_millis(150),
+        ..Default::default()
+    });
+    let srv = Server::start(dir.path(), None, &[], &[]);
+    let key = srv.key.clone();
+    srv.apply(&format!(
+        "name: booking\ntrigger:\n  manual: {{}}\nsteps:\n  - id: book\n    action: http.request\n    input: {{ method: POST, url: '{0}/book', body: {{ a: 1 }} }}\n    compensate:\n      - id: unbook\n        action: http.request\n        input: {{ method: POST, url: '{0}/unbook', body: {{ a: 1 }} }}\n  - id: fail\n    needs: []\n    fail: 'no seats'\n",
+        sink.url
+    ));
+    drop(srv);
+
+    let mut srv = Server::start(
+        dir.path(),
+        Some(&key),
+        &[("WEFT_FAILPOINTS", "compensation.start:book")],
+        &[],
+    );
+    let run = srv.cli_json(&["run", "start", "booking"])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        srv.wait_exit(Duration::from_secs(20)),
+        "failpoint as book's compensation starts"
+    );
+
+    let srv = Server::start(dir.path(), Some(&key), &[], &[]);
+    let r = srv.wait_run(&run, T);
+    assert_eq!(r["status"], "failed", "{r}");
+    let paths: Vec<String> = sink.all().into_iter().map(|x| x.path).collect();
+    assert_eq!(
+        paths,
+        ["/book", "/unbook"],
+        "book ran once, then its undoing once"
+    );
+}
