@@ -383,10 +383,12 @@ impl Store {
         }
     }
 
-    /// Removes an object whose database write did not happen.
-    async fn forget(&self, written: Option<object_store::path::Path>) {
-        if let (Some(p), Some(path)) = (&self.payloads, written) {
-            p.forget(path).await;
+    /// Removes objects whose database write did not happen.
+    async fn forget(&self, written: impl IntoIterator<Item = object_store::path::Path>) {
+        if let Some(p) = &self.payloads {
+            for path in written {
+                p.forget(path).await;
+            }
         }
     }
 
@@ -578,9 +580,7 @@ impl Store {
         let (cps, written) = self.put_steps(&scope, run, cps).await?;
         let r = on_backend!(self, s => s.checkpoint_steps(scope, run, owner, cps, now));
         if !matches!(r, Ok(true)) {
-            for w in written {
-                self.forget(Some(w)).await;
-            }
+            self.forget(written).await;
         }
         r
     }
@@ -603,9 +603,7 @@ impl Store {
                         written.extend(w);
                     }
                     Err(e) => {
-                        for w in written {
-                            self.forget(Some(w)).await;
-                        }
+                        self.forget(written).await;
                         return Err(e);
                     }
                 }
@@ -665,9 +663,7 @@ impl Store {
                     Some(stored)
                 }
                 Err(e) => {
-                    for w in written {
-                        self.forget(Some(w)).await;
-                    }
+                    self.forget(written).await;
                     return Err(e);
                 }
             },
@@ -675,9 +671,7 @@ impl Store {
         };
         let r = on_backend!(self, s => s.finish_run_with(scope, run, owner, steps, status, output, error, logs, now));
         if !matches!(r, Ok(true)) {
-            for w in written {
-                self.forget(Some(w)).await;
-            }
+            self.forget(written).await;
         }
         r
     }
